@@ -1,0 +1,397 @@
+"""StreamingModel: a recurrent model (RNN/LSTM/GRU + a head) with a streaming ``step`` for serving.
+
+One set of weights, two ways to run it:
+
+- ``forward(x[B, T, D], state)`` runs whole sequences through ``torch.nn.RNN/LSTM/GRU`` (training, replays);
+- ``step(x[B, D], state[B, S, L, H])`` advances one event per key with ``torch.gru_cell`` (and friends) on
+  the same parameters (serving: gather the keys' states, step, scatter them back).
+
+The law: stepping a key's events one at a time gives the same outputs and final state as ``forward`` on the
+whole sequence (float32, abs tol 1e-5). The per-key state is ``[S, L, H]``: ``S`` = 2 for LSTM (h, c), else 1.
+
+Input row layout (see :class:`FeatureSpec`): continuous columns (normalized with buffers fitted on training
+data), categorical codes (embedded; code 0 and any out-of-range code mean "unknown"), and last, when the spec
+uses it, the seconds since the key's previous event (fed as ``log1p(max(dt, 0))``).
+
+Heads and their output columns (``output_names()``):
+
+- ``binary``: ``score`` = P(positive), from the state after the event;
+- ``multiclass``: ``p_0 .. p_{C-1}``, from the state after the event;
+- ``forecast``: the state *before* the event predicts its continuous values; ``error_z`` is the RMS over
+  columns of the prediction error divided by a per-column scale fitted on training errors, ``score`` maps
+  ``error_z`` to [0, 1] through stored quantiles of training ``error_z`` (monotone piecewise-linear; before
+  :meth:`fit_score_calibration` it is ``min(error_z / 4, 1)``); ``forecast_0..`` = the next event's continuous
+  values predicted from the state *after* the event (original units);
+- ``next_token``: the state before the event gives a distribution over the first categorical column's codes;
+  ``prob`` = probability of the code that came, ``rank`` = how many codes were more likely (0 = top-1),
+  ``score`` = 1 - prob.
+
+``stateless=True`` gives the same-size baseline that forgets: the state is zeroed before every event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnstream.rnn_core.config import ConfigError, ModelConfig
+from rnnstream.rnn_core.features import feature_slices
+
+_RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+DEFAULT_CALIBRATION_POINTS = 101
+_UNCALIBRATED_MAX_Z = 4.0
+
+
+class StreamingModel(nn.Module):
+    """Recurrent model with a per-key state, a streaming ``step`` and a training ``forward``/``loss``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        spec = config.features
+        self.cell = config.cell
+        self.head_kind = config.head
+        self.num_layers = config.num_layers
+        self.hidden_size = config.hidden_size
+        self.num_state = config.state_tensors
+        self.stateless = config.stateless
+        self.num_continuous = spec.num_continuous
+        self.input_size = spec.input_size
+        self._cont, self._cat, self._dt = feature_slices(spec)
+        cards = spec.cardinalities
+        self.num_categorical = len(cards)
+
+        self.register_buffer("norm_mean", torch.zeros(self.num_continuous))
+        self.register_buffer("norm_std", torch.ones(self.num_continuous))
+        if cards:
+            self.embedding = nn.Embedding(sum(cards), config.embedding_dim)
+            offsets = np.concatenate([[0], np.cumsum(cards)[:-1]]).astype(np.int64)
+            self.register_buffer("cat_offsets", torch.from_numpy(offsets), persistent=False)
+            self.register_buffer("cat_cards", torch.tensor(cards, dtype=torch.int64), persistent=False)
+        rnn_input = self.num_continuous + len(cards) * config.embedding_dim + int(spec.use_time_delta)
+        self.rnn = _RNN_CLASSES[config.cell](
+            rnn_input,
+            config.hidden_size,
+            num_layers=config.num_layers,
+            batch_first=True,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        self._layer_weight_names = [
+            (f"weight_ih_l{i}", f"weight_hh_l{i}", f"bias_ih_l{i}", f"bias_hh_l{i}")
+            for i in range(self.num_layers)
+        ]
+
+        if config.head == "binary":
+            head_out = 1
+        elif config.head == "multiclass":
+            head_out = config.num_classes
+        elif config.head == "forecast":
+            head_out = self.num_continuous
+        else:
+            head_out = cards[0]
+        self.head = nn.Linear(config.hidden_size, head_out)
+        if config.head == "forecast":
+            self.register_buffer("error_scale", torch.ones(self.num_continuous))
+            knots = torch.linspace(0.0, _UNCALIBRATED_MAX_Z, DEFAULT_CALIBRATION_POINTS)
+            self.register_buffer("score_knots", knots)
+
+    # ----------------------------------------------------------------------------------------------- shapes
+    @property
+    def state_shape(self) -> tuple[int, int, int]:
+        """Per-key state shape ``(S, L, H)``."""
+        return (self.num_state, self.num_layers, self.hidden_size)
+
+    def output_names(self) -> list[str]:
+        """Names of the ``K`` output columns of ``forward``/``step``."""
+        if self.head_kind == "binary":
+            return ["score"]
+        if self.head_kind == "multiclass":
+            return [f"p_{i}" for i in range(self.config.num_classes)]
+        if self.head_kind == "forecast":
+            return ["score", "error_z", *(f"forecast_{i}" for i in range(self.num_continuous))]
+        return ["score", "rank", "prob"]
+
+    @property
+    def output_size(self) -> int:
+        return len(self.output_names())
+
+    def init_state(self, n: int) -> Tensor:
+        """Zero states for ``n`` keys: ``float32 [n, S, L, H]`` on the model's device."""
+        return torch.zeros((n, *self.state_shape), dtype=torch.float32, device=self.norm_mean.device)
+
+    # ----------------------------------------------------------------------------------------------- inputs
+    def _normalized(self, x: Tensor) -> Tensor:
+        return (x[..., self._cont] - self.norm_mean) / self.norm_std
+
+    def _codes(self, x: Tensor) -> Tensor:
+        """Categorical codes as int64 ``[..., C]``; anything outside ``[0, cardinality)`` becomes 0."""
+        codes = x[..., self._cat].round().long()
+        return torch.where((codes >= 0) & (codes < self.cat_cards), codes, 0)
+
+    def _rnn_inputs(self, x: Tensor) -> Tensor:
+        """Model input rows ``[..., D]`` -> recurrent cell inputs ``[..., I]``."""
+        parts = []
+        if self.num_continuous:
+            parts.append(self._normalized(x))
+        if self.num_categorical:
+            emb = self.embedding(self._codes(x) + self.cat_offsets)
+            parts.append(emb.flatten(-2))
+        if self._dt is not None:
+            parts.append(torch.log1p(x[..., self._dt : self._dt + 1].clamp_min(0.0)))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    # ------------------------------------------------------------------------------------------ recurrence
+    def _cell_step(self, z: Tensor, state: Tensor) -> Tensor:
+        """One event per key through every layer: ``z[B, I]``, ``state[B, S, L, H]`` -> new state."""
+        hs: list[Tensor] = []
+        cs: list[Tensor] = []
+        inp = z
+        last = self.num_layers - 1
+        for layer, names in enumerate(self._layer_weight_names):
+            w_ih, w_hh, b_ih, b_hh = (getattr(self.rnn, n) for n in names)
+            if self.cell == "gru":
+                h = torch.gru_cell(inp, state[:, 0, layer], w_ih, w_hh, b_ih, b_hh)
+            elif self.cell == "lstm":
+                h, c = torch.lstm_cell(inp, (state[:, 0, layer], state[:, 1, layer]), w_ih, w_hh, b_ih, b_hh)
+                cs.append(c)
+            else:
+                h = torch.rnn_tanh_cell(inp, state[:, 0, layer], w_ih, w_hh, b_ih, b_hh)
+            hs.append(h)
+            inp = h
+            if self.training and layer < last and self.rnn.dropout > 0:
+                inp = F.dropout(h, self.rnn.dropout, training=True)
+        b = z.shape[0]
+        if len(hs) == 1 and not cs:
+            return hs[0].view(b, 1, 1, self.hidden_size)
+        return torch.stack(hs + cs, dim=1).view(b, self.num_state, self.num_layers, self.hidden_size)
+
+    def _run(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Whole sequences -> (top hidden after each event [B,T,H], top hidden before each, final state)."""
+        b, t, _ = x.shape
+        if state is None or self.stateless:
+            state = self.init_state(b)
+        z = self._rnn_inputs(x)
+        if self.stateless:
+            # Each event alone from a zero state: one batch of B*T one-step sequences.
+            z1 = z.reshape(b * t, 1, z.shape[-1])
+            zeros = self.init_state(b * t)
+            seq, hn = self.rnn(z1, self._to_rnn_state(zeros))
+            top_after = seq.view(b, t, self.hidden_size)
+            top_before = torch.zeros_like(top_after)
+            final = self._from_rnn_state(hn)
+            final = final.view(b, t, *self.state_shape)[:, -1] if t else state
+            return top_after, top_before, final
+        if t == 0:
+            empty = x.new_zeros((b, 0, self.hidden_size))
+            return empty, empty, state
+        top_after, hn = self.rnn(z, self._to_rnn_state(state))
+        top_before = torch.cat([state[:, 0, -1].unsqueeze(1), top_after[:, :-1]], dim=1)
+        return top_after, top_before, self._from_rnn_state(hn)
+
+    def _to_rnn_state(self, state: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        h = state[:, 0].transpose(0, 1).contiguous()
+        if self.cell == "lstm":
+            return h, state[:, 1].transpose(0, 1).contiguous()
+        return h
+
+    def _from_rnn_state(self, hn: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+        if self.cell == "lstm":
+            return torch.stack([hn[0].transpose(0, 1), hn[1].transpose(0, 1)], dim=1)
+        return hn.transpose(0, 1).unsqueeze(1).contiguous()
+
+    # ------------------------------------------------------------------------------------------------ heads
+    def _outputs(self, x: Tensor, top_before: Tensor, top_after: Tensor) -> Tensor:
+        """Head outputs ``[..., K]`` for events ``x[..., D]`` given the top hidden state before and after."""
+        kind = self.head_kind
+        if kind == "binary":
+            return torch.sigmoid(self.head(top_after))
+        if kind == "multiclass":
+            return torch.softmax(self.head(top_after), dim=-1)
+        if kind == "forecast":
+            error_z = self._error_z(self._normalized(x), self.head(top_before))
+            forecast = self.head(top_after) * self.norm_std + self.norm_mean
+            return torch.cat(
+                [self._calibrated(error_z).unsqueeze(-1), error_z.unsqueeze(-1), forecast], dim=-1
+            )
+        logits = self.head(top_before)
+        token = self._codes(x)[..., :1]
+        token_logit = logits.gather(-1, token)
+        prob = logits.log_softmax(-1).gather(-1, token).exp()
+        rank = (logits > token_logit).sum(-1, keepdim=True).to(prob.dtype)
+        return torch.cat([1.0 - prob, rank, prob], dim=-1)
+
+    def _error_z(self, actual: Tensor, predicted: Tensor) -> Tensor:
+        err = (actual - predicted) / self.error_scale
+        return err.square().mean(-1).sqrt()
+
+    def _calibrated(self, error_z: Tensor) -> Tensor:
+        """Monotone piecewise-linear map of ``error_z`` onto [0, 1] through the stored quantile knots."""
+        knots = self.score_knots
+        n = knots.shape[0]
+        idx = torch.searchsorted(knots, error_z.contiguous()).clamp(1, n - 1)
+        lo = knots[idx - 1]
+        hi = knots[idx]
+        frac = ((error_z - lo) / (hi - lo).clamp_min(1e-12)).clamp(0.0, 1.0)
+        return (idx - 1 + frac) / (n - 1)
+
+    # -------------------------------------------------------------------------------------------- public API
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Sequences ``x[B, T, D]`` from ``state[B, S, L, H]`` (zeros when None) -> (out[B, T, K], state)."""
+        top_after, top_before, final = self._run(x, state)
+        return self._outputs(x, top_before, top_after), final
+
+    def step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """One event per key: ``x[B, D]``, ``state[B, S, L, H]`` -> (out[B, K], new state[B, S, L, H]).
+
+        The serving hot path; wrap calls in ``torch.inference_mode()`` when no gradient is needed.
+        """
+        if self.stateless:
+            state = torch.zeros_like(state)
+        new_state = self._cell_step(self._rnn_inputs(x), state)
+        return self._outputs(x, state[:, 0, -1], new_state[:, 0, -1]), new_state
+
+    def loss(
+        self,
+        x: Tensor,
+        y: Tensor | None = None,
+        state: Tensor | None = None,
+        mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Mean loss over the valid events of ``x[B, T, D]`` and the final state (to carry across chunks).
+
+        binary: BCE on the logit after the event vs ``y`` (``y`` < 0 or NaN = no label);
+        multiclass: cross-entropy vs ``y`` (``y`` < 0 or NaN = no label);
+        forecast: MSE, in normalized units, of the prediction from the state before each event vs the event;
+        next_token: cross-entropy of the prediction from the state before each event vs its token (no ``y``).
+        ``mask[B, T]`` (bool or 0/1) marks real events; padding is excluded.
+        """
+        top_after, top_before, final = self._run(x, state)
+        valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask.bool()
+        kind = self.head_kind
+        if kind in ("binary", "multiclass"):
+            if y is None:
+                raise ValueError(f"a {kind} head needs labels y[B, T]")
+            y = torch.as_tensor(y, device=x.device)
+            y_float = y.to(torch.float32)
+            valid = valid & torch.isfinite(y_float) & (y_float >= 0)
+            logits = self.head(top_after)
+            if kind == "binary":
+                target = torch.where(valid, y_float, 0.0).clamp_max(1.0)
+                per_event = F.binary_cross_entropy_with_logits(logits.squeeze(-1), target, reduction="none")
+            else:
+                valid = valid & (y_float < self.config.num_classes)
+                target = torch.where(valid, y_float, 0.0).long()
+                per_event = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+        elif kind == "forecast":
+            predicted = self.head(top_before)
+            per_event = (predicted - self._normalized(x)).square().mean(-1)
+        else:
+            logits = self.head(top_before)
+            per_event = F.cross_entropy(logits.transpose(1, 2), self._codes(x)[..., 0], reduction="none")
+        weights = valid.to(per_event.dtype)
+        return (per_event * weights).sum() / weights.sum().clamp_min(1.0), final
+
+    @torch.no_grad()
+    def fit_normalization(self, x: np.ndarray) -> None:
+        """Store mean/std of the continuous columns of ``x[N, D]`` (model input rows) as buffers."""
+        x = np.asarray(x)
+        cont = x.reshape(-1, x.shape[-1])[:, self._cont].astype(np.float64)
+        if cont.shape[1] == 0:
+            return
+        if cont.shape[0] == 0:
+            raise ValueError("fit_normalization needs at least one row")
+        mean = np.nanmean(cont, axis=0)
+        std = np.nanstd(cont, axis=0)
+        std = np.where(np.isfinite(std) & (std > 1e-6), std, 1.0)
+        self.norm_mean.copy_(torch.from_numpy(np.nan_to_num(mean)).to(self.norm_mean))
+        self.norm_std.copy_(torch.from_numpy(std).to(self.norm_std))
+
+    @torch.no_grad()
+    def rollout(
+        self, state: Tensor, steps: int, step_seconds: float = 1.0, x_last: Tensor | None = None
+    ) -> Tensor:
+        """Forecast heads: generate ``steps`` future events from ``state[B, S, L, H]`` -> ``[B, steps, n]``.
+
+        Each forecast (original units) is fed back as the next input, with a time delta of ``step_seconds``;
+        categorical inputs repeat those of ``x_last[B, D]`` (the key's last event) or are "unknown" (0).
+        The first row equals the ``forecast_*`` columns of the event that produced ``state``.
+        """
+        if self.head_kind != "forecast":
+            raise ConfigError(f"rollout needs a forecast head, this model has a {self.head_kind} head")
+        b = state.shape[0]
+        fixed = []
+        if self.num_categorical:
+            codes = (
+                self._codes(x_last)
+                if x_last is not None
+                else torch.zeros((b, self.num_categorical), dtype=torch.long, device=state.device)
+            )
+            fixed.append(self.embedding(codes + self.cat_offsets).flatten(-2))
+        if self._dt is not None:
+            fixed.append(torch.full((b, 1), float(np.log1p(max(step_seconds, 0.0))), device=state.device))
+        out = []
+        for _ in range(steps):
+            predicted = self.head(state[:, 0, -1])
+            out.append(predicted)
+            if self.stateless:
+                state = torch.zeros_like(state)
+            state = self._cell_step(torch.cat([predicted, *fixed], dim=-1), state)
+        if not out:
+            return state.new_zeros((b, 0, self.num_continuous))
+        return torch.stack(out, dim=1) * self.norm_std + self.norm_mean
+
+    @torch.no_grad()
+    def fit_score_calibration(
+        self,
+        x: Tensor | np.ndarray | Sequence[np.ndarray],
+        mask: Tensor | np.ndarray | None = None,
+        state: Tensor | None = None,
+        num_points: int = DEFAULT_CALIBRATION_POINTS,
+    ) -> None:
+        """Forecast heads: fit the error scale and the ``error_z`` -> score quantile map on training events.
+
+        ``x`` is ``[B, T, D]`` (with optional ``mask[B, T]`` and start ``state``) or a list of per-key arrays
+        ``[T_i, D]`` each run from a zero state. Afterwards ``score`` is the fraction of training events whose
+        ``error_z`` was lower (interpolated), so it reads as a calibrated anomaly probability.
+        """
+        if self.head_kind != "forecast":
+            raise ConfigError(
+                f"score calibration is for forecast heads, this model has a {self.head_kind} head"
+            )
+        if num_points < 2:
+            raise ValueError("num_points must be >= 2")
+        was_training = self.training
+        self.eval()
+        try:
+            errors = []
+            device = self.norm_mean.device
+            if isinstance(x, (list, tuple)):
+                for seq in x:
+                    xt = torch.as_tensor(np.asarray(seq, dtype=np.float32), device=device).unsqueeze(0)
+                    errors.append(self._raw_errors(xt, None, None))
+            else:
+                xt = torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
+                m = None if mask is None else torch.as_tensor(np.asarray(mask), device=device).bool()
+                errors.append(self._raw_errors(xt, m, state))
+            err = torch.cat(errors).double()
+            if err.shape[0] == 0:
+                raise ValueError("fit_score_calibration needs at least one event")
+            scale = err.square().mean(0).sqrt().clamp_min(1e-6)
+            z = (err / scale).square().mean(-1).sqrt().cpu().numpy()
+            knots = np.maximum.accumulate(np.quantile(z, np.linspace(0.0, 1.0, num_points)))
+            self.error_scale.copy_(scale.to(self.error_scale))
+            self.score_knots = torch.as_tensor(knots, dtype=torch.float32, device=device)
+        finally:
+            self.train(was_training)
+
+    def _raw_errors(self, x: Tensor, mask: Tensor | None, state: Tensor | None) -> Tensor:
+        """Normalized forecast errors ``[N, n]`` of valid events: actual - forecast from the state before."""
+        _, top_before, _ = self._run(x, state)
+        err = self._normalized(x) - self.head(top_before)
+        if mask is not None:
+            return err[mask]
+        return err.reshape(-1, err.shape[-1])

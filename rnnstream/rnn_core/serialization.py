@@ -1,0 +1,137 @@
+"""Save and load a StreamingModel as safetensors weights + a JSON config; nothing is ever unpickled.
+
+On disk a model is a directory with ``model.safetensors`` (every parameter and buffer: weights, input
+normalization, forecast error scale and score calibration) and ``config.json`` (``ModelConfig.to_dict()``
+plus a format tag). In memory, :func:`model_to_bytes` packs the same into one safetensors blob whose
+metadata carries the config JSON, for passing models through Ray's object store or MLflow artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import load_file, save, save_file
+
+from rnnstream.rnn_core.config import ModelConfig
+from rnnstream.rnn_core.model import StreamingModel
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT = "rnnstream.streaming_model"
+FORMAT_VERSION = 1
+_CONFIG_METADATA_KEY = "rnnstream.config"
+
+
+class ModelFormatError(ValueError):
+    """A saved model is missing, of another format/version, or does not match its config."""
+
+
+def model_config_document(model: StreamingModel) -> dict[str, Any]:
+    """The JSON document saved next to the weights."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "output_names": model.output_names(),
+        "state_shape": list(model.state_shape),
+    }
+
+
+def save_model(model: StreamingModel, directory: str | os.PathLike[str]) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` into ``directory`` (created; replaced atomically)."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = _tensors(model)
+    doc = model_config_document(model)
+    _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    _atomic_write(
+        path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2, sort_keys=True))
+    )
+    return path
+
+
+def load_model(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> StreamingModel:
+    """Read a model written by :func:`save_model`, in eval mode, without unpickling anything."""
+    path = Path(directory)
+    config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not config_path.is_file() or not weights_path.is_file():
+        raise ModelFormatError(f"{path} is not a saved model: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+    doc = json.loads(config_path.read_text())
+    return _build(doc, load_file(str(weights_path), device=str(device)))
+
+
+def model_to_bytes(model: StreamingModel) -> bytes:
+    """One safetensors blob holding the weights and, in its metadata, the config document."""
+    doc = json.dumps(model_config_document(model), sort_keys=True)
+    return save(_tensors(model), metadata={"format": FORMAT, _CONFIG_METADATA_KEY: doc})
+
+
+def model_from_bytes(data: bytes, device: str | torch.device = "cpu") -> StreamingModel:
+    """Inverse of :func:`model_to_bytes` (eval mode; no unpickling)."""
+    metadata = _safetensors_metadata(data)
+    if _CONFIG_METADATA_KEY not in metadata:
+        raise ModelFormatError(
+            "these bytes are not an rnnstream model (no config in the safetensors metadata)"
+        )
+    tensors = {k: v.to(device) for k, v in load_safetensors_bytes(data).items()}
+    return _build(json.loads(metadata[_CONFIG_METADATA_KEY]), tensors)
+
+
+def _tensors(model: StreamingModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def _build(doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> StreamingModel:
+    if doc.get("format") != FORMAT:
+        raise ModelFormatError(f"unknown model format {doc.get('format')!r}; expected {FORMAT!r}")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise ModelFormatError(
+            f"model format version {doc.get('format_version')} is not supported"
+            f" (this code reads version {FORMAT_VERSION})"
+        )
+    model = StreamingModel(ModelConfig.from_dict(doc["config"]))
+    device = next(iter(tensors.values())).device if tensors else torch.device("cpu")
+    model.to(device)
+    # The calibration table's length is chosen at fit time: size the buffer to what was saved.
+    knots = tensors.get("score_knots")
+    if knots is not None and hasattr(model, "score_knots"):
+        model.score_knots = torch.empty_like(knots)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ModelFormatError(f"saved weights do not match the saved config: {exc}") from exc
+    return model.eval()
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob (8-byte little-endian header length, then JSON)."""
+    if len(data) < 8:
+        raise ModelFormatError("too few bytes for a safetensors blob")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8:
+        raise ModelFormatError("corrupt safetensors header length")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except ValueError as exc:
+        raise ModelFormatError(f"corrupt safetensors header: {exc}") from exc
+    return dict(header.get("__metadata__") or {})
+
+
+def _atomic_write(target: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,437 @@
+"""Train like you serve: truncated BPTT over long per-key sequences, carrying each key's state across chunks.
+
+Serving keeps a key's state for its whole life, so training must show the model states that have seen many
+events, not windows that always start from zero. Each key's events form one long sequence; a batch holds
+several keys (padded at the end, with a mask); the batch is cut into chunks of ``chunk_len`` events, the
+loss of a chunk is back-propagated through that chunk only, and the state it ends in is detached and becomes
+the next chunk's start state.
+
+Works from a plain loop (:func:`fit`) and from a DDP loop (Ray Train): wrap :class:`TrainingLoss` (not the
+bare model: DDP only synchronizes what runs through its ``forward``), pass it as ``loss_module``, give each
+rank its :func:`shard`. When ``torch.distributed`` is initialized, ranks agree on the number of optimizer
+steps per epoch (a rank with fewer chunks takes empty steps, so collectives never hang) and on the reported
+losses (so early stopping stops every rank at the same epoch).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch import Tensor, nn
+
+from rnnstream.rnn_core.config import FeatureSpec
+from rnnstream.rnn_core.event_schema import KEY_COLUMN, TIME_COLUMN
+from rnnstream.rnn_core.features import features_from_arrow
+from rnnstream.rnn_core.model import StreamingModel
+
+
+@dataclass(frozen=True)
+class KeySequences:
+    """Each key's events in time order: ``x[i]`` float32 ``[T_i, D]`` (time delta filled), ``y[i]`` ``[T_i]``.
+
+    ``y`` holds float32 labels with NaN where an event has none (None when there are no labels at all);
+    ``times_ms[i]`` are the event times (int64 ms).
+    """
+
+    keys: tuple[str, ...]
+    x: tuple[np.ndarray, ...]
+    y: tuple[np.ndarray, ...] | None = None
+    times_ms: tuple[np.ndarray, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.keys) != len(self.x):
+            raise ValueError("KeySequences: one x array per key")
+        if self.y is not None and len(self.y) != len(self.x):
+            raise ValueError("KeySequences: one y array per key")
+        if self.times_ms is not None and len(self.times_ms) != len(self.x):
+            raise ValueError("KeySequences: one times_ms array per key")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(a) for a in self.x], dtype=np.int64)
+
+    @property
+    def num_events(self) -> int:
+        return int(self.lengths.sum())
+
+    def all_x(self) -> np.ndarray:
+        """Every event's input row, ``[N, D]`` (for fitting normalization)."""
+        return np.concatenate(self.x) if self.x else np.zeros((0, 0), dtype=np.float32)
+
+    def subset(self, indices: Sequence[int]) -> KeySequences:
+        """The sequences of the keys at ``indices``, in that order."""
+        idx = list(indices)
+        return KeySequences(
+            keys=tuple(self.keys[i] for i in idx),
+            x=tuple(self.x[i] for i in idx),
+            y=None if self.y is None else tuple(self.y[i] for i in idx),
+            times_ms=None if self.times_ms is None else tuple(self.times_ms[i] for i in idx),
+        )
+
+
+def time_deltas_seconds(keys: np.ndarray, times_ms: np.ndarray) -> np.ndarray:
+    """Seconds since the same key's previous event for rows sorted by (key, time); 0 at a key's first event.
+
+    The same rule the stream scorer applies from its store's last-event times.
+    """
+    dt = np.zeros(len(times_ms), dtype=np.float64)
+    if len(times_ms) > 1:
+        same_key = keys[1:] == keys[:-1]
+        dt[1:] = np.where(same_key, np.diff(times_ms.astype(np.int64)) / 1000.0, 0.0)
+    return dt.astype(np.float32)
+
+
+def sequences_from_table(
+    table: pa.Table | pa.RecordBatch, spec: FeatureSpec, label_column: str | None = None
+) -> KeySequences:
+    """Per-key sequences from events in the EventSchema layout (any order; sorted here by key, then time).
+
+    The time-delta input (last column, when ``spec.use_time_delta``) is filled as the stream scorer fills it.
+    ``label_column`` (e.g. "label"): null labels become NaN (no label for that event).
+    """
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    for name in (KEY_COLUMN, TIME_COLUMN, *(() if label_column is None else (label_column,))):
+        if name not in table.schema.names:
+            raise ValueError(f"events have no column {name!r} (columns: {table.schema.names})")
+    if table.num_rows == 0:
+        return KeySequences(keys=(), x=(), y=None if label_column is None else (), times_ms=())
+    order = pc.sort_indices(table, sort_keys=[(KEY_COLUMN, "ascending"), (TIME_COLUMN, "ascending")])
+    table = table.take(order)
+    keys = np.asarray(table.column(KEY_COLUMN).to_numpy(zero_copy_only=False))
+    time_col = table.column(TIME_COLUMN)
+    if pa.types.is_timestamp(time_col.type):
+        time_col = pc.cast(time_col, pa.timestamp("ms"))
+    times = np.asarray(pc.cast(time_col, pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+    x = features_from_arrow(table, spec)
+    if spec.use_time_delta:
+        x[:, -1] = time_deltas_seconds(keys, times)
+    y = None
+    if label_column is not None:
+        labels = pc.cast(table.column(label_column), pa.float64())
+        y = np.asarray(labels.to_numpy(zero_copy_only=False), dtype=np.float32)  # nulls -> NaN
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    bounds = [*starts.tolist(), len(keys)]
+    spans = list(itertools.pairwise(bounds))
+    return KeySequences(
+        keys=tuple(str(keys[a]) for a, _ in spans),
+        x=tuple(x[a:b] for a, b in spans),
+        y=None if y is None else tuple(y[a:b] for a, b in spans),
+        times_ms=tuple(times[a:b] for a, b in spans),
+    )
+
+
+def shard(sequences: KeySequences, rank: int, world_size: int) -> KeySequences:
+    """This rank's keys: every key goes to exactly one rank, balancing the number of events.
+
+    Deterministic (longest keys first, each to the rank with the fewest events so far), so every rank
+    computes the same split from the same data.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    lengths = sequences.lengths
+    load = [0] * world_size
+    mine: list[int] = []
+    for i in sorted(range(len(sequences)), key=lambda i: (-lengths[i], sequences.keys[i])):
+        r = min(range(world_size), key=lambda r: (load[r], r))
+        load[r] += int(lengths[i])
+        if r == rank:
+            mine.append(i)
+    return sequences.subset(sorted(mine))
+
+
+def split_keys(
+    sequences: KeySequences, validation_fraction: float, seed: int = 0
+) -> tuple[KeySequences, KeySequences]:
+    """(train, validation) by key: a seeded random ``validation_fraction`` of the keys is held out."""
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError("validation_fraction must be in [0, 1)")
+    perm = np.random.default_rng(seed).permutation(len(sequences))
+    n_val = round(len(sequences) * validation_fraction)
+    return sequences.subset(sorted(perm[n_val:].tolist())), sequences.subset(sorted(perm[:n_val].tolist()))
+
+
+class TrainingLoss(nn.Module):
+    """``forward(x, y, state, mask) -> (loss, state)`` = ``model.loss``: the module to wrap in DDP."""
+
+    def __init__(self, model: StreamingModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, x: Tensor, y: Tensor | None, state: Tensor | None, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        return self.model.loss(x, y, state, mask)
+
+
+@dataclass
+class _Batch:
+    x: Tensor  # [B, T, D]
+    y: Tensor | None  # [B, T]
+    mask: Tensor  # [B, T] bool
+
+
+def _batches(sequences: KeySequences, batch_keys: int, rng: np.random.Generator | None) -> list[list[int]]:
+    """Groups of key indices; keys of similar length share a batch (little padding), batch order shuffled."""
+    n = len(sequences)
+    if rng is None:
+        order = np.argsort(sequences.lengths, kind="stable")
+    else:
+        order = np.lexsort((rng.random(n), sequences.lengths))
+    groups = [order[i : i + batch_keys].tolist() for i in range(0, n, batch_keys)]
+    if rng is not None:
+        rng.shuffle(groups)
+    return groups
+
+
+def _pad(sequences: KeySequences, idx: list[int], device: torch.device) -> _Batch:
+    lengths = [len(sequences.x[i]) for i in idx]
+    t_max, d = max(lengths), sequences.x[idx[0]].shape[1]
+    x = np.zeros((len(idx), t_max, d), dtype=np.float32)
+    y = None if sequences.y is None else np.full((len(idx), t_max), np.nan, dtype=np.float32)
+    mask = np.zeros((len(idx), t_max), dtype=bool)
+    for row, (i, n) in enumerate(zip(idx, lengths, strict=True)):
+        x[row, :n] = sequences.x[i]
+        mask[row, :n] = True
+        if y is not None:
+            y[row, :n] = sequences.y[i]
+    return _Batch(
+        x=torch.from_numpy(x).to(device),
+        y=None if y is None else torch.from_numpy(y).to(device),
+        mask=torch.from_numpy(mask).to(device),
+    )
+
+
+def _chunks(batch: _Batch, chunk_len: int) -> Iterator[tuple[Tensor, Tensor | None, Tensor]]:
+    for start in range(0, batch.x.shape[1], chunk_len):
+        end = start + chunk_len
+        yield (
+            batch.x[:, start:end],
+            None if batch.y is None else batch.y[:, start:end],
+            batch.mask[:, start:end],
+        )
+
+
+def _valid_events(model: StreamingModel, y: Tensor | None, mask: Tensor) -> Tensor:
+    """How many events of a chunk count in its loss (labelled ones for binary/multiclass)."""
+    if model.head_kind in ("binary", "multiclass") and y is not None:
+        return (mask & torch.isfinite(y) & (y >= 0)).sum()
+    return mask.sum()
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _all_reduce(values: list[float], op: str, device: torch.device) -> list[float]:
+    if not _distributed():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    reduce_op = torch.distributed.ReduceOp.MAX if op == "max" else torch.distributed.ReduceOp.SUM
+    torch.distributed.all_reduce(t, op=reduce_op)
+    return t.tolist()
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def train_epoch(
+    model: StreamingModel,
+    optimizer: torch.optim.Optimizer,
+    sequences: KeySequences,
+    chunk_len: int = 64,
+    batch_keys: int = 32,
+    *,
+    seed: int = 0,
+    epoch: int = 0,
+    loss_module: nn.Module | None = None,
+    grad_clip: float | None = 1.0,
+    carry_state: bool = True,
+) -> float:
+    """One pass over ``sequences`` by truncated BPTT; returns the event-weighted mean training loss.
+
+    ``loss_module`` (default ``TrainingLoss(model)``) computes ``(loss, state)`` from ``(x, y, state, mask)``;
+    pass a DDP-wrapped :class:`TrainingLoss` under Ray Train. ``carry_state=False`` restarts every chunk from
+    zero (the windowed baseline that serving would not match). Batches are drawn with ``seed`` + ``epoch``.
+    """
+    if chunk_len < 1 or batch_keys < 1:
+        raise ValueError("chunk_len and batch_keys must be >= 1")
+    module = loss_module if loss_module is not None else TrainingLoss(model)
+    device = _device_of(model)
+    model.train()
+    rng = np.random.default_rng([seed, epoch])
+    steps = 0
+    total, weight = 0.0, 0.0
+    planned = sum(
+        math.ceil(max(len(sequences.x[i]) for i in idx) / chunk_len)
+        for idx in _batches(sequences, batch_keys, None)
+    )
+    (max_steps,) = _all_reduce([float(planned)], "max", device)
+    for idx in _batches(sequences, batch_keys, rng):
+        batch = _pad(sequences, idx, device)
+        state = model.init_state(len(idx))
+        for x, y, mask in _chunks(batch, chunk_len):
+            if not carry_state:
+                state = model.init_state(len(idx))
+            loss, state = _train_step(module, optimizer, model, x, y, state, mask, grad_clip)
+            state = state.detach()
+            n = _valid_events(model, y, mask).item()
+            total += loss * n
+            weight += n
+            steps += 1
+    # Under DDP every rank must take the same number of steps: pad with steps that see no events.
+    for _ in range(int(max_steps) - steps):
+        x = torch.zeros((1, 1, model.input_size), device=device)
+        y = torch.full((1, 1), float("nan"), device=device)
+        no_events = torch.zeros((1, 1), dtype=torch.bool, device=device)
+        _train_step(module, optimizer, model, x, y, model.init_state(1), no_events, grad_clip)
+    total, weight = _all_reduce([total, weight], "sum", device)
+    return total / weight if weight else float("nan")
+
+
+def _train_step(module, optimizer, model, x, y, state, mask, grad_clip) -> tuple[float, Tensor]:
+    optimizer.zero_grad(set_to_none=True)
+    loss, new_state = module(x, y, state, mask.to(x.device))
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return float(loss.detach()), new_state
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: StreamingModel, sequences: KeySequences, chunk_len: int = 256, batch_keys: int = 64
+) -> float:
+    """Event-weighted mean loss with each key's state carried through its whole sequence (eval mode).
+
+    Under ``torch.distributed`` the result is over all ranks, so every rank must call it, even one whose
+    shard holds no keys (an empty :class:`KeySequences` is fine; skipping the call hangs the others).
+    """
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    total, weight = 0.0, 0.0
+    try:
+        for idx in _batches(sequences, batch_keys, None):
+            batch = _pad(sequences, idx, device)
+            state = model.init_state(len(idx))
+            for x, y, mask in _chunks(batch, chunk_len):
+                loss, state = model.loss(x, y, state, mask)
+                n = _valid_events(model, y, mask).item()
+                total += float(loss) * n
+                weight += n
+    finally:
+        model.train(was_training)
+    total, weight = _all_reduce([total, weight], "sum", device)
+    return total / weight if weight else float("nan")
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did: per-epoch losses, the best epoch (by validation loss when given)."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_loss: float = float("nan")
+    stopped_early: bool = False
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (dropout, initialization)."""
+    random.seed(seed)
+    np.random.seed(seed)  # the legacy global RNG some libraries still use
+    torch.manual_seed(seed)
+
+
+def fit(
+    model: StreamingModel,
+    sequences: KeySequences,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    chunk_len: int = 64,
+    batch_keys: int = 32,
+    seed: int = 0,
+    progress: Callable[[dict[str, float]], None] | None = None,
+    validation: KeySequences | None = None,
+    patience: int | None = 3,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    loss_module: nn.Module | None = None,
+    weight_decay: float = 0.0,
+    grad_clip: float | None = 1.0,
+    fit_normalization: bool = True,
+    calibrate: bool = True,
+    carry_state: bool = True,
+) -> FitResult:
+    """Train ``model`` on ``sequences`` for up to ``epochs`` epochs (Adam, truncated BPTT with carried state).
+
+    Before training, fits the input normalization on ``sequences`` (``fit_normalization``; under DDP do it
+    on the full data before wrapping, and pass False). With ``validation``, stops after ``patience`` epochs
+    without improvement and restores the best weights. Afterwards forecast heads get their score
+    calibration fitted on ``sequences`` (``calibrate``). ``progress`` receives one dict per epoch:
+    ``epoch``, ``train_loss``, ``val_loss`` (NaN without validation), ``seconds``.
+    """
+    seed_everything(seed)
+    if fit_normalization and len(sequences):
+        model.fit_normalization(sequences.all_x())
+    if optimizer is None:
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    result = FitResult()
+    best_state: dict[str, Tensor] | None = None
+    since_best = 0
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        train_loss = train_epoch(
+            model,
+            optimizer,
+            sequences,
+            chunk_len,
+            batch_keys,
+            seed=seed,
+            epoch=epoch,
+            loss_module=loss_module,
+            grad_clip=grad_clip,
+            carry_state=carry_state,
+        )
+        val_loss = (
+            evaluate_loss(model, validation, chunk_len=max(chunk_len, 256))
+            if validation is not None
+            else math.nan
+        )
+        record = {"epoch": float(epoch), "train_loss": train_loss, "val_loss": val_loss}
+        record["seconds"] = time.perf_counter() - started
+        result.history.append(record)
+        if progress is not None:
+            progress(record)
+        if validation is None:
+            result.best_epoch = epoch
+            continue
+        if best_state is None or val_loss < result.best_val_loss:
+            result.best_epoch, result.best_val_loss, since_best = epoch, val_loss, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            since_best += 1
+            if patience is not None and since_best >= patience:
+                result.stopped_early = True
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    if calibrate and model.head_kind == "forecast" and len(sequences):
+        model.fit_score_calibration(list(sequences.x))
+    return result
