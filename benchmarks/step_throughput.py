@@ -1,0 +1,222 @@
+"""Events per second of one recurrent step per event, with per-key state, three ways, in one run.
+
+1. naive: a dict of per-key hidden tensors and one ``GRUCell`` call per event;
+2. rnnstream: ``StreamScorer.score`` = ``KeyedStateStore`` lookup + gather + ``StreamingModel.step`` + scatter
+   (repeated keys of a batch applied in waves, last event times kept) - the path the workers run. Keys
+   arrive as an Arrow string array, as decoded event batches hold them (also timed: a Python list of str);
+3. bare kernel: the same batched GRU step (``torch.gru_cell`` on the model's weights) on a preallocated state
+   tensor, with no key lookup; credited with the faster of one call per batch and calls of the scorer's
+   ``step_rows`` (1,024) rows, which is faster on CPU because the step's working set stays in cache.
+
+GRU(input 32, hidden 64, 1 layer), binary head; 1,000,000 keys (100,000 with ``--quick``), batches of 4,096
+events with uniformly random keys. One torch thread for every method (fair, and what one worker core gets).
+The methods alternate batch by batch and each one's median batch time is reported (the machine is shared);
+the ratios of each method's fastest batch are printed too. Also timed: ``StreamingModel.step`` alone.
+Prints events/s, the ratios store/naive and store/kernel, and the store's bytes per key against the raw state
+size; ``--json`` prints one JSON object instead.
+
+    python benchmarks/step_throughput.py [--quick] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from rnnstream.rnn_core.config import FeatureSpec, ModelConfig
+from rnnstream.rnn_core.model import StreamingModel
+from rnnstream.rnn_core.state_store import KeyedStateStore
+from rnnstream.rnn_core.stream_scorer import StreamScorer
+
+INPUT_SIZE = 32
+HIDDEN_SIZE = 64
+BATCH = 4096
+METHODS = ("naive", "store", "store_list", "kernel_whole", "kernel_chunked", "model_step")
+
+
+def make_model(seed: int = 0) -> StreamingModel:
+    torch.manual_seed(seed)
+    spec = FeatureSpec(numeric=tuple(f"f{i}" for i in range(INPUT_SIZE)))
+    config = ModelConfig(features=spec, cell="gru", head="binary", hidden_size=HIDDEN_SIZE, num_layers=1)
+    return StreamingModel(config).eval()
+
+
+def key_batches(rng: np.random.Generator, num_keys: int, count: int) -> list[list[str]]:
+    """``count`` batches of BATCH random keys, as fresh ``str`` objects (hashes not cached)."""
+    return [[f"key-{i}" for i in rng.integers(0, num_keys, BATCH)] for _ in range(count)]
+
+
+def bench_naive(model: StreamingModel, keys: list[list[str]], xs: list[torch.Tensor]) -> float:
+    cell = torch.nn.GRUCell(INPUT_SIZE, HIDDEN_SIZE)
+    with torch.no_grad():
+        cell.weight_ih.copy_(model.rnn.weight_ih_l0)
+        cell.weight_hh.copy_(model.rnn.weight_hh_l0)
+        cell.bias_ih.copy_(model.rnn.bias_ih_l0)
+        cell.bias_hh.copy_(model.rnn.bias_hh_l0)
+    states: dict[str, torch.Tensor] = {}
+    zero = torch.zeros(1, HIDDEN_SIZE)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for batch_keys, x in zip(keys, xs, strict=True):
+            for i, key in enumerate(batch_keys):
+                states[key] = cell(x[i : i + 1], states.get(key, zero))
+        elapsed = time.perf_counter() - start
+    return len(keys) * BATCH / elapsed
+
+
+def bench_store(scorer: StreamScorer, keys: list[list[str]], xs: list[np.ndarray], t0: int) -> float:
+    times = [np.full(BATCH, t0 + i, np.int64) for i in range(len(keys))]
+    start = time.perf_counter()
+    for batch_keys, batch_times, x in zip(keys, times, xs, strict=True):
+        scorer.score(batch_keys, batch_times, x)
+    elapsed = time.perf_counter() - start
+    return len(keys) * BATCH / elapsed
+
+
+def bench_kernel(model: StreamingModel, xs: list[torch.Tensor], rows: int = BATCH) -> float:
+    """The bare batched GRU step on preallocated states, ``rows`` events a call."""
+    rnn = model.rnn
+    bounds = [(lo, min(BATCH, lo + rows)) for lo in range(0, BATCH, rows)]
+    hs = [torch.zeros(hi - lo, HIDDEN_SIZE) for lo, hi in bounds]
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for x in xs:
+            for j, (lo, hi) in enumerate(bounds):
+                hs[j] = torch.gru_cell(
+                    x[lo:hi], hs[j], rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
+                )
+        elapsed = time.perf_counter() - start
+    return len(xs) * BATCH / elapsed
+
+
+def bench_model_step(model: StreamingModel, xs: list[torch.Tensor], rows: int = BATCH) -> float:
+    """``StreamingModel.step`` on preallocated states (no key lookup), ``rows`` events a call."""
+    bounds = [(lo, min(BATCH, lo + rows)) for lo in range(0, BATCH, rows)]
+    states = [model.init_state(hi - lo) for lo, hi in bounds]
+    with torch.inference_mode():
+        start = time.perf_counter()
+        for x in xs:
+            for j, (lo, hi) in enumerate(bounds):
+                _, states[j] = model.step(x[lo:hi], states[j])
+        elapsed = time.perf_counter() - start
+    return len(xs) * BATCH / elapsed
+
+
+def run(quick: bool, rounds: int | None = None) -> dict[str, float | int | str]:
+    torch.set_num_threads(1)
+    num_keys = 100_000 if quick else 1_000_000
+    rounds = rounds or (4 if quick else 6)
+    per_round = 10 if quick else 20
+    naive_batches = 1
+    rng = np.random.default_rng(0)
+    model = make_model()
+
+    store = KeyedStateStore(model.config.state_shape)
+    store.reserve(num_keys)
+    scorer = StreamScorer(model, store)
+    all_keys = [f"key-{i}" for i in range(num_keys)]
+    fill = 65_536
+    for start in range(0, num_keys, fill):  # every key has a state before timing starts
+        chunk = all_keys[start : start + fill]
+        scorer.score(chunk, np.zeros(len(chunk), np.int64), np.zeros((len(chunk), INPUT_SIZE), np.float32))
+    del all_keys
+
+    xs_np = [rng.standard_normal((BATCH, INPUT_SIZE)).astype(np.float32) for _ in range(per_round)]
+    xs = [torch.from_numpy(x) for x in xs_np]
+    spent: dict[str, list[float]] = {name: [] for name in METHODS}
+    bench_kernel(model, xs[:2])  # warm up
+    bench_model_step(model, xs[:2], scorer.step_rows)
+    for r in range(rounds):
+        # Batch by batch the methods alternate, so a busy neighbour slows all of them alike.
+        keys = key_batches(rng, num_keys, per_round)
+        arrow_keys = [pa.array(k) for k in key_batches(rng, num_keys, per_round)]
+        for i in range(per_round):
+            t = 100 * r + i
+            spent["store"].append(BATCH / bench_store(scorer, arrow_keys[i : i + 1], xs_np[i : i + 1], t))
+            spent["store_list"].append(BATCH / bench_store(scorer, keys[i : i + 1], xs_np[i : i + 1], t))
+            spent["kernel_whole"].append(BATCH / bench_kernel(model, xs[i : i + 1]))
+            spent["kernel_chunked"].append(BATCH / bench_kernel(model, xs[i : i + 1], scorer.step_rows))
+            spent["model_step"].append(BATCH / bench_model_step(model, xs[i : i + 1], scorer.step_rows))
+            if i < naive_batches:  # the naive loop is ~50x slower: a few batches a round
+                spent["naive"].append(BATCH / bench_naive(model, keys[i : i + 1], xs[i : i + 1]))
+    median = {name: BATCH / float(np.median(times)) for name, times in spent.items()}
+    best = {name: BATCH / float(np.min(times)) for name, times in spent.items()}
+    # the bare kernel is credited with whichever is faster: one call per batch or the scorer's chunking
+    for d in (median, best):
+        d["kernel"] = max(d["kernel_whole"], d["kernel_chunked"])
+
+    return {
+        "num_keys": store.num_keys,
+        "batch": BATCH,
+        "torch_threads": torch.get_num_threads(),
+        "batches_timed": len(spent["store"]),
+        "naive_eps": round(median["naive"]),
+        "store_eps": round(median["store"]),
+        "kernel_eps": round(median["kernel"]),
+        "store_vs_naive": round(median["store"] / median["naive"], 2),
+        "store_vs_kernel": round(median["store"] / median["kernel"], 3),
+        "bytes_per_key": round(store.nbytes / store.num_keys, 1),
+        "raw_bytes_per_key": store.raw_bytes_per_key,
+        # extras: keys as a Python list instead of an Arrow array, the model's step without the store,
+        # and the ratios of the fastest batch of each method (timeit-style, less noise from neighbours)
+        "store_list_eps": round(median["store_list"]),
+        "kernel_whole_batch_eps": round(median["kernel_whole"]),
+        "kernel_chunked_eps": round(median["kernel_chunked"]),
+        "step_rows": scorer.step_rows,
+        "model_step_eps": round(median["model_step"]),
+        "store_list_vs_kernel": round(median["store_list"] / median["kernel"], 3),
+        "model_step_vs_kernel": round(median["model_step"] / median["kernel"], 3),
+        "best_store_vs_kernel": round(best["store"] / best["kernel"], 3),
+        "best_store_vs_naive": round(best["store"] / best["naive"], 2),
+        "best_store_list_vs_kernel": round(best["store_list"] / best["kernel"], 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100,000 keys, fewer rounds (< 30 s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    r = run(args.quick)
+    r["seconds"] = round(time.perf_counter() - started, 1)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(
+        f"GRU({INPUT_SIZE}->{HIDDEN_SIZE}), {r['num_keys']:,} keys, batches of {BATCH:,} random keys, "
+        f"torch threads = {r['torch_threads']} (every method); median batch time of "
+        f"{r['batches_timed']} interleaved batches"
+    )
+    print(f"  naive dict + GRUCell per event       : {r['naive_eps']:>12,} events/s")
+    print(f"  rnnstream scorer, Arrow keys         : {r['store_eps']:>12,} events/s")
+    print(f"  rnnstream scorer, Python list keys   : {r['store_list_eps']:>12,} events/s")
+    print(f"  bare batched kernel (gru_cell)       : {r['kernel_eps']:>12,} events/s  (the faster of:)")
+    print(f"    one call per batch of {BATCH}        : {r['kernel_whole_batch_eps']:>12,} events/s")
+    print(f"    calls of {r['step_rows']} rows, as the scorer : {r['kernel_chunked_eps']:>12,} events/s")
+    print(f"  StreamingModel.step alone (no store) : {r['model_step_eps']:>12,} events/s")
+    print(
+        f"  store / naive  = {r['store_vs_naive']:.1f}x   "
+        f"(target >= 20; fastest batches: {r['best_store_vs_naive']:.1f}x)"
+    )
+    print(
+        f"  store / kernel = {r['store_vs_kernel']:.3f}   (target >= 0.7; fastest batches: "
+        f"{r['best_store_vs_kernel']:.3f}; list keys {r['store_list_vs_kernel']:.3f})"
+    )
+    print(f"  model.step / kernel = {r['model_step_vs_kernel']:.3f}")
+    print(
+        f"  bytes per key  = {r['bytes_per_key']:.0f}  (raw state {r['raw_bytes_per_key']}; "
+        f"target <= {2 * r['raw_bytes_per_key'] + 100})"
+    )
+    print(f"  took {r['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

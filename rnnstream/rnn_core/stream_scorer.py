@@ -1,0 +1,189 @@
+"""The one streaming code path: score a micro-batch of keyed events against each key's stored state.
+
+Workers, evaluation, backtests and ``score-file`` all call :meth:`StreamScorer.score`, so what is measured
+offline is what serves. For each event, in the order given: look up the key's state and last event time,
+fill the time-delta input (seconds since the key's previous event, 0 for its first), run one recurrent step,
+store the new state and time, return the model's outputs.
+
+A micro-batch may hold one key several times. Those events are applied in waves in which each key appears
+once: wave ``w`` holds every key's ``w``-th event of the batch, so each key sees its events in order, none is
+merged or skipped, and the result equals feeding the events one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from rnnstream.rnn_core.state_store import KeyBatch, KeyedStateStore, as_string_array
+
+DEFAULT_STEP_ROWS = 1024
+
+
+class StreamScorer:
+    """Streams events through a :class:`StreamingModel`, keeping per-key state in a :class:`KeyedStateStore`.
+
+    The model is put in eval mode (no dropout: serving is deterministic). ``store`` defaults to a new
+    empty store shaped for the model. A batch is stepped ``step_rows`` events at a time: gather, step and
+    scatter of ~1k rows stay in the CPU cache, which makes a 4k batch ~1.5x faster than one big step.
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, store: KeyedStateStore | None = None, step_rows: int = DEFAULT_STEP_ROWS
+    ) -> None:
+        if step_rows <= 0:
+            raise ValueError(f"step_rows must be positive, got {step_rows}")
+        self.step_rows = int(step_rows)
+        config = model.config
+        if store is None:
+            store = KeyedStateStore(config.state_shape)
+        if tuple(store.state_shape) != tuple(config.state_shape):
+            raise ValueError(
+                f"store holds states of shape {store.state_shape}, the model needs {config.state_shape}"
+            )
+        model.eval()
+        self.model = model
+        self._device = next(iter(model.buffers()), torch.zeros(0)).device
+        self.store = store
+        self.input_size = config.features.input_size
+        self._dt_col = self.input_size - 1 if config.features.use_time_delta else None
+        self._output_names = list(model.output_names())
+        self._xbuf = np.zeros((0, self.input_size), np.float32)  # reused input copy (dt column written)
+        self._mark = np.zeros(0, np.int64)  # scratch over slots for duplicate detection
+        self._arange = np.arange(0, dtype=np.int64)
+
+    @property
+    def output_names(self) -> list[str]:
+        """Names of the ``K`` columns returned by :meth:`score`."""
+        return list(self._output_names)
+
+    def score(
+        self, keys: KeyBatch, times_ms: np.ndarray | Sequence[int] | pa.Array, x: np.ndarray
+    ) -> np.ndarray:
+        """Outputs ``float32 [N, K]`` for events ``x[N, D]`` of ``keys`` at ``times_ms`` (int64 ms), in order.
+
+        Updates each key's state and last event time. When the model uses the time delta, the last column
+        of ``x`` is ignored and replaced by the seconds since the key's previous event (0 for a new key,
+        never negative); ``x`` itself is not modified.
+        """
+        keys = as_string_array(keys)
+        n = len(keys)
+        times = _as_int64_ms(times_ms)
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.input_size:
+            raise ValueError(f"x must be [N, {self.input_size}] (the model input width), got {x.shape}")
+        if times.shape != (n,) or x.shape[0] != n:
+            raise ValueError(f"keys ({n}), times_ms ({times.size}) and x ({x.shape[0]}) differ in length")
+        if n == 0:
+            return np.zeros((0, len(self._output_names)), np.float32)
+        if self._xbuf.shape[0] < n:
+            self._xbuf = np.zeros((max(n, 2 * self._xbuf.shape[0]), self.input_size), np.float32)
+        xb = self._xbuf[:n]
+        np.copyto(xb, x, casting="same_kind")
+        slots = self.store.lookup(keys, create=True)
+        repeated = self._repeated(slots)
+        with torch.inference_mode():
+            if repeated is None:
+                return self._step(slots, times, xb)
+            # Wave 0 steps the whole batch at once (no copies). A repeated key's later events only get
+            # their state after it, so their wave-0 results are discarded and redone in waves 1, 2, ...
+            involved, rank = repeated
+            out = self._step(slots, times, xb, keep=involved[rank == 0])
+            for wave in range(1, int(rank.max()) + 1):
+                idx = involved[rank == wave]
+                out[idx] = self._step(slots[idx], times[idx], xb[idx])
+            return out
+
+    def _step(
+        self, slots: np.ndarray, times: np.ndarray, xb: np.ndarray, keep: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Step every row once, ``step_rows`` rows at a time. Slots are distinct, or ``keep`` (sorted) names
+        for each repeated slot the row whose new state and time must be the ones left stored."""
+        n = slots.size
+        if n <= self.step_rows:
+            out, new_state = self._step_rows(slots, times, xb)
+            if keep is not None:  # which of a repeated slot's rows landed is unspecified: write the right one
+                self.store.scatter_slots(slots[keep], new_state[torch.from_numpy(keep)], times[keep])
+            return out
+        out = np.empty((n, len(self._output_names)), np.float32)
+        kept = []
+        for lo in range(0, n, self.step_rows):
+            hi = min(n, lo + self.step_rows)
+            out[lo:hi], new_state = self._step_rows(slots[lo:hi], times[lo:hi], xb[lo:hi])
+            if keep is not None:
+                rows = keep[np.searchsorted(keep, lo) : np.searchsorted(keep, hi)]
+                if rows.size:
+                    kept.append((slots[rows], new_state[torch.from_numpy(rows - lo)], times[rows]))
+        # A repeated key's first row always steps from the stored state: no row before it has its key.
+        # Later rows of that key may have overwritten the result; put the first row's back.
+        for kept_slots, kept_states, kept_times in kept:
+            self.store.scatter_slots(kept_slots, kept_states, kept_times)
+        return out
+
+    def _step_rows(
+        self, slots: np.ndarray, times: np.ndarray, xb: np.ndarray
+    ) -> tuple[np.ndarray, torch.Tensor]:
+        """Fill dt, gather, step, scatter for one chunk of rows; returns (outputs, new states on the CPU)."""
+        store = self.store
+        if self._dt_col is not None:
+            prev = store.slot_times(slots)
+            dt = (times - prev).astype(np.float32)
+            dt *= np.float32(1e-3)
+            dt[(prev < 0) | (dt < 0)] = 0.0
+            xb[:, self._dt_col] = dt
+        state = store.gather_slots(slots)
+        xt = torch.from_numpy(xb)
+        if self._device.type != "cpu":
+            xt, state = xt.to(self._device), state.to(self._device)
+        out, new_state = self.model.step(xt, state)
+        new_state = new_state.cpu()
+        store.scatter_slots(slots, new_state, times)
+        return out.cpu().numpy(), new_state
+
+    def _repeated(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Events whose key occurs more than once in the batch (indices, in event order) with each one's
+        occurrence rank (0 = the key's first event in the batch); None when all keys differ."""
+        n = slots.size
+        if self._arange.size < n:
+            self._arange = np.arange(max(n, 2 * self._arange.size), dtype=np.int64)
+        if self._mark.size < self.store.capacity:
+            self._mark = np.zeros(self.store.capacity, np.int64)
+        ar = self._arange[:n]
+        mark = self._mark
+        mark[slots] = ar  # for a repeated slot, one of its events' indices survives
+        not_last = mark[slots] != ar
+        if not not_last.any():
+            return None
+        mark[slots[not_last]] = -1
+        involved = np.flatnonzero(mark[slots] == -1)
+        sub = slots[involved]
+        order = np.argsort(sub, kind="stable")
+        ordered = sub[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        group_start = np.repeat(starts, np.diff(np.r_[starts, sub.size]))
+        rank = np.empty(sub.size, np.int64)
+        rank[order] = np.arange(sub.size) - group_start
+        return involved, rank
+
+    def remove_keys(self, keys: KeyBatch) -> int:
+        """Forget keys (their next event starts from a zero state); returns how many were known."""
+        return self.store.remove(keys)
+
+    def evict_idle(self, now_ms: int, ttl_ms: int) -> int:
+        """Forget keys without an event since ``now_ms - ttl_ms`` (event time); returns how many."""
+        return self.store.evict_idle(now_ms, ttl_ms)
+
+
+def _as_int64_ms(times_ms: np.ndarray | Sequence[int] | pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Event times as int64 milliseconds (accepts Arrow timestamp/int arrays and numpy datetime64)."""
+    if isinstance(times_ms, (pa.Array, pa.ChunkedArray)):
+        if pa.types.is_timestamp(times_ms.type):
+            times_ms = times_ms.cast(pa.timestamp("ms")).cast(pa.int64())
+        return np.asarray(times_ms.to_numpy(zero_copy_only=False), dtype=np.int64)
+    arr = np.asarray(times_ms)
+    if np.issubdtype(arr.dtype, np.datetime64):
+        return arr.astype("datetime64[ms]").astype(np.int64)
+    return arr.astype(np.int64, copy=False)
