@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "models",
     "mlflow_ui",
     "files",
+    "backfill",
 )
 
 
@@ -67,4 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Re-import so that UsageError is the same class the command modules raise (not __main__.UsageError).
+    from rnnstream.pipelines.cli import main as _main
+
+    sys.exit(_main())
