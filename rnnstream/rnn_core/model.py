@@ -19,19 +19,26 @@ Heads and their output columns (``output_names()``):
 - ``multiclass``: ``p_0 .. p_{C-1}``, from the state after the event;
 - ``forecast``: the state *before* the event predicts its continuous values; ``error_z`` is the RMS over
   columns of the prediction error divided by a per-column scale fitted on training errors, ``score`` maps
-  ``error_z`` to [0, 1] through stored quantiles of training ``error_z`` (monotone piecewise-linear; before
-  :meth:`fit_score_calibration` it is ``min(error_z / 4, 1)``); ``forecast_0..`` = the next event's continuous
-  values predicted from the state *after* the event (original units);
+  ``error_z`` into [0, 1) through stored quantiles of training ``error_z``: strictly increasing everywhere, so
+  ranking by ``score`` equals ranking by ``error_z`` (even far above the largest training error; see
+  :func:`calibrated_score`). Before :meth:`fit_score_calibration` it is about ``error_z / 4`` up to 4, then
+  a slow tail; ``forecast_0..`` = the next event's continuous values predicted from the state *after* the
+  event (original units);
 - ``next_token``: the state before the event gives a distribution over the first categorical column's codes;
   ``prob`` = probability of the code that came, ``rank`` = how many codes were more likely (0 = top-1),
   ``score`` = 1 - prob.
 
 ``stateless=True`` gives the same-size baseline that forgets: the state is zeroed before every event.
+
+On CUDA, cuDNN runs ``forward``'s RNN in TF32 by default while ``step``'s cell matmuls run in full float32,
+which breaks the law (errors ~1e-3). In eval mode on CUDA both therefore run under :func:`exact_numerics`;
+a serving or evaluation process may call :func:`set_exact_numerics` once at start instead (process-wide).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +51,98 @@ from rnnstream.rnn_core.features import feature_slices
 _RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 DEFAULT_CALIBRATION_POINTS = 101
 _UNCALIBRATED_MAX_Z = 4.0
+_TAIL_KNOT_FRACTION = 0.1  # the tails' scale = the spread of the outermost 10% of the knots
+
+
+def set_exact_numerics() -> None:
+    """Process-wide: no TF32 in cuDNN (RNNs) or cuBLAS (matmuls), so ``forward`` == ``step`` on CUDA too.
+
+    Sets ``torch.backends.cudnn.allow_tf32 = False`` and ``torch.backends.cuda.matmul.allow_tf32 = False``
+    (the legacy setters: they leave a state that both the legacy and the newer ``fp32_precision`` API can
+    read). Call once at the start of a serving or evaluation process that runs models on a GPU (no effect on
+    CPU); then the per-call :func:`exact_numerics` that the model enters changes nothing, which also makes it
+    safe with several threads. Costs some speed on Ampere+ GPUs; training does not need it.
+    """
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+# torch >= 2.9 has per-op ``fp32_precision`` flags; once they are used, reading the legacy allow_tf32 flags
+# raises, so the context below reads and restores the new ones where they exist.
+_PER_OP_PRECISION = hasattr(torch.backends, "fp32_precision")
+
+
+def _effective_precision(*chain: str) -> str:
+    """The first set value along an op -> backend -> global ``fp32_precision`` chain ("none" = inherit)."""
+    return next((value for value in chain if value != "none"), "ieee")
+
+
+@contextlib.contextmanager
+def exact_numerics() -> Iterator[None]:
+    """Within the block: cuDNN RNNs and cuBLAS matmuls in full float32 (no TF32); flags restored after.
+
+    :class:`StreamingModel` enters it itself for ``forward``/``step`` in eval mode on CUDA. Flags that are
+    already exact are not touched, so after :func:`set_exact_numerics` it changes nothing.
+    """
+    b = torch.backends
+    restore: list[tuple[object, str, object]] = []
+    if _PER_OP_PRECISION:
+        rnn = b.cudnn.rnn.fp32_precision
+        matmul = b.cuda.matmul.fp32_precision
+        if _effective_precision(rnn, b.cudnn.fp32_precision, b.fp32_precision) != "ieee":
+            restore.append((b.cudnn.rnn, "fp32_precision", rnn))
+        if _effective_precision(matmul, b.fp32_precision) != "ieee":
+            restore.append((b.cuda.matmul, "fp32_precision", matmul))
+        exact: object = "ieee"
+    else:  # older torch: the legacy flags only
+        if b.cudnn.allow_tf32:
+            restore.append((b.cudnn, "allow_tf32", True))
+        if b.cuda.matmul.allow_tf32:
+            restore.append((b.cuda.matmul, "allow_tf32", True))
+        exact = False
+    for owner, name, _ in restore:
+        setattr(owner, name, exact)
+    try:
+        yield
+    finally:
+        for owner, name, value in reversed(restore):
+            setattr(owner, name, value)
+
+
+def calibrated_score(error_z: Tensor, knots: Tensor) -> Tensor:
+    """Strictly increasing map of ``error_z`` into [0, 1) through ``knots`` (sorted training quantiles).
+
+    With ``n`` knots, knot ``i`` scores its plotting position ``(i + 0.5) / n`` (about the fraction of
+    training events with a lower ``error_z``), linear in between. Outside the knots the score keeps rising
+    toward 1 (above) and falling toward 0 (below), each tail holding ``0.5 / n``:
+    ``1 - (0.5 / n) / (1 + log1p((z - z_top) / tail_scale))`` above the top knot, the mirror image below the
+    bottom one, with ``tail_scale`` the spread of the outermost 10% of the knots (1 if they coincide). The
+    logarithmic tail saturates so slowly that float32 still orders errors 10% apart at ``error_z`` ~1e30, so
+    the strongest anomalies never tie at 1 (only ``error_z = inf`` scores 1; NaN stays NaN).
+    """
+    n = knots.shape[0]
+    z = error_z.contiguous()
+    idx = torch.searchsorted(knots, z).clamp(1, n - 1)
+    lo = knots[idx - 1]
+    hi = knots[idx]
+    frac = ((z - lo) / (hi - lo).clamp_min(1e-12)).clamp(0.0, 1.0)
+    inside = (idx - 1 + frac + 0.5) / n
+    tail_mass = 0.5 / n
+    m = max(1, round((n - 1) * _TAIL_KNOT_FRACTION))
+    z_bottom, z_top = knots[0], knots[-1]
+    up = (z - z_top).clamp_min(0.0) / _tail_scale(z_top - knots[n - 1 - m], z_top - z_bottom)
+    down = (z_bottom - z).clamp_min(0.0) / _tail_scale(knots[m] - z_bottom, z_top - z_bottom)
+    above = 1.0 - tail_mass / (1.0 + torch.log1p(up))
+    below = tail_mass / (1.0 + torch.log1p(down))
+    return torch.where(z > z_top, above, torch.where(z < z_bottom, below, inside))
+
+
+def _tail_scale(spread: Tensor, full_range: Tensor) -> Tensor:
+    """``spread`` where it is positive, else the whole knot range, else 1 (no ``.item()``: no GPU sync)."""
+    eps = 1e-6
+    return torch.where(
+        spread > eps, spread, torch.where(full_range > eps, full_range, torch.ones_like(spread))
+    )
 
 
 class StreamingModel(nn.Module):
@@ -229,20 +328,15 @@ class StreamingModel(nn.Module):
         return err.square().mean(-1).sqrt()
 
     def _calibrated(self, error_z: Tensor) -> Tensor:
-        """Monotone piecewise-linear map of ``error_z`` onto [0, 1] through the stored quantile knots."""
-        knots = self.score_knots
-        n = knots.shape[0]
-        idx = torch.searchsorted(knots, error_z.contiguous()).clamp(1, n - 1)
-        lo = knots[idx - 1]
-        hi = knots[idx]
-        frac = ((error_z - lo) / (hi - lo).clamp_min(1e-12)).clamp(0.0, 1.0)
-        return (idx - 1 + frac) / (n - 1)
+        """Strictly increasing map of ``error_z`` into [0, 1) through the stored quantile knots."""
+        return calibrated_score(error_z, self.score_knots)
 
     # -------------------------------------------------------------------------------------------- public API
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Sequences ``x[B, T, D]`` from ``state[B, S, L, H]`` (zeros when None) -> (out[B, T, K], state)."""
-        top_after, top_before, final = self._run(x, state)
-        return self._outputs(x, top_before, top_after), final
+        with self._numerics(x):
+            top_after, top_before, final = self._run(x, state)
+            return self._outputs(x, top_before, top_after), final
 
     def step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One event per key: ``x[B, D]``, ``state[B, S, L, H]`` -> (out[B, K], new state[B, S, L, H]).
@@ -251,8 +345,15 @@ class StreamingModel(nn.Module):
         """
         if self.stateless:
             state = torch.zeros_like(state)
-        new_state = self._cell_step(self._rnn_inputs(x), state)
-        return self._outputs(x, state[:, 0, -1], new_state[:, 0, -1]), new_state
+        with self._numerics(x):
+            new_state = self._cell_step(self._rnn_inputs(x), state)
+            return self._outputs(x, state[:, 0, -1], new_state[:, 0, -1]), new_state
+
+    def _numerics(self, x: Tensor) -> contextlib.AbstractContextManager[None]:
+        """:func:`exact_numerics` in eval mode on CUDA (the law), nothing otherwise (training keeps TF32)."""
+        if x.is_cuda and not self.training:
+            return exact_numerics()
+        return contextlib.nullcontext()
 
     def loss(
         self,
@@ -334,12 +435,13 @@ class StreamingModel(nn.Module):
         if self._dt is not None:
             fixed.append(torch.full((b, 1), float(np.log1p(max(step_seconds, 0.0))), device=state.device))
         out = []
-        for _ in range(steps):
-            predicted = self.head(state[:, 0, -1])
-            out.append(predicted)
-            if self.stateless:
-                state = torch.zeros_like(state)
-            state = self._cell_step(torch.cat([predicted, *fixed], dim=-1), state)
+        with self._numerics(state):
+            for _ in range(steps):
+                predicted = self.head(state[:, 0, -1])
+                out.append(predicted)
+                if self.stateless:
+                    state = torch.zeros_like(state)
+                state = self._cell_step(torch.cat([predicted, *fixed], dim=-1), state)
         if not out:
             return state.new_zeros((b, 0, self.num_continuous))
         return torch.stack(out, dim=1) * self.norm_std + self.norm_mean
@@ -355,8 +457,9 @@ class StreamingModel(nn.Module):
         """Forecast heads: fit the error scale and the ``error_z`` -> score quantile map on training events.
 
         ``x`` is ``[B, T, D]`` (with optional ``mask[B, T]`` and start ``state``) or a list of per-key arrays
-        ``[T_i, D]`` each run from a zero state. Afterwards ``score`` is the fraction of training events whose
-        ``error_z`` was lower (interpolated), so it reads as a calibrated anomaly probability.
+        ``[T_i, D]`` each run from a zero state. Afterwards ``score`` is about the fraction of training events
+        whose ``error_z`` was lower (interpolated; see :func:`calibrated_score`), so it reads as a calibrated
+        anomaly probability, and above the largest training error it still rises with ``error_z``.
         """
         if self.head_kind != "forecast":
             raise ConfigError(
@@ -390,8 +493,9 @@ class StreamingModel(nn.Module):
 
     def _raw_errors(self, x: Tensor, mask: Tensor | None, state: Tensor | None) -> Tensor:
         """Normalized forecast errors ``[N, n]`` of valid events: actual - forecast from the state before."""
-        _, top_before, _ = self._run(x, state)
-        err = self._normalized(x) - self.head(top_before)
+        with self._numerics(x):  # the errors that calibrate must be those that step will see
+            _, top_before, _ = self._run(x, state)
+            err = self._normalized(x) - self.head(top_before)
         if mask is not None:
             return err[mask]
         return err.reshape(-1, err.shape[-1])

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import torch
 from torch import Tensor, nn
 
-from rnnstream.rnn_core.config import FeatureSpec
+from rnnstream.rnn_core.config import FeatureSpec, ModelConfig
 from rnnstream.rnn_core.event_schema import KEY_COLUMN, TIME_COLUMN
 from rnnstream.rnn_core.features import features_from_arrow
 from rnnstream.rnn_core.model import StreamingModel
@@ -358,6 +358,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def seeded_model(config: ModelConfig, seed: int = 0) -> StreamingModel:
+    """A new :class:`StreamingModel` whose initial weights depend on ``seed`` only.
+
+    The weights equal those of ``seed_everything(seed); StreamingModel(config)``, but the global RNGs are left
+    as they were. Build the model with this (same ``seed`` as :func:`fit`) and a whole training run is
+    reproducible: :func:`fit` seeds everything else itself, but only once the model already exists.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return StreamingModel(config)
+
+
 def fit(
     model: StreamingModel,
     sequences: KeySequences,
@@ -385,6 +397,14 @@ def fit(
     without improvement and restores the best weights. Afterwards forecast heads get their score
     calibration fitted on ``sequences`` (``calibrate``). ``progress`` receives one dict per epoch:
     ``epoch``, ``train_loss``, ``val_loss`` (NaN without validation), ``seconds``.
+
+    Reproducibility: ``seed`` fixes everything ``fit`` draws: the batch order of each epoch (from
+    ``(seed, epoch)``, independent of any global RNG) and dropout (``fit`` calls :func:`seed_everything`
+    with ``seed`` first, so it also reseeds the process's global Python/NumPy/torch RNGs). It cannot fix
+    the model's *initial weights*: they were drawn when ``model`` was built, before this call. For runs that
+    repeat exactly, build it with :func:`seeded_model` (or call ``seed_everything(seed)`` right before
+    ``StreamingModel(config)``); two ``fit`` calls with the same seed on models built from different RNG
+    states train different models. On CUDA, cuDNN may still differ in the last bits between runs.
     """
     seed_everything(seed)
     if fit_normalization and len(sequences):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import numpy as np
@@ -9,7 +10,12 @@ import pytest
 import torch
 
 from rnnstream.rnn_core.config import CELLS, HEADS, ConfigError, FeatureSpec, ModelConfig
-from rnnstream.rnn_core.model import StreamingModel
+from rnnstream.rnn_core.model import (
+    StreamingModel,
+    calibrated_score,
+    exact_numerics,
+    set_exact_numerics,
+)
 
 SPEC = FeatureSpec(
     numeric=("a", "b"),
@@ -169,9 +175,9 @@ def test_score_calibration_maps_training_errors_to_uniform_and_is_monotone():
     assert abs(score.mean().item() - 0.5) < 0.05  # training events spread evenly over [0, 1]
     order = torch.argsort(z)
     assert (score[order].diff() >= -1e-6).all()  # monotone in error_z
-    assert score.min() >= 0 and score.max() <= 1
-    # a huge surprise scores 1, a perfect forecast scores ~0
-    assert model._calibrated(torch.tensor([1e6, 0.0])).tolist()[0] == 1.0
+    assert score.min() >= 0 and score.max() < 1
+    # a huge surprise scores near 1 (but below: see the strictness test), a perfect forecast scores ~0
+    assert 0.999 < model._calibrated(torch.tensor([1e6, 0.0])).tolist()[0] < 1.0
     assert model._calibrated(torch.tensor([0.0])).item() < 0.05
     # list-of-keys form gives the same fit as the padded batch without padding
     other = make_model("gru", "forecast")
@@ -179,6 +185,99 @@ def test_score_calibration_maps_training_errors_to_uniform_and_is_monotone():
     other.fit_score_calibration([train[i].numpy() for i in range(16)])
     torch.testing.assert_close(other.score_knots, model.score_knots)
     torch.testing.assert_close(other.error_scale, model.error_scale)
+
+
+def _strictly_increasing(values: torch.Tensor) -> bool:
+    return bool((values.diff() > 0).all())
+
+
+def test_calibrated_score_is_strictly_increasing_far_past_the_knots_and_stays_below_one():
+    model = make_model("gru", "forecast")
+    train = make_x(16, 12, seed=7)
+    model.fit_normalization(train.reshape(-1, SPEC.input_size).numpy())
+    model.fit_score_calibration(train)
+    knots = model.score_knots
+    top, bottom = knots[-1].item(), knots[0].item()
+    for z in (
+        torch.linspace(0.0, top, 2001),  # below and through the knots
+        torch.linspace(top, top + 20.0, 2001),  # past the top knot to ~10x it, steps of 0.01
+        top * 1.01 ** torch.arange(1400.0),  # on to ~1e6 x the top knot, each 1% above the previous
+        torch.logspace(np.log10(top) + 0.01, 30, 500),  # huge errors, each ~10% above the previous
+    ):
+        s = model._calibrated(z)
+        assert _strictly_increasing(s), z[:-1][s.diff() <= 0][:5]
+        assert (s >= 0).all() and (s < 1).all()
+    assert bottom > 0  # the grid above did reach below the bottom knot
+    # the knots keep their plotting positions: ~uniform over training events, symmetric tails
+    n = knots.shape[0]
+    torch.testing.assert_close(
+        model._calibrated(knots[[0, n // 2, -1]]), torch.tensor([0.5, n // 2 + 0.5, n - 0.5]) / n
+    )
+    assert model._calibrated(torch.tensor([float("inf")])).item() == 1.0
+    assert model._calibrated(torch.tensor([float("nan")])).isnan().all()
+
+
+def test_calibrated_score_is_strict_for_uncalibrated_and_degenerate_knots():
+    grids = (torch.linspace(-5.0, 5.0, 1001), torch.logspace(0.7, 25, 300))
+    uncalibrated = make_model("gru", "forecast").score_knots
+    for knots in (uncalibrated, torch.zeros(7), torch.tensor([0.0, 1.0, 1.0, 1.0, 3.0]), torch.ones(2)):
+        for z in grids:
+            s = calibrated_score(z, knots)
+            assert _strictly_increasing(s) and (s >= 0).all() and (s < 1).all(), knots
+    # before calibration the score is about error_z / 4 up to 4
+    z = torch.tensor([0.0, 1.0, 2.0, 4.0])
+    torch.testing.assert_close(calibrated_score(z, uncalibrated), z / 4, atol=0.006, rtol=0)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_step_equals_forward_for_calibrated_scores_of_anomalies_beyond_the_knots(cell):
+    model = make_model(cell, "forecast", 2)
+    train = make_x(16, 12, seed=7)
+    model.fit_normalization(train.reshape(-1, SPEC.input_size).numpy())
+    model.fit_score_calibration(train)
+    x = make_x(3, 9, seed=11)
+    x[:, 3::2, :N_CONT] *= torch.tensor([30.0, 300.0, 3000.0]).view(3, 1, 1)  # far outside training errors
+    with torch.no_grad():
+        out_fwd, _ = model(x)
+        out_step, _ = step_through(model, x, model.init_state(3))
+    assert (out_fwd[..., 1] > model.score_knots[-1]).sum() >= 6  # the tail is what is compared
+    torch.testing.assert_close(out_step, out_fwd, atol=1e-5, rtol=1e-6)
+    anomalies = out_fwd[:, 3::2].reshape(-1, out_fwd.shape[-1])
+    order = torch.argsort(anomalies[:, 1])
+    assert _strictly_increasing(anomalies[order, 0])  # ranking by score == ranking by error_z
+
+
+@pytest.fixture
+def restore_precision_flags():
+    """Global torch precision flags as they were (exact_numerics / set_exact_numerics change them)."""
+    b = torch.backends
+    saved = (b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32)
+    yield
+    b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = saved
+    assert (b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32) == saved  # still readable by the legacy API
+
+
+def test_exact_numerics_turns_tf32_off_inside_and_restores_after(restore_precision_flags):
+    b = torch.backends
+    b.cudnn.allow_tf32 = True  # torch's default: cuDNN RNNs in TF32
+    b.cuda.matmul.allow_tf32 = True  # as after torch.set_float32_matmul_precision("high")
+    with exact_numerics():
+        assert b.cudnn.rnn.fp32_precision == "ieee" and b.cuda.matmul.fp32_precision == "ieee"
+    assert b.cudnn.allow_tf32 is True and b.cuda.matmul.allow_tf32 is True
+    with pytest.raises(RuntimeError, match="restored"), exact_numerics():
+        raise RuntimeError("restored on errors too")
+    assert b.cudnn.allow_tf32 is True and b.cudnn.rnn.fp32_precision == "tf32"
+    # after the process-wide setting the legacy flags read False and the context changes nothing
+    set_exact_numerics()
+    assert b.cudnn.allow_tf32 is False and b.cuda.matmul.allow_tf32 is False
+    before = [b.cudnn.rnn.fp32_precision, b.cuda.matmul.fp32_precision]
+    with exact_numerics():
+        assert [b.cudnn.rnn.fp32_precision, b.cuda.matmul.fp32_precision] == before
+    assert b.cudnn.allow_tf32 is False and b.cuda.matmul.allow_tf32 is False
+    # on CPU the model never enters it (and training on CUDA keeps TF32 too)
+    model = make_model("gru", "forecast")
+    assert isinstance(model._numerics(make_x()), contextlib.nullcontext)
+    assert isinstance(model.train()._numerics(make_x()), contextlib.nullcontext)
 
 
 def test_stateless_baseline_forgets_and_stateful_remembers():
