@@ -19,20 +19,22 @@ Heads and their output columns (``output_names()``):
 - ``multiclass``: ``p_0 .. p_{C-1}``, from the state after the event;
 - ``forecast``: the state *before* the event predicts its continuous values; ``error_z`` is the RMS over
   columns of the prediction error divided by a per-column scale fitted on training errors, ``score`` maps
-  ``error_z`` into [0, 1) through stored quantiles of training ``error_z``: strictly increasing everywhere, so
-  ranking by ``score`` equals ranking by ``error_z`` (even far above the largest training error; see
-  :func:`calibrated_score`). Before :meth:`fit_score_calibration` it is about ``error_z / 4`` up to 4, then
-  a slow tail; ``forecast_0..`` = the next event's continuous values predicted from the state *after* the
-  event (original units);
+  ``error_z`` into [0, 1) through stored quantiles of training ``error_z``: strictly increasing everywhere,
+  so ranking by ``score`` equals ranking by ``error_z``, even far above the largest training error, down
+  to float32 resolution (see :func:`calibrated_score`). Before :meth:`fit_score_calibration` it is about
+  ``error_z / 4`` up to 4, then a slow tail; ``forecast_0..`` = the next event's continuous values
+  predicted from the state *after* the event (original units);
 - ``next_token``: the state before the event gives a distribution over the first categorical column's codes;
   ``prob`` = probability of the code that came, ``rank`` = how many codes were more likely (0 = top-1),
-  ``score`` = 1 - prob.
+  ``score`` = 1 - prob (float32 cannot tell apart tokens with ``prob`` below ~1e-7: their scores tie at or
+  next to 1.0; rank by ``prob`` to separate those).
 
 ``stateless=True`` gives the same-size baseline that forgets: the state is zeroed before every event.
 
-On CUDA, cuDNN runs ``forward``'s RNN in TF32 by default while ``step``'s cell matmuls run in full float32,
-which breaks the law (errors ~1e-3). In eval mode on CUDA both therefore run under :func:`exact_numerics`;
-a serving or evaluation process may call :func:`set_exact_numerics` once at start instead (process-wide).
+On CUDA, cuDNN runs ``forward``'s RNN in TF32 by default while ``step``'s cell matmuls run in full
+float32, which breaks the law (TF32 keeps 10 mantissa bits: errors up to ~1e-3). In eval mode on CUDA both
+therefore run under :func:`exact_numerics`; a serving or evaluation process may call
+:func:`set_exact_numerics` once at start instead (process-wide).
 """
 
 from __future__ import annotations
@@ -116,33 +118,47 @@ def calibrated_score(error_z: Tensor, knots: Tensor) -> Tensor:
     training events with a lower ``error_z``), linear in between. Outside the knots the score keeps rising
     toward 1 (above) and falling toward 0 (below), each tail holding ``0.5 / n``:
     ``1 - (0.5 / n) / (1 + log1p((z - z_top) / tail_scale))`` above the top knot, the mirror image below the
-    bottom one, with ``tail_scale`` the spread of the outermost 10% of the knots (1 if they coincide). The
-    logarithmic tail saturates so slowly that float32 still orders errors 10% apart at ``error_z`` ~1e30, so
-    the strongest anomalies never tie at 1 (only ``error_z = inf`` scores 1; NaN stays NaN).
+    bottom one, with ``tail_scale`` the spread of the outermost 10% of the knots (their whole range, or 1,
+    if those coincide). The logarithmic tail saturates so slowly that float32 still orders errors 1% apart
+    up to ~1e6 times the top knot and 10% apart up to ``error_z`` ~1e30, so the strongest anomalies do not
+    tie at 1 (only ``error_z = inf`` scores 1; NaN stays NaN).
     """
+    return _calibrated_score(error_z, knots, calibration_tails(knots))
+
+
+def calibration_tails(knots: Tensor) -> Tensor:
+    """``[z_bottom, z_top, 1 / lower tail_scale, 1 / upper tail_scale]`` of :func:`calibrated_score`.
+
+    Depends on the knots only: :class:`StreamingModel` keeps it in a buffer instead of recomputing it per
+    ``step`` (no ``.item()``, so no GPU sync either way).
+    """
+    n = knots.shape[0]
+    m = max(1, round((n - 1) * _TAIL_KNOT_FRACTION))
+    ends = knots[[0, min(m, n - 1), max(n - 1 - m, 0), n - 1]]
+    spreads = ends[1::2] - ends[0::2]  # (lower, upper)
+    full_range = ends[3] - ends[0]
+    eps = 1e-6
+    scales = torch.where(spreads > eps, spreads, torch.where(full_range > eps, full_range, 1.0))
+    return torch.cat([ends[[0, 3]], 1.0 / scales])
+
+
+def _calibrated_score(error_z: Tensor, knots: Tensor, tails: Tensor) -> Tensor:
     n = knots.shape[0]
     z = error_z.contiguous()
     idx = torch.searchsorted(knots, z).clamp(1, n - 1)
     lo = knots[idx - 1]
     hi = knots[idx]
     frac = ((z - lo) / (hi - lo).clamp_min(1e-12)).clamp(0.0, 1.0)
-    inside = (idx - 1 + frac + 0.5) / n
+    inside = (idx - 1 + frac + 0.5) / n  # clamps to the outermost knots' scores outside them
+    # Tails: ``u`` = how far outside the knots, in tail scales (0 inside); the score moves away from the
+    # outermost knot's score by ``tail_mass * L / (1 + L)``, L = log1p(u): up above the top knot, down below
+    # the bottom one. Branch-free (no data-dependent control flow, no GPU sync).
+    z_bottom, z_top, inv_lower, inv_upper = tails.unbind()
+    above = (z - z_top) * inv_upper  # > 0 above the top knot, < 0 below the bottom one
+    u = torch.maximum(above, (z_bottom - z) * inv_lower).clamp_min(0.0)
     tail_mass = 0.5 / n
-    m = max(1, round((n - 1) * _TAIL_KNOT_FRACTION))
-    z_bottom, z_top = knots[0], knots[-1]
-    up = (z - z_top).clamp_min(0.0) / _tail_scale(z_top - knots[n - 1 - m], z_top - z_bottom)
-    down = (z_bottom - z).clamp_min(0.0) / _tail_scale(knots[m] - z_bottom, z_top - z_bottom)
-    above = 1.0 - tail_mass / (1.0 + torch.log1p(up))
-    below = tail_mass / (1.0 + torch.log1p(down))
-    return torch.where(z > z_top, above, torch.where(z < z_bottom, below, inside))
-
-
-def _tail_scale(spread: Tensor, full_range: Tensor) -> Tensor:
-    """``spread`` where it is positive, else the whole knot range, else 1 (no ``.item()``: no GPU sync)."""
-    eps = 1e-6
-    return torch.where(
-        spread > eps, spread, torch.where(full_range > eps, full_range, torch.ones_like(spread))
-    )
+    shift = tail_mass - tail_mass / (1.0 + torch.log1p(u))
+    return torch.addcmul(inside, shift, above.sign())
 
 
 class StreamingModel(nn.Module):
@@ -197,6 +213,9 @@ class StreamingModel(nn.Module):
             self.register_buffer("error_scale", torch.ones(self.num_continuous))
             knots = torch.linspace(0.0, _UNCALIBRATED_MAX_Z, DEFAULT_CALIBRATION_POINTS)
             self.register_buffer("score_knots", knots)
+            # Derived from score_knots (not saved): refreshed on fit_score_calibration and load_state_dict.
+            self.register_buffer("score_tails", calibration_tails(knots), persistent=False)
+            self.register_load_state_dict_post_hook(_refresh_score_tails)
 
     # ----------------------------------------------------------------------------------------------- shapes
     @property
@@ -329,7 +348,7 @@ class StreamingModel(nn.Module):
 
     def _calibrated(self, error_z: Tensor) -> Tensor:
         """Strictly increasing map of ``error_z`` into [0, 1) through the stored quantile knots."""
-        return calibrated_score(error_z, self.score_knots)
+        return _calibrated_score(error_z, self.score_knots, self.score_tails)
 
     # -------------------------------------------------------------------------------------------- public API
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -488,6 +507,7 @@ class StreamingModel(nn.Module):
             knots = np.maximum.accumulate(np.quantile(z, np.linspace(0.0, 1.0, num_points)))
             self.error_scale.copy_(scale.to(self.error_scale))
             self.score_knots = torch.as_tensor(knots, dtype=torch.float32, device=device)
+            _refresh_score_tails(self)
         finally:
             self.train(was_training)
 
@@ -499,3 +519,11 @@ class StreamingModel(nn.Module):
         if mask is not None:
             return err[mask]
         return err.reshape(-1, err.shape[-1])
+
+
+def _refresh_score_tails(model: nn.Module, incompatible_keys: object = None) -> None:
+    """Recompute the forecast head's cached :func:`calibration_tails` from its current ``score_knots``."""
+    knots = getattr(model, "score_knots", None)
+    if knots is not None:
+        with torch.no_grad():
+            model.score_tails = calibration_tails(knots).to(knots)

@@ -13,9 +13,11 @@ from rnnstream.rnn_core.config import CELLS, HEADS, ConfigError, FeatureSpec, Mo
 from rnnstream.rnn_core.model import (
     StreamingModel,
     calibrated_score,
+    calibration_tails,
     exact_numerics,
     set_exact_numerics,
 )
+from rnnstream.rnn_core.serialization import load_model, save_model
 
 SPEC = FeatureSpec(
     numeric=("a", "b"),
@@ -182,6 +184,8 @@ def test_score_calibration_maps_training_errors_to_uniform_and_is_monotone():
     # list-of-keys form gives the same fit as the padded batch without padding
     other = make_model("gru", "forecast")
     other.load_state_dict(model.state_dict())
+    torch.testing.assert_close(other.score_tails, model.score_tails)  # derived buffer follows the load
+    torch.testing.assert_close(model.score_tails, calibration_tails(model.score_knots))
     other.fit_score_calibration([train[i].numpy() for i in range(16)])
     torch.testing.assert_close(other.score_knots, model.score_knots)
     torch.testing.assert_close(other.error_scale, model.error_scale)
@@ -230,7 +234,7 @@ def test_calibrated_score_is_strict_for_uncalibrated_and_degenerate_knots():
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_step_equals_forward_for_calibrated_scores_of_anomalies_beyond_the_knots(cell):
+def test_step_equals_forward_for_calibrated_scores_of_anomalies_beyond_the_knots(cell, tmp_path):
     model = make_model(cell, "forecast", 2)
     train = make_x(16, 12, seed=7)
     model.fit_normalization(train.reshape(-1, SPEC.input_size).numpy())
@@ -245,6 +249,10 @@ def test_step_equals_forward_for_calibrated_scores_of_anomalies_beyond_the_knots
     anomalies = out_fwd[:, 3::2].reshape(-1, out_fwd.shape[-1])
     order = torch.argsort(anomalies[:, 1])
     assert _strictly_increasing(anomalies[order, 0])  # ranking by score == ranking by error_z
+    # a saved and loaded model scores the tails the same (its tail parameters follow the loaded knots)
+    save_model(model, tmp_path / "m")
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / "m")(x)[0], out_fwd, atol=0, rtol=0)
 
 
 @pytest.fixture
