@@ -54,6 +54,8 @@ _RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gr
 DEFAULT_CALIBRATION_POINTS = 101
 _UNCALIBRATED_MAX_Z = 4.0
 _TAIL_KNOT_FRACTION = 0.1  # the tails' scale = the spread of the outermost 10% of the knots
+_FOLD_MAX_OFFSET = 4.0  # fold the input normalization into the weights while |mean| / std <= this
+_FOLDED_SOURCES = (0, 1, 2, 4)  # norm_mean, norm_std, w_ih_l0, b_ih_l0 in StreamingModel._inference_weights
 
 
 def set_exact_numerics() -> None:
@@ -250,11 +252,17 @@ class StreamingModel(nn.Module):
         codes = x[..., self._cat].round().long()
         return torch.where((codes >= 0) & (codes < self.cat_cards), codes, 0)
 
-    def _rnn_inputs(self, x: Tensor) -> Tensor:
-        """Model input rows ``[..., D]`` -> recurrent cell inputs ``[..., I]``."""
+    def _rnn_inputs(self, x: Tensor, normalized: bool = True) -> Tensor:
+        """Model input rows ``[..., D]`` -> recurrent cell inputs ``[..., I]`` (continuous columns left
+        unnormalized when ``normalized`` is False: weights with the normalization folded in take them)."""
         parts = []
         if self.num_continuous:
-            parts.append(self._normalized(x))
+            if normalized:
+                parts.append(self._normalized(x))
+            elif self.num_continuous == x.shape[-1]:
+                parts.append(x)
+            else:
+                parts.append(x[..., self._cont])
         if self.num_categorical:
             emb = self.embedding(self._codes(x) + self.cat_offsets)
             parts.append(emb.flatten(-2))
@@ -263,21 +271,28 @@ class StreamingModel(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     # ------------------------------------------------------------------------------------------ recurrence
-    def _cell_step(self, z: Tensor, state: Tensor) -> Tensor:
-        """One event per key through every layer: ``z[B, I]``, ``state[B, S, L, H]`` -> new state."""
+    def _cell_step(
+        self, z: Tensor, state: Tensor, weights: Sequence[tuple[Tensor, Tensor, Tensor, Tensor]] | None = None
+    ) -> Tensor:
+        """One event per key through every layer: ``z[B, I]``, ``state[B, S, L, H]`` -> new state.
+
+        ``weights`` (per layer ``w_ih, w_hh, b_ih, b_hh``) defaults to the recurrent module's parameters.
+        """
         hs: list[Tensor] = []
         cs: list[Tensor] = []
         inp = z
         last = self.num_layers - 1
-        for layer, names in enumerate(self._layer_weight_names):
-            w_ih, w_hh, b_ih, b_hh = (getattr(self.rnn, n) for n in names)
+        if weights is None:
+            weights = [tuple(getattr(self.rnn, n) for n in names) for names in self._layer_weight_names]
+        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
             if self.cell == "gru":
-                h = torch.gru_cell(inp, state[:, 0, layer], w_ih, w_hh, b_ih, b_hh)
+                h = torch.gru_cell(inp, state.select(1, 0).select(1, layer), w_ih, w_hh, b_ih, b_hh)
             elif self.cell == "lstm":
-                h, c = torch.lstm_cell(inp, (state[:, 0, layer], state[:, 1, layer]), w_ih, w_hh, b_ih, b_hh)
+                hc = (state.select(1, 0).select(1, layer), state.select(1, 1).select(1, layer))
+                h, c = torch.lstm_cell(inp, hc, w_ih, w_hh, b_ih, b_hh)
                 cs.append(c)
             else:
-                h = torch.rnn_tanh_cell(inp, state[:, 0, layer], w_ih, w_hh, b_ih, b_hh)
+                h = torch.rnn_tanh_cell(inp, state.select(1, 0).select(1, layer), w_ih, w_hh, b_ih, b_hh)
             hs.append(h)
             inp = h
             if self.training and layer < last and self.rnn.dropout > 0:
@@ -325,8 +340,8 @@ class StreamingModel(nn.Module):
     def _outputs(self, x: Tensor, top_before: Tensor, top_after: Tensor) -> Tensor:
         """Head outputs ``[..., K]`` for events ``x[..., D]`` given the top hidden state before and after."""
         kind = self.head_kind
-        if kind == "binary":
-            return torch.sigmoid(self.head(top_after))
+        if kind == "binary":  # F.linear: the same as self.head(...) without the module-call overhead
+            return torch.sigmoid(F.linear(top_after, self.head.weight, self.head.bias))
         if kind == "multiclass":
             return torch.softmax(self.head(top_after), dim=-1)
         if kind == "forecast":
@@ -365,8 +380,61 @@ class StreamingModel(nn.Module):
         if self.stateless:
             state = torch.zeros_like(state)
         with self._numerics(x):
-            new_state = self._cell_step(self._rnn_inputs(x), state)
-            return self._outputs(x, state[:, 0, -1], new_state[:, 0, -1]), new_state
+            if self.training or torch.is_grad_enabled():
+                new_state = self._cell_step(self._rnn_inputs(x), state)
+            else:  # inference: the first layer's weights have the input normalization folded in (cached)
+                folded, weights = self._inference_weights()
+                z = self._rnn_inputs(x, normalized=not folded)
+                new_state = self._cell_step(z, state, weights)
+            top = self.num_layers - 1
+            top_before = state.select(1, 0).select(1, top)
+            return self._outputs(x, top_before, new_state.select(1, 0).select(1, top)), new_state
+
+    def _inference_weights(self) -> tuple[bool, list[tuple[Tensor, Tensor, Tensor, Tensor]]]:
+        """(folded, per-layer cell weights) for ``step`` without autograd, cached while the weights hold.
+
+        When ``folded``, layer 0's ``w_ih``/``b_ih`` take the continuous inputs unnormalized:
+        ``W (x - mean) / std + b = (W / std) x + (b - (W / std) mean)``, computed in float64. That saves the
+        per-step slice, subtract and divide. It is only done while ``|mean| / std <= 4`` for every column,
+        where the float32 rounding of the folded sum stays within a few ulps of the unfolded one (far below
+        the 1e-5 of the step == forward law); otherwise the weights are used as they are.
+
+        The cache is used only while every parameter it derives from is the same object, at the same data
+        pointer, with the same version counter: in-place changes (optimizer steps, ``load_state_dict``,
+        ``fit_normalization``, ``copy_`` under ``no_grad``) and ``.to()`` rebuild it. Like autograd, it
+        cannot see writes through ``.data``; tensors without a version counter (made under
+        ``inference_mode``) are compared by value instead.
+        """
+        rnn = self.rnn
+        sources = [self.norm_mean, self.norm_std]
+        for names in self._layer_weight_names:
+            sources.extend(getattr(rnn, n) for n in names)
+        try:
+            stamp: list[object] = [(t._version, t.data_ptr()) for t in sources]
+        except RuntimeError:  # inference tensors have no version counter: compare the folded ones by value
+            stamp = [t.data_ptr() for t in sources]
+            stamp.extend(sources[i].detach().clone() for i in _FOLDED_SOURCES)
+        cache = self.__dict__.get("_inference_cache")
+        if cache is not None and all(a is b for a, b in zip(cache[0], sources, strict=True)):
+            old = cache[1]
+            if len(old) == len(stamp) and all(
+                torch.equal(u, v) if isinstance(u, Tensor) else u == v
+                for u, v in zip(old, stamp, strict=True)
+            ):
+                return cache[2], cache[3]
+        weights = [tuple(sources[2 + 4 * i : 6 + 4 * i]) for i in range(self.num_layers)]
+        mean, std = sources[0].double(), sources[1].double()
+        folded = bool(self.num_continuous) and bool(((mean.abs() / std) <= _FOLD_MAX_OFFSET).all())
+        if folded:
+            w_ih, w_hh, b_ih, b_hh = weights[0]
+            n = self.num_continuous
+            w = w_ih.double()
+            w_cont = w[:, :n] / std
+            bias = b_ih.double() - w_cont @ mean
+            w = torch.cat([w_cont, w[:, n:]], dim=1)
+            weights[0] = (w.to(w_ih.dtype).contiguous(), w_hh, bias.to(b_ih.dtype), b_hh)
+        self.__dict__["_inference_cache"] = (sources, stamp, folded, weights)
+        return folded, weights
 
     def _numerics(self, x: Tensor) -> contextlib.AbstractContextManager[None]:
         """:func:`exact_numerics` in eval mode on CUDA (the law), nothing otherwise (training keeps TF32)."""

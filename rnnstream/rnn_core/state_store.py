@@ -7,21 +7,29 @@ hash table probed for the whole batch at once:
 
 - each key (its UTF-8 bytes, read straight from an Arrow string array) gets a 128-bit fingerprint: two
   64-bit hash chains over its 8-byte words with different mixers and secret per-store seeds (drawn from the
-  OS; ``hash_seed`` fixes them), computed with a few numpy passes per batch;
-- the table (linear probing, load <= 3/8) maps the first 64 bits to a slot; the slot's stored second 64 bits
-  must match too. Two distinct keys are taken for one only if all 128 bits collide (~2^-128 a pair for a
-  well-mixed hash; the seeds are secret, so keys cannot be crafted to collide). The key strings themselves
+  OS; ``hash_seed`` fixes them), computed with a few numpy passes per batch (both chains as the two rows of
+  one array);
+- the table (linear probing, load <= 3/8; one 16-byte row a position holding the first 64 bits and the slot)
+  maps the first 64 bits to a slot; the slot's stored second 64 bits must match too. Two distinct keys are
+  taken for one only if all 128 bits collide (~2^-128 a pair for a well-mixed hash; the seeds are secret, so
+  keys cannot be crafted to collide). The key strings themselves
   are kept (one Python ``str`` a key) for :meth:`keys`, snapshots and eviction, not for lookups.
 
 States live in a float32 slab ``[capacity, S, L, H]`` (S = 2 for LSTM h/c, L layers, H hidden); growth doubles
 the slab (amortized O(1) a key, nothing is copied per event). Freed slots are zeroed and reused, so an unknown
 key's state is always zeros. Last event time per slot (int64 ms, -1 = none yet) drives TTL eviction.
 Snapshots of a chosen set of keys are Arrow IPC files written atomically to any ``pyarrow.fs`` filesystem.
+
+The slab and the per-slot and table arrays, from 4 MiB on, live in anonymous mappings advised for
+transparent huge pages (see :func:`_zeros`): every lookup, gather and scatter touches random rows, and with
+4 KiB pages most of those would also miss the TLB.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import mmap
 import os
 import secrets
 import sys
@@ -40,6 +48,8 @@ _EMPTY = -1  # table position never used
 _TOMB = -2  # table position whose key was removed (probing continues past it)
 _MAX_LOAD = 0.375  # table load limit; rebuilt to load <= 1/4 (short probe chains)
 _WINDOW = 4
+_TAB_COLS = 2  # table row: h1, slot (int64 bits; _EMPTY / _TOMB when free): one read finds both
+_COL_H1, _COL_SLOT = 0, 1
 _STATE_SHAPE_META = b"rnnstream.state_shape"
 _FORMAT_META = b"rnnstream.snapshot_format"
 _FORMAT = b"keyed-state-v1"
@@ -49,27 +59,56 @@ _MIX3 = np.uint64(0xFF51AFD7ED558CCD)
 _MIX4 = np.uint64(0xC4CEB9FE1A85EC53)
 _ODD1 = np.uint64(0x9E3779B97F4A7C15)
 _ODD2 = np.uint64(0xD6E8FEB86659FD93)
+_ODDS = np.array([[_ODD1], [_ODD2]], np.uint64)
 _BYTE_MASKS = np.array([0, *((1 << (8 * k)) - 1 for k in range(1, 8)), (1 << 64) - 1], dtype=np.uint64)
 
 
-def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer (a bijection): spreads every input bit over the high bits used for the table."""
-    h ^= h >> np.uint64(30)
-    h *= _MIX1
-    h ^= h >> np.uint64(27)
-    h *= _MIX2
-    h ^= h >> np.uint64(31)
-    return h
+_HUGE_PAGE = 1 << 21  # x86-64/arm64 transparent huge page
+_HUGE_MIN_BYTES = 4 << 20  # arrays from this size on ask for huge pages
 
 
-def _mix2(h: np.ndarray) -> np.ndarray:
-    """murmur3's 64-bit finalizer (a bijection, other constants than :func:`_mix`)."""
-    h ^= h >> np.uint64(33)
-    h *= _MIX3
-    h ^= h >> np.uint64(33)
-    h *= _MIX4
-    h ^= h >> np.uint64(33)
-    return h
+def _zeros(shape: int | tuple[int, ...], dtype: type | np.dtype) -> np.ndarray:
+    """A zeroed array; from 4 MiB on, in its own 2 MiB-aligned anonymous mapping marked ``MADV_HUGEPAGE``.
+
+    The slab and the index are read at random rows: with 4 KiB pages nearly every row costs a TLB miss and
+    a page walk (the slab alone spans 64k pages at a million keys). Transparent huge pages (Linux, in the
+    usual ``madvise`` mode) cut that to a few hundred pages: gathers and probes get ~1.5x faster. Elsewhere
+    (no ``MADV_HUGEPAGE``) the mapping is plain memory. The memory is freed with the array.
+    """
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape))
+    nbytes = count * dtype.itemsize
+    advise = getattr(mmap, "MADV_HUGEPAGE", None)
+    if nbytes < _HUGE_MIN_BYTES or advise is None:
+        return np.zeros(shape, dtype)
+    region = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    raw = np.frombuffer(region, np.uint8)  # keeps the mapping alive (anonymous mappings start zeroed)
+    start = -raw.ctypes.data % _HUGE_PAGE
+    with contextlib.suppress(OSError):  # a kernel without THP: plain pages
+        region.madvise(advise, start, nbytes)
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def _filled(n: int, dtype: type | np.dtype, fill: object) -> np.ndarray:
+    a = _zeros(n, dtype)
+    if fill != 0:
+        a[:] = fill
+    return a
+
+
+# Row 0 of a [2, N] hash pair runs splitmix64's finalizer, row 1 murmur3's (both bijections): one numpy
+# pass per operation for both chains, shifts and multipliers broadcast per row.
+_SHIFTS = tuple(np.array([[a], [b]], np.uint64) for a, b in ((30, 33), (27, 33), (31, 33)))
+_MULTS = tuple(np.array([[a], [b]], np.uint64) for a, b in ((_MIX1, _MIX3), (_MIX2, _MIX4)))
+
+
+def _mix_pair(h: np.ndarray, tmp: np.ndarray) -> None:
+    """Finalize both rows of ``h[2, N]`` in place (``tmp`` is scratch of the same shape)."""
+    for i, shift in enumerate(_SHIFTS):
+        np.right_shift(h, shift, out=tmp)
+        h ^= tmp
+        if i < len(_MULTS):
+            h *= _MULTS[i]
 
 
 def as_string_array(keys: KeyBatch) -> pa.Array:
@@ -113,7 +152,7 @@ class KeyedStateStore:
         self._state_shape = tuple(int(n) for n in state_shape)
         capacity = max(1, int(capacity))
         rng = np.random.default_rng(secrets.randbits(128) if hash_seed is None else hash_seed)
-        self._seed1, self._seed2 = (np.uint64(v) for v in rng.integers(0, 2**64, 2, dtype=np.uint64))
+        self._seeds = rng.integers(0, 2**64, 2, dtype=np.uint64).reshape(2, 1)
         # per slot
         self._capacity = 0
         with torch.inference_mode(False):
@@ -129,8 +168,10 @@ class KeyedStateStore:
         self._num_keys = 0
         self._key_bytes = 0  # sys.getsizeof of the stored key strings
         # hash table
-        self._tab_h1 = np.empty(0, np.uint64)
-        self._tab_slot = np.empty(0, np.int32)
+        # one 16-byte row a table position: (h1, slot), so a probe reads one cache line, not two arrays
+        self._tab = np.zeros((0, _TAB_COLS), np.uint64)
+        self._tab_i = self._tab.view(np.int64)  # the same memory, for the signed slot column
+        self._tab_size = 0
         self._tab_used = 0  # live + tombstones
         self._shift = np.uint64(64)
         self._grow_slots(capacity)
@@ -161,7 +202,7 @@ class KeyedStateStore:
     def nbytes(self) -> int:
         """Bytes held: slab, per-slot arrays, hash table, free list, key strings and their pointers."""
         arrays = (self._times, self._h1, self._h2, self._live, self._slot_keys, self._free)
-        table = self._tab_h1.nbytes + self._tab_slot.nbytes
+        table = self._tab.nbytes
         slab = self._slab.element_size() * self._slab.nelement()
         return int(slab + sum(a.nbytes for a in arrays) + table + self._key_bytes)
 
@@ -197,7 +238,8 @@ class KeyedStateStore:
 
         Each hash runs a chain ``h = mix(h ^ word)`` over the key's 8-byte words (read unaligned straight
         from the Arrow data buffer, the last one masked to the key's length), starting from a secret seed
-        and the key's length; the two chains use different seeds and mixers.
+        and the key's length; the two chains use different seeds and mixers and run as the two rows of one
+        array. Keys shorter than the batch's longest keep their hash once their words are used up.
         """
         n = len(arr)
         offset_type = np.int64 if pa.types.is_large_string(arr.type) else np.int32
@@ -205,10 +247,9 @@ class KeyedStateStore:
         offsets = np.frombuffer(bufs[1], offset_type, n + 1, arr.offset * np.dtype(offset_type).itemsize)
         lens = np.diff(offsets).astype(np.int64)
         lo, hi = int(offsets[0]), int(offsets[-1])
-        h1 = lens.astype(np.uint64) * _ODD1
-        h1 ^= self._seed1
-        h2 = lens.astype(np.uint64) * _ODD2
-        h2 ^= self._seed2
+        h = np.empty((2, n), np.uint64)
+        np.multiply(lens.astype(np.uint64), _ODDS, out=h)
+        h ^= self._seeds
         if hi > lo:
             padded = np.zeros(hi - lo + 8, np.uint8)
             padded[: hi - lo] = np.frombuffer(bufs[2], np.uint8, hi - lo, lo)
@@ -216,32 +257,36 @@ class KeyedStateStore:
             starts = offsets[:-1].astype(np.int64) - lo
             num_words = (lens + 7) >> 3
             shortest, longest = int(num_words.min()), int(num_words.max())
+            tmp = np.empty_like(h)
             for j in range(longest):
-                rows = None if j < shortest else np.flatnonzero(num_words > j)
-                at = starts + 8 * j if rows is None else starts[rows] + 8 * j
+                at = starts + 8 * j
+                if j >= shortest:  # keys without a j-th word read any valid word (ignored below)
+                    np.minimum(at, hi - lo, out=at)
                 w = words[at]
-                rem = (lens if rows is None else lens[rows]) - 8 * j
+                rem = lens - 8 * j
                 if int(rem.min()) < 8:
-                    w &= _BYTE_MASKS[np.minimum(rem, 8)]
-                if rows is None:
-                    h1 = _mix(h1 ^ w)
-                    h2 = _mix2(h2 ^ w)
-                else:
-                    h1[rows] = _mix(h1[rows] ^ w)
-                    h2[rows] = _mix2(h2[rows] ^ w)
-        return h1, h2
+                    w &= _BYTE_MASKS[np.clip(rem, 0, 8)]
+                if j < shortest:
+                    h ^= w
+                    _mix_pair(h, tmp)
+                else:  # keys without a j-th word keep their hash
+                    mixed = h ^ w
+                    _mix_pair(mixed, tmp)
+                    np.copyto(h, mixed, where=num_words > j)
+        return h[0], h[1]
 
     def _probe(self, h1: np.ndarray, h2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(slot, table position) of each fingerprint, -1 where absent; all keys probed together.
 
-        One probe for every key resolves most of them; the rest scan windows of ``_WINDOW`` positions at a
-        time (2-D gathers, so a long probe chain costs one numpy pass instead of one per step).
+        One probe for every key resolves most of them (one 16-byte table row holds the first fingerprint
+        half and the slot; the slot's second half is checked after); the rest scan windows of ``_WINDOW``
+        positions at a time (2-D gathers, so a long probe chain costs one numpy pass instead of one per step).
         """
-        n = h1.size
-        mask = np.int64(self._tab_slot.size - 1)
+        mask = np.int64(self._tab_size - 1)
         pos = (h1 >> self._shift).astype(np.int64)
-        ts = self._tab_slot[pos].astype(np.int64)
-        hit = (self._tab_h1[pos] == h1) & (ts >= 0)
+        rows = self._tab.take(pos, axis=0)
+        ts = rows.view(np.int64)[:, _COL_SLOT]
+        hit = (rows[:, _COL_H1] == h1) & (ts >= 0)
         hit &= self._h2[np.where(hit, ts, 0)] == h2
         slots = np.where(hit, ts, -1)
         tpos = np.where(hit, pos, -1)
@@ -250,22 +295,22 @@ class KeyedStateStore:
         offsets = np.arange(_WINDOW, dtype=np.int64)
         while act.size:
             win = (pos[:, None] + offsets) & mask
-            wts = self._tab_slot[win]
-            whit = (self._tab_h1[win] == h1[act, None]) & (wts >= 0)
+            wrows = self._tab[win]
+            wts = wrows.view(np.int64)[..., _COL_SLOT]
+            whit = (wrows[..., _COL_H1] == h1[act, None]) & (wts >= 0)
             stop = whit | (wts == _EMPTY)
             first = stop.argmax(axis=1)
-            rows = np.arange(act.size)
-            stopped = stop[rows, first]
-            is_hit = stopped & whit[rows, first]
-            cand = wts[rows, first].astype(np.int64)
+            r = np.arange(act.size)
+            stopped = stop[r, first]
+            is_hit = stopped & whit[r, first]
+            cand = wts[r, first]
             ok = is_hit & (self._h2[np.where(is_hit, cand, 0)] == h2[act])
             slots[act[ok]] = cand[ok]
-            tpos[act[ok]] = win[rows, first][ok]
-            # go on: no stop in the window, or a first-64-bit match whose second half differs
+            tpos[act[ok]] = win[r, first][ok]
+            # go on: no stop in the window, or a first-half match whose second half differs
             again = ~stopped | (is_hit & ~ok)
             step = np.where(stopped, first + 1, _WINDOW)
             act, pos = act[again], (pos + step)[again]
-        assert n == slots.size
         return slots, tpos
 
     def _insert(self, arr: pa.Array, missing: np.ndarray, h1: np.ndarray, h2: np.ndarray) -> np.ndarray:
@@ -287,7 +332,7 @@ class KeyedStateStore:
         self._times[new_slots] = -1
         self._live[new_slots] = True
         self._num_keys += m
-        if (self._tab_used + m) > _MAX_LOAD * self._tab_slot.size:
+        if (self._tab_used + m) > _MAX_LOAD * self._tab_size:
             self._rebuild_table(4 * (self._num_keys))
         else:
             self._table_insert(h1[first], new_slots)
@@ -309,18 +354,22 @@ class KeyedStateStore:
 
     def _grow_slots(self, new_cap: int) -> None:
         old = self._capacity
-        with torch.inference_mode(False), torch.no_grad():
-            slab = torch.zeros((new_cap, *self._state_shape), dtype=torch.float32)
-            slab[:old] = self._slab
-        self._slab = slab
         # the slab's memory as numpy rows [capacity, S*L*H]: row take/assign on a 2-D array are 2-4x
         # faster than torch index_select/index_copy_ (or numpy on the 4-D view) for rows this small
-        self._rows = slab.numpy().reshape(new_cap, -1)
+        rows = _zeros((new_cap, int(np.prod(self._state_shape))), np.float32)
+        if old:
+            rows[:old] = self._rows[:old]
+        self._rows = rows
+        with torch.inference_mode(False):
+            self._slab = torch.from_numpy(rows).view(new_cap, *self._state_shape)
 
         def grown(a: np.ndarray, fill: object) -> np.ndarray:
-            out = np.empty(new_cap, a.dtype)
+            if a.dtype == object:
+                out = np.empty(new_cap, a.dtype)
+                out[old:] = fill
+            else:
+                out = _filled(new_cap, a.dtype, fill)
             out[:old] = a
-            out[old:] = fill
             return out
 
         self._times = grown(self._times, -1)
@@ -334,8 +383,10 @@ class KeyedStateStore:
         size = 16
         while size < min_size:
             size *= 2
-        self._tab_h1 = np.zeros(size, np.uint64)
-        self._tab_slot = np.full(size, _EMPTY, np.int32)
+        self._tab = _zeros((size, _TAB_COLS), np.uint64)
+        self._tab_i = self._tab.view(np.int64)
+        self._tab_i[:, _COL_SLOT] = _EMPTY
+        self._tab_size = size
         self._shift = np.uint64(64 - (size.bit_length() - 1))
         self._tab_used = 0
         live = np.flatnonzero(self._live[: self._next_fresh])
@@ -344,20 +395,21 @@ class KeyedStateStore:
 
     def _table_insert(self, h1: np.ndarray, slots: np.ndarray) -> None:
         """Place keys known to be absent at the first free position of their probe sequence."""
-        mask = np.int64(self._tab_slot.size - 1)
+        mask = np.int64(self._tab_size - 1)
         pos = (h1 >> self._shift).astype(np.int64)
         todo = np.arange(h1.size)
+        slot_col = self._tab_i[:, _COL_SLOT]
         while todo.size:
             p = pos[todo]
-            free = self._tab_slot[p] < 0
+            free = slot_col[p] < 0
             cand, cpos = todo[free], p[free]
             placed = np.zeros(todo.size, np.bool_)
             if cand.size:
                 upos, first = np.unique(cpos, return_index=True)  # one winner per position
                 win = cand[first]
-                self._tab_used += int(np.count_nonzero(self._tab_slot[upos] == _EMPTY))
-                self._tab_h1[upos] = h1[win]
-                self._tab_slot[upos] = slots[win]
+                self._tab_used += int(np.count_nonzero(slot_col[upos] == _EMPTY))
+                self._tab[upos, _COL_H1] = h1[win]
+                slot_col[upos] = slots[win]
                 placed[np.flatnonzero(free)[first]] = True
             todo = todo[~placed]
             pos[todo] = (pos[todo] + 1) & mask
@@ -366,7 +418,7 @@ class KeyedStateStore:
         """Forget keys: tombstone their table entries, zero and free their slots."""
         if slots.size == 0:
             return
-        self._tab_slot[tpos] = _TOMB
+        self._tab_i[tpos, _COL_SLOT] = _TOMB
         self._key_bytes -= sum(map(sys.getsizeof, self._slot_keys[slots].tolist()))
         self._slot_keys[slots] = None
         self._live[slots] = False
@@ -380,13 +432,17 @@ class KeyedStateStore:
         self._free[self._num_free : need] = slots
         self._num_free = need
         self._num_keys -= slots.size
-        if self._num_keys < self._tab_used // 4 and self._tab_slot.size > 64:  # mostly tombstones
+        if self._num_keys < self._tab_used // 4 and self._tab_size > 64:  # mostly tombstones
             self._rebuild_table(4 * max(self._num_keys, 4))
 
     # ------------------------------------------------------------------ states
-    def gather_slots(self, slots: np.ndarray) -> torch.Tensor:
-        """States of the given slots, a new float32 tensor ``[B, S, L, H]``."""
-        return torch.from_numpy(self._rows.take(slots, axis=0)).view(-1, *self._state_shape)
+    def gather_slots(self, slots: np.ndarray, out: np.ndarray | None = None) -> torch.Tensor:
+        """States of the given slots, a new float32 tensor ``[B, S, L, H]``; with ``out`` (a C-contiguous
+        float32 array ``[B, S, L, H]`` to reuse), written there and returned as a tensor sharing it."""
+        if out is None:
+            return torch.from_numpy(self._rows.take(slots, axis=0)).view(-1, *self._state_shape)
+        self._rows.take(slots, axis=0, out=out.reshape(len(slots), -1))
+        return torch.from_numpy(out)
 
     def scatter_slots(
         self, slots: np.ndarray, states: torch.Tensor, times_ms: np.ndarray | None = None
@@ -528,7 +584,7 @@ class KeyedStateStore:
             while cap < n:
                 cap *= 2
             self._grow_slots(cap)
-        if n > _MAX_LOAD * self._tab_slot.size:
+        if n > _MAX_LOAD * self._tab_size:
             self._rebuild_table(4 * n)
 
 

@@ -52,8 +52,9 @@ class StreamScorer:
         self._dt_col = self.input_size - 1 if config.features.use_time_delta else None
         self._output_names = list(model.output_names())
         self._xbuf = np.zeros((0, self.input_size), np.float32)  # reused input copy (dt column written)
-        self._mark = np.zeros(0, np.int64)  # scratch over slots for duplicate detection
-        self._arange = np.arange(0, dtype=np.int64)
+        self._mark = np.zeros(0, np.int32)  # scratch over slots for duplicate detection
+        self._arange = np.arange(0, dtype=np.int32)
+        self._gbuf = np.zeros((0, *store.state_shape), np.float32)  # gathered states of one chunk
 
     @property
     def output_names(self) -> list[str]:
@@ -82,12 +83,32 @@ class StreamScorer:
         if self._xbuf.shape[0] < n:
             self._xbuf = np.zeros((max(n, 2 * self._xbuf.shape[0]), self.input_size), np.float32)
         xb = self._xbuf[:n]
-        np.copyto(xb, x, casting="same_kind")
         slots = self.store.lookup(keys, create=True)
         repeated = self._repeated(slots)
+        order = None if repeated is None else self._fused_order(n, *repeated)
         with torch.inference_mode():
             if repeated is None:
+                if (
+                    self._dt_col is None
+                    and x.dtype == np.float32
+                    and x.flags.c_contiguous
+                    and x.flags.writeable
+                ):
+                    xb = x  # nothing to fill in: step the caller's rows (never written)
+                else:
+                    np.copyto(xb, x, casting="same_kind")
                 return self._step(slots, times, xb)
+            if order is not None:
+                # Same chunks as without repeats: a repeated key's first event is moved to the first chunk,
+                # its second to the last one, so no chunk holds a key twice and no extra step is needed.
+                if x.dtype == np.float32:
+                    np.take(x, order, axis=0, out=xb)
+                else:
+                    np.copyto(xb, x[order], casting="same_kind")
+                out = np.empty((n, len(self._output_names)), np.float32)
+                out[order] = self._step(slots[order], times[order], xb)
+                return out
+            np.copyto(xb, x, casting="same_kind")
             # Wave 0 steps the whole batch at once (no copies). A repeated key's later events only get
             # their state after it, so their wave-0 results are discarded and redone in waves 1, 2, ...
             involved, rank = repeated
@@ -134,7 +155,9 @@ class StreamScorer:
             dt *= np.float32(1e-3)
             dt[(prev < 0) | (dt < 0)] = 0.0
             xb[:, self._dt_col] = dt
-        state = store.gather_slots(slots)
+        if self._gbuf.shape[0] < slots.size:
+            self._gbuf = np.empty((max(slots.size, self.step_rows), *store.state_shape), np.float32)
+        state = store.gather_slots(slots, out=self._gbuf[: slots.size])  # reused: no allocation per chunk
         xt = torch.from_numpy(xb)
         if self._device.type != "cpu":
             xt, state = xt.to(self._device), state.to(self._device)
@@ -143,14 +166,32 @@ class StreamScorer:
         store.scatter_slots(slots, new_state, times)
         return out.cpu().numpy(), new_state
 
+    def _fused_order(self, n: int, involved: np.ndarray, rank: np.ndarray) -> np.ndarray | None:
+        """An order of the events that applies each key's events in order in plain ``step_rows`` chunks,
+        or None when there is none this simple (a key three times, or too few chunks: waves then).
+
+        The order: the first events of repeated keys, then every event of a key seen once (in batch order),
+        then the second events of repeated keys. It is valid when the first group ends in an earlier chunk
+        than the one where the last group starts.
+        """
+        if int(rank.max()) != 1:
+            return None
+        firsts, seconds = involved[rank == 0], involved[rank == 1]
+        rows = self.step_rows
+        if (firsts.size - 1) // rows >= (n - seconds.size) // rows:
+            return None
+        once = np.ones(n, np.bool_)
+        once[involved] = False
+        return np.concatenate([firsts, np.flatnonzero(once), seconds])
+
     def _repeated(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Events whose key occurs more than once in the batch (indices, in event order) with each one's
         occurrence rank (0 = the key's first event in the batch); None when all keys differ."""
         n = slots.size
         if self._arange.size < n:
-            self._arange = np.arange(max(n, 2 * self._arange.size), dtype=np.int64)
+            self._arange = np.arange(max(n, 2 * self._arange.size), dtype=np.int32)
         if self._mark.size < self.store.capacity:
-            self._mark = np.zeros(self.store.capacity, np.int64)
+            self._mark = np.zeros(self.store.capacity, np.int32)
         ar = self._arange[:n]
         mark = self._mark
         mark[slots] = ar  # for a repeated slot, one of its events' indices survives

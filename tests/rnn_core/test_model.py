@@ -425,3 +425,42 @@ def test_same_seed_same_model():
     with torch.no_grad():
         torch.testing.assert_close(a(x)[0], b(x)[0], atol=0, rtol=0)
         assert (a(x)[0] - c(x)[0]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_inference_step_folds_normalization_and_follows_every_weight_change(cell):
+    """Without autograd, ``step`` folds the input normalization into cached weights; the law must hold
+    after each way the weights or the normalization can change."""
+    model = make_model(cell, "binary", 2)
+    x = make_x()
+    flat = x.reshape(-1, x.shape[-1]).numpy()
+
+    def assert_step_equals_forward() -> None:
+        with torch.inference_mode():
+            out_fwd, state_fwd = model(x)
+            out_step, state_step = step_through(model, x, model.init_state(3))
+        torch.testing.assert_close(out_step, out_fwd, atol=1e-5, rtol=0)
+        torch.testing.assert_close(state_step, state_fwd, atol=1e-5, rtol=0)
+
+    model.fit_normalization(flat * 3 + 0.5)  # |mean| / std small: folded
+    assert_step_equals_forward()
+    assert model._inference_weights()[0]
+    model.fit_normalization(flat * 0.01 + 50)  # |mean| / std large: not folded, still equal
+    assert_step_equals_forward()
+    assert not model._inference_weights()[0]
+    model.fit_normalization(flat)
+    assert_step_equals_forward()
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.loss(x, torch.ones(3, 9))[0].backward()
+    optimizer.step()
+    model.eval()
+    assert_step_equals_forward()
+    other = make_model(cell, "binary", 2, seed=5)
+    other.fit_normalization(flat * 2 - 1)
+    model.load_state_dict(other.state_dict())
+    assert_step_equals_forward()
+    with torch.no_grad():
+        model.rnn.weight_ih_l0.mul_(0.5)
+        model.norm_std.mul_(2.0)
+    assert_step_equals_forward()

@@ -212,3 +212,18 @@ def test_nbytes_counts_slab_index_and_keys() -> None:
     overhead_per_key = (store.nbytes - slab) / store.num_keys
     assert 60 < overhead_per_key < 250  # key string + pointers + times + fingerprints + table share
     assert store.nbytes / store.num_keys <= 2 * store.raw_bytes_per_key + 100
+
+
+def test_gather_slots_into_a_reused_buffer_and_huge_page_backed_growth() -> None:
+    """``gather_slots(out=...)`` writes the states into the buffer it returns as a tensor; a store big
+    enough for huge-page backed arrays (>= 4 MiB) grows and looks up like a small one."""
+    store = KeyedStateStore(SHAPE, capacity=4, hash_seed=1)
+    keys = [f"key-{i}" for i in range(300_000)]  # slab 300k * 24 B and the table pass 4 MiB
+    store.scatter(keys, states_for(len(keys)), np.arange(len(keys)))
+    slots = store.lookup(keys[::1000], create=False)
+    buf = np.full((slots.size, *SHAPE), np.nan, np.float32)
+    got = store.gather_slots(slots, out=buf)
+    assert np.shares_memory(got.numpy(), buf)
+    torch.testing.assert_close(got, states_for(len(keys))[::1000])
+    torch.testing.assert_close(store.gather_slots(slots), got)
+    assert store.last_times(keys[-3:]).tolist() == [299_997, 299_998, 299_999]

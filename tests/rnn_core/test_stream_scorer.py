@@ -64,6 +64,33 @@ def test_one_batch_equals_one_event_at_a_time(step_rows: int) -> None:
     np.testing.assert_allclose(batched, one_by_one, atol=1e-6)
 
 
+@pytest.mark.parametrize("step_rows", [16, 64])
+def test_keys_at_most_twice_in_a_chunked_batch_equal_one_at_a_time(step_rows: int) -> None:
+    """The common case of a big batch (a few keys twice, none three times) runs without extra waves."""
+    model = make_model()
+    rng = np.random.default_rng(4)
+    keys = [f"k{i}" for i in rng.permutation(100)]
+    keys += [keys[i] for i in (3, 0, 97, 50)]  # repeats, including one whose first event is in the last chunk
+    order = rng.permutation(len(keys))
+    keys = [keys[i] for i in order]
+    assert max(keys.count(k) for k in keys) == 2
+    times = np.cumsum(rng.integers(0, 5_000, len(keys))).astype(np.int64)
+    x = rng.normal(size=(len(keys), 3)).astype(np.float32)
+    scorer = StreamScorer(model, step_rows=step_rows)
+    assert scorer._fused_order(len(keys), *scorer._repeated(scorer.store.lookup(keys))) is not None
+    batched = scorer.score(keys, times, x.astype(np.float64))
+    single = StreamScorer(model)
+    one_by_one = np.concatenate(
+        [single.score(keys[i : i + 1], times[i : i + 1], x[i : i + 1]) for i in range(len(keys))]
+    )
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-6)
+    distinct = sorted(set(keys))
+    np.testing.assert_array_equal(scorer.store.last_times(distinct), single.store.last_times(distinct))
+    torch.testing.assert_close(
+        scorer.store.gather(distinct), single.store.gather(distinct), atol=1e-6, rtol=0
+    )
+
+
 def test_one_key_many_times_in_one_batch() -> None:
     model = make_model()
     times = np.array([0, 1_000, 3_000, 3_000, 10_000], np.int64)
