@@ -25,6 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rnnstream.pipelines.spec import (
     DEFAULT_START_MS,
@@ -41,7 +42,7 @@ from rnnstream.pipelines.spec import (
 )
 from rnnstream.rnn_core import metrics
 from rnnstream.rnn_core.config import ModelConfig
-from rnnstream.rnn_core.event_schema import EventSchema
+from rnnstream.rnn_core.event_schema import KEY_COLUMN, EventSchema
 
 NAME = "monitoring-logs"
 SCHEMA_VERSION = 1
@@ -192,14 +193,22 @@ def evaluate(table: pa.Table, outputs: np.ndarray, truth: Mapping[str, np.ndarra
 
     A line is flagged when ``rank >= TOP_G`` (column 1 of the next-token outputs); a session when any of
     its lines is. The session score (its worst line's ``1 - P``) gives ``session_best_f1`` over thresholds.
+
+    Without ``session_id`` in ``truth`` (archived events carry only their ``label``), sessions are read off
+    the events (:func:`sessions_from_table`) and a session is anomalous when any of its lines is labelled.
     """
     outputs = np.asarray(outputs)
-    session = np.asarray(truth["session_id"])
+    if "session_id" in truth:
+        session = np.asarray(truth["session_id"])
+        session_label = np.asarray(truth["session_label"])
+    else:
+        session = sessions_from_table(table)
+        session_label = np.asarray(truth["label"])
     _, sess = np.unique(session, return_inverse=True)
     sess = sess.reshape(-1)
     n_sess = int(sess.max()) + 1 if len(sess) else 0
     y = np.zeros(n_sess, dtype=np.int64)
-    np.maximum.at(y, sess, np.asarray(truth["session_label"]).astype(np.int64))
+    np.maximum.at(y, sess, session_label.astype(np.int64))
     flagged = np.zeros(n_sess, dtype=bool)
     np.logical_or.at(flagged, sess, outputs[:, 1] >= TOP_G)
     score = np.full(n_sess, -np.inf)
@@ -219,6 +228,28 @@ def evaluate(table: pa.Table, outputs: np.ndarray, truth: Mapping[str, np.ndarra
         "sessions": float(n_sess),
         "anomalous_session_rate": float(y.mean()) if n_sess else 0.0,
     }
+
+
+def sessions_from_table(table: pa.Table) -> np.ndarray:
+    """A session number per row, from the events alone: a key's session starts at each open line (``E01``).
+
+    Rows may interleave keys (event-time order); a key's lines before its first open line form a session of
+    their own. The numbers identify sessions, they do not order them.
+    """
+    n = table.num_rows
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    key = table.column(KEY_COLUMN).combine_chunks().dictionary_encode().indices.to_numpy().astype(np.int64)
+    template = table.column("template").combine_chunks()
+    is_open = np.asarray(
+        pc.fill_null(pc.equal(template, TEMPLATES[_OPEN]), False).to_numpy(zero_copy_only=False),
+        dtype=np.int64,
+    )
+    order = np.argsort(key, kind="stable")
+    counts = np.bincount(key[order])
+    opened = np.empty(n, dtype=np.int64)
+    opened[order] = group_cumsum(is_open[order], counts[counts > 0])
+    return key * (n + 1) + opened
 
 
 def pipeline_spec() -> PipelineSpec:

@@ -196,7 +196,7 @@ def generic_metrics(outputs: np.ndarray, truth: Mapping[str, np.ndarray], head: 
             "macro_f1": float(rmetrics.macro_f1(y, predicted)),
         }
     score = outputs[:, 0].astype(np.float64)
-    f1, _ = rmetrics.best_f1(y, score)
+    f1 = rmetrics.best_f1(y, score).f1
     return {
         "pr_auc": float(rmetrics.pr_auc(y, score)),
         "roc_auc": float(rmetrics.roc_auc(y, score)),
