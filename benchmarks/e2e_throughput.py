@@ -1,0 +1,363 @@
+"""End-to-end scoring throughput, latency and recovery on the local embedded broker (issue 4).
+
+One run, one broker, one GRU(32->64) model (31 float features + the time delta), 4 partitions:
+
+- ``raw_eps``: the I/O floor: 2 processes, each consuming 2 partitions of the JSON events topic and producing
+  one output message per input message (no decoding, no model, no state, no transactions);
+- ``json_eps`` / ``arrow_eps``: rnnstream end to end with 2 workers (consumed -> scored -> scores written in
+  Kafka transactions with the offsets -> checkpointed) over the same events as JSON and as Arrow messages;
+- ``p50_ms`` / ``p99_ms``: broker append -> score committed, with Arrow events produced at half ``arrow_eps``
+  (and ``p50_ms_at_10k_eps`` / ``p99_ms_at_10k_eps`` at a fixed 10,000 events/s, for comparing machines);
+- ``recovery_s``: kill -9 of a worker holding 100,000 keys -> scoring again with its restored state;
+- ``json_vs_raw`` = json_eps / raw_eps.
+
+Throughput runs commit every 250 ms; the latency runs every 50 ms (a score is visible to ``read_committed``
+readers only once its transaction commits, so the commit interval bounds latency from below).
+
+Targets (issue 4): json_vs_raw >= 0.8, arrow_eps >= 200000, p99_ms < 50, recovery_s < 10.
+``--quick`` uses fewer events; ``--json`` prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+PARTITIONS = 4
+FEATURES = 31
+HIDDEN = 64
+
+
+def make_schema(name: str):
+    from rnnstream.rnn_core.event_schema import EventSchema
+
+    return EventSchema(pipeline=name, version=1, vectors=(("x", FEATURES),))
+
+
+def make_events(schema, n: int, n_keys: int, seed: int, start_ms: int, key_prefix: str = "k") -> pa.Table:
+    rng = np.random.default_rng(seed)
+    times = start_ms + np.arange(n, dtype=np.int64)
+    keys = pa.array([f"{key_prefix}{i}" for i in rng.integers(0, n_keys, n)], pa.string())
+    values = np.round(rng.normal(size=(n, FEATURES)), 3).astype(np.float32)
+    x = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), FEATURES)
+    return pa.table(
+        {"key": keys, "time": pa.array(times, pa.int64()).cast(pa.timestamp("ms")), "x": x},
+        schema=schema.arrow_schema(),
+    )
+
+
+def create_topics(settings, pipeline: str) -> None:
+    from rnnstream.workers.kafka_io import TopicAdmin
+
+    with TopicAdmin(settings) as admin:
+        admin.create_topics(
+            [
+                f"{pipeline}.events",
+                f"{pipeline}.scores",
+                f"{pipeline}.dlq",
+                f"{pipeline}.scores.shadow",
+                f"{pipeline}.raw",
+            ],
+            PARTITIONS,
+        )
+
+
+def produce(settings, schema, table: pa.Table, encoding: str, per_msg: int = 1000) -> None:
+    from rnnstream.workers.kafka_io import EventProducer
+
+    with EventProducer(settings, schema, events_per_message=per_msg) as p:
+        for i in range(0, table.num_rows, 20_000):
+            chunk = table.slice(i, 20_000)
+            p.send_json(chunk) if encoding == "json" else p.send_arrow(chunk)
+        p.flush()
+
+
+def wait_committed(settings, group: str, topic: str, timeout_s: float = 600.0) -> float:
+    """Wait until ``group`` committed the end of every partition of ``topic``; returns when (monotonic).
+
+    One consumer polls the committed offsets every 20 ms (making a client per check would cost more CPU
+    than the workers being measured can spare on a small machine)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(**settings.client_kwargs(), group_id=group, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        end = sum(c.end_offsets(tps).values())
+        deadline = time.monotonic() + timeout_s
+        while True:
+            done = sum(c.committed(tp) or 0 for tp in tps)
+            if done >= end:
+                return time.monotonic()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{group} committed {done} of {end} on {topic}")
+            time.sleep(0.02)
+    finally:
+        c.close()
+
+
+# ------------------------------------------------------------------------------------------------ raw floor
+def _raw_passthrough(bootstrap: str, topic: str, out_topic: str, parts: list[int], expect: int, q) -> None:
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=5000,
+    )
+    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=256 * 1024)
+    tps = [TopicPartition(topic, x) for x in parts]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    n = 0
+    t0 = None
+    while n < expect:
+        for tp, msgs in c.poll(timeout_ms=200).items():
+            if t0 is None:
+                t0 = time.monotonic()
+            for m in msgs:
+                p.send(out_topic, value=m.value, key=m.key, partition=tp.partition)
+            n += len(msgs)
+    p.flush()
+    q.put((n, t0, time.monotonic()))
+    c.close()
+    p.close()
+
+
+def raw_eps(settings, pipeline: str, counts: dict[int, int]) -> float:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    bootstrap = settings.bootstrap_servers
+    groups = [[0, 2], [1, 3]]
+    procs = [
+        ctx.Process(
+            target=_raw_passthrough,
+            args=(bootstrap, f"{pipeline}.events", f"{pipeline}.raw", g, sum(counts[p] for p in g), q),
+        )
+        for g in groups
+    ]
+    for pr in procs:
+        pr.start()
+    res = [q.get(timeout=600) for _ in procs]
+    for pr in procs:
+        pr.join()
+    n = sum(r[0] for r in res)
+    return n / (max(r[2] for r in res) - min(r[1] for r in res))
+
+
+# ------------------------------------------------------------------------------------------------ rnnstream
+def run_workers(settings, schema, handle, ckpt: Path, workers: int = 2, **kw):
+    from rnnstream.workers.scoring_worker import WorkerConfig
+    from rnnstream.workers.serving import start_coordinator
+
+    settings_kw = {
+        "max_batch": 8192,
+        "max_poll_records": 8192,
+        "linger_ms": 5,
+        "commit_interval_ms": 250,
+        "max_in_flight": 100_000,
+        "checkpoint_every_events": 200_000,
+        "checkpoint_every_s": 5.0,
+        "max_partition_fetch_bytes": 8 * 1024 * 1024,
+        "fetch_max_bytes": 32 * 1024 * 1024,
+        **kw,
+    }
+    config = WorkerConfig(
+        pipeline=schema.pipeline, schema=schema, kafka=settings, checkpoint_uri=str(ckpt), **settings_kw
+    )
+    coord = start_coordinator(config, handle, workers, PARTITIONS, health_every_s=0.1)
+    return config, coord
+
+
+def end_to_end_eps(settings, schema, handle, table, encoding: str, tmp: Path) -> float:
+    from rnnstream.workers.serving import stop_coordinator
+
+    name = schema.pipeline
+    create_topics(settings, name)
+    produce(settings, schema, table, encoding)
+    config, coord = run_workers(settings, schema, handle, tmp / f"ckpt-{name}")
+    t0 = time.monotonic()
+    t1 = wait_committed(settings, config.group_id, config.events_topic)
+    stop_coordinator(coord)
+    return table.num_rows / (t1 - t0)
+
+
+def latency_at_rate(settings, schema, handle, rate: float, seconds: float, tmp: Path) -> tuple[float, float]:
+    import ray
+
+    from rnnstream.workers.kafka_io import EventProducer
+    from rnnstream.workers.serving import stop_coordinator
+
+    create_topics(settings, schema.pipeline)
+    # latency settings: a commit (= scores visible to read_committed readers) every 50 ms; measured here,
+    # 10 ms commits saturate the workers at this rate (each commit costs a few ms), raising latency
+    config, coord = run_workers(
+        settings, schema, handle, tmp / "ckpt-lat", max_batch=8192, linger_ms=2, commit_interval_ms=50
+    )
+    n = int(rate * seconds)
+    table = make_events(schema, n, 20_000, seed=3, start_ms=int(time.time() * 1000))
+    chunk = max(100, int(rate / 50))  # 50 sends a second
+    with EventProducer(settings, schema, events_per_message=min(chunk, 1000)) as p:
+        t0 = time.monotonic()
+        for i in range(0, n, chunk):
+            p.send_arrow(table.slice(i, chunk))
+            p.flush()
+            ahead = (i + chunk) / rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+    wait_committed(settings, config.group_id, config.events_topic)
+    st = ray.get(coord.status.remote())
+    stop_coordinator(coord)
+    p50 = float(np.mean([w["latency_append_p50_ms"] for w in st["workers"] if w["latency_append_p50_ms"]]))
+    p99 = float(np.max([w["latency_append_p99_ms"] for w in st["workers"] if w["latency_append_p99_ms"]]))
+    return p50, p99
+
+
+def recovery_seconds(settings, schema, handle, n_keys: int, tmp: Path) -> float:
+    import ray
+
+    from rnnstream.workers.serving import stop_coordinator
+
+    create_topics(settings, schema.pipeline)
+    start = int(time.time() * 1000) - 60_000
+    table = make_events(schema, n_keys, n_keys, seed=4, start_ms=start)
+    # one event per key: every key lands in state (keys k0..k{n-1} in random order)
+    keys = pa.array([f"k{i}" for i in np.random.default_rng(5).permutation(n_keys)], pa.string())
+    table = table.set_column(0, "key", keys)
+    produce(settings, schema, table, "arrow")
+    config, coord = run_workers(settings, schema, handle, tmp / "ckpt-rec", workers=1)
+    wait_committed(settings, config.group_id, config.events_topic)
+    ray.get(coord.final_checkpoint.remote())
+    keys_held = ray.get(coord.status.remote())["workers"][0]["keys"]
+    pid = ray.get(coord.worker_pids.remote())[0]
+    more = make_events(schema, 1000, n_keys, seed=6, start_ms=start + n_keys)
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    produce(settings, schema, more, "arrow")
+    t1 = wait_committed(settings, config.group_id, config.events_topic, timeout_s=120)
+    st = ray.get(coord.status.remote())["workers"][0]
+    stop_coordinator(coord)
+    if keys_held < n_keys or st["restores"] < 1:
+        raise RuntimeError(f"recovery run held {keys_held} keys, restored {st['restores']} partitions")
+    return t1 - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer events (a smoke run)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from rnnstream.rnn_core.config import ModelConfig
+    from rnnstream.rnn_core.model import StreamingModel
+    from rnnstream.rnn_core.serialization import save_model
+    from rnnstream.workers.embedded_broker import EmbeddedBroker, free_port
+    from rnnstream.workers.kafka_settings import KafkaSettings
+    from rnnstream.workers.scoring_worker import ModelHandle
+    from rnnstream.workers.serving import init_ray
+
+    n_json = 20_000 if args.quick else 60_000
+    n_arrow = 100_000 if args.quick else 400_000
+    lat_seconds = 4.0 if args.quick else 10.0
+    rec_keys = 100_000
+    log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    with tempfile.TemporaryDirectory(prefix="rnnstream-e2e-") as tmpdir:
+        tmp = Path(tmpdir)
+        broker = EmbeddedBroker(data_dir=tmp / "broker", port=free_port())
+        broker.start()
+        try:
+            settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
+            init_ray(num_cpus=4)
+            torch.manual_seed(0)
+            base = make_schema("bench")
+            model = StreamingModel(ModelConfig(features=base.feature_spec(), cell="gru", hidden_size=HIDDEN))
+            save_model(model, tmp / "model")
+            handle = ModelHandle(version="bench:gru-32-64", locator=str(tmp / "model"))
+            start = int(time.time() * 1000) - 3_600_000
+
+            schema = make_schema("bench-json")
+            table = make_events(schema, n_json, 10_000, seed=1, start_ms=start)
+            log(f"json: {n_json} events ...")
+            json_eps = end_to_end_eps(settings, schema, handle, table, "json", tmp)
+            counts = _partition_counts(settings, f"{schema.pipeline}.events")
+            log(f"raw pass-through over the same {n_json} JSON messages ...")
+            raw = raw_eps(settings, schema.pipeline, counts)
+
+            schema = make_schema("bench-arrow")
+            table = make_events(schema, n_arrow, 10_000, seed=2, start_ms=start)
+            log(f"arrow: {n_arrow} events ...")
+            arrow_eps = end_to_end_eps(settings, schema, handle, table, "arrow", tmp)
+
+            log(f"latency at {arrow_eps / 2:.0f} events/s ...")
+            p50, p99 = latency_at_rate(
+                settings, make_schema("bench-lat"), handle, arrow_eps / 2, lat_seconds, tmp
+            )
+
+            log("latency at 10000 events/s ...")
+            p50_low, p99_low = latency_at_rate(
+                settings, make_schema("bench-lat-low"), handle, 10_000.0, lat_seconds, tmp
+            )
+
+            log(f"recovery with {rec_keys} keys ...")
+            rec = recovery_seconds(settings, make_schema("bench-rec"), handle, rec_keys, tmp)
+        finally:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+            broker.stop()
+    result = {
+        "raw_eps": round(raw),
+        "json_eps": round(json_eps),
+        "arrow_eps": round(arrow_eps),
+        "json_vs_raw": round(json_eps / raw, 3),
+        "p50_ms": round(p50, 1),
+        "p99_ms": round(p99, 1),
+        "recovery_s": round(rec, 2),
+        "latency_rate_eps": round(arrow_eps / 2),
+        "p50_ms_at_10k_eps": round(p50_low, 1),
+        "p99_ms_at_10k_eps": round(p99_low, 1),
+        "events_json": n_json,
+        "events_arrow": n_arrow,
+        "recovery_keys": rec_keys,
+        "targets": {
+            "json_vs_raw": ">= 0.8",
+            "arrow_eps": ">= 200000",
+            "p99_ms": "< 50",
+            "recovery_s": "< 10",
+        },
+        "cpus": os.cpu_count(),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>14}: {v}")
+    return 0
+
+
+def _partition_counts(settings, topic: str) -> dict[int, int]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(**settings.client_kwargs())
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        return {tp.partition: int(v) for tp, v in c.end_offsets(tps).items()}
+    finally:
+        c.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

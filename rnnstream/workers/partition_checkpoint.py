@@ -1,0 +1,124 @@
+"""Partition checkpoints: the states of one partition's keys, the next offset to read, and the model version.
+
+A checkpoint is what makes a partition movable and a worker restartable: whoever owns partition ``p`` next
+loads the newest checkpoint of ``p`` *for the model version it serves*, seeks to its ``next_offset`` and
+replays. The file itself is a :meth:`KeyedStateStore.snapshot` (Arrow IPC, written to a temp name and renamed,
+so a reader sees a whole checkpoint or none), on any ``pyarrow.fs`` filesystem.
+
+Layout under the checkpoint root::
+
+    <root>/<pipeline>/partition=<p>/ckpt-<next_offset:020d>-v<quoted model version>.arrow
+
+The offset and version are in the file name so that finding the newest checkpoint is a directory listing,
+not a read of every file. The older ones are pruned (``keep`` per version), never the newest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+import pyarrow.fs as pafs
+
+CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d{20})-v(.*)\.arrow$")
+META_NEXT_OFFSET = "rnnstream.next_offset"
+META_MODEL_VERSION = "rnnstream.model_version"
+META_PARTITION = "rnnstream.partition"
+META_PIPELINE = "rnnstream.pipeline"
+META_WRITTEN_AT = "rnnstream.written_at_ms"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One checkpoint file: its partition, the next offset to read after its states, the model version."""
+
+    partition: int
+    next_offset: int
+    model_version: str
+    path: str
+
+
+def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, root path)`` of a checkpoint location: a local folder, ``file://``, ``s3://``, ``gs://``..."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    return pafs.FileSystem.from_uri(uri)
+
+
+class PartitionCheckpoints:
+    """The checkpoints of one pipeline's partitions under one location (a local folder by default)."""
+
+    def __init__(self, uri: str, pipeline: str, keep: int = 2) -> None:
+        self.uri = uri
+        self.pipeline = pipeline
+        self.keep = max(1, int(keep))
+        self.filesystem, root = resolve_filesystem(uri)
+        self.root = f"{root.rstrip('/')}/{pipeline}"
+
+    def partition_dir(self, partition: int) -> str:
+        return f"{self.root}/partition={int(partition)}"
+
+    def list(self, partition: int) -> list[CheckpointInfo]:
+        """Every checkpoint of ``partition``, oldest first (by next offset)."""
+        selector = pafs.FileSelector(self.partition_dir(partition), allow_not_found=True)
+        found = []
+        for info in self.filesystem.get_file_info(selector):
+            m = CHECKPOINT_PATTERN.match(info.base_name)
+            if m and info.type == pafs.FileType.File:
+                found.append(CheckpointInfo(int(partition), int(m.group(1)), unquote(m.group(2)), info.path))
+        found.sort(key=lambda c: c.next_offset)
+        return found
+
+    def latest(self, partition: int, model_version: str | None = None) -> CheckpointInfo | None:
+        """The newest checkpoint of ``partition`` (for ``model_version`` when given), or None."""
+        cands = [c for c in self.list(partition) if model_version is None or c.model_version == model_version]
+        return cands[-1] if cands else None
+
+    def write(
+        self,
+        partition: int,
+        store,
+        next_offset: int,
+        model_version: str,
+        extra: dict[str, str] | None = None,
+    ) -> CheckpointInfo:
+        """Snapshot every key of ``store`` (one partition's) with ``next_offset`` and the model version."""
+        self.filesystem.create_dir(self.partition_dir(partition), recursive=True)
+        name = f"ckpt-{int(next_offset):020d}-v{quote(str(model_version), safe='')}.arrow"
+        path = f"{self.partition_dir(partition)}/{name}"
+        metadata = {
+            META_NEXT_OFFSET: str(int(next_offset)),
+            META_MODEL_VERSION: str(model_version),
+            META_PARTITION: str(int(partition)),
+            META_PIPELINE: self.pipeline,
+            META_WRITTEN_AT: str(int(time.time() * 1000)),
+            **(extra or {}),
+        }
+        store.snapshot(None, path, filesystem=self.filesystem, metadata=metadata)
+        self.prune(partition, model_version)
+        return CheckpointInfo(int(partition), int(next_offset), str(model_version), path)
+
+    def restore(self, info: CheckpointInfo, store) -> dict[str, str]:
+        """Load a checkpoint's states into ``store``; returns its metadata (checked against the file name)."""
+        meta = store.restore(info.path, filesystem=self.filesystem)
+        if meta.get(META_MODEL_VERSION, info.model_version) != info.model_version:
+            raise ValueError(f"checkpoint {info.path} holds states of model {meta.get(META_MODEL_VERSION)}")
+        return meta
+
+    def prune(self, partition: int, model_version: str) -> int:
+        """Delete all but the newest ``keep`` checkpoints of this partition and version; returns how many."""
+        same = [c for c in self.list(partition) if c.model_version == model_version]
+        old = same[: -self.keep]
+        for c in old:
+            with contextlib.suppress(FileNotFoundError, OSError):
+                self.filesystem.delete_file(c.path)
+        return len(old)
+
+    def clear(self) -> None:
+        """Delete every checkpoint of this pipeline (a fresh start)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.filesystem.delete_dir_contents(self.root, missing_dir_ok=True)

@@ -1,0 +1,179 @@
+"""A scoring worker's metrics: exported with ``ray.util.metrics`` (Prometheus scrapes them from Ray) and kept
+as plain numbers too, so ``rnnstream status`` can print them per worker without a Prometheus.
+
+Counters: events, dead-lettered, scored, replayed (state updated, nothing emitted), evicted keys, restores,
+checkpoints. Gauges: keys held, state bytes, lag per partition, paused. Histograms: batch size, checkpoint
+duration, latency event time -> score written and broker append -> score written. The local copy keeps the
+latest latencies in a fixed ring (no growth) for p50/p99.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 60000]
+BATCH_BOUNDARIES = [1, 8, 32, 128, 512, 2048, 8192, 32768]
+CHECKPOINT_BOUNDARIES_MS = [1, 5, 10, 50, 100, 500, 1000, 5000, 20000]
+LATENCY_RING = 8192
+
+
+class _RayMetrics:
+    """The ``ray.util.metrics`` objects (only made inside a Ray worker process)."""
+
+    def __init__(self, tag_keys: tuple[str, ...]) -> None:
+        from ray.util import metrics as m
+
+        def counter(name: str, desc: str) -> Any:
+            return m.Counter(f"rnnstream_{name}", description=desc, tag_keys=tag_keys)
+
+        def gauge(name: str, desc: str, extra: tuple[str, ...] = ()) -> Any:
+            return m.Gauge(f"rnnstream_{name}", description=desc, tag_keys=tag_keys + extra)
+
+        def hist(name: str, desc: str, bounds: list[float]) -> Any:
+            return m.Histogram(f"rnnstream_{name}", description=desc, boundaries=bounds, tag_keys=tag_keys)
+
+        self.counters = {
+            "events": counter("events_total", "events consumed (valid and rejected)"),
+            "dead_lettered": counter("dead_lettered_total", "events sent to the dead-letter topic"),
+            "scored": counter("scored_total", "scores written"),
+            "replayed": counter("replayed_total", "events replayed into state without emitting a score"),
+            "evicted": counter("evicted_keys_total", "keys evicted by event-time TTL"),
+            "restores": counter("restores_total", "partition checkpoints restored"),
+            "checkpoints": counter("checkpoints_total", "partition checkpoints written"),
+            "kafka_errors": counter(
+                "kafka_errors_total", "Kafka errors that reset the worker to its checkpoints"
+            ),
+            "pauses": counter("pauses_total", "times the worker paused its partitions (backpressure)"),
+        }
+        self.gauges = {
+            "keys": gauge("keys", "stream keys held in state"),
+            "state_bytes": gauge("state_bytes", "bytes of recurrent state held"),
+            "paused": gauge("paused", "1 while the worker holds its partitions paused (backpressure)"),
+            "lag": gauge("lag", "events behind the partition's end", ("partition",)),
+        }
+        self.hists = {
+            "batch_size": hist("batch_size", "events per scored micro-batch", BATCH_BOUNDARIES),
+            "checkpoint_ms": hist("checkpoint_ms", "partition checkpoint duration", CHECKPOINT_BOUNDARIES_MS),
+            "latency_event_ms": hist(
+                "latency_event_ms", "event time to score committed", LATENCY_BOUNDARIES_MS
+            ),
+            "latency_append_ms": hist(
+                "latency_append_ms", "broker append to score committed", LATENCY_BOUNDARIES_MS
+            ),
+        }
+
+
+class WorkerMetrics:
+    """Counters, gauges and latency samples of one scoring worker (one instance per worker process)."""
+
+    COUNTERS = (
+        "events",
+        "dead_lettered",
+        "scored",
+        "replayed",
+        "evicted",
+        "restores",
+        "checkpoints",
+        "kafka_errors",
+        "pauses",
+    )
+
+    def __init__(self, pipeline: str, worker: str, export: bool = True) -> None:
+        self.tags = {"pipeline": pipeline, "worker": worker}
+        self.counts: dict[str, int] = dict.fromkeys(self.COUNTERS, 0)
+        self.gauges: dict[str, float] = {"keys": 0, "state_bytes": 0, "paused": 0}
+        self.lag: dict[int, int] = {}
+        self.batches = 0
+        self.batch_events = 0
+        self.last_checkpoint_ms = 0.0
+        self.started = time.time()
+        self._lat_event = np.zeros(LATENCY_RING, dtype=np.float64)
+        self._lat_append = np.zeros(LATENCY_RING, dtype=np.float64)
+        self._lat_n = 0
+        self._ray: _RayMetrics | None = None
+        if export:
+            try:
+                self._ray = _RayMetrics(tuple(self.tags))
+            except Exception:  # not inside Ray: keep the local numbers only
+                self._ray = None
+
+    def count(self, name: str, n: int = 1) -> None:
+        if n <= 0:
+            return
+        self.counts[name] += int(n)
+        if self._ray is not None:
+            self._ray.counters[name].inc(n, tags=self.tags)
+
+    def set_gauge(self, name: str, value: float) -> None:
+        self.gauges[name] = float(value)
+        if self._ray is not None:
+            self._ray.gauges[name].set(float(value), tags=self.tags)
+
+    def set_lag(self, partition: int, lag: int) -> None:
+        self.lag[int(partition)] = int(lag)
+        if self._ray is not None:
+            self._ray.gauges["lag"].set(float(lag), tags={**self.tags, "partition": str(partition)})
+
+    def forget_partition(self, partition: int) -> None:
+        self.lag.pop(int(partition), None)
+
+    def batch(self, size: int) -> None:
+        self.batches += 1
+        self.batch_events += int(size)
+        if self._ray is not None:
+            self._ray.hists["batch_size"].observe(float(size), tags=self.tags)
+
+    def checkpoint(self, duration_ms: float) -> None:
+        self.last_checkpoint_ms = float(duration_ms)
+        self.count("checkpoints")
+        if self._ray is not None:
+            self._ray.hists["checkpoint_ms"].observe(float(duration_ms), tags=self.tags)
+
+    def latencies(self, event_ms: np.ndarray, append_ms: np.ndarray) -> None:
+        """Record latencies (ms) of scores just committed; the Ray histograms get a bounded sample."""
+        n = len(event_ms)
+        if n == 0:
+            return
+        take = min(n, LATENCY_RING)
+        idx = (self._lat_n + np.arange(take)) % LATENCY_RING
+        self._lat_event[idx] = event_ms[-take:]
+        self._lat_append[idx] = append_ms[-take:]
+        self._lat_n += take
+        if self._ray is not None:
+            step = max(1, n // 64)
+            for a, b in zip(event_ms[::step], append_ms[::step], strict=True):
+                self._ray.hists["latency_event_ms"].observe(float(a), tags=self.tags)
+                self._ray.hists["latency_append_ms"].observe(float(b), tags=self.tags)
+
+    def latency_samples(self) -> tuple[np.ndarray, np.ndarray]:
+        n = min(self._lat_n, LATENCY_RING)
+        return self._lat_event[:n].copy(), self._lat_append[:n].copy()
+
+    def reset_latencies(self) -> None:
+        self._lat_n = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain numbers for ``rnnstream status`` and tests."""
+        ev, ap = self.latency_samples()
+
+        def pct(a: np.ndarray, q: float) -> float | None:
+            return float(np.percentile(a, q)) if len(a) else None
+
+        return {
+            **self.tags,
+            **self.counts,
+            **self.gauges,
+            "lag": dict(self.lag),
+            "lag_total": int(sum(self.lag.values())),
+            "batches": self.batches,
+            "mean_batch": (self.batch_events / self.batches) if self.batches else 0.0,
+            "last_checkpoint_ms": self.last_checkpoint_ms,
+            "latency_event_p50_ms": pct(ev, 50),
+            "latency_event_p99_ms": pct(ev, 99),
+            "latency_append_p50_ms": pct(ap, 50),
+            "latency_append_p99_ms": pct(ap, 99),
+            "uptime_s": time.time() - self.started,
+        }

@@ -1,0 +1,90 @@
+"""Overload: the producer outruns the worker for a while. The worker's memory stays bounded (bounded poll
+and fetch sizes, at most ``max_in_flight`` uncommitted scores, partitions paused while it commits), the lag
+grows instead, and it drains once the burst is over; every event is still scored exactly once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psutil
+import ray as _ray
+
+from rnnstream.workers.kafka_settings import KafkaSettings
+from rnnstream.workers.serving import start_coordinator, stop_coordinator
+from tests.workers.test_worker_harness import (
+    committed_all,
+    create_topics,
+    make_events,
+    make_model,
+    make_schema,
+    new_pipeline,
+    produce,
+    ray_local,  # noqa: F401  (module-scoped fixture)
+    run_verifier,
+    wait_for,
+    worker_config,
+)
+
+PARTITIONS = 2
+EVENTS = 60_000
+
+
+def test_overload_memory_bounded_and_lag_drains(kafka_bootstrap, ray_local, tmp_path):  # noqa: F811
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    pipeline = new_pipeline("overload")
+    schema = make_schema(pipeline)
+    model, handle = make_model(schema, tmp_path / "model", hidden=64)
+    create_topics(settings, pipeline, PARTITIONS)
+    events = make_events(schema, EVENTS, 5000, seed=6)
+    config = worker_config(
+        settings,
+        schema,
+        tmp_path / "ckpt",
+        max_batch=256,
+        max_poll_records=256,
+        max_in_flight=1000,
+        fetch_max_bytes=256 * 1024,
+        max_partition_fetch_bytes=128 * 1024,
+        lag_every_s=0.2,
+    )
+    coord = start_coordinator(config, handle, 1, PARTITIONS)
+    pid = _ray.get(coord.worker_pids.remote())[0]
+    proc = psutil.Process(pid)
+    rss_start = proc.memory_info().rss
+    samples: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            st = _ray.get(coord.status.remote(), timeout=30)["workers"][0]
+            samples.append((proc.memory_info().rss, int(st.get("lag_total", 0))))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        t0 = time.monotonic()
+        produce(settings, schema, events, encoding="json")  # as fast as kafka-python sends
+        burst_s = time.monotonic() - t0
+        wait_for(lambda: committed_all(settings, config), 180, "the lag to drain")
+        time.sleep(0.5)
+        status = _ray.get(coord.status.remote())["workers"][0]
+    finally:
+        done.set()
+        sampler.join()
+        stop_coordinator(coord)
+    peak_rss = max(r for r, _ in samples)
+    peak_lag = max(lag for _, lag in samples)
+    growth_mb = (peak_rss - rss_start) / 1e6
+    print(
+        f"burst {EVENTS} events in {burst_s:.1f} s; peak lag {peak_lag}; "
+        f"worker RSS {rss_start / 1e6:.0f} MB -> "
+        f"peak {peak_rss / 1e6:.0f} MB (+{growth_mb:.0f} MB); pauses {status['pauses']}"
+    )
+    assert peak_lag >= EVENTS // 4, "the producer should have outrun the worker"
+    assert status["lag_total"] == 0
+    assert status["pauses"] > 0
+    assert growth_mb < 120, f"worker memory grew by {growth_mb:.0f} MB under overload"
+    verdict = run_verifier(settings, config, model, handle, PARTITIONS)
+    assert verdict.ok, verdict.line

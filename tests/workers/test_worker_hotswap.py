@@ -1,0 +1,120 @@
+"""Hot swap of the serving model while the stream runs (DESIGN.md "Models in MLflow", issue 5).
+
+The coordinator polls a champion pointer; when it names a new version, every worker warms that version's own
+states on live traffic (shadow scoring into ``<pipeline>.scores.shadow``) while the old version serves, then
+all switch at a commit boundary. Checked from the broker: every offset scored exactly once; per partition the
+version changes at exactly one offset (the recorded switch offset); old-version scores equal the old model's
+offline forward, new-version scores and the final checkpoint states equal the new model's offline forward over
+the warm-up window onwards (a from-scratch replay of that window). Before the promotion B runs in shadow
+mode (its own states, scores only into the shadow topic)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+
+import ray as _ray
+
+from rnnstream.workers.kafka_settings import KafkaSettings
+from rnnstream.workers.score_verifier import (
+    checkpoint_states,
+    offline_reference,
+    read_events,
+    read_scores,
+    read_topic,
+    verify,
+)
+from rnnstream.workers.serving import PointerFileProbe, start_coordinator, stop_coordinator
+from tests.workers.test_worker_harness import (
+    committed_all,
+    create_topics,
+    make_events,
+    make_model,
+    make_schema,
+    new_pipeline,
+    produce,
+    ray_local,  # noqa: F401  (module-scoped fixture)
+    scored_total,
+    wait_for,
+    worker_config,
+)
+
+PARTITIONS = 4
+
+
+def test_hot_swap_exactly_once_with_warm_states(kafka_bootstrap, ray_local, tmp_path):  # noqa: F811
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    pipeline = new_pipeline("swap")
+    schema = make_schema(pipeline)
+    model_a, handle_a = make_model(schema, tmp_path / "model-a", seed=0)
+    model_b, handle_b = make_model(schema, tmp_path / "model-b", seed=1)
+    create_topics(settings, pipeline, PARTITIONS)
+    pointer = tmp_path / "champion.txt"
+    pointer.write_text(str(tmp_path / "model-a"))
+    events = make_events(schema, 12_000, 300, seed=7)
+    config = worker_config(settings, schema, tmp_path / "ckpt")
+    coord = start_coordinator(
+        config,
+        handle_a,
+        2,
+        PARTITIONS,
+        model_probe=PointerFileProbe(str(pointer)),
+        probe_every_s=0.3,
+        warmup_events=1000,
+        shadow=True,
+    )
+
+    def producer() -> None:
+        for i in range(0, events.num_rows, 400):
+            produce(settings, schema, events.slice(i, 400), encoding="json")
+            time.sleep(0.1)
+
+    t = threading.Thread(target=producer)
+    t.start()
+    try:
+        wait_for(lambda: scored_total(coord) >= 1500, 60, "scoring under way")
+        _ray.get(coord.shadow_model.remote(handle_b))  # watch B live first (shadow only)
+        wait_for(lambda: scored_total(coord) >= 3000, 60, "shadow scoring")
+        pointer.write_text(str(tmp_path / "model-b"))  # promote B
+        wait_for(
+            lambda: _ray.get(coord.status.remote())["model_version"] == handle_b.version, 60, "the swap to B"
+        )
+        t.join()
+        wait_for(lambda: committed_all(settings, config), 120, "all events committed")
+        swap = _ray.get(coord.status.remote())["swaps"][0]
+    finally:
+        t.join()
+        stop_coordinator(coord)
+    print("swap:", swap)
+    assert swap["from"] == handle_a.version and swap["to"] == handle_b.version
+
+    events_log = read_events(settings, config.events_topic, schema)
+    scores = read_scores(settings, config.scores_topic)
+    # exactly once, and A's scores equal A's offline forward
+    ref_a = offline_reference(events_log, model_a)
+    verdict_a = verify(events_log, scores, ref_a, version_filter=handle_a.version)
+    print(verdict_a.line)
+    assert verdict_a.ok, verdict_a.line
+    # B's scores and final states equal B's forward from the warm-up start (a from-scratch replay)
+    ref_b = offline_reference(events_log, model_b, start_offsets=swap["warm_from_offsets"])
+    states_b = checkpoint_states(
+        config.checkpoint_uri, pipeline, list(range(PARTITIONS)), model_b, handle_b.version
+    )
+    verdict_b = verify(events_log, scores, ref_b, states_b, version_filter=handle_b.version)
+    print(verdict_b.line)
+    assert verdict_b.max_abs_error <= 1e-5 and verdict_b.max_state_error <= 1e-5, verdict_b.line
+    # the version changes at exactly one offset per partition: the recorded switch offset
+    by_partition: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for (p, off, _), v in zip(scores.positions, scores.versions, strict=True):
+        by_partition[p].append((off, v))
+    for p, rows in by_partition.items():
+        rows.sort()
+        changes = [i for i in range(1, len(rows)) if rows[i][1] != rows[i - 1][1]]
+        assert len(changes) == 1, f"partition {p}: version changes at {len(changes)} places"
+        assert rows[changes[0]][0] >= swap["switch_offsets"][p] > rows[changes[0] - 1][0]
+        assert rows[0][1] == handle_a.version and rows[-1][1] == handle_b.version
+    # B shadow-scored (before its promotion, and during the warm-up), never into the scores topic
+    shadow = read_topic(settings, config.shadow_topic)
+    assert len(shadow) >= 1000
+    assert all(b'"model_version":"local:model-b"' in m.value for m in shadow)
