@@ -28,7 +28,6 @@ from rnnstream.workers.embedded_broker import EmbeddedBroker, free_port
 from rnnstream.workers.kafka_settings import KafkaSettings
 
 DEMO_FOLDER = "demo"
-SCRATCH_FOLDERS = ("broker", "archive", "checkpoints")
 
 
 @dataclass(frozen=True)
@@ -42,16 +41,21 @@ class DemoPaths:
         return self.data_dir.root / DEMO_FOLDER
 
     @property
+    def scratch(self) -> DataDir:
+        """The scratch laid out as a data dir of its own: ``broker/``, ``archive/``, ``checkpoints/``."""
+        return DataDir(self.root)
+
+    @property
     def broker(self) -> Path:
-        return self.root / "broker"
+        return self.scratch.broker
 
     @property
     def archive(self) -> Path:
-        return self.root / "archive"
+        return self.scratch.archive
 
     @property
     def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+        return self.scratch.checkpoints
 
     @property
     def models(self) -> Path:
@@ -69,8 +73,7 @@ class DemoPaths:
 
     def reset_scratch(self) -> None:
         """Empty the broker data, archive and checkpoints of an earlier demo run."""
-        for name in SCRATCH_FOLDERS:
-            path = self.root / name
+        for path in (self.broker, self.archive, self.checkpoints):
             if path.exists():
                 shutil.rmtree(path)
             path.mkdir(parents=True, exist_ok=True)

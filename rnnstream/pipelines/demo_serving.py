@@ -37,7 +37,7 @@ from rnnstream.workers.kafka_io import EventProducer, TopicAdmin
 from rnnstream.workers.kafka_settings import KafkaSettings
 from rnnstream.workers.score_codec import decode_scores
 from rnnstream.workers.score_verifier import read_topic
-from rnnstream.workers.scoring_worker import ModelHandle, WorkerConfig
+from rnnstream.workers.scoring_worker import ModelHandle, WorkerConfig, committed_all
 
 SAMPLE_EVERY_S = 0.5
 EVENTS_PER_MESSAGE = 250
@@ -120,20 +120,6 @@ def produce(
             if on_sent is not None:
                 on_sent(chunk.num_rows)
         producer.flush()
-
-
-def committed_all(kafka: KafkaSettings, config: WorkerConfig) -> bool:
-    """True when the scoring group's committed offsets reached the end of every events partition."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(**kafka.client_kwargs(), group_id=config.group_id, enable_auto_commit=False)
-    try:
-        parts = consumer.partitions_for_topic(config.events_topic) or set()
-        tps = [TopicPartition(config.events_topic, p) for p in parts]
-        ends = consumer.end_offsets(tps)
-        return all((consumer.committed(tp) or 0) >= ends[tp] for tp in tps)
-    finally:
-        consumer.close()
 
 
 def wait_until(cond: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.25) -> None:

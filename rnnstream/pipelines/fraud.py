@@ -34,11 +34,12 @@ from rnnstream.pipelines.spec import (
     ServingDefaults,
     TrainingDefaults,
     assemble_table,
-    group_cumsum,
     group_positions,
     group_starts,
     split_counts,
+    spread_first_gaps,
     time_order,
+    times_from_gaps,
 )
 from rnnstream.rnn_core import metrics
 from rnnstream.rnn_core.config import ModelConfig
@@ -150,7 +151,7 @@ def generate(
     gap_s = np.where(short, rng.lognormal(np.log(15 * 60), 0.8, n), rng.lognormal(np.log(9 * 3600), 1.0, n))
     trip_edge = trip_start | (~in_trip & np.r_[False, in_trip[:-1]])
     gap_s = np.where(trip_edge, np.maximum(gap_s, 8 * 3600), gap_s)
-    gap_s[starts[counts > 0]] = rng.uniform(0, 2 * 86400, int((counts > 0).sum()))
+    spread_first_gaps(rng, gap_s, counts, 2 * 86400)
 
     # ---- fraud episodes at the end of a card's events
     kind = rng.integers(0, len(FRAUD_KINDS), n_keys)
@@ -235,8 +236,7 @@ def generate(
     redo = fraud_events & (fraud_kind != 3)  # categories changed: merchants follow
     merchant[redo] = _pick_merchant(rng, category[redo])
     amount = np.maximum(np.round(amount, 2), 0.5)
-    gap_ms = np.maximum(np.round(gap_s * 1000.0), 1000).astype(np.int64)
-    times = start_ms + group_cumsum(gap_ms, counts)
+    times = times_from_gaps(gap_s, counts, start_ms, min_gap_ms=1000)
     hour = (times % MS_PER_DAY) / 3_600_000.0
     label = fraud_events.astype(np.int64)
 

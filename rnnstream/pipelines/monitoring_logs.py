@@ -36,9 +36,10 @@ from rnnstream.pipelines.spec import (
     assemble_table,
     group_cumsum,
     group_positions,
-    group_starts,
     split_counts,
+    spread_first_gaps,
     time_order,
+    times_from_gaps,
 )
 from rnnstream.rnn_core import metrics
 from rnnstream.rnn_core.config import ModelConfig
@@ -150,9 +151,8 @@ def generate(
     # ---- times: lines of a session seconds apart, sessions a minute or so apart
     first_line = np.r_[True, flat_sess[1:] != flat_sess[:-1]]
     gap_s = np.where(first_line, rng.lognormal(np.log(60.0), 1.0, n), rng.lognormal(np.log(1.5), 0.8, n))
-    gap_s[group_starts(kept)[kept > 0]] = rng.uniform(0, 120, int((kept > 0).sum()))
-    gap_ms = np.maximum(np.round(gap_s * 1000.0), 1).astype(np.int64)
-    times = start_ms + group_cumsum(gap_ms, kept)
+    spread_first_gaps(rng, gap_s, kept, 120)
+    times = times_from_gaps(gap_s, kept, start_ms)
 
     label = flat_bad.astype(np.int64)
     session_bad = np.zeros(n_sess, dtype=np.int64)

@@ -33,11 +33,12 @@ from rnnstream.pipelines.spec import (
     ServingDefaults,
     TrainingDefaults,
     assemble_table,
-    group_cumsum,
     group_positions,
     group_starts,
     split_counts,
+    spread_first_gaps,
     time_order,
+    times_from_gaps,
 )
 from rnnstream.rnn_core import metrics
 from rnnstream.rnn_core.config import ModelConfig
@@ -87,9 +88,8 @@ def generate(
     gap_s = interval_s * rng.uniform(0.9, 1.1, n)
     missed = rng.random(n) < 0.02
     gap_s[missed] *= rng.integers(2, 5, int(missed.sum()))
-    gap_s[group_starts(counts)[counts > 0]] = rng.uniform(0, interval_s, int((counts > 0).sum()))
-    gap_ms = np.maximum(np.round(gap_s * 1000.0), 1).astype(np.int64)
-    times = start_ms + group_cumsum(gap_ms, counts)
+    spread_first_gaps(rng, gap_s, counts, interval_s)
+    times = times_from_gaps(gap_s, counts, start_ms)
 
     # ---- normal behaviour, in noise units
     level = rng.normal(0.0, 6.0, (n_keys, n_metrics))

@@ -235,6 +235,19 @@ def group_cumsum(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return total - np.repeat(offset, counts)
 
 
+def spread_first_gaps(rng: np.random.Generator, gap_s: np.ndarray, counts: np.ndarray, max_s: float) -> None:
+    """Set each key's first gap (its first event, in seconds after the start) uniform in ``[0, max_s)``, in
+    place, so the keys of a generated stream do not all start at once (groups of ``counts`` in ``gap_s``)."""
+    gap_s[group_starts(counts)[counts > 0]] = rng.uniform(0, max_s, int((counts > 0).sum()))
+
+
+def times_from_gaps(gap_s: np.ndarray, counts: np.ndarray, start_ms: int, min_gap_ms: int = 1) -> np.ndarray:
+    """Event times (int64 ms) of consecutive per-key groups of ``counts``: gaps in seconds rounded to whole
+    milliseconds (at least ``min_gap_ms``), summed per key from ``start_ms``."""
+    gap_ms = np.maximum(np.round(gap_s * 1000.0), min_gap_ms).astype(np.int64)
+    return start_ms + group_cumsum(gap_ms, counts)
+
+
 def time_order(key_index: np.ndarray, times_ms: np.ndarray) -> np.ndarray:
     """Row order of an event-time-sorted stream: by time, then key; a key's own order is kept.
 

@@ -36,7 +36,9 @@ from rnnstream.pipelines.spec import (
     group_positions,
     group_starts,
     split_counts,
+    spread_first_gaps,
     time_order,
+    times_from_gaps,
 )
 from rnnstream.rnn_core import metrics
 from rnnstream.rnn_core.config import ModelConfig
@@ -122,8 +124,8 @@ def generate(
     gap_s = rng.uniform(0.85, 1.15, n) / fps
     dropped = rng.random(n) < 0.02
     gap_s[dropped] *= 2
-    gap_s[group_starts(counts)[counts > 0]] = rng.uniform(0, 1.0, int((counts > 0).sum()))
-    times = start_ms + group_cumsum(np.maximum(np.round(gap_s * 1000.0), 1).astype(np.int64), counts)
+    spread_first_gaps(rng, gap_s, counts, 1.0)
+    times = times_from_gaps(gap_s, counts, start_ms)
 
     used, segment_id = np.unique(seg_of_frame, return_inverse=True)
     order = time_order(cam_of_frame, times)

@@ -11,13 +11,14 @@ Settings come from (later wins) defaults, a config file (JSON or YAML, a mapping
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from rnnstream.config_file import read_mapping_file
 
 ENV_PREFIX = "RNNSTREAM_KAFKA_"
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -174,18 +175,7 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ValueError(f"cannot read Kafka config file {path}: {exc.strerror or exc}") from exc
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text or "{}")
-    if not isinstance(data, dict):
-        raise ValueError(f"Kafka config file {path} must hold a mapping of settings")
+    data = read_mapping_file(path, f"Kafka config file {path}", "of settings", ValueError)
     if isinstance(data.get("kafka"), dict):
         data = data["kafka"]
     return data

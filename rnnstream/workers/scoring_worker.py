@@ -134,6 +134,20 @@ def transactional_id(pipeline: str, slot: int) -> str:
     return f"rnnstream-{pipeline}-worker-{slot}"
 
 
+def committed_all(kafka: KafkaSettings, config: WorkerConfig) -> bool:
+    """True when the scoring group's committed offsets reached the end of every events partition."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(**kafka.client_kwargs(), group_id=config.group_id, enable_auto_commit=False)
+    try:
+        parts = consumer.partitions_for_topic(config.events_topic) or set()
+        tps = [TopicPartition(config.events_topic, p) for p in parts]
+        ends = consumer.end_offsets(tps)
+        return all((consumer.committed(tp) or 0) >= ends[tp] for tp in tps)
+    finally:
+        consumer.close()
+
+
 class _Fenced(Exception):
     """Another producer with our transactional id took over: this process is a zombie and must stop."""
 

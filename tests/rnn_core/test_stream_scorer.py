@@ -11,6 +11,7 @@ from rnnstream.rnn_core.config import FeatureSpec, ModelConfig
 from rnnstream.rnn_core.model import StreamingModel
 from rnnstream.rnn_core.state_store import KeyedStateStore
 from rnnstream.rnn_core.stream_scorer import StreamScorer
+from tests.rnn_core.test_contract import offline
 
 
 def make_model(cell: str = "gru", use_time_delta: bool = True, seed: int = 0) -> StreamingModel:
@@ -25,19 +26,6 @@ def event_stream(n: int, num_keys: int, seed: int = 0) -> tuple[list[str], np.nd
     times = np.cumsum(rng.integers(0, 5_000, n)).astype(np.int64)
     x = rng.normal(size=(n, 3)).astype(np.float32)
     return keys, times, x
-
-
-def offline(model: StreamingModel, keys: list[str], times: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Each key's events as one sequence through ``forward``, time delta filled by hand."""
-    out = np.zeros((len(keys), 1), np.float32)
-    for key in set(keys):
-        idx = [i for i, k in enumerate(keys) if k == key]
-        xk = x[idx].copy()
-        xk[:, -1] = np.r_[0.0, np.diff(times[idx]) / 1000.0]
-        with torch.no_grad():
-            o, _ = model(torch.from_numpy(xk)[None])
-        out[idx] = o[0].numpy()
-    return out
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])

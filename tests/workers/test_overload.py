@@ -10,17 +10,11 @@ import time
 import psutil
 import ray as _ray
 
-from rnnstream.workers.kafka_settings import KafkaSettings
+from rnnstream.workers.scoring_worker import committed_all
 from rnnstream.workers.serving import start_coordinator, stop_coordinator
 from tests.workers.test_worker_harness import (
-    committed_all,
-    create_topics,
     make_events,
-    make_model,
-    make_schema,
-    new_pipeline,
     produce,
-    ray_local,  # noqa: F401  (module-scoped fixture)
     run_verifier,
     wait_for,
     worker_config,
@@ -30,12 +24,8 @@ PARTITIONS = 2
 EVENTS = 60_000
 
 
-def test_overload_memory_bounded_and_lag_drains(kafka_bootstrap, ray_local, tmp_path):  # noqa: F811
-    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
-    pipeline = new_pipeline("overload")
-    schema = make_schema(pipeline)
-    model, handle = make_model(schema, tmp_path / "model", hidden=64)
-    create_topics(settings, pipeline, PARTITIONS)
+def test_overload_memory_bounded_and_lag_drains(new_stream, ray_local, tmp_path):
+    settings, _, schema, model, handle = new_stream("overload", PARTITIONS, hidden=64)
     events = make_events(schema, EVENTS, 5000, seed=6)
     config = worker_config(
         settings,

@@ -13,17 +13,14 @@ import ray as _ray
 
 from rnnstream.workers.embedded_broker import EmbeddedBroker, free_port
 from rnnstream.workers.kafka_settings import KafkaSettings
+from rnnstream.workers.scoring_worker import committed_all
 from rnnstream.workers.serving import start_coordinator, stop_coordinator
 from tests.workers.test_worker_harness import (
-    committed_all,
-    create_topics,
     make_events,
-    make_model,
-    make_schema,
-    new_pipeline,
     produce,
-    ray_local,  # noqa: F401  (module-scoped fixture)
+    produce_paced,
     run_verifier,
+    scoring_stream,
     wait_for,
     worker_config,
 )
@@ -36,15 +33,11 @@ def _all_assigned(coord) -> bool:
     return all(w.get("partitions") == w.get("assigned") for w in st["workers"])
 
 
-def test_kill_9_workers_exactly_once(kafka_bootstrap, ray_local, tmp_path):  # noqa: F811
+def test_kill_9_workers_exactly_once(new_stream, ray_local, tmp_path):
     """A 50,000-event stream (Arrow messages of 100 events) produced over ~10 s; a worker process is
     SIGKILLed 3 times at seeded random points. Every event is scored exactly once (read_committed) and
     the final state of every key equals an uninterrupted run (the offline forward)."""
-    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
-    pipeline = new_pipeline("kill")
-    schema = make_schema(pipeline)
-    model, handle = make_model(schema, tmp_path / "model")
-    create_topics(settings, pipeline, PARTITIONS)
+    settings, _, schema, model, handle = new_stream("kill", PARTITIONS)
     events = make_events(schema, 50_000, 2000, seed=3)
     config = worker_config(settings, schema, tmp_path / "ckpt", checkpoint_every_events=3000)
     coord = start_coordinator(config, handle, 2, PARTITIONS)
@@ -81,7 +74,7 @@ def test_kill_9_workers_exactly_once(kafka_bootstrap, ray_local, tmp_path):  # n
     assert verdict.ok, verdict.line
 
 
-def test_broker_restart_exactly_once(ray_local, tmp_path):  # noqa: F811
+def test_broker_restart_exactly_once(ray_local, tmp_path):
     """The broker is stopped with SIGTERM mid-stream (workers running, connected, holding state; more events
     to come) and started again on its data dir: workers reconnect and carry on, and the verifier finds every
     event scored exactly once.
@@ -97,26 +90,18 @@ def test_broker_restart_exactly_once(ray_local, tmp_path):  # noqa: F811
     coord = None
     try:
         settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers, request_timeout_ms=5000)
-        pipeline = new_pipeline("restart")
-        schema = make_schema(pipeline)
-        model, handle = make_model(schema, tmp_path / "model")
-        create_topics(settings, pipeline, PARTITIONS)
+        _, _, schema, model, handle = scoring_stream(settings, "restart", PARTITIONS, tmp_path / "model")
         events = make_events(schema, 16_000, 400, seed=4)
         config = worker_config(settings, schema, tmp_path / "ckpt")
         coord = start_coordinator(config, handle, 2, PARTITIONS)
 
-        def paced(table) -> None:
-            for i in range(0, table.num_rows, 1000):
-                produce(settings, schema, table.slice(i, 1000), encoding="json")
-                time.sleep(0.1)
-
-        paced(events.slice(0, 8000))
+        produce_paced(settings, schema, events.slice(0, 8000), 1000)
         wait_for(lambda: committed_all(settings, config), 60, "the first half committed")
         time.sleep(1.5)
         broker.stop()  # SIGTERM: the broker saves its data
         time.sleep(1.0)
         broker.start()
-        paced(events.slice(8000))
+        produce_paced(settings, schema, events.slice(8000), 1000)
         wait_for(lambda: committed_all(settings, config), 120, "all events committed")
         status = _ray.get(coord.status.remote())
         stop_coordinator(coord)
@@ -129,8 +114,3 @@ def test_broker_restart_exactly_once(ray_local, tmp_path):  # noqa: F811
         if coord is not None:
             stop_coordinator(coord)
         broker.stop()
-
-
-def _scored(coord) -> int:
-    st = _ray.get(coord.status.remote(), timeout=30)
-    return sum(int(w.get("scored", 0)) for w in st["workers"])

@@ -4,21 +4,18 @@ the independent verifier finds every event scored exactly once and every key's f
 from __future__ import annotations
 
 import threading
-import time
 
 import ray as _ray
 
 from rnnstream.workers.kafka_settings import KafkaSettings
+from rnnstream.workers.scoring_worker import committed_all
 from rnnstream.workers.serving import start_coordinator, stop_coordinator
 from tests.workers.test_worker_harness import (
-    committed_all,
     create_topics,
     make_events,
-    make_model,
-    make_schema,
     new_pipeline,
     produce,
-    ray_local,  # noqa: F401  (module-scoped fixture)
+    produce_paced,
     run_verifier,
     scored_total,
     wait_for,
@@ -28,22 +25,13 @@ from tests.workers.test_worker_harness import (
 PARTITIONS = 4
 
 
-def test_rescale_1_2_1_exactly_once(kafka_bootstrap, ray_local, tmp_path):  # noqa: F811
-    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
-    pipeline = new_pipeline("rescale")
-    schema = make_schema(pipeline)
-    model, handle = make_model(schema, tmp_path / "model")
-    create_topics(settings, pipeline, PARTITIONS)
+def test_rescale_1_2_1_exactly_once(new_stream, ray_local, tmp_path):
+    settings, _, schema, model, handle = new_stream("rescale", PARTITIONS)
     events = make_events(schema, 15_000, 600, seed=5)
     config = worker_config(settings, schema, tmp_path / "ckpt")
     coord = start_coordinator(config, handle, 1, PARTITIONS)
 
-    def producer() -> None:
-        for i in range(0, events.num_rows, 500):
-            produce(settings, schema, events.slice(i, 500), encoding="json")
-            time.sleep(0.1)
-
-    t = threading.Thread(target=producer)
+    t = threading.Thread(target=produce_paced, args=(settings, schema, events, 500))
     t.start()
     try:
         wait_for(lambda: scored_total(coord) >= 2000, 60, "scoring under way")
@@ -62,7 +50,7 @@ def test_rescale_1_2_1_exactly_once(kafka_bootstrap, ray_local, tmp_path):  # no
     assert verdict.ok, verdict.line
 
 
-def test_cli_serve_scale_status(kafka_bootstrap, ray_local, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_cli_serve_scale_status(kafka_bootstrap, ray_local, tmp_path, monkeypatch, capsys):
     """`rnnstream serve` runs with a live status line, `rnnstream scale` changes N while it runs,
     `rnnstream status` prints per-worker metrics, and the end of serve writes final checkpoints."""
     import torch

@@ -8,18 +8,12 @@ import json
 import pytest
 
 from rnnstream.workers.dead_letter import parse_dead_letter
-from rnnstream.workers.kafka_settings import KafkaSettings
 from rnnstream.workers.score_verifier import read_topic
+from rnnstream.workers.scoring_worker import committed_all
 from rnnstream.workers.serving import start_coordinator, stop_coordinator
 from tests.workers.test_worker_harness import (
-    committed_all,
-    create_topics,
     make_events,
-    make_model,
-    make_schema,
-    new_pipeline,
     produce,
-    ray_local,  # noqa: F401  (module-scoped fixture)
     run_verifier,
     wait_for,
     worker_config,
@@ -28,14 +22,10 @@ from tests.workers.test_worker_harness import (
 PARTITIONS = 4
 
 
-def test_scores_equal_offline_forward(kafka_bootstrap, ray_local, tmp_path):  # noqa: F811
+def test_scores_equal_offline_forward(new_stream, ray_local, tmp_path):
     """20,000 events over 500 keys in 4 partitions through 2 workers: every score equals the offline forward
     over its key's sequence (abs tol 1e-5), each exactly once; final checkpoint states equal it too."""
-    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
-    pipeline = new_pipeline("eq")
-    schema = make_schema(pipeline)
-    model, handle = make_model(schema, tmp_path / "model")
-    create_topics(settings, pipeline, PARTITIONS)
+    settings, _, schema, model, handle = new_stream("eq", PARTITIONS)
     produce(settings, schema, make_events(schema, 20_000, 500, seed=1), encoding="json")
     config = worker_config(settings, schema, tmp_path / "ckpt")
     coord = start_coordinator(config, handle, 2, PARTITIONS)
@@ -48,15 +38,11 @@ def test_scores_equal_offline_forward(kafka_bootstrap, ray_local, tmp_path):  # 
     assert verdict.ok, verdict.line
 
 
-def test_bad_input_is_dead_lettered_exactly(kafka_bootstrap, ray_local, tmp_path):  # noqa: F811
+def test_bad_input_is_dead_lettered_exactly(new_stream, ray_local, tmp_path):
     """Bad events mixed into a stream: each lands in the DLQ once with its reason; workers never restart."""
     from rnnstream.workers.kafka_io import EventProducer
 
-    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
-    pipeline = new_pipeline("bad")
-    schema = make_schema(pipeline)
-    model, handle = make_model(schema, tmp_path / "model")
-    create_topics(settings, pipeline, PARTITIONS)
+    settings, _, schema, model, handle = new_stream("bad", PARTITIONS)
     good = make_events(schema, 3000, 100, seed=2)
     bad_values = [
         b"not json at all",

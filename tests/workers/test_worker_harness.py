@@ -1,7 +1,8 @@
 """Shared pieces of the scoring-worker tests (imported by test_scoring/test_recovery/...; holds no tests).
 
-A tiny pipeline schema, a seeded GRU model saved as a folder, a seeded event stream, topic setup, a Ray
-fixture factory (one Ray per test module), and "run the verifier and print its verdict line".
+A tiny pipeline schema, a seeded GRU model saved as a folder, a seeded event stream, topic setup (all four
+together: :func:`scoring_stream`), and "run the verifier and print its verdict line". The fixtures built on
+these (``ray_local``, ``new_stream``) are in ``tests/workers/conftest.py``.
 """
 
 from __future__ import annotations
@@ -10,11 +11,10 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pytest
 import torch
 
 from rnnstream.rnn_core.config import ModelConfig
@@ -85,6 +85,28 @@ def create_topics(settings: KafkaSettings, pipeline: str, partitions: int) -> No
         )
 
 
+class ScoringStream(NamedTuple):
+    """A fresh test pipeline on a broker: its settings, name, schema and topics, and a saved model."""
+
+    settings: KafkaSettings
+    pipeline: str
+    schema: EventSchema
+    model: Any
+    handle: ModelHandle
+
+
+def scoring_stream(
+    settings: KafkaSettings, prefix: str, partitions: int, model_dir: Path, **model_kw: Any
+) -> ScoringStream:
+    """A new pipeline named ``<prefix>-<random>``, its schema, a seeded model saved in ``model_dir``
+    (``model_kw``: :func:`make_model`'s ``seed``/``hidden``) and its topics with ``partitions`` partitions."""
+    pipeline = new_pipeline(prefix)
+    schema = make_schema(pipeline)
+    model, handle = make_model(schema, model_dir, **model_kw)
+    create_topics(settings, pipeline, partitions)
+    return ScoringStream(settings, pipeline, schema, model, handle)
+
+
 def produce(
     settings: KafkaSettings, schema: EventSchema, table: pa.Table, encoding: str = "json", per_msg: int = 200
 ) -> None:
@@ -94,6 +116,15 @@ def produce(
         else:
             producer.send_arrow(table, events_per_message=per_msg)
         producer.flush()
+
+
+def produce_paced(
+    settings: KafkaSettings, schema: EventSchema, table: pa.Table, per_slice: int, pause_s: float = 0.1
+) -> None:
+    """``table`` as JSON in slices of ``per_slice`` events, ``pause_s`` apart: a stream that keeps coming."""
+    for i in range(0, table.num_rows, per_slice):
+        produce(settings, schema, table.slice(i, per_slice), encoding="json")
+        time.sleep(pause_s)
 
 
 def worker_config(
@@ -132,20 +163,6 @@ def scored_total(coordinator: Any) -> int:
     return sum(int(w.get("scored", 0)) for w in st["workers"])
 
 
-def committed_all(settings: KafkaSettings, config: WorkerConfig) -> bool:
-    """True when the scoring group's committed offsets reached the end of every events partition."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    c = KafkaConsumer(**settings.client_kwargs(), group_id=config.group_id, enable_auto_commit=False)
-    try:
-        parts = c.partitions_for_topic(config.events_topic) or set()
-        tps = [TopicPartition(config.events_topic, p) for p in parts]
-        ends = c.end_offsets(tps)
-        return all((c.committed(tp) or 0) >= ends[tp] for tp in tps)
-    finally:
-        c.close()
-
-
 def run_verifier(
     settings: KafkaSettings,
     config: WorkerConfig,
@@ -166,17 +183,3 @@ def run_verifier(
     verdict = verify(events, scores, reference, states, mode=mode)
     print(verdict.line)
     return verdict
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """One local Ray per test module (token auth as Ray 2.60 sets it up; no dashboard)."""
-    import ray
-
-    from rnnstream.workers.serving import init_ray
-
-    started = not ray.is_initialized()  # another module's (e.g. session) Ray is reused, not shut down
-    init_ray(num_cpus=4)
-    yield ray
-    if started:
-        ray.shutdown()

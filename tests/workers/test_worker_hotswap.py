@@ -11,12 +11,10 @@ mode (its own states, scores only into the shadow topic)."""
 from __future__ import annotations
 
 import threading
-import time
 from collections import defaultdict
 
 import ray as _ray
 
-from rnnstream.workers.kafka_settings import KafkaSettings
 from rnnstream.workers.score_verifier import (
     checkpoint_states,
     offline_reference,
@@ -25,17 +23,14 @@ from rnnstream.workers.score_verifier import (
     read_topic,
     verify,
 )
+from rnnstream.workers.scoring_worker import committed_all
 from rnnstream.workers.serving import PointerFileProbe, start_coordinator, stop_coordinator
 from tests.workers.test_worker_harness import (
-    committed_all,
-    create_topics,
     make_events,
     make_model,
-    make_schema,
-    new_pipeline,
-    produce,
-    ray_local,  # noqa: F401  (module-scoped fixture)
+    produce_paced,
     scored_total,
+    scoring_stream,
     wait_for,
     worker_config,
 )
@@ -43,13 +38,11 @@ from tests.workers.test_worker_harness import (
 PARTITIONS = 4
 
 
-def test_hot_swap_exactly_once_with_warm_states(kafka_bootstrap, ray_local, tmp_path):  # noqa: F811
-    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
-    pipeline = new_pipeline("swap")
-    schema = make_schema(pipeline)
-    model_a, handle_a = make_model(schema, tmp_path / "model-a", seed=0)
+def test_hot_swap_exactly_once_with_warm_states(kafka_settings, ray_local, tmp_path):
+    settings, pipeline, schema, model_a, handle_a = scoring_stream(
+        kafka_settings, "swap", PARTITIONS, tmp_path / "model-a", seed=0
+    )
     model_b, handle_b = make_model(schema, tmp_path / "model-b", seed=1)
-    create_topics(settings, pipeline, PARTITIONS)
     pointer = tmp_path / "champion.txt"
     pointer.write_text(str(tmp_path / "model-a"))
     events = make_events(schema, 12_000, 300, seed=7)
@@ -65,12 +58,7 @@ def test_hot_swap_exactly_once_with_warm_states(kafka_bootstrap, ray_local, tmp_
         shadow=True,
     )
 
-    def producer() -> None:
-        for i in range(0, events.num_rows, 400):
-            produce(settings, schema, events.slice(i, 400), encoding="json")
-            time.sleep(0.1)
-
-    t = threading.Thread(target=producer)
+    t = threading.Thread(target=produce_paced, args=(settings, schema, events, 400))
     t.start()
     try:
         wait_for(lambda: scored_total(coord) >= 1500, 60, "scoring under way")

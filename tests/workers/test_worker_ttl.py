@@ -12,16 +12,10 @@ import pyarrow as pa
 import torch
 
 from rnnstream.rnn_core.features import features_from_arrow
-from rnnstream.workers.kafka_settings import KafkaSettings
 from rnnstream.workers.score_verifier import read_scores
-from rnnstream.workers.scoring_worker import ScoringWorker
+from rnnstream.workers.scoring_worker import ScoringWorker, committed_all
 from tests.workers.test_worker_harness import (
-    committed_all,
-    create_topics,
     make_events,
-    make_model,
-    make_schema,
-    new_pipeline,
     produce,
     wait_for,
     worker_config,
@@ -30,12 +24,8 @@ from tests.workers.test_worker_harness import (
 TTL_MS = 60_000
 
 
-def test_ttl_resets_idle_keys_and_evicts(kafka_bootstrap, tmp_path):
-    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
-    pipeline = new_pipeline("ttl")
-    schema = make_schema(pipeline)
-    model, handle = make_model(schema, tmp_path / "model")
-    create_topics(settings, pipeline, 1)
+def test_ttl_resets_idle_keys_and_evicts(new_stream, tmp_path):
+    settings, _, schema, model, handle = new_stream("ttl", 1)
     start = 1_700_000_000_000
     first = make_events(schema, 3, 1, seed=8, start_ms=start)  # key k00000: 3 events within a few ms
     later = make_events(schema, 1, 1, seed=9, start_ms=start + 10 * TTL_MS)  # same key, long after the TTL

@@ -19,6 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from rnnstream.config_file import read_mapping_file
 from rnnstream.pipelines.commands.topics import add_kafka_args, settings_from_args
 
 SERVING_KEYS = (
@@ -81,20 +82,7 @@ def _read_config(path: str | None) -> dict[str, Any]:
 
     if not path:
         return {}
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise UsageError(f"cannot read --config {path}: {exc.strerror or exc}") from exc
-    if p.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text or "{}")
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {path} must hold a mapping (with a `serving:` section)")
-    return data
+    return read_mapping_file(Path(path), f"--config {path}", "(with a `serving:` section)", UsageError)
 
 
 def _serving_overrides(pipeline: str, config: dict[str, Any]) -> dict[str, Any]:
