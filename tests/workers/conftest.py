@@ -1,5 +1,5 @@
 """Fixtures of the scoring-worker tests: one local Ray per test module, and a fresh pipeline with its topics
-and a saved model (see :func:`tests.workers.test_worker_harness.scoring_stream`)."""
+and a saved model (see :func:`tests.workers.worker_harness.scoring_stream`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from rnnstream.workers.kafka_settings import KafkaSettings
-from tests.workers.test_worker_harness import ScoringStream, scoring_stream
+from tests.workers.worker_harness import ScoringStream, scoring_stream
 
 
 @pytest.fixture(scope="module")

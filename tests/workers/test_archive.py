@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from rnnstream.pipelines.cli import main
-from rnnstream.pipelines.commands.produce import sample_events, sample_schema
+from rnnstream.cli.main import main
+from rnnstream.cli.produce import sample_events, sample_schema
 from rnnstream.workers.archive_sink import ArchiveSink, archive_dataset, read_archive
 from rnnstream.workers.event_codec import message_headers
 from rnnstream.workers.kafka_io import EventProducer, TopicAdmin
@@ -44,7 +44,7 @@ def _produce(settings: KafkaSettings, pipeline: str, n: int) -> pa.Table:
 
 
 def _archive_cmd(settings: KafkaSettings, pipeline: str, root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "rnnstream.pipelines.cli", "archive", "--pipeline", pipeline,
+    return [sys.executable, "-m", "rnnstream.cli.main", "archive", "--pipeline", pipeline,
             "--root", str(root), "--bootstrap-servers", settings.bootstrap_servers,
             "--flush-events", "150", "--poll-records", "100", "--flush-interval", "60", *extra]  # fmt: skip
 

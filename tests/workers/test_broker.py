@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rnnstream.pipelines.cli import main
+from rnnstream.cli.main import main
 from rnnstream.workers.embedded_broker import (
     EmbeddedBroker,
     filter_stderr,
@@ -48,7 +48,7 @@ def test_cli_in_subprocess_leaves_no_orphan(tmp_path: Path) -> None:
     """The broker started by a CLI process outlives it (own session) and is stopped by another CLI process."""
     port = free_port()
     data = str(tmp_path / "b")
-    cmd = [sys.executable, "-m", "rnnstream.pipelines.cli", "broker"]
+    cmd = [sys.executable, "-m", "rnnstream.cli.main", "broker"]
     out = subprocess.run(
         [*cmd, "start", "--port", str(port), "--data-dir", data], capture_output=True, text=True
     )

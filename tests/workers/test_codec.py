@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from rnnstream.pipelines.commands.produce import sample_events, sample_schema
+from rnnstream.cli.produce import sample_events, sample_schema
 from rnnstream.workers.event_codec import (
     ARROW,
     JSON,
@@ -22,7 +22,7 @@ from rnnstream.workers.event_codec import (
     table_to_json,
     validate_event,
 )
-from tests.workers.test_codec_cases import NOW_MS, SCHEMA, bad_cases, good_event, js
+from tests.workers.codec_cases import NOW_MS, SCHEMA, bad_cases, good_event, js
 
 CASES = bad_cases(SCHEMA)
 

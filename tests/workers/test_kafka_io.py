@@ -11,8 +11,8 @@ import pyarrow.compute as pc
 import pytest
 from kafka import KafkaProducer
 
-from rnnstream.pipelines.cli import main
-from rnnstream.pipelines.commands.produce import sample_events, sample_schema
+from rnnstream.cli.main import main
+from rnnstream.cli.produce import sample_events, sample_schema
 from rnnstream.rnn_core.event_schema import EventSchema
 from rnnstream.workers.dead_letter import DeadLetterWriter, read_dead_letters
 from rnnstream.workers.event_codec import JSON, DecodedBatch, decode, message_headers
@@ -24,7 +24,7 @@ from rnnstream.workers.kafka_io import (
     topic_names,
 )
 from rnnstream.workers.kafka_settings import KafkaSettings
-from tests.workers.test_codec_cases import NOW_MS, bad_cases, good_event, js
+from tests.workers.codec_cases import NOW_MS, bad_cases, good_event, js
 
 PARTITIONS = 3
 
@@ -225,7 +225,7 @@ def test_produce_cli_json_and_arrow(settings: KafkaSettings) -> None:
 def test_registered_pipeline_round_trip(settings: KafkaSettings) -> None:
     """A registered pipeline's generator and schema, when the pipelines module provides them."""
     spec = pytest.importorskip("rnnstream.pipelines.spec")
-    from rnnstream.pipelines.commands.produce import generate_events, resolve_schema
+    from rnnstream.cli.produce import generate_events, resolve_schema
 
     name = spec.PIPELINE_NAMES[0]
     schema = resolve_schema(name)

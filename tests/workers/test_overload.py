@@ -12,7 +12,7 @@ import ray as _ray
 
 from rnnstream.workers.scoring_worker import committed_all
 from rnnstream.workers.serving import start_coordinator, stop_coordinator
-from tests.workers.test_worker_harness import (
+from tests.workers.worker_harness import (
     make_events,
     produce,
     run_verifier,

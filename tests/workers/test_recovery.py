@@ -15,7 +15,7 @@ from rnnstream.workers.embedded_broker import EmbeddedBroker, free_port
 from rnnstream.workers.kafka_settings import KafkaSettings
 from rnnstream.workers.scoring_worker import committed_all
 from rnnstream.workers.serving import start_coordinator, stop_coordinator
-from tests.workers.test_worker_harness import (
+from tests.workers.worker_harness import (
     make_events,
     produce,
     produce_paced,

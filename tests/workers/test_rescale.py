@@ -10,7 +10,7 @@ import ray as _ray
 from rnnstream.workers.kafka_settings import KafkaSettings
 from rnnstream.workers.scoring_worker import committed_all
 from rnnstream.workers.serving import start_coordinator, stop_coordinator
-from tests.workers.test_worker_harness import (
+from tests.workers.worker_harness import (
     create_topics,
     make_events,
     new_pipeline,
@@ -55,8 +55,8 @@ def test_cli_serve_scale_status(kafka_bootstrap, ray_local, tmp_path, monkeypatc
     `rnnstream status` prints per-worker metrics, and the end of serve writes final checkpoints."""
     import torch
 
-    from rnnstream.pipelines.cli import main
-    from rnnstream.pipelines.commands.produce import resolve_schema, sample_events
+    from rnnstream.cli.main import main
+    from rnnstream.cli.produce import resolve_schema, sample_events
     from rnnstream.rnn_core.config import ModelConfig
     from rnnstream.rnn_core.model import StreamingModel
     from rnnstream.rnn_core.serialization import save_model

@@ -11,7 +11,7 @@ from rnnstream.workers.dead_letter import parse_dead_letter
 from rnnstream.workers.score_verifier import read_topic
 from rnnstream.workers.scoring_worker import committed_all
 from rnnstream.workers.serving import start_coordinator, stop_coordinator
-from tests.workers.test_worker_harness import (
+from tests.workers.worker_harness import (
     make_events,
     produce,
     run_verifier,

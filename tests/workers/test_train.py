@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import ray
 
+from rnnstream.cli.main import main as cli_main
 from rnnstream.data_dir import DataDir
-from rnnstream.pipelines.cli import main as cli_main
 from rnnstream.workers import model_registry, tracking
 
 EVENTS = "4000"
@@ -105,8 +105,8 @@ def test_archive_events_load_in_event_time_order(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from rnnstream.jobs.training import generate_events, load_events
     from rnnstream.pipelines.spec import get_pipeline
-    from rnnstream.pipelines.training_run import generate_events, load_events
 
     spec = get_pipeline("fraud")
     table = generate_events(spec, 600, seed=1).table

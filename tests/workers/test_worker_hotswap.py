@@ -25,7 +25,7 @@ from rnnstream.workers.score_verifier import (
 )
 from rnnstream.workers.scoring_worker import committed_all
 from rnnstream.workers.serving import PointerFileProbe, start_coordinator, stop_coordinator
-from tests.workers.test_worker_harness import (
+from tests.workers.worker_harness import (
     make_events,
     make_model,
     produce_paced,

@@ -14,7 +14,7 @@ import torch
 from rnnstream.rnn_core.features import features_from_arrow
 from rnnstream.workers.score_verifier import read_scores
 from rnnstream.workers.scoring_worker import ScoringWorker, committed_all
-from tests.workers.test_worker_harness import (
+from tests.workers.worker_harness import (
     make_events,
     produce,
     wait_for,

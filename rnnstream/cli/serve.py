@@ -1,0 +1,261 @@
+"""``rnnstream serve | scale | status``: run a pipeline's scoring workers, change their number, show metrics.
+
+``serve`` starts (or joins) Ray, the pipeline's coordinator and N scoring workers, prints a live one-line
+status, and on Ctrl-C (or SIGTERM, or after ``--duration``) stops cleanly: every worker commits and writes a
+final checkpoint of its partitions. It records where its Ray runs in ``<data dir>/serving/<pipeline>.json``
+so ``scale`` and ``status`` (other processes) find the coordinator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from rnnstream.cli.topics import add_kafka_args, settings_from_args
+from rnnstream.config_file import read_mapping_file
+
+SERVING_KEYS = (
+    "max_batch",
+    "linger_ms",
+    "commit_interval_ms",
+    "max_in_flight",
+    "checkpoint_every_events",
+    "checkpoint_every_s",
+    "ttl_ms",
+    "score_encoding",
+    "transactions",
+    "max_poll_records",
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    s = subparsers.add_parser("serve", help="score a pipeline's events with N workers until Ctrl-C")
+    s.add_argument("--pipeline", required=True)
+    s.add_argument("--model", required=True, help="a model folder or models:/<name>@<alias> (or /<version>)")
+    s.add_argument("--workers", type=int, default=2, help="scoring workers (default %(default)s)")
+    s.add_argument(
+        "--checkpoint-uri", default=None, help="pyarrow.fs location (default <data dir>/checkpoints)"
+    )
+    s.add_argument("--config", default=None, help="JSON/YAML file with a `serving:` (and `kafka:`) mapping")
+    s.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or local)")
+    s.add_argument("--no-transactions", action="store_true", help="at-least-once scores (no Kafka txns)")
+    s.add_argument("--follow-alias", action="store_true", help="poll the model alias and hot-swap on change")
+    s.add_argument(
+        "--probe-every-s", type=float, default=10.0, help="alias poll period (default %(default)s)"
+    )
+    s.add_argument("--warmup-events", type=int, default=10_000, help="challenger warm-up events per worker")
+    s.add_argument("--shadow", action="store_true", help="warm-up scores go to <pipeline>.scores.shadow too")
+    s.add_argument(
+        "--shadow-model",
+        default=None,
+        help="also score this model (folder or models:/<name>@challenger) into <pipeline>.scores.shadow",
+    )
+    s.add_argument("--duration", type=float, default=None, help="stop cleanly after this many seconds")
+    s.add_argument("--status-every", type=float, default=1.0, help="seconds between status lines")
+    add_kafka_args(s)
+    s.set_defaults(func=run_serve)
+
+    c = subparsers.add_parser("scale", help="change the number of workers of a running pipeline")
+    c.add_argument("--pipeline", required=True)
+    c.add_argument("--workers", type=int, required=True)
+    c.add_argument("--ray-address", default=None)
+    c.set_defaults(func=run_scale)
+
+    t = subparsers.add_parser("status", help="per-worker metrics of a running pipeline")
+    t.add_argument("--pipeline", required=True)
+    t.add_argument("--ray-address", default=None)
+    t.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    t.set_defaults(func=run_status)
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def _read_config(path: str | None) -> dict[str, Any]:
+    from rnnstream.errors import UsageError
+
+    if not path:
+        return {}
+    return read_mapping_file(Path(path), f"--config {path}", "(with a `serving:` section)", UsageError)
+
+
+def _serving_overrides(pipeline: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Serving defaults of the registered pipeline, then the config file's ``serving:`` section."""
+    from rnnstream.errors import UsageError
+    from rnnstream.workers.scoring_worker import WorkerConfig
+
+    out: dict[str, Any] = {}
+    try:
+        from rnnstream.pipelines.spec import get_pipeline
+
+        d = get_pipeline(pipeline).serving
+        out.update(
+            max_batch=d.max_batch_events,
+            linger_ms=d.batch_linger_ms,
+            ttl_ms=d.state_ttl_ms,
+            checkpoint_every_events=d.checkpoint_every_events,
+            checkpoint_every_s=d.checkpoint_every_s,
+        )
+    except Exception:
+        pass  # an unregistered (e.g. test) pipeline: WorkerConfig defaults
+    known = {f.name for f in fields(WorkerConfig)}
+    for k, v in (config.get("serving") or {}).items():
+        if k not in known or k in ("pipeline", "schema", "kafka"):
+            raise UsageError(f"unknown serving setting {k!r} in --config (known: {', '.join(SERVING_KEYS)})")
+        out[k] = v
+    return out
+
+
+def _address_file(pipeline: str) -> Path:
+    from rnnstream.data_dir import DataDir
+
+    return DataDir.default().root / "serving" / f"{pipeline}.json"
+
+
+def _connect(pipeline: str, address: str | None) -> Any:
+    """Join the Ray that serves ``pipeline`` and return its coordinator (UsageError when none runs)."""
+    from rnnstream.errors import UsageError
+    from rnnstream.workers.serving import find_coordinator, init_ray
+
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        f = _address_file(pipeline)
+        if f.is_file():
+            address = json.loads(f.read_text()).get("ray_address")
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        raise UsageError(f"no `rnnstream serve --pipeline {pipeline}` is running here (pass --ray-address)")
+    try:
+        init_ray(address=address)
+        return find_coordinator(pipeline)
+    except (ValueError, ConnectionError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
+# ------------------------------------------------------------------------------------------------- commands
+def run_serve(args: argparse.Namespace) -> int:
+    import ray
+
+    from rnnstream.cli.produce import resolve_schema
+    from rnnstream.data_dir import DataDir
+    from rnnstream.errors import UsageError
+    from rnnstream.workers.kafka_io import TopicAdmin
+    from rnnstream.workers.scoring_worker import WorkerConfig
+    from rnnstream.workers.serving import (
+        AliasProbe,
+        init_ray,
+        resolve_model,
+        start_coordinator,
+        status_line,
+        stop_coordinator,
+    )
+
+    if args.workers < 1:
+        raise UsageError("--workers must be >= 1")
+    config_doc = _read_config(args.config)
+    settings = settings_from_args(args)
+    schema = resolve_schema(args.pipeline)
+    overrides = _serving_overrides(args.pipeline, config_doc)
+    if args.no_transactions:
+        overrides["transactions"] = False
+    checkpoint_uri = args.checkpoint_uri or str(DataDir.default().checkpoints)
+    config = WorkerConfig(
+        pipeline=args.pipeline, schema=schema, kafka=settings, checkpoint_uri=checkpoint_uri, **overrides
+    )
+    with TopicAdmin(settings, check=False) as admin:
+        partitions = admin.partitions(config.events_topic)
+        if partitions is None:
+            raise UsageError(
+                f"topic {config.events_topic} does not exist: run `rnnstream topics create --pipeline "
+                f"{args.pipeline} --partitions N` first"
+            )
+        admin.create_topics([config.scores_topic, config.dlq_topic, config.shadow_topic], partitions)
+    try:
+        handle = resolve_model(args.model)
+    except Exception as exc:
+        raise UsageError(f"cannot use --model {args.model}: {exc}") from exc
+    init_ray(address=args.ray_address)
+    address_file = _address_file(args.pipeline)
+    address_file.parent.mkdir(parents=True, exist_ok=True)
+    address_file.write_text(json.dumps({"ray_address": ray.get_runtime_context().gcs_address}))
+    probe = AliasProbe(args.model) if args.follow_alias else None
+    coord = start_coordinator(
+        config,
+        handle,
+        args.workers,
+        partitions,
+        model_probe=probe,
+        probe_every_s=args.probe_every_s,
+        warmup_events=args.warmup_events,
+        shadow=args.shadow,
+    )
+    if args.shadow_model:
+        try:
+            shadow_handle = resolve_model(args.shadow_model, alias="challenger")
+        except Exception as exc:
+            stop_coordinator(coord)
+            raise UsageError(f"cannot use --shadow-model {args.shadow_model}: {exc}") from exc
+        ray.get(coord.shadow_model.remote(shadow_handle), timeout=300)
+        print(f"shadow-scoring {shadow_handle.version} into {config.shadow_topic}", flush=True)
+    print(
+        f"serving {args.pipeline} with {args.workers} workers over {partitions} partitions, model "
+        f"{handle.version}, checkpoints in {checkpoint_uri} (Ctrl-C stops cleanly)",
+        flush=True,
+    )
+    stop = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    started = time.monotonic()
+    tty = sys.stdout.isatty()
+    try:
+        while not stop.is_set():
+            if args.duration is not None and time.monotonic() - started >= args.duration:
+                break
+            stop.wait(args.status_every)
+            try:
+                line = status_line(ray.get(coord.status.remote(), timeout=30))
+            except Exception as exc:  # a status that times out is shown, not fatal
+                line = f"status unavailable: {type(exc).__name__}"
+            print(("\r" + line.ljust(120)) if tty else line, end="" if tty else "\n", flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        print("\nstopping: committing and writing final checkpoints ...", flush=True)
+        offsets = stop_coordinator(coord)
+        address_file.unlink(missing_ok=True)
+        print(f"stopped; next offsets per partition: {dict(sorted(offsets.items()))}", flush=True)
+    return 0
+
+
+def run_scale(args: argparse.Namespace) -> int:
+    from rnnstream.errors import UsageError
+
+    if args.workers < 1:
+        raise UsageError("--workers must be >= 1")
+    coord = _connect(args.pipeline, args.ray_address)  # imports Ray (after setting its auth mode)
+    import ray
+
+    assignment = ray.get(coord.scale.remote(args.workers), timeout=600)
+    print(f"{args.pipeline}: {len(assignment)} workers; partitions {dict(sorted(assignment.items()))}")
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from rnnstream.workers.serving import status_table
+
+    coord = _connect(args.pipeline, args.ray_address)  # imports Ray (after setting its auth mode)
+    import ray
+
+    status = ray.get(coord.status.remote(), timeout=60)
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+    else:
+        print(status_table(status))
+    return 0

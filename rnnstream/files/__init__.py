@@ -1,0 +1,1 @@
+"""Own-data tools: read a CSV/Parquet file, fit a model to it (``fit-file``), score it (``score-file``)."""

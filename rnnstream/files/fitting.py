@@ -1,0 +1,427 @@
+"""Fit a streaming model on a user's CSV/Parquet file with automatic defaults, and save or register it.
+
+What it decides for the user (each overridable from the CLI):
+
+- the head, from the columns named (:func:`choose_head`), the label classes (positive class of a binary
+  label: the conventional one of 0/1, false/true, no/yes, else the rarer) and the token vocabulary;
+- the model size from the number of events (hidden 16 up to ~2k events, 32 up to ~20k, 64 up to ~200k,
+  else 96; one GRU layer), and the most epochs (fewer for more data);
+- input normalization (fitted on the training part), the time since a key's previous event as an input;
+- early stopping on a held-out tail of each key (the last ``holdout`` of its events; keys with fewer than
+  five events train only): classifiers are validated with each key's state carried from its training part
+  (labels hidden there), forecast and next-token heads on the tails themselves.
+
+Training is :func:`rnnstream.rnn_core.training.fit` (truncated BPTT carrying each key's state across chunks).
+Training needs the file's events in memory (scoring does not): ``max_events`` caps what is read, with a note.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm import tqdm
+
+from rnnstream.errors import UsageError
+from rnnstream.files.reader import (
+    DEFAULT_CHUNK_ROWS,
+    FileColumns,
+    RawChunk,
+    iter_chunks,
+    require_columns,
+    resolve_time_format,
+    text_values,
+)
+from rnnstream.files.schema import (
+    FileSchema,
+    choose_head,
+    learn_vocabulary,
+    order_classes,
+)
+from rnnstream.pipelines.spec import PIPELINE_NAMES
+from rnnstream.rnn_core.config import ModelConfig
+from rnnstream.rnn_core.event_schema import LABEL_COLUMN
+from rnnstream.rnn_core.model import StreamingModel
+from rnnstream.rnn_core.serialization import load_model, save_model
+from rnnstream.rnn_core.training import KeySequences, fit, sequences_from_table
+
+DEFAULT_MAX_EVENTS = 2_000_000
+MIN_KEY_EVENTS_FOR_HOLDOUT = 5
+META_FILE_SCHEMA = "file_schema"
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """fit-file's knobs; None means "choose from the data"."""
+
+    cell: str = "gru"
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    epochs: int | None = None
+    patience: int = 3
+    holdout: float = 0.2
+    max_vocab: int = 2000
+    seed: int = 0
+    time_format: str = "auto"
+    positive_class: str | None = None
+    pipeline: str | None = None
+    progress: bool = True
+    lr: float | None = None  # default: 1e-2 for small models (hidden <= 32), else 3e-3
+    chunk_len: int = 64
+    batch_keys: int = 32
+    max_events: int = DEFAULT_MAX_EVENTS
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+
+
+@dataclass
+class FittedFileModel:
+    """A model fitted on a file, with the schema to read files for it and what training did."""
+
+    model: StreamingModel
+    schema: FileSchema
+    events: int
+    keys: int
+    train_events: int
+    holdout_events: int
+    history: list[dict[str, float]]
+    best_epoch: int
+    stopped_early: bool
+    seconds: float
+    holdout_metrics: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        cfg = self.model.config
+        lines = [
+            f"fitted a {cfg.head} model ({cfg.cell.upper()}, {cfg.num_layers} layer(s), "
+            f"hidden {cfg.hidden_size}) on {self.events:,} events of {self.keys:,} keys "
+            f"in {self.seconds:.1f} s",
+            f"  training events {self.train_events:,}, held-out tail events {self.holdout_events:,}; "
+            f"best epoch {self.best_epoch + 1} of {len(self.history)}"
+            + (" (stopped early)" if self.stopped_early else ""),
+        ]
+        if self.schema.head == "binary":
+            lines.append(f"  positive class: {self.schema.classes[1]!r} (score = its probability)")
+        elif self.schema.head == "multiclass":
+            lines.append(f"  classes: {list(self.schema.classes)}")
+        elif self.schema.head == "next_token":
+            lines.append(f"  token vocabulary: {len(self.schema.vocabulary)} values")
+        if self.holdout_metrics:
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in self.holdout_metrics.items())
+            lines.append(f"  on the held-out tails: {shown}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def default_hidden_size(events: int) -> int:
+    """A model that fits the data: more events, more capacity."""
+    if events <= 2_000:
+        return 16
+    if events <= 20_000:
+        return 32
+    if events <= 200_000:
+        return 64
+    return 96
+
+
+def default_epochs(events: int) -> int:
+    """Most epochs (early stopping usually ends sooner): ~400k event passes, between 5 and 60 epochs."""
+    return int(min(60, max(5, math.ceil(400_000 / max(events, 1)))))
+
+
+def read_file_events(
+    path: Path, columns: FileColumns, options: FitOptions
+) -> tuple[FileSchema, pa.Table, list[str]]:
+    """Read the file (up to ``options.max_events`` rows) into events, learning classes and vocabulary."""
+    notes: list[str] = []
+    raw_parts: list[pa.Table] = []
+    label_counts: Counter[str] = Counter()
+    token_counts: Counter[str] = Counter()
+    time_format: str | None = None
+    rows = 0
+    require_columns(Path(path), columns.used)
+    bar = tqdm(desc="reading", unit="ev", unit_scale=True, disable=not options.progress, file=sys.stderr)
+    with bar:
+        for chunk in iter_chunks(Path(path), columns.used, options.chunk_rows):
+            table = chunk.table
+            if rows + table.num_rows > options.max_events:
+                table = table.slice(0, options.max_events - rows)
+                notes.append(f"read the first {options.max_events:,} rows only (--max-events)")
+            if time_format is None:
+                time_format = resolve_time_format(
+                    table.column(columns.time), options.time_format, columns.time
+                )
+            if columns.label:
+                label = text_values(table.column(columns.label))
+                if label.null_count:
+                    first = int(np.flatnonzero(label.is_null().to_numpy(zero_copy_only=False))[0])
+                    raise UsageError(
+                        f"label column {columns.label!r} is empty at row {rows + first + 1}; "
+                        "fill or drop unlabelled rows"
+                    )
+                label_counts.update(label.to_pylist())
+            if columns.token:
+                token_counts.update(
+                    t for t in text_values(table.column(columns.token)).to_pylist() if t is not None
+                )
+            raw_parts.append(table)
+            rows += table.num_rows
+            bar.update(table.num_rows)
+            if rows >= options.max_events:
+                break
+    if rows == 0 or time_format is None:
+        raise UsageError(f"{path} has no rows")
+    head = choose_head(columns, len(label_counts))
+    schema = FileSchema(
+        pipeline=options.pipeline or _pipeline_name(Path(path)),
+        columns=columns,
+        time_format=time_format,
+        head=head,
+        classes=order_classes(label_counts, options.positive_class) if columns.label else (),
+        vocabulary=learn_vocabulary(token_counts, options.max_vocab) if columns.token else (),
+    )
+    if columns.token and len(token_counts) > options.max_vocab:
+        notes.append(
+            f"{len(token_counts):,} distinct tokens; kept the {options.max_vocab:,} most frequent "
+            "(the rest share the unknown code)"
+        )
+    events = schema.events(RawChunk(pa.concat_tables(raw_parts), 0), with_labels=True)
+    return schema, events, notes
+
+
+def split_tails(sequences: KeySequences, holdout: float) -> tuple[KeySequences, np.ndarray]:
+    """Each key's training part (all but its last ``holdout`` of events) and where each key's tail starts."""
+    cuts = []
+    for x in sequences.x:
+        n = len(x)
+        tail = int(n * holdout) if n >= MIN_KEY_EVENTS_FOR_HOLDOUT else 0
+        cuts.append(n - tail)
+    cuts_arr = np.asarray(cuts, dtype=np.int64)
+    heads = KeySequences(
+        keys=sequences.keys,
+        x=tuple(x[:c] for x, c in zip(sequences.x, cuts, strict=True)),
+        y=None if sequences.y is None else tuple(y[:c] for y, c in zip(sequences.y, cuts, strict=True)),
+        times_ms=None
+        if sequences.times_ms is None
+        else tuple(t[:c] for t, c in zip(sequences.times_ms, cuts, strict=True)),
+    )
+    return heads, cuts_arr
+
+
+def validation_sequences(sequences: KeySequences, cuts: np.ndarray, head: str) -> KeySequences | None:
+    """What early stopping watches: classifiers see whole keys with the training labels hidden (state
+    carried into the tail); forecast/next-token heads (whose loss ignores labels) see the tails alone."""
+    has_tail = [i for i, (x, c) in enumerate(zip(sequences.x, cuts, strict=True)) if c < len(x)]
+    if not has_tail:
+        return None
+    if head in ("binary", "multiclass") and sequences.y is not None:
+        ys = []
+        for i in has_tail:
+            y = sequences.y[i].copy()
+            y[: cuts[i]] = np.nan
+            ys.append(y)
+        return KeySequences(
+            keys=tuple(sequences.keys[i] for i in has_tail),
+            x=tuple(sequences.x[i] for i in has_tail),
+            y=tuple(ys),
+        )
+    return KeySequences(
+        keys=tuple(sequences.keys[i] for i in has_tail),
+        x=tuple(sequences.x[i][cuts[i] :] for i in has_tail),
+    )
+
+
+def fit_file(
+    path: Path,
+    columns: FileColumns,
+    options: FitOptions | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> FittedFileModel:
+    """Read ``path``, pick the head and defaults, train with early stopping; see the module docstring."""
+    options = options or FitOptions()
+    if not 0.0 <= options.holdout < 0.9:
+        raise UsageError("--holdout must be in [0, 0.9)")
+    if options.pipeline and options.pipeline.replace("_", "-") in PIPELINE_NAMES:
+        raise UsageError(
+            f"--pipeline {options.pipeline!r} is a built-in pipeline with its own event schema; "
+            "name your data something else"
+        )
+    started = time.perf_counter()
+    schema, events, notes = read_file_events(Path(path), columns, options)
+    spec = schema.event_schema().feature_spec(use_time_delta=True)
+    label = LABEL_COLUMN if schema.head in ("binary", "multiclass") else None
+    sequences = sequences_from_table(events, spec, label_column=label)
+    n_events = sequences.num_events
+    config = ModelConfig(
+        features=spec,
+        cell=options.cell,
+        head=schema.head,
+        hidden_size=options.hidden_size or default_hidden_size(n_events),
+        num_layers=options.num_layers or 1,
+        num_classes=max(2, len(schema.classes)),
+        embedding_dim=min(16, max(4, round(len(schema.vocabulary) ** 0.5) + 1)) if columns.token else 16,
+    )
+    torch.manual_seed(options.seed)
+    model = StreamingModel(config)
+    train, cuts = split_tails(sequences, options.holdout)
+    validation = validation_sequences(sequences, cuts, schema.head)
+    if validation is None and options.holdout > 0:
+        notes.append(f"no key has {MIN_KEY_EVENTS_FOR_HOLDOUT}+ events: trained without early stopping")
+    if schema.head in ("binary", "multiclass") and train.y is not None:
+        seen = {int(v) for y in train.y for v in np.unique(y[np.isfinite(y)])}
+        if len(seen) < 2:
+            notes.append("the training part holds one class only; the held-out tails hold the others")
+    epochs = options.epochs or default_epochs(train.num_events)
+    bar = tqdm(total=epochs, desc="training", unit="epoch", disable=not options.progress, file=sys.stderr)
+
+    def progress(record: dict[str, float]) -> None:
+        bar.update(1)
+        bar.set_postfix(train=f"{record['train_loss']:.4f}", val=f"{record['val_loss']:.4f}")
+        if on_epoch is not None:
+            on_epoch(record)
+
+    with bar:
+        result = fit(
+            model,
+            train,
+            epochs=epochs,
+            lr=options.lr or (1e-2 if config.hidden_size <= 32 else 3e-3),
+            chunk_len=options.chunk_len,
+            batch_keys=options.batch_keys,
+            seed=options.seed,
+            progress=progress,
+            validation=validation,
+            patience=options.patience,
+        )
+    model.eval()
+    holdout_events = int(sum(len(x) - c for x, c in zip(sequences.x, cuts, strict=True)))
+    return FittedFileModel(
+        model=model,
+        schema=schema,
+        events=n_events,
+        keys=len(sequences),
+        train_events=train.num_events,
+        holdout_events=holdout_events,
+        history=result.history,
+        best_epoch=result.best_epoch,
+        stopped_early=result.stopped_early,
+        seconds=time.perf_counter() - started,
+        holdout_metrics=holdout_metrics(model, sequences, cuts, schema.head),
+        notes=notes,
+    )
+
+
+@torch.no_grad()
+def holdout_metrics(
+    model: StreamingModel, sequences: KeySequences, cuts: np.ndarray, head: str
+) -> dict[str, float]:
+    """Quality on the held-out tails, each key's state carried from its training part (forward == step)."""
+    outs, ys = [], []
+    for i, x in enumerate(sequences.x):
+        if cuts[i] >= len(x):
+            continue
+        out, _ = model(torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(0))
+        outs.append(out[0, cuts[i] :].numpy())
+        if sequences.y is not None:
+            ys.append(sequences.y[i][cuts[i] :])
+    if not outs:
+        return {}
+    out = np.concatenate(outs)
+    names = model.output_names()
+    if head == "next_token":
+        rank = out[:, names.index("rank")]
+        return {"top1_accuracy": float(np.mean(rank < 0.5)), "top5_accuracy": float(np.mean(rank < 4.5))}
+    if head == "forecast":
+        return {"mean_error_z": float(np.mean(out[:, names.index("error_z")]))}
+    y = np.concatenate(ys)
+    ok = np.isfinite(y)
+    if head == "multiclass":
+        return {"accuracy": float(np.mean(out[ok].argmax(1) == y[ok]))}
+    score, truth = out[ok, 0], y[ok].astype(int)
+    metrics = {"accuracy": float(np.mean((score >= 0.5) == truth))}
+    if 0 < truth.sum() < len(truth):
+        metrics["pr_auc"] = _average_precision(truth, score)
+    return metrics
+
+
+def _average_precision(truth: np.ndarray, score: np.ndarray) -> float:
+    """Area under the precision-recall curve (average precision), ties broken pessimistically."""
+    order = np.lexsort((truth, -score))
+    hits = truth[order]
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(np.sum(precision * hits) / hits.sum())
+
+
+# ------------------------------------------------------------------------------------------------ save, load
+def save_fitted(fitted: FittedFileModel, directory: Path) -> Path:
+    """``directory``: the weights (``model.safetensors`` + ``config.json``) and ``file_schema.json``."""
+    path = save_model(fitted.model, directory)
+    fitted.schema.save(path)
+    return path
+
+
+def register_fitted(fitted: FittedFileModel) -> str:
+    """Log a new version of ``rnnstream-<pipeline>`` in MLflow (the file schema in its meta); returns its URI.
+
+    The first version of a model also gets the ``champion`` alias, so ``models:/<name>@champion`` works.
+    """
+    from rnnstream.workers import model_registry as registry  # configures MLflow's environment first
+    from rnnstream.workers.tracking import flatten_params, log_epoch_history, resolve_store, training_run
+
+    mlflow = registry.mlflow
+
+    store = resolve_store()
+    schema = fitted.schema
+    extra = {META_FILE_SCHEMA: schema.to_dict(), "holdout_metrics": fitted.holdout_metrics}
+    with training_run(
+        store, schema.pipeline, run_name=f"fit-file-{schema.pipeline}", tags={"rnnstream.source": "fit-file"}
+    ):
+        mlflow.log_params(flatten_params({"model": fitted.model.config.to_dict(), "file": schema.to_dict()}))
+        log_epoch_history(fitted.history)
+        if fitted.holdout_metrics:
+            mlflow.log_metrics({f"holdout_{k}": v for k, v in fitted.holdout_metrics.items()})
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifact(str(schema.save(Path(tmp))))
+        logged = registry.log_model_version(fitted.model, schema.event_schema(), extra_meta=extra)
+    if registry.alias_version(store, schema.pipeline, "champion") is None:
+        registry.promote(store, schema.pipeline, logged.version, "champion")
+        return f"models:/{logged.name}@champion (version {logged.version})"
+    return f"models:/{logged.name}/{logged.version}"
+
+
+def load_fitted(ref: str | Path) -> tuple[StreamingModel, FileSchema]:
+    """A fit-file model from its folder or MLflow (``models:/<name>@<alias>``, ``models:/<name>/<v>``)."""
+    text = str(ref)
+    if text.startswith("models:/"):
+        from rnnstream.workers import model_registry as registry
+
+        try:
+            loaded = registry.load_version(text)
+        except registry.RegistryError as exc:
+            raise UsageError(str(exc)) from exc
+        doc = loaded.meta.get(META_FILE_SCHEMA)
+        if not doc:
+            raise UsageError(f"{text} was not made by `rnnstream fit-file` (its meta has no file schema)")
+        return loaded.model, FileSchema.from_dict(doc)
+    path = Path(text)
+    if not path.is_dir():
+        raise UsageError(
+            f"no model folder {path} (give a folder from fit-file --model-out, or models:/name@alias)"
+        )
+    schema = FileSchema.load(path)
+    return load_model(path), schema
+
+
+def _pipeline_name(path: Path) -> str:
+    stem = path.name.split(".")[0].lower()
+    cleaned = "".join(ch if ch.isalnum() else "-" for ch in stem).strip("-")
+    return cleaned or "file"

@@ -1,0 +1,1 @@
+"""Batch jobs: training on the archive (Ray Train + MLflow), archive backfill, model review and backtest."""
