@@ -157,8 +157,8 @@ def raw_eps(settings, pipeline: str, counts: dict[int, int]) -> float:
 
 # ------------------------------------------------------------------------------------------------ rnnstream
 def run_workers(settings, schema, handle, ckpt: Path, workers: int = 2, **kw):
-    from rnnstream.workers.scoring_worker import WorkerConfig
     from rnnstream.workers.serving import start_coordinator
+    from rnnstream.workers.worker_config import WorkerConfig
 
     settings_kw = {
         "max_batch": 8192,
@@ -265,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     from rnnstream.rnn_core.serialization import save_model
     from rnnstream.workers.embedded_broker import EmbeddedBroker, free_port
     from rnnstream.workers.kafka_settings import KafkaSettings
-    from rnnstream.workers.scoring_worker import ModelHandle
     from rnnstream.workers.serving import init_ray
+    from rnnstream.workers.worker_config import ModelHandle
 
     n_json = 20_000 if args.quick else 60_000
     n_arrow = 100_000 if args.quick else 400_000

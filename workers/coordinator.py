@@ -23,7 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rnnstream.workers.scoring_worker import ModelHandle, ScoringWorkerActor, WorkerConfig, fence_slot
+from rnnstream.workers.scoring_worker import ScoringWorkerActor, fence_slot
+from rnnstream.workers.worker_config import ModelHandle, WorkerConfig
 
 log = logging.getLogger(__name__)
 

@@ -46,106 +46,24 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rnnstream.rnn_core.event_schema import EventSchema
 from rnnstream.rnn_core.features import features_from_arrow
 from rnnstream.workers.dead_letter import DeadLetterWriter
 from rnnstream.workers.event_codec import ARROW, ENCODING_HEADER, EventDecoder
-from rnnstream.workers.kafka_settings import KafkaSettings
 from rnnstream.workers.partition_checkpoint import CheckpointInfo, PartitionCheckpoints
 from rnnstream.workers.score_codec import ARROW_HEADERS, JSON_HEADERS, scores_to_arrow, scores_to_json
+from rnnstream.workers.worker_config import ModelHandle, WorkerConfig, transactional_id
 from rnnstream.workers.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
 MAX_ARROW_SCORE_ROWS = 8192
-
-
-@dataclass(frozen=True)
-class ModelHandle:
-    """Which model to serve: a version name (carried by every score and checkpoint) and where to load it.
-
-    ``locator`` is a model directory (``save_model`` layout) or a registry URI (``models:/name/3``); the
-    worker loads it itself with :func:`rnnstream.workers.serving.load_model`.
-    """
-
-    version: str
-    locator: str
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """Everything a scoring worker needs as data (frozen, picklable): pipeline, Kafka, checkpoints, knobs."""
-
-    pipeline: str
-    schema: EventSchema
-    kafka: KafkaSettings
-    checkpoint_uri: str
-    events_topic: str = ""
-    scores_topic: str = ""
-    dlq_topic: str = ""
-    shadow_topic: str = ""
-    group_id: str = ""
-    transactions: bool = True
-    max_batch: int = 4096
-    linger_ms: int = 5
-    commit_interval_ms: int = 100
-    min_commit_interval_ms: int = 10
-    max_in_flight: int = 50_000
-    checkpoint_every_events: int = 20_000
-    checkpoint_every_s: float = 10.0
-    ttl_ms: int | None = None
-    score_encoding: str = "auto"  # auto (like the input), json or arrow
-    max_poll_records: int = 4096
-    fetch_max_bytes: int = 8 * 1024 * 1024
-    max_partition_fetch_bytes: int = 2 * 1024 * 1024
-    lag_every_s: float = 1.0
-    error_backoff_s: float = 0.5
-    commit_timeout_ms: int = 15_000
-    torch_threads: int = 1
-
-    def __post_init__(self) -> None:
-        p = self.pipeline
-        defaults = {
-            "events_topic": f"{p}.events",
-            "scores_topic": f"{p}.scores",
-            "dlq_topic": f"{p}.dlq",
-            "shadow_topic": f"{p}.scores.shadow",
-            "group_id": f"rnnstream-{p}-scoring",
-        }
-        for name, value in defaults.items():
-            if not getattr(self, name):
-                object.__setattr__(self, name, value)
-        if self.score_encoding not in ("auto", "json", "arrow"):
-            raise ValueError("score_encoding must be auto, json or arrow")
-
-    def with_(self, **kw: Any) -> WorkerConfig:
-        return replace(self, **kw)
-
-
-def transactional_id(pipeline: str, slot: int) -> str:
-    """The stable transactional id of a worker slot: a restarted actor fences the process it replaces."""
-    return f"rnnstream-{pipeline}-worker-{slot}"
-
-
-def committed_all(kafka: KafkaSettings, config: WorkerConfig) -> bool:
-    """True when the scoring group's committed offsets reached the end of every events partition."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(**kafka.client_kwargs(), group_id=config.group_id, enable_auto_commit=False)
-    try:
-        parts = consumer.partitions_for_topic(config.events_topic) or set()
-        tps = [TopicPartition(config.events_topic, p) for p in parts]
-        ends = consumer.end_offsets(tps)
-        return all((consumer.committed(tp) or 0) >= ends[tp] for tp in tps)
-    finally:
-        consumer.close()
 
 
 class _Fenced(Exception):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnstream.workers.coordinator import NAMESPACE, Coordinator, coordinator_name
-from rnnstream.workers.scoring_worker import ModelHandle, WorkerConfig
+from rnnstream.workers.worker_config import ModelHandle, WorkerConfig
 
 META_FILE = "rnnstream_meta.json"
 MODELS_URI = "models:/"

@@ -88,7 +88,7 @@ def _read_config(path: str | None) -> dict[str, Any]:
 def _serving_overrides(pipeline: str, config: dict[str, Any]) -> dict[str, Any]:
     """Serving defaults of the registered pipeline, then the config file's ``serving:`` section."""
     from rnnstream.errors import UsageError
-    from rnnstream.workers.scoring_worker import WorkerConfig
+    from rnnstream.workers.worker_config import WorkerConfig
 
     out: dict[str, Any] = {}
     try:
@@ -144,7 +144,6 @@ def run_serve(args: argparse.Namespace) -> int:
     from rnnstream.data_dir import DataDir
     from rnnstream.errors import UsageError
     from rnnstream.workers.kafka_io import TopicAdmin
-    from rnnstream.workers.scoring_worker import WorkerConfig
     from rnnstream.workers.serving import (
         AliasProbe,
         init_ray,
@@ -153,6 +152,7 @@ def run_serve(args: argparse.Namespace) -> int:
         status_line,
         stop_coordinator,
     )
+    from rnnstream.workers.worker_config import WorkerConfig
 
     if args.workers < 1:
         raise UsageError("--workers must be >= 1")

@@ -37,7 +37,7 @@ from rnnstream.workers.kafka_io import EventProducer, TopicAdmin
 from rnnstream.workers.kafka_settings import KafkaSettings
 from rnnstream.workers.score_codec import decode_scores
 from rnnstream.workers.score_verifier import read_topic
-from rnnstream.workers.scoring_worker import ModelHandle, WorkerConfig, committed_all
+from rnnstream.workers.worker_config import ModelHandle, WorkerConfig, committed_all
 
 SAMPLE_EVERY_S = 0.5
 EVENTS_PER_MESSAGE = 250

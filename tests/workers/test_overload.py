@@ -10,8 +10,8 @@ import time
 import psutil
 import ray as _ray
 
-from rnnstream.workers.scoring_worker import committed_all
 from rnnstream.workers.serving import start_coordinator, stop_coordinator
+from rnnstream.workers.worker_config import committed_all
 from tests.workers.worker_harness import (
     make_events,
     produce,

@@ -13,8 +13,8 @@ import ray as _ray
 
 from rnnstream.workers.embedded_broker import EmbeddedBroker, free_port
 from rnnstream.workers.kafka_settings import KafkaSettings
-from rnnstream.workers.scoring_worker import committed_all
 from rnnstream.workers.serving import start_coordinator, stop_coordinator
+from rnnstream.workers.worker_config import committed_all
 from tests.workers.worker_harness import (
     make_events,
     produce,

@@ -9,8 +9,8 @@ import pytest
 
 from rnnstream.workers.dead_letter import parse_dead_letter
 from rnnstream.workers.score_verifier import read_topic
-from rnnstream.workers.scoring_worker import committed_all
 from rnnstream.workers.serving import start_coordinator, stop_coordinator
+from rnnstream.workers.worker_config import committed_all
 from tests.workers.worker_harness import (
     make_events,
     produce,

@@ -23,8 +23,8 @@ from rnnstream.workers.score_verifier import (
     read_topic,
     verify,
 )
-from rnnstream.workers.scoring_worker import committed_all
 from rnnstream.workers.serving import PointerFileProbe, start_coordinator, stop_coordinator
+from rnnstream.workers.worker_config import committed_all
 from tests.workers.worker_harness import (
     make_events,
     make_model,

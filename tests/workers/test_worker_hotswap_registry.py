@@ -22,8 +22,8 @@ import pytest
 from rnnstream.data_dir import DataDir
 from rnnstream.workers import model_registry, tracking
 from rnnstream.workers.score_verifier import offline_reference, read_events, read_scores, verify
-from rnnstream.workers.scoring_worker import committed_all
 from rnnstream.workers.serving import AliasProbe, start_coordinator, stop_coordinator
+from rnnstream.workers.worker_config import committed_all
 from tests.workers.worker_harness import (
     make_events,
     make_model,

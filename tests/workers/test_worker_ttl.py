@@ -13,7 +13,8 @@ import torch
 
 from rnnstream.rnn_core.features import features_from_arrow
 from rnnstream.workers.score_verifier import read_scores
-from rnnstream.workers.scoring_worker import ScoringWorker, committed_all
+from rnnstream.workers.scoring_worker import ScoringWorker
+from rnnstream.workers.worker_config import committed_all
 from tests.workers.worker_harness import (
     make_events,
     produce,

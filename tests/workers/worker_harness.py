@@ -31,7 +31,7 @@ from rnnstream.workers.score_verifier import (
     read_scores,
     verify,
 )
-from rnnstream.workers.scoring_worker import ModelHandle, WorkerConfig
+from rnnstream.workers.worker_config import ModelHandle, WorkerConfig
 
 MERCHANTS = ("grocery", "fuel", "travel", "online")
 
