@@ -30,10 +30,8 @@ from __future__ import annotations
 import contextlib
 import json
 import mmap
-import os
 import secrets
 import sys
-import uuid
 from collections.abc import Sequence
 from typing import Union
 
@@ -41,6 +39,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
+
+from rnnstream.rnn_core.storage import resolve_filesystem, write_atomic
 
 KeyBatch = Union[Sequence[str], np.ndarray, pa.Array, pa.ChunkedArray]  # noqa: UP007
 
@@ -524,8 +524,8 @@ class KeyedStateStore:
         Returns the number of keys written.
         """
         table = self.snapshot_table(keys, metadata)
-        fs, fs_path = _resolve(path, filesystem)
-        _write_atomic(fs, fs_path, table)
+        fs, fs_path = resolve_filesystem(path, filesystem)
+        write_atomic(fs, fs_path, lambda out: _write_ipc(out, table))
         return table.num_rows
 
     def snapshot_table(self, keys: KeyBatch | None, metadata: dict[str, str] | None = None) -> pa.Table:
@@ -553,7 +553,7 @@ class KeyedStateStore:
 
         Returns the snapshot's metadata (the user's entries).
         """
-        fs, fs_path = _resolve(path, filesystem)
+        fs, fs_path = resolve_filesystem(path, filesystem)
         with fs.open_input_file(fs_path) as f:
             table = pa.ipc.open_file(f).read_all()
         return self.restore_table(table)
@@ -588,47 +588,6 @@ class KeyedStateStore:
             self._rebuild_table(4 * n)
 
 
-def _resolve(path: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str]:
-    if filesystem is None:
-        if "://" in path:
-            return pafs.FileSystem.from_uri(path)
-        return pafs.LocalFileSystem(), os.path.abspath(path)
-    return filesystem, path
-
-
-def _local_path(fs: pafs.FileSystem, path: str) -> str | None:
-    """The OS path when ``fs`` writes to the local disk (directly or under a SubTreeFileSystem), else None."""
-    while isinstance(fs, pafs.SubTreeFileSystem):
-        path = fs.base_path.rstrip("/") + "/" + path.lstrip("/")
-        fs = fs.base_fs
-    return path if isinstance(fs, pafs.LocalFileSystem) else None
-
-
-def _write_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
-    local = _local_path(fs, path)
-    if local is None:  # object stores: one put, visible all at once or not at all
-        parent = path.rsplit("/", 1)[0] if "/" in path else ""
-        if parent:
-            fs.create_dir(parent, recursive=True)
-        with fs.open_output_stream(path) as out, pa.ipc.new_file(out, table.schema) as writer:
-            writer.write_table(table)
-        return
-    directory = os.path.dirname(local) or "."
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(local)}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as f:
-            with pa.ipc.new_file(f, table.schema) as writer:
-                writer.write_table(table)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, local)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def _write_ipc(out: object, table: pa.Table) -> None:
+    with pa.ipc.new_file(out, table.schema) as writer:
+        writer.write_table(table)

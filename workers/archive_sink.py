@@ -35,6 +35,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from rnnstream.rnn_core.event_schema import TIME_COLUMN, EventSchema
+from rnnstream.rnn_core.storage import is_temporary, resolve_filesystem, write_atomic, write_bytes_atomic
 from rnnstream.workers.event_codec import EventDecoder
 from rnnstream.workers.kafka_io import PartitionConsumer, topic_names
 from rnnstream.workers.kafka_settings import KafkaSettings
@@ -42,16 +43,6 @@ from rnnstream.workers.kafka_settings import KafkaSettings
 PROVENANCE_COLUMNS = ("kafka_partition", "kafka_offset", "kafka_event_index")
 _FILE_RE = re.compile(r"^p(\d+)-o(\d+)-(\d+)\.parquet$")
 PARTITIONING = ds.partitioning(pa.schema([("pipeline", pa.string()), ("date", pa.string())]), flavor="hive")
-
-
-def resolve_filesystem(root: str, filesystem: pafs.FileSystem | None = None) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for ``root``: a local path or any URI pyarrow knows (s3://, gs://, file://)."""
-    if filesystem is not None:
-        return filesystem, root.rstrip("/")
-    if "://" in root:
-        fs, path = pafs.FileSystem.from_uri(root)
-        return fs, path.rstrip("/")
-    return pafs.LocalFileSystem(), os.path.abspath(root)
 
 
 @dataclass
@@ -135,7 +126,7 @@ class ArchiveSink:
             if info.type != pafs.FileType.File:
                 continue
             name = info.base_name
-            if name.startswith(".") and name.endswith(".tmp"):
+            if is_temporary(name):
                 self.fs.delete_file(info.path)
                 continue
             m = _FILE_RE.match(name)
@@ -166,10 +157,9 @@ class ArchiveSink:
     def _write_progress(self, partition: int, next_offset: int) -> None:
         path = self._progress_path(partition)
         self.fs.create_dir(posixpath.dirname(path), recursive=True)
-        tmp = f"{posixpath.dirname(path)}/.{posixpath.basename(path)}.tmp"
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(json.dumps({"next_offset": int(next_offset), "topic": self.topic}).encode())
-        self.fs.move(tmp, path)
+        write_bytes_atomic(
+            self.fs, path, json.dumps({"next_offset": int(next_offset), "topic": self.topic}).encode()
+        )
         self._next[partition] = next_offset
 
     def progress(self) -> dict[int, int | None]:
@@ -238,10 +228,7 @@ class ArchiveSink:
         for day in sorted(uniq):
             part = table if len(uniq) == 1 else table.filter(pc.equal(dates, day))
             directory = f"{self.pipeline_dir}/date={day}"
-            self.fs.create_dir(directory, recursive=True)
-            tmp = f"{directory}/.{name}.tmp"
-            pq.write_table(part, tmp, filesystem=self.fs)
-            self.fs.move(tmp, f"{directory}/{name}")
+            write_atomic(self.fs, f"{directory}/{name}", lambda out, part=part: pq.write_table(part, out))
         return len(uniq)
 
     def caught_up(self, ends: dict[int, int]) -> bool:

@@ -342,7 +342,8 @@ def _check_text(name: str, v: str) -> None:
         raise _Problem(INVALID_TEXT, f"field {name!r} is not valid Unicode text") from None
 
 
-def _header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> bytes | None:
+def header_value(headers: Sequence[tuple[str, bytes]] | None, name: str) -> bytes | None:
+    """The value of the first Kafka header called ``name``, or None (headers are a list of pairs)."""
     if headers:
         for k, v in headers:
             if k == name:
@@ -744,12 +745,12 @@ class EventDecoder:
     def _header_reject(self, m: MessageLike, enc: bytes) -> Reject:
         h = m.headers
         if enc == b"!pipeline":
-            got = _header(h, PIPELINE_HEADER) or b""
+            got = header_value(h, PIPELINE_HEADER) or b""
             return self._reject(
                 m, WRONG_PIPELINE, f"message of pipeline {got.decode(errors='replace')!r}", _enc_name(h)
             )
         if enc == b"!version":
-            got = _header(h, VERSION_HEADER) or b""
+            got = header_value(h, VERSION_HEADER) or b""
             try:
                 int(got)
             except ValueError:
@@ -761,7 +762,7 @@ class EventDecoder:
 
 
 def _enc_name(headers: Sequence[tuple[str, bytes]] | None) -> str:
-    return ARROW if _header(headers, ENCODING_HEADER) == b"arrow" else JSON
+    return ARROW if header_value(headers, ENCODING_HEADER) == b"arrow" else JSON
 
 
 def _py(scalar: pa.Scalar) -> Any:

@@ -16,13 +16,14 @@ not a read of every file. The older ones are pruned (``keep`` per version), neve
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import time
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 import pyarrow.fs as pafs
+
+from rnnstream.rnn_core.storage import resolve_filesystem
 
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d{20})-v(.*)\.arrow$")
 META_NEXT_OFFSET = "rnnstream.next_offset"
@@ -40,13 +41,6 @@ class CheckpointInfo:
     next_offset: int
     model_version: str
     path: str
-
-
-def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """``(filesystem, root path)`` of a checkpoint location: a local folder, ``file://``, ``s3://``, ``gs://``..."""
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), os.path.abspath(uri)
-    return pafs.FileSystem.from_uri(uri)
 
 
 class PartitionCheckpoints:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from rnnstream.workers.event_codec import ARROW, ENCODING_HEADER, JSON
+from rnnstream.workers.event_codec import ARROW, ENCODING_HEADER, JSON, header_value
 
 PROVENANCE_COLUMNS = ("model_version", "topic", "partition", "offset", "index")
 JSON_HEADERS = [(ENCODING_HEADER, b"json")]
@@ -93,10 +93,7 @@ def scores_to_arrow(
 
 def decode_scores(value: bytes, headers: Sequence[tuple[str, bytes]] | None) -> pa.Table:
     """A scores message back as a table (one row for JSON, many for Arrow); model_version/topic as strings."""
-    enc = JSON
-    for k, v in headers or ():
-        if k == ENCODING_HEADER:
-            enc = v.decode()
+    enc = (header_value(headers, ENCODING_HEADER) or JSON.encode()).decode()
     if enc == ARROW:
         table = pa.ipc.open_stream(value).read_all()
         for name in ("model_version", "topic"):

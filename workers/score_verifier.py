@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from rnnstream.rnn_core.event_schema import EventSchema
 from rnnstream.rnn_core.features import features_from_arrow
-from rnnstream.workers.event_codec import ARROW, ENCODING_HEADER, decode
+from rnnstream.workers.event_codec import ARROW, ENCODING_HEADER, decode, header_value
 from rnnstream.workers.kafka_settings import KafkaSettings
 
 
@@ -124,7 +124,7 @@ def read_scores(settings: KafkaSettings, topic: str, timeout_s: float = 60.0) ->
     outputs: dict[str, list] = defaultdict(list)
     fixed = {"key", "time", "model_version", "topic", "partition", "offset", "index"}
     for m in msgs:
-        enc = next((v for k, v in (m.headers or ()) if k == ENCODING_HEADER), b"json")
+        enc = header_value(m.headers, ENCODING_HEADER) or b"json"
         if enc == ARROW.encode():
             t = pa.ipc.open_stream(m.value).read_all()
             cols = {n: t.column(n) for n in t.schema.names}

@@ -55,7 +55,7 @@ import pyarrow.compute as pc
 
 from rnnstream.rnn_core.features import features_from_arrow
 from rnnstream.workers.dead_letter import DeadLetterWriter
-from rnnstream.workers.event_codec import ARROW, ENCODING_HEADER, EventDecoder
+from rnnstream.workers.event_codec import ARROW, ENCODING_HEADER, EventDecoder, header_value
 from rnnstream.workers.partition_checkpoint import CheckpointInfo, PartitionCheckpoints
 from rnnstream.workers.score_codec import ARROW_HEADERS, JSON_HEADERS, scores_to_arrow, scores_to_json
 from rnnstream.workers.worker_config import ModelHandle, WorkerConfig, transactional_id
@@ -383,10 +383,7 @@ class ScoringWorker:
         enc = self.config.score_encoding
         if enc != "auto":
             return enc == "arrow"
-        for k, v in msgs[0].headers or ():
-            if k == ENCODING_HEADER:
-                return v == ARROW.encode()
-        return False
+        return header_value(msgs[0].headers, ENCODING_HEADER) == ARROW.encode()
 
     def _send_scores(
         self,

@@ -34,6 +34,7 @@ from rnnstream.rnn_core.config import ConfigError, ModelConfig
 from rnnstream.rnn_core.event_schema import KEY_COLUMN
 from rnnstream.rnn_core.model import StreamingModel
 from rnnstream.rnn_core.serialization import load_model, model_from_bytes, model_to_bytes, save_model
+from rnnstream.rnn_core.storage import resolve_filesystem, write_bytes_atomic
 from rnnstream.rnn_core.training import (
     KeySequences,
     TrainingLoss,
@@ -218,10 +219,7 @@ class TrainStorage:
     root: str
 
     def _fs(self) -> tuple[pafs.FileSystem, str]:
-        if "://" in self.root:
-            fs, path = pafs.FileSystem.from_uri(self.root)
-            return fs, path.rstrip("/")
-        return pafs.LocalFileSystem(), str(Path(self.root).resolve())
+        return resolve_filesystem(self.root)
 
     @property
     def ray_storage_path(self) -> str:
@@ -238,9 +236,9 @@ class TrainStorage:
     def remember(self, pipeline: str, run_name: str) -> None:
         """Record ``run_name`` as the pipeline's latest run."""
         fs, base = self._fs()
-        fs.create_dir(base, recursive=True)
-        with fs.open_output_stream(f"{base}/{LATEST_RUN_FILE.format(pipeline=pipeline)}") as f:
-            f.write((run_name + "\n").encode())
+        write_bytes_atomic(
+            fs, f"{base}/{LATEST_RUN_FILE.format(pipeline=pipeline)}", (run_name + "\n").encode()
+        )
 
     def latest(self, pipeline: str) -> str | None:
         """The pipeline's latest run name, or None."""

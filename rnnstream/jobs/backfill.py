@@ -46,8 +46,9 @@ from rnnstream.rnn_core.event_schema import KEY_COLUMN, TIME_COLUMN
 from rnnstream.rnn_core.features import features_from_arrow
 from rnnstream.rnn_core.model import StreamingModel
 from rnnstream.rnn_core.state_store import KeyedStateStore
+from rnnstream.rnn_core.storage import resolve_filesystem
 from rnnstream.rnn_core.stream_scorer import StreamScorer
-from rnnstream.workers.archive_sink import PROVENANCE_COLUMNS, resolve_filesystem
+from rnnstream.workers.archive_sink import PROVENANCE_COLUMNS
 
 MS_PER_DAY = 86_400_000
 DEFAULT_BATCH_EVENTS = 4096  # events per StreamScorer.score call: a serving-sized micro-batch
