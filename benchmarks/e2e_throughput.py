@@ -163,11 +163,11 @@ def run_workers(settings, schema, handle, ckpt: Path, workers: int = 2, **kw):
     settings_kw = {
         "max_batch": 8192,
         "max_poll_records": 8192,
-        "linger_ms": 5,
+        "batch_linger_ms": 5,
         "commit_interval_ms": 250,
         "max_in_flight": 100_000,
-        "checkpoint_every_events": 200_000,
-        "checkpoint_every_s": 5.0,
+        "checkpoint_interval_events": 200_000,
+        "checkpoint_interval_seconds": 5.0,
         "max_partition_fetch_bytes": 8 * 1024 * 1024,
         "fetch_max_bytes": 32 * 1024 * 1024,
         **kw,
@@ -202,7 +202,13 @@ def latency_at_rate(settings, schema, handle, rate: float, seconds: float, tmp: 
     # latency settings: a commit (= scores visible to read_committed readers) every 50 ms; measured here,
     # 10 ms commits saturate the workers at this rate (each commit costs a few ms), raising latency
     config, coord = run_workers(
-        settings, schema, handle, tmp / "ckpt-lat", max_batch=8192, linger_ms=2, commit_interval_ms=50
+        settings,
+        schema,
+        handle,
+        tmp / "ckpt-lat",
+        max_batch_events=8192,
+        batch_linger_ms=2,
+        commit_interval_ms=50,
     )
     n = int(rate * seconds)
     table = make_events(schema, n, 20_000, seed=3, start_ms=int(time.time() * 1000))

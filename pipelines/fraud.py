@@ -328,9 +328,9 @@ def pipeline_spec() -> PipelineSpec:
             partitions=12,
             max_batch_events=2048,
             batch_linger_ms=20,
-            state_ttl_ms=90 * MS_PER_DAY,
-            checkpoint_every_events=50_000,
-            checkpoint_every_s=30.0,
+            key_ttl_seconds=90 * 86_400,
+            checkpoint_interval_events=50_000,
+            checkpoint_interval_seconds=30.0,
         ),
         # Fraud labels are rare (a few percent of events), so a short run needs many optimizer steps: small
         # batches of cards (per Ray Train worker) and short chunks; a card's episode spans a few events.

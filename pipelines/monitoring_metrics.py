@@ -240,9 +240,9 @@ def pipeline_spec() -> PipelineSpec:
             partitions=6,
             max_batch_events=4096,
             batch_linger_ms=200,
-            state_ttl_ms=MS_PER_DAY,
-            checkpoint_every_events=100_000,
-            checkpoint_every_s=60.0,
+            key_ttl_seconds=86_400,
+            checkpoint_interval_events=100_000,
+            checkpoint_interval_seconds=60.0,
         ),
         # Few hosts, long series: short chunks give many optimizer steps per epoch, so few epochs suffice
         # (a Ray Train epoch costs a checkpoint; 8 x 32 matched 15 x 64 on the demo stream).

@@ -38,23 +38,25 @@ class ServingDefaults:
     """How workers serve a pipeline unless told otherwise (CLI flags override each value).
 
     ``max_batch_events`` and ``batch_linger_ms`` bound a micro-batch (whichever comes first);
-    ``state_ttl_ms`` evicts a key's state after that much event time without an event; a partition is
-    checkpointed every ``checkpoint_every_events`` events or ``checkpoint_every_s`` seconds.
+    ``key_ttl_seconds`` evicts a key's state after that much event time without an event; a partition is
+    checkpointed every ``checkpoint_interval_events`` events or ``checkpoint_interval_seconds`` seconds.
     """
 
     partitions: int
     max_batch_events: int
     batch_linger_ms: int
-    state_ttl_ms: int
-    checkpoint_every_events: int
-    checkpoint_every_s: float
+    key_ttl_seconds: float
+    checkpoint_interval_events: int
+    checkpoint_interval_seconds: float
 
     def __post_init__(self) -> None:
-        for name in ("partitions", "max_batch_events", "state_ttl_ms", "checkpoint_every_events"):
+        for name in ("partitions", "max_batch_events", "key_ttl_seconds", "checkpoint_interval_events"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"ServingDefaults.{name} must be positive")
-        if self.batch_linger_ms < 0 or self.checkpoint_every_s <= 0:
-            raise ConfigError("ServingDefaults: batch_linger_ms must be >= 0 and checkpoint_every_s > 0")
+        if self.batch_linger_ms < 0 or self.checkpoint_interval_seconds <= 0:
+            raise ConfigError(
+                "ServingDefaults: batch_linger_ms must be >= 0 and checkpoint_interval_seconds > 0"
+            )
 
 
 @dataclass(frozen=True)

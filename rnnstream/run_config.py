@@ -105,15 +105,15 @@ class ServingSection:
         if partitions is not None:
             changes["partitions"] = partitions
         if self.key_ttl_seconds is not None:
-            changes["state_ttl_ms"] = self.key_ttl_seconds * 1000
+            changes["key_ttl_seconds"] = self.key_ttl_seconds
         if self.max_batch_events is not None:
             changes["max_batch_events"] = self.max_batch_events
         if self.batch_linger_ms is not None:
             changes["batch_linger_ms"] = self.batch_linger_ms
         if self.checkpoint_interval_events is not None:
-            changes["checkpoint_every_events"] = self.checkpoint_interval_events
+            changes["checkpoint_interval_events"] = self.checkpoint_interval_events
         if self.checkpoint_interval_seconds is not None:
-            changes["checkpoint_every_s"] = float(self.checkpoint_interval_seconds)
+            changes["checkpoint_interval_seconds"] = float(self.checkpoint_interval_seconds)
         return replace(defaults, **changes)
 
 

@@ -71,8 +71,8 @@ def test_rendered_copy_parses_into_typed_sections() -> None:
     )
     fraud = get_pipeline("fraud").serving
     serving = config.serving.apply_to(fraud, partitions=config.pipeline("fraud").partitions)
-    assert (serving.partitions, serving.max_batch_events, serving.state_ttl_ms) == (12, 4096, 86_400_000)
-    assert (serving.checkpoint_every_events, serving.checkpoint_every_s) == (50_000, 30.0)
+    assert (serving.partitions, serving.max_batch_events, serving.key_ttl_seconds) == (12, 4096, 86_400)
+    assert (serving.checkpoint_interval_events, serving.checkpoint_interval_seconds) == (50_000, 30.0)
     # Values a file leaves out keep the pipeline's own defaults.
     assert ServingSection(batch_linger_ms=5).apply_to(fraud) == replace(fraud, batch_linger_ms=5)
     assert config.archive.uri == "s3://rnnstream-archive/events"

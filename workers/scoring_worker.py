@@ -5,13 +5,13 @@ keys) and one :class:`StreamScorer`. One loop thread does everything Kafka (kafk
 thread safe); Ray calls (assign, release, stop, metrics, hot swap) are queued to that thread and answered
 between cycles.
 
-A cycle: poll (a micro-batch closes on ``max_batch`` events or ``linger_ms``) -> decode (rejects go to the
-dead-letter topic with their reason) -> per partition: gather -> step -> scatter through the scorer ->
-scores to ``<pipeline>.scores`` -> every ``commit_interval_ms`` (after ``min_commit_interval_ms`` when the
-worker has caught up, so a quiet stream is not held back; or when ``max_in_flight`` events wait) the
-scores and the consumed offsets are committed in ONE Kafka transaction (``send_offsets_to_transaction``)
--> after a commit, partitions that are due (``checkpoint_every_events`` / ``checkpoint_every_s``) write a
-checkpoint whose ``next_offset`` is exactly the committed one.
+A cycle: poll (a micro-batch closes on ``max_batch_events`` events or ``batch_linger_ms``) -> decode
+(rejects go to the dead-letter topic with their reason) -> per partition: gather -> step -> scatter through
+the scorer -> scores to ``<pipeline>.scores`` -> every ``commit_interval_ms`` (after
+``min_commit_interval_ms`` when the worker has caught up, so a quiet stream is not held back; or when
+``max_in_flight`` events wait) the scores and the consumed offsets are committed in ONE Kafka transaction
+(``send_offsets_to_transaction``) -> after a commit, partitions that are due (``checkpoint_interval_events``
+/ ``checkpoint_interval_seconds``) write a checkpoint whose ``next_offset`` is exactly the committed one.
 
 Exactly once: on (re)start a partition restores its newest checkpoint for the serving model version (or
 starts empty at the beginning of the topic), seeks to its ``next_offset`` and replays; events below the
@@ -208,7 +208,7 @@ class ScoringWorker:
             max_poll_records=self.config.max_poll_records,
             fetch_max_bytes=self.config.fetch_max_bytes,
             max_partition_fetch_bytes=self.config.max_partition_fetch_bytes,
-            fetch_max_wait_ms=max(1, self.config.linger_ms),
+            fetch_max_wait_ms=max(1, self.config.batch_linger_ms),
         )
         pkw: dict[str, Any] = {
             "linger_ms": 2,
@@ -275,7 +275,9 @@ class ScoringWorker:
                 if p in self.parts:
                     self._process(p, msgs)
         age_ms = (time.monotonic() - self._txn_started) * 1000
-        caught_up = polled < cfg.max_batch and self._caught_up()  # soon when idle, batched under backlog
+        caught_up = (
+            polled < cfg.max_batch_events and self._caught_up()
+        )  # soon when idle, batched under backlog
         if self._txn_open and (
             age_ms >= cfg.commit_interval_ms
             or (caught_up and age_ms >= cfg.min_commit_interval_ms)
@@ -304,7 +306,7 @@ class ScoringWorker:
         return True
 
     def _poll_batch(self) -> dict:
-        """Poll until ``max_batch`` events or ``linger_ms`` after the first message."""
+        """Poll until ``max_batch_events`` events or ``batch_linger_ms`` after the first message."""
         cfg = self.config
         out: dict = {}
         n = 0
@@ -315,15 +317,15 @@ class ScoringWorker:
             idle_ms = max(0, min(idle_ms, int((due - time.monotonic()) * 1000)))
         while True:
             timeout = idle_ms if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            got = self._consumer.poll(timeout_ms=timeout, max_records=max(1, cfg.max_batch - n))
+            got = self._consumer.poll(timeout_ms=timeout, max_records=max(1, cfg.max_batch_events - n))
             for tp, msgs in got.items():
                 out.setdefault(tp, []).extend(msgs)
                 n += len(msgs)
             if deadline is None:
                 if not n:
                     return out
-                deadline = time.monotonic() + cfg.linger_ms / 1000
-            if n >= cfg.max_batch or time.monotonic() >= deadline or not got:
+                deadline = time.monotonic() + cfg.batch_linger_ms / 1000
+            if n >= cfg.max_batch_events or time.monotonic() >= deadline or not got:
                 return out
 
     def _process(self, p: int, msgs: list) -> None:
@@ -430,12 +432,13 @@ class ScoringWorker:
     ) -> np.ndarray:
         """Score a batch through ``run``'s scorer for partition ``p``, applying the event-time TTL.
 
-        TTL: an event more than ``ttl_ms`` after its key's previous event (in this batch or before it) starts
-        from a zero state. Deterministic: it depends only on the key's own event times, so a replay after a
-        crash resets exactly the same events. The batch is cut at such events so the reset happens in order.
+        TTL: an event more than ``key_ttl_seconds`` after its key's previous event (in this batch or before
+        it) starts from a zero state. Deterministic: it depends only on the key's own event times, so a replay
+        after a crash resets exactly the same events. The batch is cut at such events so the reset happens in
+        order.
         """
         scorer = run.scorers[p]
-        ttl = self.config.ttl_ms
+        ttl = self.config.key_ttl_ms
         if ttl is None:
             return scorer.score(keys_arr, times, x)
         n = len(times)
@@ -589,8 +592,8 @@ class ScoringWorker:
             if st.next_offset <= st.checkpoint_offset or st.next_offset > st.committed:
                 continue
             if (
-                st.events_since_checkpoint >= cfg.checkpoint_every_events
-                or now - st.last_checkpoint_time >= cfg.checkpoint_every_s
+                st.events_since_checkpoint >= cfg.checkpoint_interval_events
+                or now - st.last_checkpoint_time >= cfg.checkpoint_interval_seconds
             ):
                 self._sweep_idle(p)
                 self._checkpoint(p)
@@ -600,7 +603,7 @@ class ScoringWorker:
 
         Such a key's next event would reset it anyway (see :meth:`_score`), so sweeping changes no score
         (for events that arrive within the TTL of the partition's newest event time)."""
-        ttl = self.config.ttl_ms
+        ttl = self.config.key_ttl_ms
         st = self.parts[p]
         if ttl is None or st.max_event_ms < 0:
             return

@@ -6,8 +6,7 @@ configuration without importing the loop (and so that nothing imports in a circl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 from rnnstream.rnn_core.event_schema import EventSchema
 from rnnstream.workers.kafka_settings import KafkaSettings
@@ -39,14 +38,14 @@ class WorkerConfig:
     shadow_topic: str = ""
     group_id: str = ""
     transactions: bool = True
-    max_batch: int = 4096
-    linger_ms: int = 5
+    max_batch_events: int = 4096
+    batch_linger_ms: int = 5
     commit_interval_ms: int = 100
     min_commit_interval_ms: int = 10
     max_in_flight: int = 50_000
-    checkpoint_every_events: int = 20_000
-    checkpoint_every_s: float = 10.0
-    ttl_ms: int | None = None
+    checkpoint_interval_events: int = 20_000
+    checkpoint_interval_seconds: float = 10.0
+    key_ttl_seconds: float | None = None  # event time a key may be idle before its state is dropped
     score_encoding: str = "auto"  # auto (like the input), json or arrow
     max_poll_records: int = 4096
     fetch_max_bytes: int = 8 * 1024 * 1024
@@ -71,8 +70,10 @@ class WorkerConfig:
         if self.score_encoding not in ("auto", "json", "arrow"):
             raise ValueError("score_encoding must be auto, json or arrow")
 
-    def with_(self, **kw: Any) -> WorkerConfig:
-        return replace(self, **kw)
+    @property
+    def key_ttl_ms(self) -> int | None:
+        """:attr:`key_ttl_seconds` in event-time milliseconds (None: keys never expire)."""
+        return None if self.key_ttl_seconds is None else round(self.key_ttl_seconds * 1000)
 
 
 def transactional_id(pipeline: str, slot: int) -> str:

@@ -23,13 +23,13 @@ from rnnstream.cli.topics import add_kafka_args, settings_from_args
 from rnnstream.config_file import read_mapping_file
 
 SERVING_KEYS = (
-    "max_batch",
-    "linger_ms",
+    "max_batch_events",
+    "batch_linger_ms",
     "commit_interval_ms",
     "max_in_flight",
-    "checkpoint_every_events",
-    "checkpoint_every_s",
-    "ttl_ms",
+    "checkpoint_interval_events",
+    "checkpoint_interval_seconds",
+    "key_ttl_seconds",
     "score_encoding",
     "transactions",
     "max_poll_records",
@@ -96,11 +96,11 @@ def _serving_overrides(pipeline: str, config: dict[str, Any]) -> dict[str, Any]:
 
         d = get_pipeline(pipeline).serving
         out.update(
-            max_batch=d.max_batch_events,
-            linger_ms=d.batch_linger_ms,
-            ttl_ms=d.state_ttl_ms,
-            checkpoint_every_events=d.checkpoint_every_events,
-            checkpoint_every_s=d.checkpoint_every_s,
+            max_batch_events=d.max_batch_events,
+            batch_linger_ms=d.batch_linger_ms,
+            key_ttl_seconds=d.key_ttl_seconds,
+            checkpoint_interval_events=d.checkpoint_interval_events,
+            checkpoint_interval_seconds=d.checkpoint_interval_seconds,
         )
     except Exception:
         pass  # an unregistered (e.g. test) pipeline: WorkerConfig defaults

@@ -79,11 +79,11 @@ def worker_config(spec: PipelineSpec, kafka: KafkaSettings, checkpoint_uri: str)
         schema=spec.schema,
         kafka=kafka,
         checkpoint_uri=checkpoint_uri,
-        max_batch=s.max_batch_events,
-        linger_ms=min(s.batch_linger_ms, 50),
-        checkpoint_every_events=min(s.checkpoint_every_events, 20_000),
-        checkpoint_every_s=min(s.checkpoint_every_s, 2.0),
-        ttl_ms=s.state_ttl_ms,
+        max_batch_events=s.max_batch_events,
+        batch_linger_ms=min(s.batch_linger_ms, 50),
+        checkpoint_interval_events=min(s.checkpoint_interval_events, 20_000),
+        checkpoint_interval_seconds=min(s.checkpoint_interval_seconds, 2.0),
+        key_ttl_seconds=s.key_ttl_seconds,
         lag_every_s=0.5,
     )
 

@@ -52,8 +52,8 @@ def test_spec_is_consistent(spec: PipelineSpec) -> None:
     assert spec.stateless_config().hidden_size == spec.model_config.hidden_size
     assert (spec.label_column is not None) == (spec.model_config.head in ("binary", "multiclass"))
     s = spec.serving
-    assert s.partitions >= 1 and s.max_batch_events >= 256 and s.state_ttl_ms >= 60_000
-    assert s.checkpoint_every_events >= 1000 and s.checkpoint_every_s > 0
+    assert s.partitions >= 1 and s.max_batch_events >= 256 and s.key_ttl_seconds >= 60
+    assert s.checkpoint_interval_events >= 1000 and s.checkpoint_interval_seconds > 0
 
 
 def test_table_matches_arrow_schema_and_size(spec: PipelineSpec, stream: GeneratedStream) -> None:

@@ -31,7 +31,7 @@ def test_overload_memory_bounded_and_lag_drains(new_stream, ray_local, tmp_path)
         settings,
         schema,
         tmp_path / "ckpt",
-        max_batch=256,
+        max_batch_events=256,
         max_poll_records=256,
         max_in_flight=1000,
         fetch_max_bytes=256 * 1024,

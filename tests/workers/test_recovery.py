@@ -39,7 +39,7 @@ def test_kill_9_workers_exactly_once(new_stream, ray_local, tmp_path):
     the final state of every key equals an uninterrupted run (the offline forward)."""
     settings, _, schema, model, handle = new_stream("kill", PARTITIONS)
     events = make_events(schema, 50_000, 2000, seed=3)
-    config = worker_config(settings, schema, tmp_path / "ckpt", checkpoint_every_events=3000)
+    config = worker_config(settings, schema, tmp_path / "ckpt", checkpoint_interval_events=3000)
     coord = start_coordinator(config, handle, 2, PARTITIONS)
     rng = random.Random(3)  # kills slots 0, 1, 0
     chunks = [events.slice(i, 2500) for i in range(0, events.num_rows, 2500)]

@@ -32,7 +32,9 @@ def test_ttl_resets_idle_keys_and_evicts(new_stream, tmp_path):
     later = make_events(schema, 1, 1, seed=9, start_ms=start + 10 * TTL_MS)  # same key, long after the TTL
     table = pa.concat_tables([first, later])
     produce(settings, schema, table, encoding="json")
-    config = worker_config(settings, schema, tmp_path / "ckpt", ttl_ms=TTL_MS, checkpoint_every_s=0.2)
+    config = worker_config(
+        settings, schema, tmp_path / "ckpt", key_ttl_seconds=TTL_MS / 1000, checkpoint_interval_seconds=0.2
+    )
     worker = ScoringWorker(0, config, export_metrics=False)
     try:
         worker.call("assign", [0], handle)

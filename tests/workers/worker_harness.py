@@ -131,11 +131,11 @@ def worker_config(
     settings: KafkaSettings, schema: EventSchema, checkpoint_dir: Path, **kw: Any
 ) -> WorkerConfig:
     defaults = dict(
-        max_batch=1024,
-        linger_ms=5,
+        max_batch_events=1024,
+        batch_linger_ms=5,
         commit_interval_ms=100,
-        checkpoint_every_events=2000,
-        checkpoint_every_s=1.0,
+        checkpoint_interval_events=2000,
+        checkpoint_interval_seconds=1.0,
         lag_every_s=0.5,
     )
     defaults.update(kw)
