@@ -29,7 +29,7 @@ SETTINGS = {
 
 
 def run(pipeline: str, events: int, epochs: int, hidden_size: int, batch_keys: int, use_gpu: bool) -> dict:
-    from rnnstream.jobs.training import generate_events
+    from rnnstream.jobs.training_data import generate_events
     from rnnstream.pipelines.spec import get_pipeline, model_config_replace
     from rnnstream.rnn_core.training import sequences_from_table
     from rnnstream.workers import train_loop

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from rnnstream.jobs.training import generate_events
+from rnnstream.jobs.training_data import generate_events
 from rnnstream.pipelines.spec import get_pipeline, model_config_replace
 from rnnstream.rnn_core.training import sequences_from_table
 from rnnstream.workers import train_loop

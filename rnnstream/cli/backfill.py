@@ -63,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rnnstream.data_dir import DataDir
-    from rnnstream.jobs.backfill import TimeRange, backfill, open_events
+    from rnnstream.jobs.backfill import backfill
+    from rnnstream.jobs.backfill_source import TimeRange, open_events
     from rnnstream.pipelines.spec import get_pipeline
     from rnnstream.run_config import load_run_config
 

@@ -125,8 +125,9 @@ def run_review(args: argparse.Namespace) -> int:
 
 
 def _backtest(store, pipeline: str, review, num_events: int, seed: int) -> dict[str, dict[str, float]]:
+    from rnnstream.jobs.holdout import pipeline_metrics, replay_outputs
     from rnnstream.jobs.review import backtest
-    from rnnstream.jobs.training import generate_events, pipeline_metrics, replay_outputs
+    from rnnstream.jobs.training_data import generate_events
     from rnnstream.workers.model_registry import load_version
 
     spec = _spec(pipeline)

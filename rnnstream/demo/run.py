@@ -143,6 +143,7 @@ def run_pipeline(
 ) -> PipelineResult:
     """Run one pipeline end to end (module docstring) and return what it measured."""
     from rnnstream.jobs import training as training_run
+    from rnnstream.jobs.training_data import generate_events
     from rnnstream.rnn_core.evaluation import replay
 
     started = time.monotonic()
@@ -152,7 +153,7 @@ def run_pipeline(
     kafka = services.kafka
 
     t = time.monotonic()
-    stream = shift_into_past(training_run.generate_events(spec, settings.events, settings.seed))
+    stream = shift_into_past(generate_events(spec, settings.events, settings.seed))
     history, live, _ = stream.split_time(1.0 - settings.live_fraction)
     config = worker_config(spec, kafka, str(paths.checkpoints))
     partitions = spec.serving.partitions
@@ -301,14 +302,14 @@ def _find_version(store, pipeline: str, fp: str) -> tuple[str, str] | None:
 
 def _baseline(spec: PipelineSpec, settings: DemoSettings, train_settings, paths: DemoPaths, history):
     """The stateless twin of the champion, trained on the same events (kept on disk across runs)."""
-    from rnnstream.jobs import training as training_run
+    from rnnstream.jobs.training_data import split_by_time
     from rnnstream.rnn_core.evaluation import fit_model, stateless_config
     from rnnstream.rnn_core.serialization import load_model, save_model
 
     folder = paths.baselines / f"{spec.name}-{fingerprint(spec, settings, train_settings)}"
     if folder.is_dir() and not settings.fresh:
         return load_model(folder)
-    split_ms = training_run.split_by_time(history.table, train_settings.holdout_fraction)
+    split_ms = split_by_time(history.table, train_settings.holdout_fraction)
     times = history.times_ms()
     train = history.table.take(pa.array(np.flatnonzero(times < split_ms)))
     model = fit_model(

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from rnnstream.cli.main import main
-from rnnstream.jobs.backfill import MODEL_VERSION_COLUMN, SUCCESS_FILE, parse_time_ms
+from rnnstream.jobs.backfill import MODEL_VERSION_COLUMN
+from rnnstream.jobs.backfill_source import parse_time_ms
+from rnnstream.jobs.score_writer import SUCCESS_FILE
 from rnnstream.pipelines.spec import get_pipeline, model_config_replace
 from rnnstream.rnn_core.evaluation import replay
 from rnnstream.rnn_core.model import StreamingModel
@@ -233,7 +235,8 @@ def test_overwrite_replaces_old_output(archive: Path, model_dir: Path, tmp_path:
 
 def test_backfill_of_the_real_archive_sink(kafka_bootstrap: str, model_dir: Path, tmp_path: Path) -> None:
     """Events through Kafka and the ArchiveSink (Arrow messages: several events an offset) score as replay."""
-    from rnnstream.jobs.backfill import TimeRange, backfill, open_events
+    from rnnstream.jobs.backfill import backfill
+    from rnnstream.jobs.backfill_source import TimeRange, open_events
     from rnnstream.rnn_core.serialization import load_model
     from rnnstream.workers.archive_sink import ArchiveSink
     from rnnstream.workers.kafka_io import EventProducer, TopicAdmin

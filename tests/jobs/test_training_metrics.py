@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from rnnstream.jobs.training import generic_metrics
+from rnnstream.jobs.holdout import generic_metrics
 
 
 def test_generic_binary_metrics_rank_a_perfect_score_perfectly():

@@ -105,7 +105,7 @@ def test_archive_events_load_in_event_time_order(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from rnnstream.jobs.training import generate_events, load_events
+    from rnnstream.jobs.training_data import generate_events, load_events
     from rnnstream.pipelines.spec import get_pipeline
 
     spec = get_pipeline("fraud")
