@@ -49,6 +49,11 @@ class ServingDefaults:
     checkpoint_interval_events: int
     checkpoint_interval_seconds: float
 
+    @property
+    def key_ttl_ms(self) -> int:
+        """:attr:`key_ttl_seconds` in event-time milliseconds, as :class:`StreamScorer` takes it."""
+        return round(self.key_ttl_seconds * 1000)
+
     def __post_init__(self) -> None:
         for name in ("partitions", "max_batch_events", "key_ttl_seconds", "checkpoint_interval_events"):
             if getattr(self, name) <= 0:

@@ -51,6 +51,7 @@ def replay(
     batch_size: int = DEFAULT_REPLAY_BATCH,
     *,
     scorer: StreamScorer | None = None,
+    key_ttl_ms: int | None = None,
 ) -> np.ndarray:
     """Score every event of ``table`` through the streaming path; returns ``float32 [N, K]`` in row order.
 
@@ -58,8 +59,8 @@ def replay(
     event-time order is replayed as it is), ``batch_size`` events per micro-batch, each key's state kept in
     one :class:`KeyedStateStore`. Pass ``scorer`` to continue states that an earlier replay (or live
     traffic) left, e.g. to score a test period right after the training period; by default a fresh store
-    starts every key from zero. ``feature_spec`` defaults to the model's. Column ``k`` of the result is
-    ``model.output_names()[k]``.
+    starts every key from zero. ``key_ttl_ms`` expires idle keys as serving does (the new scorer's TTL).
+    ``feature_spec`` defaults to the model's. Column ``k`` of the result is ``model.output_names()[k]``.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -71,7 +72,7 @@ def replay(
             f"feature spec gives {spec.input_size} inputs, the model takes {model.config.features.input_size}"
         )
     if scorer is None:
-        scorer = StreamScorer(model, KeyedStateStore(model.config.state_shape))
+        scorer = StreamScorer(model, KeyedStateStore(model.config.state_shape), key_ttl_ms=key_ttl_ms)
     n = table.num_rows
     if n == 0:
         return np.zeros((0, len(scorer.output_names)), np.float32)

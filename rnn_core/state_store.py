@@ -52,6 +52,7 @@ _TAB_COLS = 2  # table row: h1, slot (int64 bits; _EMPTY / _TOMB when free): one
 _COL_H1, _COL_SLOT = 0, 1
 _STATE_SHAPE_META = b"rnnstream.state_shape"
 _FORMAT_META = b"rnnstream.snapshot_format"
+_WATERMARK_META = b"rnnstream.watermark_ms"
 _FORMAT = b"keyed-state-v1"
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -174,6 +175,7 @@ class KeyedStateStore:
         self._tab_size = 0
         self._tab_used = 0  # live + tombstones
         self._shift = np.uint64(64)
+        self.watermark_ms = -1  # newest event time applied (the scorer's event-time clock; -1 = none yet)
         self._grow_slots(capacity)
         self._rebuild_table(max(16, capacity * 4))
 
@@ -456,6 +458,10 @@ class KeyedStateStore:
         if times_ms is not None:
             self._times[slots] = times_ms
 
+    def slot_keys(self, slots: np.ndarray) -> np.ndarray:
+        """The key (str) held by each slot, an object array."""
+        return self._slot_keys[slots]
+
     def slot_times(self, slots: np.ndarray) -> np.ndarray:
         """Last event time (int64 ms, -1 = none yet) of each slot."""
         return self._times[slots]
@@ -540,6 +546,7 @@ class KeyedStateStore:
         meta = {str(k): str(v) for k, v in (metadata or {}).items()}
         meta[_STATE_SHAPE_META.decode()] = json.dumps(list(self._state_shape))
         meta[_FORMAT_META.decode()] = _FORMAT.decode()
+        meta[_WATERMARK_META.decode()] = str(int(self.watermark_ms))
         return pa.table(
             {
                 "key": pa.array(self._slot_keys[slots].tolist(), type=pa.string()),
@@ -563,11 +570,13 @@ class KeyedStateStore:
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
         shape = meta.pop(_STATE_SHAPE_META.decode(), None)
         meta.pop(_FORMAT_META.decode(), None)
+        watermark = int(meta.pop(_WATERMARK_META.decode(), -1))
         if shape is None or tuple(json.loads(shape)) != self._state_shape:
             raise ValueError(
                 f"snapshot state shape {shape} does not match this store's {list(self._state_shape)}; "
                 "restore it with the model it was written with"
             )
+        self.watermark_ms = max(self.watermark_ms, watermark)
         if table.num_rows == 0:
             return meta
         keys = table.column("key")

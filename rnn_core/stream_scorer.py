@@ -8,6 +8,17 @@ store the new state and time, return the model's outputs.
 A micro-batch may hold one key several times. Those events are applied in waves in which each key appears
 once: wave ``w`` holds every key's ``w``-th event of the batch, so each key sees its events in order, none is
 merged or skipped, and the result equals feeding the events one at a time.
+
+Expiry (``key_ttl_ms``) is part of this path too, so every caller applies the same rule: an event starts its
+key from a zero state when the key's previous event is more than the TTL behind the event-time watermark (the
+newest event time the store has seen, this event included). The rule is a function of the events in their
+order alone, so a replay after a crash expires exactly the same events; and because the watermark only
+grows, freeing expired keys' memory at any moment (:meth:`StreamScorer.evict_expired`) changes no score.
+
+A call to :meth:`StreamScorer.score` is all or nothing: when it raises (a model that fails on some input),
+every key's state and last time are put back as they were, so a caller may retry parts of the batch (a
+worker isolating a poison message does). Keys first seen in the failed call may stay as empty entries, which
+behave exactly as unknown keys.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from rnnstream.rnn_core.state_store import KeyBatch, KeyedStateStore, as_string_array
@@ -32,11 +44,20 @@ class StreamScorer:
     """
 
     def __init__(
-        self, model: torch.nn.Module, store: KeyedStateStore | None = None, step_rows: int = DEFAULT_STEP_ROWS
+        self,
+        model: torch.nn.Module,
+        store: KeyedStateStore | None = None,
+        step_rows: int = DEFAULT_STEP_ROWS,
+        key_ttl_ms: int | None = None,
     ) -> None:
         if step_rows <= 0:
             raise ValueError(f"step_rows must be positive, got {step_rows}")
+        if key_ttl_ms is not None and key_ttl_ms <= 0:
+            raise ValueError(f"key_ttl_ms must be positive (or None: keys never expire), got {key_ttl_ms}")
         self.step_rows = int(step_rows)
+        self.key_ttl_ms = None if key_ttl_ms is None else int(key_ttl_ms)
+        self.last_expired = np.zeros(0, np.bool_)  # which events of the last score() call expired their key
+        self._undo: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None  # (keys, rows, times)
         config = model.config
         if store is None:
             store = KeyedStateStore(config.state_shape)
@@ -66,9 +87,10 @@ class StreamScorer:
     ) -> np.ndarray:
         """Outputs ``float32 [N, K]`` for events ``x[N, D]`` of ``keys`` at ``times_ms`` (int64 ms), in order.
 
-        Updates each key's state and last event time. When the model uses the time delta, the last column
-        of ``x`` is ignored and replaced by the seconds since the key's previous event (0 for a new key,
-        never negative); ``x`` itself is not modified.
+        Updates each key's state and last event time, and the store's watermark. When the model uses the
+        time delta, the last column of ``x`` is ignored and replaced by the seconds since the key's previous
+        event (0 for a new key, never negative); ``x`` itself is not modified. With ``key_ttl_ms``, events
+        that expire their key (see the module doc) start from a zero state; :attr:`last_expired` says which.
         """
         keys = as_string_array(keys)
         n = len(keys)
@@ -79,7 +101,82 @@ class StreamScorer:
         if times.shape != (n,) or x.shape[0] != n:
             raise ValueError(f"keys ({n}), times_ms ({times.size}) and x ({x.shape[0]}) differ in length")
         if n == 0:
+            self.last_expired = np.zeros(0, np.bool_)
             return np.zeros((0, len(self._output_names)), np.float32)
+        self._undo = []
+        try:
+            if self.key_ttl_ms is None:
+                out = self._score(keys, times, x)
+            else:
+                out = self._score_expiring(keys, times, x)
+        except BaseException:
+            self._roll_back()
+            raise
+        finally:
+            self._undo = None
+        self.store.watermark_ms = max(self.store.watermark_ms, int(times.max()))
+        return out
+
+    def _remember(self, slots: np.ndarray, rows: torch.Tensor | None = None) -> None:
+        """Log the state and time ``slots`` hold now (``rows``: their states, when already gathered)."""
+        if self._undo is None or slots.size == 0:
+            return
+        store = self.store
+        state = store.gather_slots(slots) if rows is None else rows.clone()
+        self._undo.append((store.slot_keys(slots).copy(), state.numpy(), store.slot_times(slots).copy()))
+
+    def _roll_back(self) -> None:
+        """Put back every state and time logged in this call, newest change first (keys, not slots: a key
+        forgotten and recreated within the call may sit in another slot now)."""
+        store = self.store
+        for keys, rows, times in reversed(self._undo or []):
+            slots = store.lookup(pa.array(keys.tolist(), pa.string()), create=True)
+            store.scatter_slots(slots, torch.from_numpy(rows), times)
+
+    def _score_expiring(self, keys: pa.Array, times: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """:meth:`_score` with expiry: expired keys are forgotten just before their expiring event.
+
+        An expiring event that is its key's first in the batch (the common case) is handled by forgetting
+        those keys before one call; only a key that expires twice within the batch cuts the batch there.
+        """
+        n = len(keys)
+        ttl = self.key_ttl_ms
+        codes = pc.dictionary_encode(keys).indices.to_numpy(zero_copy_only=False)
+        order = np.argsort(codes, kind="stable")
+        same = codes[order][1:] == codes[order][:-1]
+        prev = np.full(n, -1, np.int64)
+        prev[order[1:][same]] = times[order[:-1][same]]
+        first = np.ones(n, np.bool_)
+        first[order[1:][same]] = False
+        first_idx = np.flatnonzero(first)
+        prev[first_idx] = self.store.last_times(keys.take(pa.array(first_idx)))
+        watermark = np.maximum.accumulate(np.maximum(times, self.store.watermark_ms))
+        expired = (prev >= 0) & (watermark - prev > ttl)
+        self.last_expired = expired
+        if not expired.any():
+            return self._score(keys, times, x)
+        at_first = expired & first
+        if at_first.any():
+            gone = keys.filter(pa.array(at_first))
+            self._remember(self.store.lookup(gone, create=False))
+            self.store.remove(gone)
+        cuts = np.flatnonzero(expired & ~first)
+        if cuts.size == 0:
+            return self._score(keys, times, x)
+        out = np.empty((n, len(self._output_names)), np.float32)
+        start = 0
+        for c in [*cuts.tolist(), n]:
+            if c > start:
+                out[start:c] = self._score(keys.slice(start, c - start), times[start:c], x[start:c])
+            if c < n:
+                self._remember(self.store.lookup(keys.slice(c, 1), create=False))
+                self.store.remove(keys.slice(c, 1))
+            start = c
+        return out
+
+    def _score(self, keys: pa.Array, times: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Step the events in order through the store (no expiry)."""
+        n = len(keys)
         if self._xbuf.shape[0] < n:
             self._xbuf = np.zeros((max(n, 2 * self._xbuf.shape[0]), self.input_size), np.float32)
         xb = self._xbuf[:n]
@@ -163,6 +260,7 @@ class StreamScorer:
             xt, state = xt.to(self._device), state.to(self._device)
         out, new_state = self.model.step(xt, state)
         new_state = new_state.cpu()
+        self._remember(slots, state.cpu())
         store.scatter_slots(slots, new_state, times)
         return out.cpu().numpy(), new_state
 
@@ -213,9 +311,15 @@ class StreamScorer:
         """Forget keys (their next event starts from a zero state); returns how many were known."""
         return self.store.remove(keys)
 
-    def evict_idle(self, now_ms: int, ttl_ms: int) -> int:
-        """Forget keys without an event since ``now_ms - ttl_ms`` (event time); returns how many."""
-        return self.store.evict_idle(now_ms, ttl_ms)
+    def evict_expired(self) -> int:
+        """Free the memory of every expired key (previous event more than the TTL behind the watermark).
+
+        Their next event would start from a zero state anyway, so this changes no score; returns how many
+        keys were freed (0 without a TTL).
+        """
+        if self.key_ttl_ms is None or self.store.watermark_ms < 0:
+            return 0
+        return self.store.evict_idle(self.store.watermark_ms, self.key_ttl_ms)
 
 
 def _as_int64_ms(times_ms: np.ndarray | Sequence[int] | pa.Array | pa.ChunkedArray) -> np.ndarray:

@@ -103,6 +103,7 @@ class Coordinator:
         probe_every_s: float = 10.0,
         warmup_events: int = 1000,
         shadow: bool = False,
+        model_loader: Callable[[str], Any] | None = None,
     ) -> None:
         if num_workers < 1:
             raise ValueError("num_workers must be >= 1")
@@ -116,6 +117,7 @@ class Coordinator:
         self.probe_every_s = probe_every_s
         self.warmup_events = int(warmup_events)
         self.shadow = shadow
+        self.model_loader = model_loader  # how workers load a locator (None: serving.load_model)
         self.workers: dict[int, Any] = {}
         self.assignment: dict[int, list[int]] = {}
         self.incarnations: dict[int, str] = {}
@@ -164,9 +166,6 @@ class Coordinator:
             self.assignment.clear()
         return out
 
-    def ping(self) -> bool:
-        return True
-
     # --------------------------------------------------------------------------------------------- scaling
 
     def scale(self, num_workers: int) -> dict[int, list[int]]:
@@ -187,7 +186,7 @@ class Coordinator:
         for s, w in self.workers.items():
             keep = new.get(s, [])
             if set(self.assignment.get(s, [])) - set(keep):
-                refs[s] = w.stop.remote() if s >= n else w.call.remote("set_partitions", keep, self.model)
+                refs[s] = w.stop.remote() if s >= n else w.set_partitions.remote(keep, self.model)
         for s, ref in refs.items():
             try:
                 ray.get(ref, timeout=120)
@@ -212,7 +211,7 @@ class Coordinator:
             if s not in self.workers:
                 self.workers[s] = self._new_worker(s)
                 self.restarts.setdefault(s, 0)
-        refs = {s: self.workers[s].call.remote("set_partitions", new[s], self.model) for s in range(n)}
+        refs = {s: self.workers[s].set_partitions.remote(new[s], self.model) for s in range(n)}
         for s, ref in refs.items():
             ray.get(ref, timeout=300)
             self.assignment[s] = list(new[s])
@@ -225,7 +224,7 @@ class Coordinator:
         actor_cls = ray.remote(ScoringWorkerActor)
         return actor_cls.options(
             max_restarts=-1, max_task_retries=0, max_concurrency=4, **self.worker_options
-        ).remote(slot, self.config)
+        ).remote(slot, self.config, self.model_loader)
 
     # ---------------------------------------------------------------------------------------------- health
 
@@ -256,9 +255,9 @@ class Coordinator:
                             self.restarts[s] = self.restarts.get(s, 0) + 1
                             log.warning("worker %d restarted; re-assigning %s", s, want)
                         try:
-                            ray.get(w.call.remote("set_partitions", want, self.model), timeout=120)
+                            ray.get(w.set_partitions.remote(want, self.model), timeout=120)
                             if self.shadow_handle is not None and st["challenger_version"] is None:
-                                ray.get(w.call.remote("prepare_model", self.shadow_handle, True), timeout=120)
+                                ray.get(w.prepare_model.remote(self.shadow_handle, True), timeout=120)
                             self.incarnations[s] = st["incarnation"]
                         except Exception as exc:
                             log.warning("re-assigning worker %d failed: %s", s, exc)
@@ -286,21 +285,12 @@ class Coordinator:
         with self._lock:
             self.shadow_handle = handle
             if handle is None:
-                ray.get([w.call.remote("drop_challenger") for w in self.workers.values()])
+                ray.get([w.drop_challenger.remote() for w in self.workers.values()])
                 return {}
             start: dict[int, int] = {}
-            for part in ray.get(
-                [w.call.remote("prepare_model", handle, True) for w in self.workers.values()]
-            ):
+            for part in ray.get([w.prepare_model.remote(handle, True) for w in self.workers.values()]):
                 start.update(part)
             return start
-
-    def check_model(self) -> str:
-        """Poll the model probe once now (swap if it names another version); returns the serving version."""
-        handle = self.model_probe() if self.model_probe else None
-        if handle is not None and handle.version != self.model.version:
-            self.swap_model(handle)
-        return self.model.version
 
     def swap_model(
         self,
@@ -320,13 +310,11 @@ class Coordinator:
             try:
                 old = self.model
                 warm_from: dict[int, int] = {}
-                for part in ray.get(
-                    [w.call.remote("prepare_model", handle, shadow) for w in self.workers.values()]
-                ):
+                for part in ray.get([w.prepare_model.remote(handle, shadow) for w in self.workers.values()]):
                     warm_from.update(part)
                 deadline = time.monotonic() + timeout_s
                 while True:
-                    seen = ray.get([w.call.remote("challenger_events") for w in self.workers.values()])
+                    seen = ray.get([w.challenger_events.remote() for w in self.workers.values()])
                     if min(seen) >= warm:
                         break
                     if time.monotonic() > deadline:
@@ -336,15 +324,10 @@ class Coordinator:
                 if self.shadow_handle is not None and self.shadow_handle.version == handle.version:
                     self.shadow_handle = None  # the shadowed version now serves
                 offsets: dict[int, int] = {}
-                for part in ray.get([w.call.remote("switch_model") for w in self.workers.values()]):
+                for part in ray.get([w.switch_model.remote() for w in self.workers.values()]):
                     offsets.update(part)
                 if self.shadow_handle is not None:  # the swap used the challenger slot: shadow again
-                    ray.get(
-                        [
-                            w.call.remote("prepare_model", self.shadow_handle, True)
-                            for w in self.workers.values()
-                        ]
-                    )
+                    ray.get([w.prepare_model.remote(self.shadow_handle, True) for w in self.workers.values()])
                 record = {
                     "from": old.version,
                     "to": handle.version,
@@ -390,17 +373,12 @@ class Coordinator:
 
         return {s: ray.get(w.pid.remote(), timeout=30) for s, w in self.workers.items()}
 
-    def call_worker(self, slot: int, name: str, *args: Any) -> Any:
-        import ray
-
-        return ray.get(self.workers[slot].call.remote(name, *args), timeout=120)
-
     def final_checkpoint(self) -> dict[int, int]:
         """Commit and checkpoint every partition now (workers keep running)."""
         import ray
 
         out: dict[int, int] = {}
         with self._lock:
-            for part in ray.get([w.call.remote("final_checkpoint") for w in self.workers.values()]):
+            for part in ray.get([w.final_checkpoint.remote() for w in self.workers.values()]):
                 out.update(part)
         return out

@@ -7,7 +7,8 @@ message-level rejects) and whose headers say why and where it came from:
 ``rnnstream-dlq-reason``, ``rnnstream-dlq-detail``, ``rnnstream-source-topic``,
 ``rnnstream-source-partition``, ``rnnstream-source-offset``, ``rnnstream-source-timestamp``,
 ``rnnstream-pipeline``, ``rnnstream-schema-version``, ``rnnstream-encoding`` and, for one bad row of an Arrow
-message, ``rnnstream-event-index``.
+message, ``rnnstream-event-index``. A raw value over ``max_payload_bytes`` (an oversize message) is cut to
+that size and ``rnnstream-dlq-truncated`` gives its full length: the dead letter itself always fits.
 
 A writer can share a (transactional) KafkaProducer with the scores writer so that dead letters, scores and
 offsets commit together.
@@ -33,6 +34,8 @@ SOURCE_PARTITION_HEADER = "rnnstream-source-partition"
 SOURCE_OFFSET_HEADER = "rnnstream-source-offset"
 SOURCE_TIMESTAMP_HEADER = "rnnstream-source-timestamp"
 EVENT_INDEX_HEADER = "rnnstream-event-index"
+TRUNCATED_HEADER = "rnnstream-dlq-truncated"
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ class DeadLetterWriter:
         *,
         producer: KafkaProducer | None = None,
         topic: str | None = None,
+        send: Any = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         if producer is None and settings is None:
             raise ValueError("DeadLetterWriter needs settings or a producer")
@@ -128,6 +133,8 @@ class DeadLetterWriter:
             kw.update(linger_ms=5, max_request_size=8 * 1024 * 1024)
             producer = KafkaProducer(**kw)
         self._producer = producer
+        self._send = send  # (topic, value, partition, key=, headers=) -> None; default: the producer's send
+        self.max_payload_bytes = int(max_payload_bytes)
         self._num_partitions: int | None = None
         self.written = 0
 
@@ -141,13 +148,17 @@ class DeadLetterWriter:
         """Send each reject (asynchronously; call :meth:`flush` to wait). Returns how many were sent."""
         n = 0
         for r in rejects:
-            self._producer.send(
-                self.topic,
-                value=r.raw,
-                key=r.key,
-                headers=dead_letter_headers(r, self.schema),
-                partition=self._partition(r.partition),
-            )
+            headers = dead_letter_headers(r, self.schema)
+            raw = r.raw
+            if len(raw) > self.max_payload_bytes:
+                headers.append((TRUNCATED_HEADER, str(len(raw)).encode()))
+                raw = raw[: self.max_payload_bytes]
+            key = None if r.key is None else r.key[:1024]
+            partition = self._partition(r.partition)
+            if self._send is not None:
+                self._send(self.topic, raw, partition, key=key, headers=headers)
+            else:
+                self._producer.send(self.topic, value=raw, key=key, headers=headers, partition=partition)
             n += 1
         self.written += n
         return n

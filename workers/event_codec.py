@@ -303,7 +303,10 @@ def _normalize(event: Any, schema: EventSchema, now_ms: int, max_future_ms: int)
         raise _Problem(TIME_OUT_OF_RANGE, f"time {t} ms is more than {max_future_ms} ms in the future")
     out[TIME_COLUMN] = t
     for name in schema.numeric:
-        out[name] = _number(name, _get(event, name))
+        f = _number(name, _get(event, name))
+        if abs(f) > _F32_MAX:
+            raise _Problem(NOT_FINITE, f"field {name!r} = {f} overflows float32")
+        out[name] = f
     for name, size in schema.vectors:
         v = _get(event, name)
         if not isinstance(v, list):
@@ -333,6 +336,43 @@ def _normalize(event: Any, schema: EventSchema, now_ms: int, max_future_ms: int)
             raise _Problem(WRONG_TYPE, "field 'label' does not fit in int64")
         out[LABEL_COLUMN] = lab
     return out
+
+
+def _message_times(messages: Sequence[MessageLike], fallback_ms: int) -> np.ndarray:
+    """Each message's record timestamp (ms), or ``fallback_ms`` where it has none."""
+    ts = [getattr(m, "timestamp", None) for m in messages]
+    out = np.fromiter((fallback_ms if t is None or t < 0 else t for t in ts), np.int64, count=len(ts))
+    return out
+
+
+def _check_arrow_type(name: str, typ: pa.DataType, schema: EventSchema) -> None:
+    """Refuse what the JSON path refuses (an Arrow cast would quietly turn "1.5" or true into a number)."""
+
+    def numeric(t: pa.DataType) -> bool:
+        return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+    def text(t: pa.DataType) -> bool:
+        return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)
+
+    if pa.types.is_null(typ):
+        return  # an all-null column: the null checks reject each row
+    vectors = {n for n, _ in schema.vectors}
+    if name in schema.numeric:
+        ok = numeric(typ)
+    elif name in vectors:
+        ok = (pa.types.is_list(typ) or pa.types.is_fixed_size_list(typ) or pa.types.is_large_list(typ)) and (
+            numeric(typ.value_type) or pa.types.is_null(typ.value_type)
+        )
+    elif name == TIME_COLUMN:
+        ok = pa.types.is_integer(typ) or pa.types.is_timestamp(typ)
+    elif name == LABEL_COLUMN:
+        ok = pa.types.is_integer(typ)
+    else:  # key and categorical columns
+        ok = text(typ)
+    if not ok:
+        raise _Problem(
+            WRONG_SCHEMA, f"column {name!r} has Arrow type {typ}, which events of this schema cannot have"
+        )
 
 
 def _check_text(name: str, v: str) -> None:
@@ -385,8 +425,13 @@ class EventDecoder:
     # -- public
 
     def decode(self, messages: Sequence[MessageLike], now_ms: int | None = None) -> DecodedBatch:
-        """Validate and decode ``messages``; never raises on bad input."""
-        now = int(time.time() * 1000) if now_ms is None else int(now_ms)
+        """Validate and decode ``messages``; never raises on bad input.
+
+        "In the future" is judged against each message's own timestamp (its record timestamp in the log),
+        so replaying the same messages after a crash accepts and rejects exactly the same events; a message
+        without a timestamp is judged against ``now_ms`` (default: the wall clock).
+        """
+        now = _message_times(messages, int(time.time() * 1000) if now_ms is None else int(now_ms))
         rejects: list[Reject] = []
         json_idx: list[int] = []
         json_vals: list[bytes] = []
@@ -440,14 +485,16 @@ class EventDecoder:
         events_in = len(rejects)
         parts: list[tuple[pa.RecordBatch, np.ndarray, np.ndarray]] = []  # (batch, message idx, event idx)
         if json_idx:
-            batch, rows_ok, json_rejects = self._decode_json_safe(messages, json_idx, json_vals, now)
+            batch, rows_ok, json_rejects = self._decode_json_safe(
+                messages, json_idx, json_vals, now[json_idx]
+            )
             events_in += len(json_idx)
             rejects += json_rejects
             if batch.num_rows:
                 parts.append((batch, rows_ok, np.zeros(batch.num_rows, dtype=np.int32)))
         for i in arrow_idx:
             try:
-                n_in, part, arrow_rejects = self._decode_arrow(messages[i], now)
+                n_in, part, arrow_rejects = self._decode_arrow(messages[i], int(now[i]))
             except Exception as exc:  # never raise into a worker: an unforeseen failure is a reject
                 detail = f"cannot decode Arrow message: {type(exc).__name__}: {exc}"[:300]
                 n_in, part, arrow_rejects = 1, None, [self._reject(messages[i], INVALID_EVENT, detail, ARROW)]
@@ -462,8 +509,9 @@ class EventDecoder:
     # -- JSON
 
     def _decode_json(
-        self, messages: Sequence[MessageLike], idx: list[int], vals: list[bytes], now: int
+        self, messages: Sequence[MessageLike], idx: list[int], vals: list[bytes], now: np.ndarray
     ) -> tuple[pa.RecordBatch, np.ndarray, list[Reject]]:
+        """``now``: each value's reference time for the future check (ms, aligned with ``vals``)."""
         # Fast path only for values that are a single-line-able object: first byte '{', last '}'.
         # (Newlines can only be whitespace in valid JSON, so replacing them is safe.)
         table = None
@@ -499,7 +547,7 @@ class EventDecoder:
         if bad is not None:
             for j in np.flatnonzero(bad):
                 m = messages[idx[j]]
-                reason, detail = self._json_reason(vals[j], now)
+                reason, detail = self._json_reason(vals[j], int(now[j]))
                 rejects.append(self._reject(m, reason, detail, JSON))
             keep = pa.array(~bad)
             cols = {k: pc.filter(c, keep) for k, c in cols.items()}
@@ -507,7 +555,7 @@ class EventDecoder:
         return self._to_batch(cols), idx_arr, rejects
 
     def _decode_json_safe(
-        self, messages: Sequence[MessageLike], idx: list[int], vals: list[bytes], now: int
+        self, messages: Sequence[MessageLike], idx: list[int], vals: list[bytes], now: np.ndarray
     ) -> tuple[pa.RecordBatch, np.ndarray, list[Reject]]:
         """_decode_json, and if something unforeseen raises, one message at a time (never raises)."""
         try:
@@ -516,9 +564,9 @@ class EventDecoder:
             if len(idx) == 1:
                 raise
         batches, oks, rejects = [], [], []
-        for i, v in zip(idx, vals, strict=True):
+        for j, (i, v) in enumerate(zip(idx, vals, strict=True)):
             try:
-                b, ok, rej = self._decode_json_slow(messages, [i], [v], now)
+                b, ok, rej = self._decode_json_slow(messages, [i], [v], now[j : j + 1])
             except Exception as exc:
                 detail = f"cannot decode JSON event: {type(exc).__name__}: {exc}"[:300]
                 rejects.append(self._reject(messages[i], INVALID_EVENT, detail, JSON))
@@ -543,18 +591,18 @@ class EventDecoder:
         return (INVALID_EVENT, "event failed the bulk checks")  # validators disagree; keep it out
 
     def _decode_json_slow(
-        self, messages: Sequence[MessageLike], idx: list[int], vals: list[bytes], now: int
+        self, messages: Sequence[MessageLike], idx: list[int], vals: list[bytes], now: np.ndarray
     ) -> tuple[pa.RecordBatch, np.ndarray, list[Reject]]:
         rows: list[dict[str, Any]] = []
         ok: list[int] = []
         rejects: list[Reject] = []
-        for i, v in zip(idx, vals, strict=True):
+        for j, (i, v) in enumerate(zip(idx, vals, strict=True)):
             try:
                 event = json.loads(v)
             except (ValueError, UnicodeDecodeError) as exc:
                 rejects.append(self._reject(messages[i], NOT_JSON, f"not JSON: {exc}"[:300], JSON))
                 continue
-            res = validate_event(event, self.schema, now, self.max_future_ms)
+            res = validate_event(event, self.schema, int(now[j]), self.max_future_ms)
             if isinstance(res, tuple):
                 rejects.append(self._reject(messages[i], res[0], res[1], JSON))
             else:
@@ -630,6 +678,7 @@ class EventDecoder:
                     continue
                 raise _Problem(WRONG_SCHEMA, f"column {f.name!r} is missing")
             col = table.column(f.name).combine_chunks()
+            _check_arrow_type(f.name, col.type, self.schema)
             try:
                 if f.name == TIME_COLUMN and pa.types.is_timestamp(col.type):
                     col = pc.cast(col, pa.timestamp("ms"), safe=False).cast(pa.int64())
@@ -644,8 +693,9 @@ class EventDecoder:
 
     # -- shared vectorized checks and assembly
 
-    def _bad_rows(self, cols: Mapping[str, pa.Array], now: int) -> np.ndarray | None:
-        """Boolean mask of rows failing any check, or None when all rows pass."""
+    def _bad_rows(self, cols: Mapping[str, pa.Array], now: int | np.ndarray) -> np.ndarray | None:
+        """Boolean mask of rows failing any check, or None when all rows pass (``now``: the reference time
+        of the future check, one for all rows or one per row)."""
         n = len(cols[KEY_COLUMN])
         bad = np.zeros(n, dtype=bool)
         any_bad = False
@@ -663,9 +713,11 @@ class EventDecoder:
         key = cols[KEY_COLUMN]
         mark(pc.fill_null(pc.equal(pc.binary_length(key), 0), False))
         t = cols[TIME_COLUMN]
-        mark(pc.fill_null(pc.or_(pc.less(t, 0), pc.greater(t, now + self.max_future_ms)), False))
-        for name in self.schema.numeric:
-            mark(pc.fill_null(pc.invert(pc.is_finite(cols[name])), False))
+        latest = now + self.max_future_ms
+        latest = pa.array(latest, pa.int64()) if isinstance(latest, np.ndarray) else latest
+        mark(pc.fill_null(pc.or_(pc.less(t, 0), pc.greater(t, latest)), False))
+        for name in self.schema.numeric:  # NaN, inf and float32 overflow (the model reads float32)
+            mark(pc.fill_null(pc.invert(pc.less_equal(pc.abs(cols[name]), _F32_MAX)), False))
         for name, size in self.schema.vectors:
             col = cols[name]
             lengths = pc.fill_null(pc.list_value_length(col), size)

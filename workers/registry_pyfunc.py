@@ -7,7 +7,8 @@ those files only, so no pickled object is ever loaded.
 
 ``predict`` takes a DataFrame of events in the pipeline's event schema (``key``, ``time`` and the fields) and
 replays them, in the given order, through the same streaming code that serves (:class:`StreamScorer` over a
-:class:`KeyedStateStore`), starting every call from empty states. It returns one row of outputs per event,
+:class:`KeyedStateStore`), starting every call from empty states, with the key TTL the version was
+registered with (``meta.key_ttl_ms``; none: keys never expire). It returns one row of outputs per event,
 named as :meth:`StreamingModel.output_names` says.
 """
 
@@ -41,6 +42,8 @@ class StreamingPyfunc(mlflow.pyfunc.PythonModel):
         self._model.eval()
         meta = json.loads(Path(context.artifacts["meta"]).read_text())
         self._schema = EventSchema.from_dict(meta["event_schema"])
+        ttl = meta.get("key_ttl_ms")  # the serving TTL the version was registered with, if any
+        self._key_ttl_ms = None if ttl is None else int(ttl)
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -55,7 +58,7 @@ class StreamingPyfunc(mlflow.pyfunc.PythonModel):
         keys = [str(k) for k in table.column(KEY_COLUMN).to_pylist()]
         times_ms = table.column(TIME_COLUMN).cast(pa.int64()).to_numpy().astype(np.int64)
         store = KeyedStateStore(self._model.state_shape, capacity=max(len(set(keys)), 1))
-        outputs = StreamScorer(self._model, store).score(keys, times_ms, x)
+        outputs = StreamScorer(self._model, store, key_ttl_ms=self._key_ttl_ms).score(keys, times_ms, x)
         return pd.DataFrame(np.asarray(outputs, dtype=np.float64), columns=self._model.output_names())
 
 

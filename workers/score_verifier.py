@@ -77,6 +77,18 @@ class EventLog:
     def positions(self) -> list[tuple[int, int, int]]:
         return list(zip(self.partition.tolist(), self.offset.tolist(), self.index.tolist(), strict=True))
 
+    def without(self, positions: set[tuple[int, int, int]]) -> EventLog:
+        """The log less the events at ``positions`` (partition, offset, index): e.g. the events a worker
+        dead-lettered because scoring them raised, which no state and no score may contain."""
+        keep = np.asarray([p not in positions for p in self.positions], dtype=bool)
+        return EventLog(
+            self.batch.filter(pa.array(keep)),
+            self.partition[keep],
+            self.offset[keep],
+            self.index[keep],
+            self.rejects + int((~keep).sum()),
+        )
+
 
 def read_events(
     settings: KafkaSettings, topic: str, schema: EventSchema, timeout_s: float = 60.0
@@ -162,9 +174,16 @@ class Reference:
 
 
 def offline_reference(
-    events: EventLog, model: Any, start_offsets: Mapping[int, int] | None = None
+    events: EventLog,
+    model: Any,
+    start_offsets: Mapping[int, int] | None = None,
+    key_ttl_ms: int | None = None,
 ) -> Reference:
-    """Run ``model.forward`` over each key's whole sequence (from ``start_offsets[partition]`` when given)."""
+    """Run ``model.forward`` over each key's whole sequence (from ``start_offsets[partition]`` when given).
+
+    With ``key_ttl_ms``, each partition's events go through :class:`StreamScorer` with that TTL instead, in
+    offset order, and the final states are those of the keys not expired at the partition's end.
+    """
     import torch
 
     spec = model.config.features
@@ -174,6 +193,8 @@ def offline_reference(
         for p, off in start_offsets.items():
             keep &= ~((events.partition == p) & (events.offset < off))
     rows = np.flatnonzero(keep)
+    if key_ttl_ms is not None:
+        return _expiring_reference(events, model, rows, key_ttl_ms)
     x_all = features_from_arrow(table, spec)
     times = table.column("time").cast(pa.int64()).to_numpy()
     keys = np.asarray(table.column("key").to_pylist(), dtype=object)
@@ -206,6 +227,32 @@ def offline_reference(
                     outputs[(int(events.partition[r]), int(events.offset[r]), int(events.index[r]))] = out[
                         b, j
                     ]
+    return Reference(outputs, finals, list(model.output_names()))
+
+
+def _expiring_reference(events: EventLog, model: Any, rows: np.ndarray, key_ttl_ms: int) -> Reference:
+    """The reference with key expiry: the scorer alone, one partition at a time, in offset order."""
+    from rnnstream.rnn_core.stream_scorer import StreamScorer
+
+    x_all = features_from_arrow(events.batch, model.config.features)
+    times = events.batch.column("time").cast(pa.int64()).to_numpy()
+    keys = events.batch.column("key").combine_chunks()
+    outputs: dict[tuple[int, int, int], np.ndarray] = {}
+    finals: dict[str, np.ndarray] = {}
+    for p in np.unique(events.partition[rows]).tolist():
+        mine = rows[events.partition[rows] == p]
+        mine = mine[np.lexsort((events.index[mine], events.offset[mine]))]
+        scorer = StreamScorer(model, key_ttl_ms=key_ttl_ms)
+        for lo in range(0, mine.size, 1024):
+            idx = mine[lo : lo + 1024]
+            out = scorer.score(keys.take(pa.array(idx)), times[idx], x_all[idx])
+            for j, r in enumerate(idx.tolist()):
+                outputs[(p, int(events.offset[r]), int(events.index[r]))] = out[j]
+        scorer.evict_expired()
+        live = scorer.store.keys()
+        if live:
+            states = scorer.store.gather(live).numpy()
+            finals.update({k: states[i] for i, k in enumerate(live)})
     return Reference(outputs, finals, list(model.output_names()))
 
 

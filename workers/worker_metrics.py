@@ -2,9 +2,10 @@
 as plain numbers too, so ``rnnstream status`` can print them per worker without a Prometheus.
 
 Counters: events, dead-lettered, scored, replayed (state updated, nothing emitted), evicted keys, restores,
-checkpoints. Gauges: keys held, state bytes, lag per partition, paused. Histograms: batch size, checkpoint
-duration, latency event time -> score written and broker append -> score written. The local copy keeps the
-latest latencies in a fixed ring (no growth) for p50/p99.
+checkpoints, Kafka errors, resets to checkpoints, scoring errors, pauses. Gauges: keys held, state bytes, lag
+per partition, paused. Histograms: batch size, checkpoint duration, latency event time -> score written and
+broker append -> score written. The local copy keeps the latest latencies in a fixed ring (no growth) for
+p50/p99.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class _RayMetrics:
                 "kafka_errors_total", "Kafka errors that reset the worker to its checkpoints"
             ),
             "pauses": counter("pauses_total", "times the worker paused its partitions (backpressure)"),
+            "scoring_errors": counter(
+                "scoring_errors_total", "events whose scoring raised (dead-lettered) and challengers dropped"
+            ),
+            "resets": counter("resets_total", "times the worker reset its partitions to their checkpoints"),
         }
         self.gauges = {
             "keys": gauge("keys", "stream keys held in state"),
@@ -79,6 +84,8 @@ class WorkerMetrics:
         "checkpoints",
         "kafka_errors",
         "pauses",
+        "scoring_errors",
+        "resets",
     )
 
     def __init__(self, pipeline: str, worker: str, export: bool = True) -> None:

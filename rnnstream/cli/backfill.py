@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         max_window_events=args.window_events,
+        key_ttl_ms=config.serving.apply_to(spec.serving).key_ttl_ms,
     )
     rate = result.events / result.seconds if result.seconds > 0 else 0.0
     print(

@@ -74,6 +74,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="largest file sorted in memory when its keys are not in time order",
     )
+    score.add_argument(
+        "--key-ttl-seconds",
+        type=float,
+        default=None,
+        help="a key idle this long in event time starts again from a zero state, as serving with the same "
+        "key_ttl_seconds does (default: keys never expire)",
+    )
     score.add_argument("--threads", type=int, default=1, help="torch threads (small models run best on 1)")
     score.add_argument("--no-progress", action="store_true", help="no progress bar")
     score.set_defaults(func=run_score_file)
@@ -133,6 +140,8 @@ def _score_file(args: argparse.Namespace) -> int:
 
     if args.chunk_rows < 1:
         raise UsageError("--chunk-rows must be at least 1")
+    if args.key_ttl_seconds is not None and args.key_ttl_seconds <= 0:
+        raise UsageError("--key-ttl-seconds must be positive (leave it out for keys that never expire)")
     model, schema = load_fitted(args.model)
     result = score_file(
         model,
@@ -142,6 +151,7 @@ def _score_file(args: argparse.Namespace) -> int:
         chunk_rows=args.chunk_rows,
         progress=not args.no_progress,
         max_sort_rows=args.max_sort_rows or DEFAULT_MAX_SORT_ROWS,
+        key_ttl_ms=None if args.key_ttl_seconds is None else round(args.key_ttl_seconds * 1000),
     )
     sorted_note = " (sorted by time in memory first)" if result.sorted_in_memory else ""
     print(

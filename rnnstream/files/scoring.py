@@ -158,6 +158,7 @@ def score_file(
     progress: bool = True,
     max_sort_rows: int = DEFAULT_MAX_SORT_ROWS,
     note: Callable[[str], None] | None = None,
+    key_ttl_ms: int | None = None,
 ) -> ScoreFileResult:
     """Score ``input_path`` into ``output_path`` (CSV or Parquet by extension); see the module docstring."""
     note = note or (lambda msg: print(msg, file=sys.stderr))
@@ -171,7 +172,7 @@ def score_file(
 
     model.eval()
     store = KeyedStateStore(model.state_shape, capacity=max(1024, min(order.keys, 1 << 20)))
-    scorer = StreamScorer(model, store)
+    scorer = StreamScorer(model, store, key_ttl_ms=key_ttl_ms)
     spec = model.config.features
     started = time.perf_counter()
     sorted_in_memory = False

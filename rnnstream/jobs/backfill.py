@@ -80,8 +80,10 @@ def backfill(
     progress: bool = True,
     rows_per_file: int = DEFAULT_ROWS_PER_FILE,
     max_window_events: int = DEFAULT_WINDOW_EVENTS,
+    key_ttl_ms: int | None = None,
 ) -> BackfillResult:
-    """Score the events of ``source`` in ``time_range`` with ``model`` and write the scores to ``output``."""
+    """Score the events of ``source`` in ``time_range`` with ``model`` and write the scores to ``output``
+    (keys idle longer than ``key_ttl_ms`` of event time start over, as in serving)."""
     if batch_events < 1 or max_window_events < 1:
         raise UsageError("--batch-events and --window-events must be >= 1")
     time_range = time_range or TimeRange()
@@ -97,7 +99,7 @@ def backfill(
     feature_columns = [*spec.numeric, *spec.vectors, *spec.categorical]
     columns = list(dict.fromkeys([KEY_COLUMN, TIME_COLUMN, *provenance, *feature_columns]))
     names = model.output_names()
-    scorer = StreamScorer(model, KeyedStateStore(model.config.state_shape))
+    scorer = StreamScorer(model, KeyedStateStore(model.config.state_shape), key_ttl_ms=key_ttl_ms)
     writer = ScoreWriter(output, overwrite=overwrite, rows_per_file=rows_per_file)
     bar = tqdm(
         total=total, unit="ev", unit_scale=True, desc="backfill", disable=not progress, mininterval=1.0

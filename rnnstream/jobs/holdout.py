@@ -21,8 +21,9 @@ from rnnstream.rnn_core.model import StreamingModel
 
 
 def replay_outputs(model: StreamingModel, table: pa.Table, spec: PipelineSpec | None = None) -> np.ndarray:
-    """Outputs ``[N, K]`` of every event of ``table`` through the serving path (``evaluation.replay``)."""
-    return replay(model, table)
+    """Outputs ``[N, K]`` of every event of ``table`` through the serving path (``evaluation.replay``),
+    with the pipeline's key TTL when ``spec`` is given (so held-out metrics measure what serves)."""
+    return replay(model, table, key_ttl_ms=None if spec is None else spec.serving.key_ttl_ms)
 
 
 def pipeline_metrics(

@@ -49,6 +49,7 @@ def log_training_run(
             "primary_metric": primary,
             "eval": evaluation.metrics,
             "baseline": baseline_eval.metrics if baseline_eval else {},
+            "key_ttl_ms": spec.serving.key_ttl_ms,  # the pyfunc expires keys as serving does
         }
         logged = model_registry.log_model_version(
             outcome.model, spec.schema, extra_meta=meta, register=request.register

@@ -124,7 +124,6 @@ def test_removed_keys_start_over() -> None:
     assert not np.allclose(first, second)  # the state moved on
     assert scorer.remove_keys(["a"]) == 1
     np.testing.assert_array_equal(scorer.score(["a"], np.array([2]), x), first)
-    assert scorer.evict_idle(now_ms=10_000, ttl_ms=1) == 1
 
 
 def test_refuses_mismatched_inputs() -> None:

@@ -42,6 +42,9 @@ def bad_cases(schema: EventSchema) -> list[tuple[str, bytes, list[tuple[str, byt
     nan_row = bad_row.set_column(2, "value", pa.array([float("nan")]))
     missing_col = sample_events(schema, 3, 1, seed=3, start_ms=NOW_MS - 10_000).drop_columns(["amount"])
     string_col = missing_col.append_column("amount", pa.array(["x", "y", "z"]))
+    numeric_text_col = missing_col.append_column("amount", pa.array(["1.5", "2", "3"]))  # castable text
+    bool_col = missing_col.append_column("amount", pa.array([True, False, True]))
+    overflow_row = bad_row.set_column(2, "value", pa.array([1e39]))
     v2 = EventSchema(**{**schema.to_dict(), "version": 2, "vectors": (("emb", 4),),
                         "categorical": (("kind", ("a", "b", "c")),)})  # fmt: skip
     return [
@@ -84,6 +87,7 @@ def bad_cases(schema: EventSchema) -> list[tuple[str, bytes, list[tuple[str, byt
         ("vector element string", js(good_event(emb=[1, "2", 3, 4])), jh, "wrong_type"),
         ("vector element null", js(good_event(emb=[1, None, 3, 4])), jh, "null_value"),
         ("vector float32 overflow", js(good_event(emb=[1, 1e39, 3, 4])), jh, "not_finite"),
+        ("numeric float32 overflow", js(good_event(amount=1e39)), jh, "not_finite"),
         ("lone surrogate in key", js(good_event()).replace(b'"k1"', b'"\\ud800"'), jh, "invalid_text"),
         ("categorical not a string", js(good_event(kind=3)), jh, "wrong_type"),
         ("label not an int", js(good_event(label=0.5)), jh, "wrong_type"),
@@ -99,6 +103,9 @@ def bad_cases(schema: EventSchema) -> list[tuple[str, bytes, list[tuple[str, byt
         ("arrow missing column", encode_arrow(missing_col), ah, "wrong_schema"),
         ("arrow column of wrong type", encode_arrow(string_col), ah, "wrong_schema"),
         ("arrow row with NaN", encode_arrow(nan_row), ah, "not_finite"),
+        ("arrow row with float32 overflow", encode_arrow(overflow_row), ah, "not_finite"),
+        ("arrow numbers as text", encode_arrow(numeric_text_col), ah, "wrong_schema"),
+        ("arrow numbers as bools", encode_arrow(bool_col), ah, "wrong_schema"),
     ]
 
 

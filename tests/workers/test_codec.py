@@ -184,3 +184,18 @@ def test_schema_with_only_numbers() -> None:
     s = sample_schema("tiny").__class__(pipeline="tiny", version=3, numeric=("x",))
     d = decode([msg(b'{"key":"a","time":5,"x":2}', [])], s, now_ms=NOW_MS)
     assert d.num_valid == 1 and d.batch.column("x").to_pylist() == [2.0]
+
+
+@pytest.mark.parametrize("encoding", [JSON, ARROW])
+def test_future_check_follows_the_message_timestamp_not_the_clock(encoding: str) -> None:
+    """An event 8 days after its message's timestamp (the limit is 7) is "in the future" whenever it is
+    decoded, and is not once its message is as late: a replay decides exactly as the first pass did."""
+    ahead = good_event(time=NOW_MS + 8 * 86_400_000)
+    value = js(ahead) if encoding == JSON else encode_arrow(pa.Table.from_pylist([ahead]), SCHEMA)
+    headers = message_headers(SCHEMA, encoding)
+    decoder = EventDecoder(SCHEMA)
+    early = RawMessage("codectest.events", 0, 0, NOW_MS, b"k", value, headers)
+    late = early._replace(timestamp=NOW_MS + 8 * 86_400_000)
+    for clock in (NOW_MS, NOW_MS + 10 * 86_400_000):
+        assert [r.reason for r in decoder.decode([early], now_ms=clock).rejects] == ["time_out_of_range"]
+        assert decoder.decode([late], now_ms=clock).num_valid == 1

@@ -37,7 +37,7 @@ def test_ttl_resets_idle_keys_and_evicts(new_stream, tmp_path):
     )
     worker = ScoringWorker(0, config, export_metrics=False)
     try:
-        worker.call("assign", [0], handle)
+        worker.assign([0], handle)
         wait_for(lambda: committed_all(settings, config), 60, "all events committed")
         evicted = worker.metrics.counts["evicted"]
     finally:

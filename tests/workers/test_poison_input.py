@@ -1,0 +1,77 @@
+"""Input that breaks scoring never stalls a worker (run without Ray: the worker class is usable alone).
+
+A model that raises on some events, a model whose features the events lack, and oversize messages: each
+costs the worker a batch split at most, goes to the dead-letter topic with the reason, and the rest of the
+stream is scored exactly as if the bad events were never there.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from rnnstream.rnn_core.config import FeatureSpec, ModelConfig
+from rnnstream.rnn_core.model import StreamingModel
+from rnnstream.workers.dead_letter import parse_dead_letter
+from rnnstream.workers.kafka_io import EventProducer
+from rnnstream.workers.score_verifier import offline_reference, read_events, read_scores, read_topic, verify
+from rnnstream.workers.scoring_worker import ModelIncompatible, ScoringWorker
+from rnnstream.workers.worker_config import ModelHandle, committed_all
+from tests.rnn_core.failing_model import POISON, load_failing
+from tests.workers.worker_harness import make_events, wait_for, worker_config
+
+
+def _with_poison(table: pa.Table, rows: list[int]) -> pa.Table:
+    amount = table.column("amount").to_numpy().copy()
+    amount[rows] = POISON
+    return table.set_column(table.schema.get_field_index("amount"), "amount", pa.array(amount))
+
+
+@pytest.mark.parametrize("encoding", ["json", "arrow"])
+def test_events_that_break_the_model_are_dead_lettered_and_the_rest_scored(new_stream, tmp_path, encoding):
+    settings, _, schema, model, handle = new_stream(f"poison-{encoding}", 2)
+    events = _with_poison(make_events(schema, 3000, 50, seed=11), [7, 1500, 2999])
+    with EventProducer(settings, schema) as producer:
+        if encoding == "json":
+            producer.send_json(events)
+        else:
+            producer.send_arrow(events, events_per_message=100)
+        producer.flush()
+    config = worker_config(settings, schema, tmp_path / "ckpt")
+    worker = ScoringWorker(0, config, model_loader=load_failing, export_metrics=False)
+    try:
+        worker.assign([0, 1], handle)
+        wait_for(lambda: committed_all(settings, config), 60, "all events committed")
+        snap = worker.metrics_snapshot()
+    finally:
+        worker.shutdown()
+    assert snap["kafka_errors"] == 0 and snap["resets"] == 0  # no restart loop
+    assert snap["dead_lettered"] == 3 and snap["scored"] == 2997 and snap["scoring_errors"] == 3
+    for counts in snap["partition_counts"].values():
+        assert counts["in"] == counts["scored"] + counts["dead_lettered"] + counts["replayed"]
+    dead = [parse_dead_letter(m) for m in read_topic(settings, config.dlq_topic)]
+    assert [d.reason for d in dead] == ["scoring_error"] * 3
+    assert all("poison row" in d.detail for d in dead)
+    # everything else is scored exactly once, equal to the offline forward without the poison events
+    poisoned = {(d.source_partition, d.source_offset, d.event_index or 0) for d in dead}
+    clean = read_events(settings, config.events_topic, schema).without(poisoned)
+    verdict = verify(clean, read_scores(settings, config.scores_topic), offline_reference(clean, model))
+    print(verdict.line)
+    assert verdict.ok and verdict.expected == 2997, verdict.line
+
+
+def test_a_model_that_reads_features_the_events_lack_is_refused(new_stream, tmp_path):
+    settings, _, schema, _, _ = new_stream("lacking", 1)
+    spec = FeatureSpec(numeric=("amount", "frame"), use_time_delta=True)
+    other = StreamingModel(ModelConfig(features=spec, cell="gru", hidden_size=8))
+    from rnnstream.rnn_core.serialization import save_model
+
+    save_model(other, tmp_path / "video-like")
+    handle = ModelHandle(version="local:video-like", locator=str(tmp_path / "video-like"))
+    worker = ScoringWorker(0, worker_config(settings, schema, tmp_path / "ckpt"), export_metrics=False)
+    try:
+        with pytest.raises(ModelIncompatible, match="'frame'"):
+            worker.assign([0], handle)
+        assert worker.status()["partitions"] == []
+    finally:
+        worker.shutdown()

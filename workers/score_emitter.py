@@ -1,0 +1,135 @@
+"""ScoreEmitter: turns a partition's scored batch into score records and sends them in the open transaction.
+
+JSON events get one JSON score each, Arrow events Arrow score messages of up to ``MAX_ARROW_SCORE_ROWS``
+rows (the encoding follows the input unless the worker is told otherwise). A score record the producer would
+refuse (bigger than its ``max_request_size``, e.g. from a huge key) is never sent: an Arrow chunk is split
+until it fits, and a single event whose score cannot fit goes to the dead-letter topic instead, with the
+reason, so it cannot stall the worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from rnnstream.workers.event_codec import ARROW, JSON, Reject
+from rnnstream.workers.score_codec import ARROW_HEADERS, JSON_HEADERS, scores_to_arrow, scores_to_json
+from rnnstream.workers.scores_transaction import ScoresTransaction
+
+MAX_ARROW_SCORE_ROWS = 8192
+SCORE_TOO_LARGE = "score_too_large"
+RECORD_OVERHEAD_BYTES = 512  # record + batch framing and headers, on top of key and value
+
+
+@dataclass(frozen=True)
+class ScoreRows:
+    """Scores of some events of one partition, ready to encode."""
+
+    keys: pa.Array
+    times: np.ndarray  # int64 ms
+    outputs: np.ndarray  # float32 [N, K]
+    offsets: np.ndarray
+    indexes: np.ndarray
+    timestamps: np.ndarray  # broker timestamps of the source messages
+
+    def take(self, idx: np.ndarray) -> ScoreRows:
+        return ScoreRows(
+            self.keys.take(pa.array(idx)),
+            self.times[idx],
+            self.outputs[idx],
+            self.offsets[idx],
+            self.indexes[idx],
+            self.timestamps[idx],
+        )
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+class ScoreEmitter:
+    """Encodes and sends the scores of one worker (``source_topic``: the events topic they came from)."""
+
+    def __init__(self, tx: ScoresTransaction, source_topic: str) -> None:
+        self.tx = tx
+        self.source_topic = source_topic
+
+    def emit(
+        self,
+        topic: str,
+        partition: int,
+        rows: ScoreRows,
+        output_names: tuple[str, ...],
+        version: str,
+        arrow: bool,
+    ) -> list[Reject]:
+        """Send the scores of ``rows``; returns rejects for events whose score record cannot be written."""
+        limit = self.tx.max_request_size - RECORD_OVERHEAD_BYTES
+        if arrow:
+            return self._emit_arrow(topic, partition, rows, output_names, version, limit)
+        keys = rows.keys.to_pylist()
+        values = scores_to_json(
+            keys,
+            rows.times,
+            rows.outputs,
+            output_names,
+            version,
+            self.source_topic,
+            partition,
+            rows.offsets,
+            rows.indexes,
+        )
+        too_large: list[Reject] = []
+        for i, (key, value) in enumerate(zip(keys, values, strict=True)):
+            kb = key.encode()
+            if len(value) + len(kb) > limit:
+                too_large.append(self._reject(rows, i, partition, len(value) + len(kb), JSON))
+                continue
+            self.tx.send(topic, value, partition, key=kb, headers=JSON_HEADERS)
+        return too_large
+
+    def _emit_arrow(
+        self, topic: str, partition: int, rows: ScoreRows, names: tuple[str, ...], version: str, limit: int
+    ) -> list[Reject]:
+        too_large: list[Reject] = []
+        pending = [
+            (a, min(a + MAX_ARROW_SCORE_ROWS, len(rows))) for a in range(0, len(rows), MAX_ARROW_SCORE_ROWS)
+        ]
+        while pending:
+            a, b = pending.pop(0)
+            value = scores_to_arrow(
+                rows.keys.slice(a, b - a),
+                rows.times[a:b],
+                rows.outputs[a:b],
+                names,
+                version,
+                self.source_topic,
+                partition,
+                rows.offsets[a:b],
+                rows.indexes[a:b],
+            )
+            if len(value) <= limit:
+                self.tx.send(topic, value, partition, headers=ARROW_HEADERS)
+            elif b - a == 1:
+                too_large.append(self._reject(rows, a, partition, len(value), ARROW))
+            else:
+                mid = (a + b) // 2
+                pending[:0] = [(a, mid), (mid, b)]
+        return too_large
+
+    def _reject(self, rows: ScoreRows, i: int, partition: int, size: int, encoding: str) -> Reject:
+        key = rows.keys[i].as_py()
+        return Reject(
+            raw=b"",  # the event itself is in the events topic at (partition, offset, index)
+            reason=SCORE_TOO_LARGE,
+            detail=f"its score record is {size} bytes, over the producer's max_request_size; key of "
+            f"{len(key.encode())} bytes",
+            topic=self.source_topic,
+            partition=partition,
+            offset=int(rows.offsets[i]),
+            timestamp_ms=int(rows.timestamps[i]),
+            key=key.encode()[:1024],
+            event_index=int(rows.indexes[i]),
+            encoding=encoding,
+        )
