@@ -189,12 +189,19 @@ def status_line(status: dict[str, Any]) -> str:
     lag = sum(int(w.get("lag_total", 0)) for w in ws)
     keys = sum(int(w.get("keys", 0)) for w in ws)
     restarts = sum(int(w.get("restarts", 0)) for w in ws)
+    errors = sum(int(w.get("kafka_errors", 0)) + int(w.get("scoring_errors", 0)) for w in ws)
+    resets = sum(int(w.get("resets", 0)) for w in ws)
     p99 = [w.get("latency_append_p99_ms") for w in ws if w.get("latency_append_p99_ms") is not None]
     p99s = f"{max(p99):.0f}ms" if p99 else "-"
-    return (
+    line = (
         f"{status.get('pipeline')} model={status.get('model_version')} workers={len(ws)} scored={scored} "
-        f"dlq={dlq} lag={lag} keys={keys} p99={p99s} restarts={restarts}"
+        f"dlq={dlq} lag={lag} keys={keys} p99={p99s} restarts={restarts} errors={errors} resets={resets}"
     )
+    failing = [w for w in ws if w.get("error") or w.get("failing_for_s") is not None or w.get("fenced")]
+    for w in failing:  # a worker that keeps failing says so, with its last error
+        why = w.get("error") or w.get("last_error") or ("fenced" if w.get("fenced") else "?")
+        line += f" | worker {w.get('slot')} FAILING: {why}"
+    return line
 
 
 def status_table(status: dict[str, Any]) -> str:
@@ -216,7 +223,10 @@ def status_table(status: dict[str, Any]) -> str:
         ("restores", "restores", "{}"),
         ("evicted", "evicted", "{}"),
         ("restarts", "restarts", "{}"),
+        ("errors", "kafka_errors", "{}"),
+        ("resets", "resets", "{}"),
         ("version", "model_version", "{}"),
+        ("last error", "last_error", "{:.60}"),
     ]
     rows = [[c[0] for c in cols]]
     for w in status.get("workers", []):

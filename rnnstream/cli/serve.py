@@ -144,9 +144,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from rnnstream.data_dir import DataDir
     from rnnstream.errors import UsageError
     from rnnstream.workers.kafka_io import TopicAdmin
+    from rnnstream.workers.scoring_partition import feature_mismatch
     from rnnstream.workers.serving import (
         AliasProbe,
         init_ray,
+        load_model,
         resolve_model,
         start_coordinator,
         status_line,
@@ -176,8 +178,15 @@ def run_serve(args: argparse.Namespace) -> int:
         admin.create_topics([config.scores_topic, config.dlq_topic, config.shadow_topic], partitions)
     try:
         handle = resolve_model(args.model)
+        features = load_model(handle.locator).config.features
     except Exception as exc:
         raise UsageError(f"cannot use --model {args.model}: {exc}") from exc
+    problem = feature_mismatch(features, schema)
+    if problem:
+        raise UsageError(
+            f"--model {args.model} cannot serve pipeline {args.pipeline}: {problem}; pass a model trained for "
+            f"{args.pipeline} (rnnstream train --pipeline {args.pipeline})"
+        )
     init_ray(address=args.ray_address)
     address_file = _address_file(args.pipeline)
     address_file.parent.mkdir(parents=True, exist_ok=True)

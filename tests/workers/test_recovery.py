@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -11,15 +12,20 @@ import time
 
 import ray as _ray
 
+from rnnstream.workers.dead_letter import parse_dead_letter
 from rnnstream.workers.embedded_broker import EmbeddedBroker, free_port
+from rnnstream.workers.kafka_io import EventProducer
 from rnnstream.workers.kafka_settings import KafkaSettings
+from rnnstream.workers.score_verifier import read_topic
 from rnnstream.workers.serving import start_coordinator, stop_coordinator
 from rnnstream.workers.worker_config import committed_all
+from tests.rnn_core.failing_model import POISON
 from tests.workers.worker_harness import (
     make_events,
     produce,
     produce_paced,
     run_verifier,
+    scored_total,
     scoring_stream,
     wait_for,
     worker_config,
@@ -33,21 +39,54 @@ def _all_assigned(coord) -> bool:
     return all(w.get("partitions") == w.get("assigned") for w in st["workers"])
 
 
-def test_kill_9_workers_exactly_once(new_stream, ray_local, tmp_path):
-    """A 50,000-event stream (Arrow messages of 100 events) produced over ~10 s; a worker process is
-    SIGKILLed 3 times at seeded random points. Every event is scored exactly once (read_committed) and
-    the final state of every key equals an uninterrupted run (the offline forward)."""
+def _bad_messages(n_keys: int, start_ms: int) -> list[tuple[bytes, bytes]]:
+    """(key, value) of bad JSON messages: malformed, NaN, float32 overflow, oversize, and valid events that
+    make the model raise (each kind several times, spread over keys and so over partitions)."""
+    out = []
+    for i in range(6):
+        key = f"k{(i * 337) % n_keys:05d}".encode()
+        t = start_ms + 1000 * i
+        ev = {"key": key.decode(), "time": t, "amount": 1.0, "velocity": 0.5, "merchant": "fuel"}
+        out += [
+            (key, b'{"key": "' + key + b'", "time": '),
+            (key, json.dumps({**ev, "amount": float("nan")}).encode()),
+            (key, json.dumps({**ev, "amount": 1e39}).encode()),
+            (key, json.dumps({**ev, "pad": "x" * 300_000}).encode()),
+            (key, json.dumps({**ev, "amount": POISON}).encode()),
+        ]
+    return out
+
+
+def test_kill_9_with_ttl_and_bad_input_exactly_once(new_stream, ray_local, tmp_path):
+    """The worker chaos test: a 50,000-event stream (Arrow messages of 100 events, bad JSON messages mixed
+    in), keys expiring by event-time TTL, a model that raises on some events, and a worker process SIGKILLed
+    3 times at seeded random points. No event is lost or scored twice (read_committed), bad ones are
+    dead-lettered once each (events in == scored + dead-lettered), and every final state equals the offline
+    reference computed by StreamScorer alone with the same TTL."""
+    import cloudpickle
+
+    import tests.rnn_core.failing_model as failing_model
+
+    cloudpickle.register_pickle_by_value(failing_model)  # the workers load the model through it
     settings, _, schema, model, handle = new_stream("kill", PARTITIONS)
-    events = make_events(schema, 50_000, 2000, seed=3)
-    config = worker_config(settings, schema, tmp_path / "ckpt", checkpoint_interval_events=3000)
-    coord = start_coordinator(config, handle, 2, PARTITIONS)
+    events = make_events(schema, 50_000, 2000, seed=3)  # ~25 events a key, ~20 s apart on average
+    start_ms = int(events.column("time").cast("int64")[0].as_py())
+    config = worker_config(
+        settings, schema, tmp_path / "ckpt", checkpoint_interval_events=3000, key_ttl_seconds=30.0
+    )
+    coord = start_coordinator(config, handle, 2, PARTITIONS, model_loader=failing_model.load_failing)
     rng = random.Random(3)  # kills slots 0, 1, 0
     chunks = [events.slice(i, 2500) for i in range(0, events.num_rows, 2500)]
+    bad = _bad_messages(2000, start_ms)
 
     def producer() -> None:
-        for c in chunks:
-            produce(settings, schema, c, encoding="arrow", per_msg=100)
-            time.sleep(0.5)
+        with EventProducer(settings, schema) as raw:
+            for i, c in enumerate(chunks):
+                produce(settings, schema, c, encoding="arrow", per_msg=100)
+                for key, value in bad[i :: len(chunks)]:
+                    raw.send_raw(value, key=key)
+                raw.flush()
+                time.sleep(0.5)
 
     t = threading.Thread(target=producer)
     t.start()
@@ -69,8 +108,42 @@ def test_kill_9_workers_exactly_once(new_stream, ray_local, tmp_path):
         stop_coordinator(coord)
     print("kills:", kills, "restarts:", {w["slot"]: w["restarts"] for w in status["workers"]})
     assert sum(w["restarts"] for w in status["workers"]) == 3
-    verdict = run_verifier(settings, config, model, handle, PARTITIONS)
-    assert verdict.expected == 50_000
+    assert sum(w["resets"] for w in status["workers"]) == 0  # bad input never reset a worker
+    dead = [parse_dead_letter(m) for m in read_topic(settings, config.dlq_topic)]
+    positions = {(d.source_partition, d.source_offset, d.event_index or 0) for d in dead}
+    assert len(positions) == len(dead) == len(bad)  # each bad message dead-lettered exactly once
+    assert {d.reason for d in dead} == {"not_json", "not_finite", "too_large", "scoring_error"}
+    poisoned = {(d.source_partition, d.source_offset, 0) for d in dead if d.reason == "scoring_error"}
+    verdict = run_verifier(settings, config, model, handle, PARTITIONS, exclude=poisoned)
+    assert verdict.expected == 50_000  # in == scored + dead-lettered: 50,000 scored, every bad one in the DLQ
+    assert 0 < verdict.state_keys_checked < 2000  # keys idle past the TTL at the end are gone
+    assert verdict.ok, verdict.line
+
+
+def test_kill_9_without_transactions_loses_nothing(new_stream, ray_local, tmp_path):
+    """At least once made true: with transactions off, offsets are committed only after every send of the
+    batch succeeded, so a worker SIGKILLed twice mid-stream loses no event (duplicates allowed, counted)."""
+    settings, _, schema, model, handle = new_stream("alo", PARTITIONS)
+    events = make_events(schema, 20_000, 500, seed=5)
+    config = worker_config(settings, schema, tmp_path / "ckpt", transactions=False)
+    coord = start_coordinator(config, handle, 2, PARTITIONS)
+    chunks = [events.slice(i, 2000) for i in range(0, events.num_rows, 2000)]
+    t = threading.Thread(target=lambda: [produce_paced(settings, schema, c, 500, 0.1) for c in chunks])
+    t.start()
+    try:
+        for slot in (0, 1):
+            wait_for(lambda: scored_total(coord) > 2000, 60, "scores flowing")
+            os.kill(_ray.get(coord.worker_pids.remote(), timeout=60)[slot], signal.SIGKILL)
+            time.sleep(0.5)
+            wait_for(lambda: _all_assigned(coord), 60, "the killed worker to be back with its partitions")
+        t.join()
+        wait_for(lambda: committed_all(settings, config), 120, "all events committed")
+    finally:
+        t.join()
+        stop_coordinator(coord)
+    verdict = run_verifier(settings, config, model, handle, PARTITIONS, mode="at_least_once")
+    print("duplicates (allowed):", verdict.duplicates)
+    assert verdict.expected == 20_000 and verdict.missing == 0
     assert verdict.ok, verdict.line
 
 

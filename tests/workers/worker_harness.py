@@ -171,12 +171,16 @@ def run_verifier(
     partitions: int,
     *,
     mode: str = "exactly_once",
+    exclude: set[tuple[int, int, int]] | None = None,
 ) -> Verdict:
-    """Read events and committed scores from the broker, compare with the offline forward and the final
-    checkpoints; print and return the verdict."""
+    """Read events and committed scores from the broker, compare with the offline reference (with the
+    config's key TTL; less the ``exclude`` positions, e.g. events dead-lettered for breaking the model) and
+    the final checkpoints; print and return the verdict."""
     events = read_events(settings, config.events_topic, config.schema)
+    if exclude:
+        events = events.without(exclude)
     scores = read_scores(settings, config.scores_topic)
-    reference = offline_reference(events, model)
+    reference = offline_reference(events, model, key_ttl_ms=config.key_ttl_ms)
     states = checkpoint_states(
         config.checkpoint_uri, config.pipeline, list(range(partitions)), model, handle.version
     )
