@@ -73,7 +73,7 @@ def create_topics(settings, pipeline: str) -> None:
 
 
 def produce(settings, schema, table: pa.Table, encoding: str, per_msg: int = 1000) -> None:
-    from rnnstream.workers.kafka_io import EventProducer
+    from rnnstream.workers.event_producer import EventProducer
 
     with EventProducer(settings, schema, events_per_message=per_msg) as p:
         for i in range(0, table.num_rows, 20_000):
@@ -195,7 +195,7 @@ def end_to_end_eps(settings, schema, handle, table, encoding: str, tmp: Path) ->
 def latency_at_rate(settings, schema, handle, rate: float, seconds: float, tmp: Path) -> tuple[float, float]:
     import ray
 
-    from rnnstream.workers.kafka_io import EventProducer
+    from rnnstream.workers.event_producer import EventProducer
     from rnnstream.workers.serving import stop_coordinator
 
     create_topics(settings, schema.pipeline)

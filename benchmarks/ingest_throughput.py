@@ -30,7 +30,8 @@ from kafka import KafkaConsumer, TopicPartition
 from rnnstream.cli.produce import sample_events, sample_schema
 from rnnstream.workers.embedded_broker import EmbeddedBroker, free_port
 from rnnstream.workers.event_codec import EventDecoder
-from rnnstream.workers.kafka_io import EventProducer, PartitionConsumer, TopicAdmin
+from rnnstream.workers.event_producer import EventProducer
+from rnnstream.workers.kafka_io import PartitionConsumer, TopicAdmin
 from rnnstream.workers.kafka_settings import KafkaSettings
 
 PARTITIONS = 4

@@ -2,134 +2,40 @@
 
 Why it looks the way it does: a streaming worker scores micro-batches of a few thousand events for millions
 of keys. A Python ``dict`` from key to slot costs ~0.7 µs a lookup at a million keys (dependent cache misses
-inside the interpreter loop), as much as the recurrent step itself. So the index is a numpy open-addressing
-hash table probed for the whole batch at once:
-
-- each key (its UTF-8 bytes, read straight from an Arrow string array) gets a 128-bit fingerprint: two
-  64-bit hash chains over its 8-byte words with different mixers and secret per-store seeds (drawn from the
-  OS; ``hash_seed`` fixes them), computed with a few numpy passes per batch (both chains as the two rows of
-  one array);
-- the table (linear probing, load <= 3/8; one 16-byte row a position holding the first 64 bits and the slot)
-  maps the first 64 bits to a slot; the slot's stored second 64 bits must match too. Two distinct keys are
-  taken for one only if all 128 bits collide (~2^-128 a pair for a well-mixed hash; the seeds are secret, so
-  keys cannot be crafted to collide). The key strings themselves
-  are kept (one Python ``str`` a key) for :meth:`keys`, snapshots and eviction, not for lookups.
+inside the interpreter loop), as much as the recurrent step itself. So the index is numpy, probed for the
+whole batch at once: each key gets a 128-bit fingerprint (:mod:`key_hashing`, secret per-store seeds drawn
+from the OS; ``hash_seed`` fixes them) and a :class:`KeyTable` maps it to a slot. The key strings themselves
+are kept (one Python ``str`` a key) for :meth:`keys`, snapshots and eviction, not for lookups.
 
 States live in a float32 slab ``[capacity, S, L, H]`` (S = 2 for LSTM h/c, L layers, H hidden); growth doubles
 the slab (amortized O(1) a key, nothing is copied per event). Freed slots are zeroed and reused, so an unknown
 key's state is always zeros. Last event time per slot (int64 ms, -1 = none yet) drives TTL eviction.
-Snapshots of a chosen set of keys are Arrow IPC files written atomically to any ``pyarrow.fs`` filesystem.
-
-The slab and the per-slot and table arrays, from 4 MiB on, live in anonymous mappings advised for
-transparent huge pages (see :func:`_zeros`): every lookup, gather and scatter touches random rows, and with
-4 KiB pages most of those would also miss the TLB.
+Snapshots of a chosen set of keys are Arrow IPC files (:mod:`state_snapshot`). The slab and the per-slot
+and table arrays, from 4 MiB on, live in huge-page mappings (:mod:`slab_memory`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import mmap
 import secrets
 import sys
 from collections.abc import Sequence
-from typing import Union
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
 
-from rnnstream.rnn_core.storage import resolve_filesystem, write_atomic
+from rnnstream.rnn_core.key_hashing import KeyBatch, as_string_array, fingerprints
+from rnnstream.rnn_core.key_table import KeyTable
+from rnnstream.rnn_core.slab_memory import filled, zeros
+from rnnstream.rnn_core.state_snapshot import (
+    read_snapshot,
+    read_snapshot_table,
+    snapshot_table,
+    write_snapshot,
+)
 
-KeyBatch = Union[Sequence[str], np.ndarray, pa.Array, pa.ChunkedArray]  # noqa: UP007
-
-_EMPTY = -1  # table position never used
-_TOMB = -2  # table position whose key was removed (probing continues past it)
-_MAX_LOAD = 0.375  # table load limit; rebuilt to load <= 1/4 (short probe chains)
-_WINDOW = 4
-_TAB_COLS = 2  # table row: h1, slot (int64 bits; _EMPTY / _TOMB when free): one read finds both
-_COL_H1, _COL_SLOT = 0, 1
-_STATE_SHAPE_META = b"rnnstream.state_shape"
-_FORMAT_META = b"rnnstream.snapshot_format"
-_WATERMARK_META = b"rnnstream.watermark_ms"
-_FORMAT = b"keyed-state-v1"
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-_MIX3 = np.uint64(0xFF51AFD7ED558CCD)
-_MIX4 = np.uint64(0xC4CEB9FE1A85EC53)
-_ODD1 = np.uint64(0x9E3779B97F4A7C15)
-_ODD2 = np.uint64(0xD6E8FEB86659FD93)
-_ODDS = np.array([[_ODD1], [_ODD2]], np.uint64)
-_BYTE_MASKS = np.array([0, *((1 << (8 * k)) - 1 for k in range(1, 8)), (1 << 64) - 1], dtype=np.uint64)
-
-
-_HUGE_PAGE = 1 << 21  # x86-64/arm64 transparent huge page
-_HUGE_MIN_BYTES = 4 << 20  # arrays from this size on ask for huge pages
-
-
-def _zeros(shape: int | tuple[int, ...], dtype: type | np.dtype) -> np.ndarray:
-    """A zeroed array; from 4 MiB on, in its own 2 MiB-aligned anonymous mapping marked ``MADV_HUGEPAGE``.
-
-    The slab and the index are read at random rows: with 4 KiB pages nearly every row costs a TLB miss and
-    a page walk (the slab alone spans 64k pages at a million keys). Transparent huge pages (Linux, in the
-    usual ``madvise`` mode) cut that to a few hundred pages: gathers and probes get ~1.5x faster. Elsewhere
-    (no ``MADV_HUGEPAGE``) the mapping is plain memory. The memory is freed with the array.
-    """
-    dtype = np.dtype(dtype)
-    count = int(np.prod(shape))
-    nbytes = count * dtype.itemsize
-    advise = getattr(mmap, "MADV_HUGEPAGE", None)
-    if nbytes < _HUGE_MIN_BYTES or advise is None:
-        return np.zeros(shape, dtype)
-    region = mmap.mmap(-1, nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    raw = np.frombuffer(region, np.uint8)  # keeps the mapping alive (anonymous mappings start zeroed)
-    start = -raw.ctypes.data % _HUGE_PAGE
-    with contextlib.suppress(OSError):  # a kernel without THP: plain pages
-        region.madvise(advise, start, nbytes)
-    return raw[start : start + nbytes].view(dtype).reshape(shape)
-
-
-def _filled(n: int, dtype: type | np.dtype, fill: object) -> np.ndarray:
-    a = _zeros(n, dtype)
-    if fill != 0:
-        a[:] = fill
-    return a
-
-
-# Row 0 of a [2, N] hash pair runs splitmix64's finalizer, row 1 murmur3's (both bijections): one numpy
-# pass per operation for both chains, shifts and multipliers broadcast per row.
-_SHIFTS = tuple(np.array([[a], [b]], np.uint64) for a, b in ((30, 33), (27, 33), (31, 33)))
-_MULTS = tuple(np.array([[a], [b]], np.uint64) for a, b in ((_MIX1, _MIX3), (_MIX2, _MIX4)))
-
-
-def _mix_pair(h: np.ndarray, tmp: np.ndarray) -> None:
-    """Finalize both rows of ``h[2, N]`` in place (``tmp`` is scratch of the same shape)."""
-    for i, shift in enumerate(_SHIFTS):
-        np.right_shift(h, shift, out=tmp)
-        h ^= tmp
-        if i < len(_MULTS):
-            h *= _MULTS[i]
-
-
-def as_string_array(keys: KeyBatch) -> pa.Array:
-    """The batch's keys as an Arrow string array without nulls (cheap for lists and Arrow input)."""
-    if isinstance(keys, pa.ChunkedArray):
-        keys = keys.combine_chunks() if keys.num_chunks != 1 else keys.chunk(0)
-    if not isinstance(keys, pa.Array):
-        if len(keys) == 0:
-            return pa.array([], type=pa.string())
-        # pa.array(list) without a type is ~40x faster than with type=pa.string() (pyarrow 25); check after.
-        keys = pa.array(keys if isinstance(keys, (list, np.ndarray)) else list(keys))
-    if pa.types.is_dictionary(keys.type):
-        keys = keys.dictionary_decode()
-    if not (pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type)):
-        if len(keys) == 0:
-            return pa.array([], type=pa.string())
-        raise TypeError(f"stream keys must be strings, got Arrow type {keys.type}")
-    if keys.null_count:
-        raise ValueError(f"stream keys must not be null ({keys.null_count} nulls in the batch)")
-    return keys
+__all__ = ["KeyBatch", "KeyedStateStore", "as_string_array"]
 
 
 class KeyedStateStore:
@@ -168,13 +74,7 @@ class KeyedStateStore:
         self._num_free = 0
         self._num_keys = 0
         self._key_bytes = 0  # sys.getsizeof of the stored key strings
-        # hash table
-        # one 16-byte row a table position: (h1, slot), so a probe reads one cache line, not two arrays
-        self._tab = np.zeros((0, _TAB_COLS), np.uint64)
-        self._tab_i = self._tab.view(np.int64)  # the same memory, for the signed slot column
-        self._tab_size = 0
-        self._tab_used = 0  # live + tombstones
-        self._shift = np.uint64(64)
+        self._table = KeyTable(16)
         self.watermark_ms = -1  # newest event time applied (the scorer's event-time clock; -1 = none yet)
         self._grow_slots(capacity)
         self._rebuild_table(max(16, capacity * 4))
@@ -204,7 +104,7 @@ class KeyedStateStore:
     def nbytes(self) -> int:
         """Bytes held: slab, per-slot arrays, hash table, free list, key strings and their pointers."""
         arrays = (self._times, self._h1, self._h2, self._live, self._slot_keys, self._free)
-        table = self._tab.nbytes
+        table = self._table.nbytes
         slab = self._slab.element_size() * self._slab.nelement()
         return int(slab + sum(a.nbytes for a in arrays) + table + self._key_bytes)
 
@@ -227,93 +127,13 @@ class KeyedStateStore:
         arr = as_string_array(keys)
         if len(arr) == 0:
             return np.empty(0, np.int64)
-        h1, h2 = self._fingerprints(arr)
-        slots, _ = self._probe(h1, h2)
+        h1, h2 = fingerprints(arr, self._seeds)
+        slots, _ = self._table.probe(h1, h2, self._h2)
         if create:
             missing = np.flatnonzero(slots < 0)
             if missing.size:
                 slots[missing] = self._insert(arr, missing, h1[missing], h2[missing])
         return slots
-
-    def _fingerprints(self, arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        """Two 64-bit hashes of each key's UTF-8 bytes, computed for the whole batch with numpy.
-
-        Each hash runs a chain ``h = mix(h ^ word)`` over the key's 8-byte words (read unaligned straight
-        from the Arrow data buffer, the last one masked to the key's length), starting from a secret seed
-        and the key's length; the two chains use different seeds and mixers and run as the two rows of one
-        array. Keys shorter than the batch's longest keep their hash once their words are used up.
-        """
-        n = len(arr)
-        offset_type = np.int64 if pa.types.is_large_string(arr.type) else np.int32
-        bufs = arr.buffers()
-        offsets = np.frombuffer(bufs[1], offset_type, n + 1, arr.offset * np.dtype(offset_type).itemsize)
-        lens = np.diff(offsets).astype(np.int64)
-        lo, hi = int(offsets[0]), int(offsets[-1])
-        h = np.empty((2, n), np.uint64)
-        np.multiply(lens.astype(np.uint64), _ODDS, out=h)
-        h ^= self._seeds
-        if hi > lo:
-            padded = np.zeros(hi - lo + 8, np.uint8)
-            padded[: hi - lo] = np.frombuffer(bufs[2], np.uint8, hi - lo, lo)
-            words = np.ndarray((hi - lo + 1,), dtype="<u8", buffer=padded, strides=(1,))  # word at any byte
-            starts = offsets[:-1].astype(np.int64) - lo
-            num_words = (lens + 7) >> 3
-            shortest, longest = int(num_words.min()), int(num_words.max())
-            tmp = np.empty_like(h)
-            for j in range(longest):
-                at = starts + 8 * j
-                if j >= shortest:  # keys without a j-th word read any valid word (ignored below)
-                    np.minimum(at, hi - lo, out=at)
-                w = words[at]
-                rem = lens - 8 * j
-                if int(rem.min()) < 8:
-                    w &= _BYTE_MASKS[np.clip(rem, 0, 8)]
-                if j < shortest:
-                    h ^= w
-                    _mix_pair(h, tmp)
-                else:  # keys without a j-th word keep their hash
-                    mixed = h ^ w
-                    _mix_pair(mixed, tmp)
-                    np.copyto(h, mixed, where=num_words > j)
-        return h[0], h[1]
-
-    def _probe(self, h1: np.ndarray, h2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(slot, table position) of each fingerprint, -1 where absent; all keys probed together.
-
-        One probe for every key resolves most of them (one 16-byte table row holds the first fingerprint
-        half and the slot; the slot's second half is checked after); the rest scan windows of ``_WINDOW``
-        positions at a time (2-D gathers, so a long probe chain costs one numpy pass instead of one per step).
-        """
-        mask = np.int64(self._tab_size - 1)
-        pos = (h1 >> self._shift).astype(np.int64)
-        rows = self._tab.take(pos, axis=0)
-        ts = rows.view(np.int64)[:, _COL_SLOT]
-        hit = (rows[:, _COL_H1] == h1) & (ts >= 0)
-        hit &= self._h2[np.where(hit, ts, 0)] == h2
-        slots = np.where(hit, ts, -1)
-        tpos = np.where(hit, pos, -1)
-        act = np.flatnonzero(~hit & (ts != _EMPTY))
-        pos = pos[act] + 1
-        offsets = np.arange(_WINDOW, dtype=np.int64)
-        while act.size:
-            win = (pos[:, None] + offsets) & mask
-            wrows = self._tab[win]
-            wts = wrows.view(np.int64)[..., _COL_SLOT]
-            whit = (wrows[..., _COL_H1] == h1[act, None]) & (wts >= 0)
-            stop = whit | (wts == _EMPTY)
-            first = stop.argmax(axis=1)
-            r = np.arange(act.size)
-            stopped = stop[r, first]
-            is_hit = stopped & whit[r, first]
-            cand = wts[r, first]
-            ok = is_hit & (self._h2[np.where(is_hit, cand, 0)] == h2[act])
-            slots[act[ok]] = cand[ok]
-            tpos[act[ok]] = win[r, first][ok]
-            # go on: no stop in the window, or a first-half match whose second half differs
-            again = ~stopped | (is_hit & ~ok)
-            step = np.where(stopped, first + 1, _WINDOW)
-            act, pos = act[again], (pos + step)[again]
-        return slots, tpos
 
     def _insert(self, arr: pa.Array, missing: np.ndarray, h1: np.ndarray, h2: np.ndarray) -> np.ndarray:
         """Give the missing events' keys new slots (one per distinct key); returns each event's slot."""
@@ -334,10 +154,10 @@ class KeyedStateStore:
         self._times[new_slots] = -1
         self._live[new_slots] = True
         self._num_keys += m
-        if (self._tab_used + m) > _MAX_LOAD * self._tab_size:
+        if not self._table.fits(m):
             self._rebuild_table(4 * (self._num_keys))
         else:
-            self._table_insert(h1[first], new_slots)
+            self._table.insert(h1[first], new_slots)
         return new_slots[inverse]
 
     def _allocate(self, m: int) -> np.ndarray:
@@ -358,7 +178,7 @@ class KeyedStateStore:
         old = self._capacity
         # the slab's memory as numpy rows [capacity, S*L*H]: row take/assign on a 2-D array are 2-4x
         # faster than torch index_select/index_copy_ (or numpy on the 4-D view) for rows this small
-        rows = _zeros((new_cap, int(np.prod(self._state_shape))), np.float32)
+        rows = zeros((new_cap, int(np.prod(self._state_shape))), np.float32)
         if old:
             rows[:old] = self._rows[:old]
         self._rows = rows
@@ -370,7 +190,7 @@ class KeyedStateStore:
                 out = np.empty(new_cap, a.dtype)
                 out[old:] = fill
             else:
-                out = _filled(new_cap, a.dtype, fill)
+                out = filled(new_cap, a.dtype, fill)
             out[:old] = a
             return out
 
@@ -382,45 +202,14 @@ class KeyedStateStore:
         self._capacity = new_cap
 
     def _rebuild_table(self, min_size: int) -> None:
-        size = 16
-        while size < min_size:
-            size *= 2
-        self._tab = _zeros((size, _TAB_COLS), np.uint64)
-        self._tab_i = self._tab.view(np.int64)
-        self._tab_i[:, _COL_SLOT] = _EMPTY
-        self._tab_size = size
-        self._shift = np.uint64(64 - (size.bit_length() - 1))
-        self._tab_used = 0
         live = np.flatnonzero(self._live[: self._next_fresh])
-        if live.size:
-            self._table_insert(self._h1[live], live)
-
-    def _table_insert(self, h1: np.ndarray, slots: np.ndarray) -> None:
-        """Place keys known to be absent at the first free position of their probe sequence."""
-        mask = np.int64(self._tab_size - 1)
-        pos = (h1 >> self._shift).astype(np.int64)
-        todo = np.arange(h1.size)
-        slot_col = self._tab_i[:, _COL_SLOT]
-        while todo.size:
-            p = pos[todo]
-            free = slot_col[p] < 0
-            cand, cpos = todo[free], p[free]
-            placed = np.zeros(todo.size, np.bool_)
-            if cand.size:
-                upos, first = np.unique(cpos, return_index=True)  # one winner per position
-                win = cand[first]
-                self._tab_used += int(np.count_nonzero(slot_col[upos] == _EMPTY))
-                self._tab[upos, _COL_H1] = h1[win]
-                slot_col[upos] = slots[win]
-                placed[np.flatnonzero(free)[first]] = True
-            todo = todo[~placed]
-            pos[todo] = (pos[todo] + 1) & mask
+        self._table.rebuild(min_size, self._h1[live], live)
 
     def _release(self, slots: np.ndarray, tpos: np.ndarray) -> None:
         """Forget keys: tombstone their table entries, zero and free their slots."""
         if slots.size == 0:
             return
-        self._tab_i[tpos, _COL_SLOT] = _TOMB
+        self._table.remove(tpos)
         self._key_bytes -= sum(map(sys.getsizeof, self._slot_keys[slots].tolist()))
         self._slot_keys[slots] = None
         self._live[slots] = False
@@ -434,7 +223,7 @@ class KeyedStateStore:
         self._free[self._num_free : need] = slots
         self._num_free = need
         self._num_keys -= slots.size
-        if self._num_keys < self._tab_used // 4 and self._tab_size > 64:  # mostly tombstones
+        if self._table.mostly_tombstones(self._num_keys):
             self._rebuild_table(4 * max(self._num_keys, 4))
 
     # ------------------------------------------------------------------ states
@@ -494,7 +283,7 @@ class KeyedStateStore:
         arr = as_string_array(keys)
         if len(arr) == 0:
             return 0
-        slots, tpos = self._probe(*self._fingerprints(arr))
+        slots, tpos = self._table.probe(*fingerprints(arr, self._seeds), self._h2)
         found = slots >= 0
         slots, first = np.unique(slots[found], return_index=True)
         self._release(slots, tpos[found][first])
@@ -506,7 +295,7 @@ class KeyedStateStore:
         idle = np.flatnonzero(self._live[:n] & (self._times[:n] < int(now_ms) - int(ttl_ms)))
         if idle.size == 0:
             return 0
-        slots, tpos = self._probe(self._h1[idle], self._h2[idle])
+        slots, tpos = self._table.probe(self._h1[idle], self._h2[idle], self._h2)
         self._release(slots, tpos)
         return int(idle.size)
 
@@ -530,8 +319,7 @@ class KeyedStateStore:
         Returns the number of keys written.
         """
         table = self.snapshot_table(keys, metadata)
-        fs, fs_path = resolve_filesystem(path, filesystem)
-        write_atomic(fs, fs_path, lambda out: _write_ipc(out, table))
+        write_snapshot(table, path, filesystem)
         return table.num_rows
 
     def snapshot_table(self, keys: KeyBatch | None, metadata: dict[str, str] | None = None) -> pa.Table:
@@ -541,49 +329,30 @@ class KeyedStateStore:
         else:
             slots = self.lookup(keys, create=False)
             slots = np.unique(slots[slots >= 0])
-        width = int(np.prod(self._state_shape))
-        states = self._rows.take(slots, axis=0).reshape(-1)
-        meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-        meta[_STATE_SHAPE_META.decode()] = json.dumps(list(self._state_shape))
-        meta[_FORMAT_META.decode()] = _FORMAT.decode()
-        meta[_WATERMARK_META.decode()] = str(int(self.watermark_ms))
-        return pa.table(
-            {
-                "key": pa.array(self._slot_keys[slots].tolist(), type=pa.string()),
-                "state": pa.FixedSizeListArray.from_arrays(pa.array(states, type=pa.float32()), width),
-                "last_time": pa.array(self._times[slots], type=pa.int64()),
-            }
-        ).replace_schema_metadata(meta)
+        return snapshot_table(
+            self._slot_keys[slots].tolist(),
+            self._rows.take(slots, axis=0),
+            self._times[slots],
+            self.state_shape,
+            self.watermark_ms,
+            metadata,
+        )
 
     def restore(self, path: str, filesystem: pafs.FileSystem | None = None) -> dict[str, str]:
         """Load a snapshot into this store (which may hold other keys; the snapshot's keys are overwritten).
 
         Returns the snapshot's metadata (the user's entries).
         """
-        fs, fs_path = resolve_filesystem(path, filesystem)
-        with fs.open_input_file(fs_path) as f:
-            table = pa.ipc.open_file(f).read_all()
-        return self.restore_table(table)
+        return self.restore_table(read_snapshot(path, filesystem))
 
     def restore_table(self, table: pa.Table) -> dict[str, str]:
         """Load an in-memory snapshot table (see :meth:`restore`)."""
-        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-        shape = meta.pop(_STATE_SHAPE_META.decode(), None)
-        meta.pop(_FORMAT_META.decode(), None)
-        watermark = int(meta.pop(_WATERMARK_META.decode(), -1))
-        if shape is None or tuple(json.loads(shape)) != self._state_shape:
-            raise ValueError(
-                f"snapshot state shape {shape} does not match this store's {list(self._state_shape)}; "
-                "restore it with the model it was written with"
-            )
+        keys, rows, times, watermark, meta = read_snapshot_table(table, self.state_shape)
         self.watermark_ms = max(self.watermark_ms, watermark)
-        if table.num_rows == 0:
-            return meta
-        keys = table.column("key")
-        slots = self.lookup(keys, create=True)
-        states = table.column("state").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        self._rows[slots] = states.reshape(len(slots), -1)
-        self._times[slots] = table.column("last_time").to_numpy().astype(np.int64)
+        if len(keys):
+            slots = self.lookup(keys, create=True)
+            self._rows[slots] = rows
+            self._times[slots] = times
         return meta
 
     def reserve(self, n: int) -> None:
@@ -593,10 +362,5 @@ class KeyedStateStore:
             while cap < n:
                 cap *= 2
             self._grow_slots(cap)
-        if n > _MAX_LOAD * self._tab_size:
+        if not self._table.fits(n - self._num_keys):
             self._rebuild_table(4 * n)
-
-
-def _write_ipc(out: object, table: pa.Table) -> None:
-    with pa.ipc.new_file(out, table.schema) as writer:
-        writer.write_table(table)

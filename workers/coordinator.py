@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rnnstream.workers.scoring_worker import ScoringWorkerActor, fence_slot
+from rnnstream.workers.scoring_worker_actor import ScoringWorkerActor, fence_slot
 from rnnstream.workers.worker_config import ModelHandle, WorkerConfig
 
 log = logging.getLogger(__name__)

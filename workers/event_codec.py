@@ -1,15 +1,4 @@
-"""Event encodings on the wire, and decoding that validates and never raises.
-
-Two encodings, told apart by the ``rnnstream-encoding`` message header:
-
-- ``json``: one event per message, a JSON object ``{"key": str, "time": int epoch ms, <numeric>: number,
-  <vector>: [numbers], <categorical>: str, "label": int|null}``; unknown fields are ignored. A message with no
-  encoding header is read as JSON, so any producer can write events.
-- ``arrow``: one Arrow IPC stream per message holding a record batch of many events (of many keys) in the
-  pipeline's arrow schema: the fast path.
-
-Headers ``rnnstream-pipeline`` and ``rnnstream-schema-version`` name the schema the producer used; when
-present they must match the consumer's.
+"""Decoding events that validates and never raises (the encodings themselves: :mod:`event_wire`).
 
 ``decode(messages, schema)`` returns a :class:`DecodedBatch`: the valid events as one ``pa.RecordBatch`` in
 ``schema.arrow_schema()`` (message order; events of one Arrow message in batch order), their provenance
@@ -31,13 +20,11 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import lru_cache
 from operator import attrgetter
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -45,350 +32,59 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from rnnstream.rnn_core.event_schema import KEY_COLUMN, LABEL_COLUMN, TIME_COLUMN, EventSchema
-
-ENCODING_HEADER = "rnnstream-encoding"
-PIPELINE_HEADER = "rnnstream-pipeline"
-VERSION_HEADER = "rnnstream-schema-version"
-JSON = "json"
-ARROW = "arrow"
-ENCODINGS = (JSON, ARROW)
-
-DEFAULT_MAX_JSON_BYTES = 256 * 1024
-DEFAULT_MAX_ARROW_BYTES = 32 * 1024 * 1024
-DEFAULT_MAX_FUTURE_MS = 7 * 24 * 3600 * 1000
-_F32_MAX = float(np.finfo(np.float32).max)
-
-# Reject reason codes (stable strings: they go into the DLQ header ``reason``).
-NOT_JSON = "not_json"
-NOT_OBJECT = "not_object"
-NOT_ARROW = "not_arrow"
-TRUNCATED_ARROW = "truncated_arrow"
-TOO_LARGE = "too_large"
-UNKNOWN_ENCODING = "unknown_encoding"
-BAD_HEADER = "bad_header"
-WRONG_PIPELINE = "wrong_pipeline"
-WRONG_SCHEMA_VERSION = "wrong_schema_version"
-WRONG_SCHEMA = "wrong_schema"
-MISSING_FIELD = "missing_field"
-NULL_VALUE = "null_value"
-EMPTY_KEY = "empty_key"
-WRONG_TYPE = "wrong_type"
-NOT_FINITE = "not_finite"
-WRONG_VECTOR_LENGTH = "wrong_vector_length"
-TIME_OUT_OF_RANGE = "time_out_of_range"
-INVALID_TEXT = "invalid_text"
-INVALID_EVENT = "invalid_event"
-REASONS = (
-    NOT_JSON,
-    NOT_OBJECT,
-    NOT_ARROW,
-    TRUNCATED_ARROW,
-    TOO_LARGE,
-    UNKNOWN_ENCODING,
+from rnnstream.workers.event_validation import Problem, bad_rows, conform_arrow, validate_event
+from rnnstream.workers.event_wire import (
+    ARROW,
     BAD_HEADER,
+    DEFAULT_MAX_ARROW_BYTES,
+    DEFAULT_MAX_FUTURE_MS,
+    DEFAULT_MAX_JSON_BYTES,
+    ENCODING_HEADER,
+    INVALID_EVENT,
+    JSON,
+    NOT_ARROW,
+    NOT_JSON,
+    PIPELINE_HEADER,
+    REASONS,
+    TOO_LARGE,
+    TRUNCATED_ARROW,
+    UNKNOWN_ENCODING,
+    VERSION_HEADER,
     WRONG_PIPELINE,
     WRONG_SCHEMA_VERSION,
-    WRONG_SCHEMA,
-    MISSING_FIELD,
-    NULL_VALUE,
-    EMPTY_KEY,
-    WRONG_TYPE,
-    NOT_FINITE,
-    WRONG_VECTOR_LENGTH,
-    TIME_OUT_OF_RANGE,
-    INVALID_TEXT,
-    INVALID_EVENT,
+    DecodedBatch,
+    MessageLike,
+    RawMessage,
+    Reject,
+    encode_arrow,
+    event_to_json,
+    header_value,
+    message_headers,
+    message_timestamps,
+    table_to_json,
 )
 
-
-class MessageLike(Protocol):
-    """What decode reads from a Kafka message (kafka-python's ConsumerRecord fits)."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]] | None
-
-
-class RawMessage(NamedTuple):
-    """A Kafka message as bytes and provenance (same field names as kafka-python's ConsumerRecord)."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-
-
-@dataclass(frozen=True)
-class Reject:
-    """One event (or unreadable message) that failed validation, with where it came from.
-
-    ``raw`` is the message value unchanged for message-level rejects (``event_index`` None); for one bad row
-    of an Arrow message it is that row as a one-row Arrow IPC stream (``event_index`` = row number).
-    """
-
-    raw: bytes
-    reason: str
-    detail: str
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None = None
-    event_index: int | None = None
-    encoding: str = JSON
-
-
-@dataclass(frozen=True)
-class DecodedBatch:
-    """Valid events of a list of messages (one RecordBatch) with per-event provenance, and the rejects."""
-
-    batch: pa.RecordBatch
-    partition: np.ndarray  # int32 [num_valid]
-    offset: np.ndarray  # int64 [num_valid]
-    timestamp_ms: np.ndarray  # int64 [num_valid], broker (message) timestamp
-    event_index: np.ndarray  # int32 [num_valid], row within its message (0 for JSON)
-    rejects: list[Reject] = field(default_factory=list)
-    events_in: int = 0
-    messages_in: int = 0
-
-    @property
-    def num_valid(self) -> int:
-        return self.batch.num_rows
-
-    def check_invariant(self) -> None:
-        """Raise AssertionError unless events in == valid + rejected."""
-        if self.events_in != self.num_valid + len(self.rejects):
-            raise AssertionError(
-                f"events in {self.events_in} != valid {self.num_valid} + rejected {len(self.rejects)}"
-            )
-
-
-# ----------------------------------------------------------------------------------------------- encoding
-
-
-def message_headers(schema: EventSchema, encoding: str) -> list[tuple[str, bytes]]:
-    """The headers every rnnstream producer puts on a message of ``encoding``."""
-    if encoding not in ENCODINGS:
-        raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
-    return [
-        (ENCODING_HEADER, encoding.encode()),
-        (PIPELINE_HEADER, schema.pipeline.encode()),
-        (VERSION_HEADER, str(schema.version).encode()),
-    ]
-
-
-def event_to_json(event: Mapping[str, Any]) -> bytes:
-    """One event (a dict: key, time as epoch ms int or datetime, fields) as a compact JSON message value."""
-    d = dict(event)
-    t = d.get(TIME_COLUMN)
-    if hasattr(t, "timestamp"):
-        d[TIME_COLUMN] = round(t.timestamp() * 1000)
-    return json.dumps(d, separators=(",", ":"), allow_nan=False).encode()
-
-
-def table_to_json(table: pa.Table | pa.RecordBatch) -> list[bytes]:
-    """Each row of an events table (pipeline arrow schema) as one JSON message value, in row order.
-
-    float32 vector values are written with their shortest float32 decimal (``0.95764667``, not
-    ``0.9576466679573059``): smaller messages, faster parsing, and they read back to the same float32.
-    """
-    if TIME_COLUMN in table.schema.names and pa.types.is_timestamp(table.schema.field(TIME_COLUMN).type):
-        idx = table.schema.get_field_index(TIME_COLUMN)
-        times = pc.cast(table.column(idx), pa.timestamp("ms")).cast(pa.int64())
-        table = table.set_column(idx, TIME_COLUMN, times)
-    short: dict[str, list] = {}
-    for f in table.schema:
-        if pa.types.is_fixed_size_list(f.type) and pa.types.is_float32(f.type.value_type):
-            col = table.column(f.name)
-            col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-            if col.null_count:
-                continue
-            as_text = pc.cast(col.flatten(), pa.string()).to_numpy(zero_copy_only=False)
-            short[f.name] = np.asarray(as_text, dtype=np.float64).reshape(-1, f.type.list_size).tolist()
-    rows = table.drop_columns(list(short)).to_pylist() if short else table.to_pylist()
-    dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-    if short:
-        names = list(short)
-        for i, row in enumerate(rows):
-            for name in names:
-                row[name] = short[name][i]
-    return [dumps(row).encode() for row in rows]
-
-
-def encode_arrow(table: pa.Table | pa.RecordBatch, schema: EventSchema | None = None) -> bytes:
-    """Events as one Arrow IPC stream message value (cast to ``schema``'s arrow schema when given)."""
-    if schema is not None:
-        target = schema.arrow_schema()
-        if isinstance(table, pa.RecordBatch):
-            table = pa.Table.from_batches([table])
-        table = table.select(target.names).cast(target)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        if isinstance(table, pa.RecordBatch):
-            writer.write_batch(table)
-        else:
-            writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-# ----------------------------------------------------------------------------------------------- decoding
-
-
-class _Problem(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-def validate_event(
-    event: Any, schema: EventSchema, now_ms: int, max_future_ms: int = DEFAULT_MAX_FUTURE_MS
-) -> tuple[str, str] | dict[str, Any]:
-    """Check one event (a dict as parsed from JSON, or an Arrow row as Python values).
-
-    Returns the normalized event (time as int ms, numbers as float, vectors as float lists) or
-    ``(reason, detail)``. The one place that decides *why* an event is bad.
-    """
-    try:
-        return _normalize(event, schema, now_ms, max_future_ms)
-    except _Problem as p:
-        return (p.reason, p.detail)
-
-
-def _get(event: Mapping[str, Any], name: str) -> Any:
-    if name not in event:
-        raise _Problem(MISSING_FIELD, f"field {name!r} is missing")
-    v = event[name]
-    if v is None:
-        raise _Problem(NULL_VALUE, f"field {name!r} is null")
-    return v
-
-
-def _number(name: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise _Problem(WRONG_TYPE, f"field {name!r} must be a number, got {type(v).__name__}")
-    try:
-        f = float(v)
-    except OverflowError:  # an integer too large for a double
-        raise _Problem(NOT_FINITE, f"field {name!r} is too large for a double") from None
-    if not math.isfinite(f):
-        raise _Problem(NOT_FINITE, f"field {name!r} is {f}")
-    return f
-
-
-def _normalize(event: Any, schema: EventSchema, now_ms: int, max_future_ms: int) -> dict[str, Any]:
-    if not isinstance(event, dict):
-        raise _Problem(NOT_OBJECT, f"an event must be a JSON object, got {type(event).__name__}")
-    out: dict[str, Any] = {}
-    key = _get(event, KEY_COLUMN)
-    if not isinstance(key, str):
-        raise _Problem(WRONG_TYPE, f"field 'key' must be a string, got {type(key).__name__}")
-    if not key:
-        raise _Problem(EMPTY_KEY, "field 'key' is empty")
-    _check_text("key", key)
-    out[KEY_COLUMN] = key
-    t = _get(event, TIME_COLUMN)
-    if isinstance(t, bool) or not isinstance(t, int):
-        raise _Problem(WRONG_TYPE, f"field 'time' must be an integer (epoch ms), got {type(t).__name__}")
-    if t < 0:
-        raise _Problem(TIME_OUT_OF_RANGE, f"time {t} ms is before 1970")
-    if t > now_ms + max_future_ms:
-        raise _Problem(TIME_OUT_OF_RANGE, f"time {t} ms is more than {max_future_ms} ms in the future")
-    out[TIME_COLUMN] = t
-    for name in schema.numeric:
-        f = _number(name, _get(event, name))
-        if abs(f) > _F32_MAX:
-            raise _Problem(NOT_FINITE, f"field {name!r} = {f} overflows float32")
-        out[name] = f
-    for name, size in schema.vectors:
-        v = _get(event, name)
-        if not isinstance(v, list):
-            raise _Problem(WRONG_TYPE, f"field {name!r} must be a list of {size} numbers")
-        if len(v) != size:
-            raise _Problem(WRONG_VECTOR_LENGTH, f"field {name!r} has {len(v)} values, expected {size}")
-        vals = []
-        for i, x in enumerate(v):
-            if x is None:
-                raise _Problem(NULL_VALUE, f"field {name!r}[{i}] is null")
-            f = _number(f"{name}[{i}]", x)
-            if abs(f) > _F32_MAX:
-                raise _Problem(NOT_FINITE, f"field {name}[{i}] = {f} overflows float32")
-            vals.append(f)
-        out[name] = vals
-    for name, _vocab in schema.categorical:
-        v = _get(event, name)
-        if not isinstance(v, str):
-            raise _Problem(WRONG_TYPE, f"field {name!r} must be a string, got {type(v).__name__}")
-        _check_text(name, v)
-        out[name] = v
-    if schema.has_label:
-        lab = event.get(LABEL_COLUMN)
-        if lab is not None and (isinstance(lab, bool) or not isinstance(lab, int)):
-            raise _Problem(WRONG_TYPE, f"field 'label' must be an integer or null, got {type(lab).__name__}")
-        if lab is not None and not -(2**63) <= lab < 2**63:
-            raise _Problem(WRONG_TYPE, "field 'label' does not fit in int64")
-        out[LABEL_COLUMN] = lab
-    return out
-
-
-def _message_times(messages: Sequence[MessageLike], fallback_ms: int) -> np.ndarray:
-    """Each message's record timestamp (ms), or ``fallback_ms`` where it has none."""
-    ts = [getattr(m, "timestamp", None) for m in messages]
-    out = np.fromiter((fallback_ms if t is None or t < 0 else t for t in ts), np.int64, count=len(ts))
-    return out
-
-
-def _check_arrow_type(name: str, typ: pa.DataType, schema: EventSchema) -> None:
-    """Refuse what the JSON path refuses (an Arrow cast would quietly turn "1.5" or true into a number)."""
-
-    def numeric(t: pa.DataType) -> bool:
-        return pa.types.is_integer(t) or pa.types.is_floating(t)
-
-    def text(t: pa.DataType) -> bool:
-        return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)
-
-    if pa.types.is_null(typ):
-        return  # an all-null column: the null checks reject each row
-    vectors = {n for n, _ in schema.vectors}
-    if name in schema.numeric:
-        ok = numeric(typ)
-    elif name in vectors:
-        ok = (pa.types.is_list(typ) or pa.types.is_fixed_size_list(typ) or pa.types.is_large_list(typ)) and (
-            numeric(typ.value_type) or pa.types.is_null(typ.value_type)
-        )
-    elif name == TIME_COLUMN:
-        ok = pa.types.is_integer(typ) or pa.types.is_timestamp(typ)
-    elif name == LABEL_COLUMN:
-        ok = pa.types.is_integer(typ)
-    else:  # key and categorical columns
-        ok = text(typ)
-    if not ok:
-        raise _Problem(
-            WRONG_SCHEMA, f"column {name!r} has Arrow type {typ}, which events of this schema cannot have"
-        )
-
-
-def _check_text(name: str, v: str) -> None:
-    try:
-        v.encode()
-    except UnicodeEncodeError:  # e.g. a lone surrogate escape "\\ud800" in JSON
-        raise _Problem(INVALID_TEXT, f"field {name!r} is not valid Unicode text") from None
-
-
-def header_value(headers: Sequence[tuple[str, bytes]] | None, name: str) -> bytes | None:
-    """The value of the first Kafka header called ``name``, or None (headers are a list of pairs)."""
-    if headers:
-        for k, v in headers:
-            if k == name:
-                return v
-    return None
+# the wire vocabulary decoding speaks, importable from here too
+__all__ = [
+    "ARROW",
+    "ENCODING_HEADER",
+    "JSON",
+    "PIPELINE_HEADER",
+    "REASONS",
+    "VERSION_HEADER",
+    "DecodedBatch",
+    "EventDecoder",
+    "RawMessage",
+    "Reject",
+    "decode",
+    "decoder_for",
+    "encode_arrow",
+    "event_to_json",
+    "header_value",
+    "message_headers",
+    "table_to_json",
+    "validate_event",
+]
 
 
 class EventDecoder:
@@ -431,7 +127,8 @@ class EventDecoder:
         so replaying the same messages after a crash accepts and rejects exactly the same events; a message
         without a timestamp is judged against ``now_ms`` (default: the wall clock).
         """
-        now = _message_times(messages, int(time.time() * 1000) if now_ms is None else int(now_ms))
+        ts = message_timestamps(messages)
+        now = np.where(ts >= 0, ts, int(time.time() * 1000) if now_ms is None else int(now_ms))
         rejects: list[Reject] = []
         json_idx: list[int] = []
         json_vals: list[bytes] = []
@@ -504,7 +201,7 @@ class EventDecoder:
                 positions = part.column(part.num_columns - 1).to_numpy().astype(np.int32)
                 batch = pa.RecordBatch.from_arrays(part.columns[:-1], schema=self.arrow_schema)
                 parts.append((batch, np.full(batch.num_rows, i, dtype=np.int64), positions))
-        return self._assemble(messages, parts, rejects, events_in)
+        return DecodedBatch.of_parts(messages, parts, rejects, events_in, self.arrow_schema)
 
     # -- JSON
 
@@ -541,7 +238,7 @@ class EventDecoder:
         if table is None:
             return self._decode_json_slow(messages, idx, vals, now)
         cols = {name: table.column(name).combine_chunks() for name in self._parse_schema.names}
-        bad = self._bad_rows(cols, now)
+        bad = bad_rows(cols, self.schema, now, self.max_future_ms)
         rejects: list[Reject] = []
         idx_arr = np.asarray(idx, dtype=np.int64)
         if bad is not None:
@@ -645,11 +342,11 @@ class EventDecoder:
             detail = f"batch schema version {their_version.decode(errors='replace')}"
             return 1, None, [self._reject(m, WRONG_SCHEMA_VERSION, detail, ARROW)]
         try:
-            cols = self._conform(table)
-        except _Problem as p:
+            cols = conform_arrow(table, self._parse_schema, self.schema)
+        except Problem as p:
             return 1, None, [self._reject(m, p.reason, p.detail, ARROW)]
         n = table.num_rows
-        bad = self._bad_rows(cols, now)
+        bad = bad_rows(cols, self.schema, now, self.max_future_ms)
         rejects: list[Reject] = []
         positions = pa.array(np.arange(n, dtype=np.int32))
         if bad is not None:
@@ -667,72 +364,7 @@ class EventDecoder:
         out = pa.RecordBatch.from_arrays([*batch.columns, positions], names=[*batch.schema.names, "__idx"])
         return n, out, rejects
 
-    def _conform(self, table: pa.Table) -> dict[str, pa.Array]:
-        """Arrow columns cast to the parse schema's types (vectors as list<float64>), or _Problem."""
-        cols: dict[str, pa.Array] = {}
-        names = set(table.schema.names)
-        for f in self._parse_schema:
-            if f.name not in names:
-                if f.name == LABEL_COLUMN:
-                    cols[f.name] = pa.nulls(table.num_rows, pa.int64())
-                    continue
-                raise _Problem(WRONG_SCHEMA, f"column {f.name!r} is missing")
-            col = table.column(f.name).combine_chunks()
-            _check_arrow_type(f.name, col.type, self.schema)
-            try:
-                if f.name == TIME_COLUMN and pa.types.is_timestamp(col.type):
-                    col = pc.cast(col, pa.timestamp("ms"), safe=False).cast(pa.int64())
-                elif pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
-                    col = pc.cast(col, pa.list_(pa.float64()))
-                else:
-                    col = pc.cast(col, f.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-                raise _Problem(WRONG_SCHEMA, f"column {f.name!r}: {exc}"[:300]) from exc
-            cols[f.name] = col
-        return cols
-
     # -- shared vectorized checks and assembly
-
-    def _bad_rows(self, cols: Mapping[str, pa.Array], now: int | np.ndarray) -> np.ndarray | None:
-        """Boolean mask of rows failing any check, or None when all rows pass (``now``: the reference time
-        of the future check, one for all rows or one per row)."""
-        n = len(cols[KEY_COLUMN])
-        bad = np.zeros(n, dtype=bool)
-        any_bad = False
-
-        def mark(mask: pa.Array | np.ndarray) -> None:
-            nonlocal any_bad
-            arr = mask if isinstance(mask, np.ndarray) else mask.to_numpy(zero_copy_only=False)
-            if arr.any():
-                np.logical_or(bad, arr, out=bad)
-                any_bad = True
-
-        for name, col in cols.items():
-            if name != LABEL_COLUMN and col.null_count:
-                mark(pc.is_null(col))
-        key = cols[KEY_COLUMN]
-        mark(pc.fill_null(pc.equal(pc.binary_length(key), 0), False))
-        t = cols[TIME_COLUMN]
-        latest = now + self.max_future_ms
-        latest = pa.array(latest, pa.int64()) if isinstance(latest, np.ndarray) else latest
-        mark(pc.fill_null(pc.or_(pc.less(t, 0), pc.greater(t, latest)), False))
-        for name in self.schema.numeric:  # NaN, inf and float32 overflow (the model reads float32)
-            mark(pc.fill_null(pc.invert(pc.less_equal(pc.abs(cols[name]), _F32_MAX)), False))
-        for name, size in self.schema.vectors:
-            col = cols[name]
-            lengths = pc.fill_null(pc.list_value_length(col), size)
-            wrong_len = pc.not_equal(lengths, size).to_numpy(zero_copy_only=False)
-            mark(wrong_len)
-            values = col.values  # whole child array; offsets index into it
-            if len(values):
-                v = values.to_numpy(zero_copy_only=False)
-                with np.errstate(invalid="ignore"):
-                    elem_bad = ~(np.abs(v) <= _F32_MAX)  # NaN, inf, null->nan, float32 overflow
-                if elem_bad.any():
-                    offsets = col.offsets.to_numpy()
-                    cs = np.concatenate([[0], np.cumsum(elem_bad, dtype=np.int64)])
-                    mark((cs[offsets[1:]] - cs[offsets[:-1]]) > 0)
-        return bad if any_bad else None
 
     def _to_batch(self, cols: Mapping[str, pa.Array]) -> pa.RecordBatch:
         arrays = [cols[KEY_COLUMN], cols[TIME_COLUMN].cast(pa.timestamp("ms"))]
@@ -744,31 +376,6 @@ class EventDecoder:
         if self.schema.has_label:
             arrays.append(cols[LABEL_COLUMN])
         return pa.RecordBatch.from_arrays(arrays, schema=self.arrow_schema)
-
-    def _assemble(
-        self,
-        messages: Sequence[MessageLike],
-        parts: list[tuple[pa.RecordBatch, np.ndarray, np.ndarray]],
-        rejects: list[Reject],
-        events_in: int,
-    ) -> DecodedBatch:
-        if not parts:
-            empty = pa.RecordBatch.from_pylist([], schema=self.arrow_schema)
-            z32, z64 = np.zeros(0, np.int32), np.zeros(0, np.int64)
-            return DecodedBatch(empty, z32, z64, z64.copy(), z32.copy(), rejects, events_in, len(messages))
-        if len(parts) == 1:
-            batch, msg_idx, ev_idx = parts[0]
-        else:
-            msg_idx = np.concatenate([p[1] for p in parts])
-            ev_idx = np.concatenate([p[2] for p in parts])
-            table = pa.Table.from_batches([p[0] for p in parts], schema=self.arrow_schema)
-            order = np.lexsort((ev_idx, msg_idx))
-            if not np.array_equal(order, np.arange(len(order))):
-                table = table.take(pa.array(order))
-                msg_idx, ev_idx = msg_idx[order], ev_idx[order]
-            batch = table.combine_chunks().to_batches()[0]
-        partition, offset, ts = _provenance(messages, msg_idx)
-        return DecodedBatch(batch, partition, offset, ts, ev_idx, rejects, events_in, len(messages))
 
     # -- rejects
 
@@ -819,19 +426,6 @@ def _enc_name(headers: Sequence[tuple[str, bytes]] | None) -> str:
 
 def _py(scalar: pa.Scalar) -> Any:
     return scalar.as_py()
-
-
-def _provenance(
-    messages: Sequence[MessageLike], msg_idx: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n = len(messages)
-    part = np.fromiter(map(attrgetter("partition"), messages), dtype=np.int32, count=n)
-    off = np.fromiter(map(attrgetter("offset"), messages), dtype=np.int64, count=n)
-    try:
-        ts = np.fromiter(map(attrgetter("timestamp"), messages), dtype=np.int64, count=n)
-    except TypeError:  # a message without a timestamp
-        ts = np.fromiter((-1 if m.timestamp is None else m.timestamp for m in messages), np.int64, count=n)
-    return part[msg_idx], off[msg_idx], ts[msg_idx]
 
 
 @lru_cache(maxsize=32)

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from rnnstream.workers.event_codec import ARROW, JSON, Reject
+from rnnstream.workers.event_codec import ARROW, ENCODING_HEADER, JSON, Reject, header_value
 from rnnstream.workers.score_codec import ARROW_HEADERS, JSON_HEADERS, scores_to_arrow, scores_to_json
 from rnnstream.workers.scores_transaction import ScoresTransaction
+from rnnstream.workers.scoring_partition import ScoredBatch, ScoringPartition
+from rnnstream.workers.worker_config import WorkerConfig
 
 MAX_ARROW_SCORE_ROWS = 8192
 SCORE_TOO_LARGE = "score_too_large"
@@ -49,11 +51,47 @@ class ScoreRows:
 
 
 class ScoreEmitter:
-    """Encodes and sends the scores of one worker (``source_topic``: the events topic they came from)."""
+    """Encodes and sends the scores of one worker into its open transaction."""
 
-    def __init__(self, tx: ScoresTransaction, source_topic: str) -> None:
+    def __init__(self, tx: ScoresTransaction, config: WorkerConfig) -> None:
         self.tx = tx
-        self.source_topic = source_topic
+        self.source_topic = config.events_topic
+        self.scores_topic = config.scores_topic
+        self.shadow_topic = config.shadow_topic
+        self.encoding = config.score_encoding
+
+    def emit_scored(
+        self, part: ScoringPartition, scored: ScoredBatch, messages: list, shadow: bool
+    ) -> tuple[list[Reject], ScoreRows]:
+        """Send the champion's scores of a processed batch (and the challenger's into the shadow topic when
+        ``shadow``); returns the rejects of scores too large to write and the rows sent."""
+        d = scored.decoded
+        sel = scored.rows[scored.emit]
+        times = d.batch.column(1).cast(pa.int64()).to_numpy()
+        rows = ScoreRows(
+            d.batch.column(0).take(pa.array(sel)),
+            times[sel],
+            scored.outputs[scored.emit],
+            d.offset[sel],
+            d.event_index[sel],
+            d.timestamp_ms[sel],
+        )
+        arrow = self._arrow_out(messages)
+        champ = part.champion
+        rejects = self.emit(self.scores_topic, part.partition, rows, champ.output_names, champ.version, arrow)
+        if shadow and scored.shadow is not None and part.challenger is not None:
+            ch = part.challenger
+            shadow_rows = ScoreRows(
+                rows.keys, rows.times, scored.shadow[scored.emit], rows.offsets, rows.indexes, rows.timestamps
+            )
+            self.emit(self.shadow_topic, part.partition, shadow_rows, ch.output_names, ch.version, arrow)
+        return rejects, rows
+
+    def _arrow_out(self, messages: list) -> bool:
+        """Arrow scores for Arrow events (``score_encoding`` auto), or what the worker was told."""
+        if self.encoding != "auto":
+            return self.encoding == "arrow"
+        return header_value(messages[0].headers, ENCODING_HEADER) == ARROW.encode()
 
     def emit(
         self,

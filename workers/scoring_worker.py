@@ -34,23 +34,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 
-from rnnstream.workers.dead_letter import DeadLetterWriter
-from rnnstream.workers.event_codec import ARROW, ENCODING_HEADER, EventDecoder, header_value
+from rnnstream.workers.event_codec import EventDecoder
+from rnnstream.workers.loop_calls import LoopCalls
+from rnnstream.workers.owned_partitions import OwnedPartitions
 from rnnstream.workers.partition_checkpoint import PartitionCheckpoints
-from rnnstream.workers.score_emitter import ScoreEmitter, ScoreRows
-from rnnstream.workers.scores_transaction import ProducerFenced, ScoresTransaction
-from rnnstream.workers.scoring_partition import LoadedModel, ScoredBatch, ScoringPartition, feature_mismatch
-from rnnstream.workers.worker_config import ModelHandle, WorkerConfig, transactional_id
+from rnnstream.workers.scores_transaction import ProducerFenced
+from rnnstream.workers.scoring_partition import LoadedModel, ScoringPartition, feature_mismatch
+from rnnstream.workers.worker_clients import WorkerClients
+from rnnstream.workers.worker_config import ModelHandle, WorkerConfig
 from rnnstream.workers.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
@@ -86,18 +85,15 @@ class ScoringWorker:
         self.challenger: LoadedModel | None = None
         self.shadow_emit = False
         self.challenger_events = 0
-        self.parts: dict[int, ScoringPartition] = {}
+        self.parts = OwnedPartitions(self.checkpoints, self.metrics, config.key_ttl_ms)
         self.paused = False
         self.fenced = False
         self.last_error: str | None = None
         self.failing_since: float | None = None  # wall time of the first of the current run of failures
         self.resets = 0
-        self._commands: queue.Queue[tuple[Callable[..., Any], tuple, Future]] = queue.Queue()
+        self._calls = LoopCalls()
         self._stop = threading.Event()
-        self._consumer = None
-        self._tx: ScoresTransaction | None = None
-        self._emitter: ScoreEmitter | None = None
-        self._dead_letters: DeadLetterWriter | None = None
+        self._clients: WorkerClients | None = None
         self._in_flight = 0
         self._pending_latency: list[tuple[np.ndarray, np.ndarray]] = []
         self._last_lag = 0.0
@@ -179,55 +175,18 @@ class ScoringWorker:
         """Run ``fn(*args)`` on the loop thread between cycles and return its result."""
         if not self._thread.is_alive():
             raise RuntimeError(f"{self.name} loop is not running ({self.last_error})")
-        fut: Future = Future()
-        self._commands.put((fn, args, fut))
-        return fut.result(timeout=timeout)
+        return self._calls.call(fn, *args, timeout=timeout)
 
     # ---------------------------------------------------------------------------------------- Kafka clients
 
     def _connect(self) -> None:
-        from kafka import KafkaConsumer, KafkaProducer
-
-        cfg = self.config
-        kw = cfg.kafka.client_kwargs()
-        self._consumer = KafkaConsumer(
-            **kw,
-            group_id=cfg.group_id,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-            max_poll_records=cfg.max_poll_records,
-            fetch_max_bytes=cfg.fetch_max_bytes,
-            max_partition_fetch_bytes=cfg.max_partition_fetch_bytes,
-            fetch_max_wait_ms=max(1, cfg.batch_linger_ms),
-        )
-        pkw: dict[str, Any] = {
-            "linger_ms": 2,
-            "batch_size": 256 * 1024,
-            "max_request_size": 16 * 1024 * 1024,
-            "max_block_ms": 20_000,
-        }
-        if cfg.transactions:
-            pkw["transactional_id"] = transactional_id(cfg.pipeline, self.slot)
-        producer = KafkaProducer(**kw, **pkw)
-        self._tx = ScoresTransaction(producer, cfg.transactions, cfg.commit_timeout_ms)
-        if cfg.transactions:
-            self._tx._guard(producer.init_transactions)  # fences our previous incarnation, aborts its txn
-        self._emitter = ScoreEmitter(self._tx, cfg.events_topic)
-        self._dead_letters = DeadLetterWriter(
-            cfg.schema, producer=producer, topic=cfg.dlq_topic, send=self._tx.send
-        )
+        self._clients = WorkerClients(self.config, self.slot)
         self._in_flight = 0
 
     def _close_clients(self) -> None:
-        if self._tx is not None:
-            with contextlib.suppress(Exception):
-                self._tx.producer.close(timeout=2)
-        if self._consumer is not None:
-            with contextlib.suppress(Exception):
-                self._consumer.close(autocommit=False)
-        self._tx = None
-        self._consumer = None
+        if self._clients is not None:
+            self._clients.close()
+        self._clients = None
 
     # --------------------------------------------------------------------------------------------- the loop
 
@@ -241,11 +200,11 @@ class ScoringWorker:
         while not self._stop.is_set() and not self.fenced:
             self._heartbeat = time.time()
             try:
-                self._serve_commands()
+                self._calls.run_pending(reraise=(ProducerFenced,))
                 if self._stop.is_set():
                     break
                 if not self.parts:
-                    self._wait_for_command(0.05)
+                    self._calls.run_pending(wait_s=0.05, reraise=(ProducerFenced,))
                     continue
                 self._cycle()
                 self.failing_since = None
@@ -253,7 +212,7 @@ class ScoringWorker:
                 self._fenced(exc)
             except Exception as exc:  # Kafka trouble (bad input never raises): reset to checkpoints, retry
                 self._recover_from_error(exc)
-        self._fail_pending_commands()
+        self._calls.refuse(f"{self.name} loop ended: {self.last_error}", self._stop_loop, dict)
 
     def _fenced(self, exc: Exception) -> None:
         self.fenced = True
@@ -263,19 +222,16 @@ class ScoringWorker:
 
     def _cycle(self) -> None:
         cfg = self.config
-        records = self._poll_batch()
-        polled = 0
-        by_partition: dict[int, list] = {}
-        for tp, msgs in records.items():
-            by_partition.setdefault(tp.partition, []).extend(msgs)
-            polled += len(msgs)
+        by_partition = self._poll_batch()
+        polled = sum(map(len, by_partition.values()))
         for p, msgs in by_partition.items():
             part = self.parts.get(p)
             if part is not None:
                 self._process(part, msgs)
-        tx = self._tx
+        tx = self._clients.tx
         age_ms = (time.monotonic() - tx.started) * 1000
-        caught_up = polled < cfg.max_batch_events and self._caught_up()  # soon when idle, batched under load
+        # commit soon when idle, batched under load
+        caught_up = polled < cfg.max_batch_events and self._clients.caught_up(self.parts.next_offsets())
         if tx.open and (
             age_ms >= cfg.commit_interval_ms
             or (caught_up and age_ms >= cfg.min_commit_interval_ms)
@@ -285,46 +241,23 @@ class ScoringWorker:
                 self._pause()
             self._commit()
             self._resume()
-        elif not tx.open and self._uncommitted():
+        elif not tx.open and bool(self.parts.uncommitted_offsets()):
             self._commit()  # replay-only progress past the committed offset (e.g. all rejects)
         if not tx.open:
-            self._checkpoint_due()
+            self.parts.checkpoint_due(cfg.checkpoint_interval_events, cfg.checkpoint_interval_seconds)
         if time.monotonic() - self._last_lag >= cfg.lag_every_s:
-            self._update_lag()
+            self._last_lag = time.monotonic()
+            self.parts.update_lag(self._clients)
 
-    def _caught_up(self) -> bool:
-        """True when no partition has a known backlog (high watermark of the last fetch, no network call)."""
-        try:
-            for tp in self._tps():
-                hw = self._consumer.highwater(tp)
-                if hw is not None and hw > self.parts[tp.partition].offsets.next_offset:
-                    return False
-        except Exception:
-            return False
-        return True
-
-    def _poll_batch(self) -> dict:
+    def _poll_batch(self) -> dict[int, list]:
         """Poll until ``max_batch_events`` events or ``batch_linger_ms`` after the first message."""
         cfg = self.config
-        out: dict = {}
-        n = 0
-        deadline = None
+        tx = self._clients.tx
         idle_ms = 50
-        if self._tx.open:  # do not sit in poll past the moment the open transaction is due
-            due = self._tx.started + min(cfg.commit_interval_ms, cfg.min_commit_interval_ms) / 1000
+        if tx.open:  # do not sit in poll past the moment the open transaction is due
+            due = tx.started + min(cfg.commit_interval_ms, cfg.min_commit_interval_ms) / 1000
             idle_ms = max(0, min(idle_ms, int((due - time.monotonic()) * 1000)))
-        while True:
-            timeout = idle_ms if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            got = self._consumer.poll(timeout_ms=timeout, max_records=max(1, cfg.max_batch_events - n))
-            for tp, msgs in got.items():
-                out.setdefault(tp, []).extend(msgs)
-                n += len(msgs)
-            if deadline is None:
-                if not n:
-                    return out
-                deadline = time.monotonic() + cfg.batch_linger_ms / 1000
-            if n >= cfg.max_batch_events or time.monotonic() >= deadline or not got:
-                return out
+        return self._clients.poll_batch(cfg.max_batch_events, cfg.batch_linger_ms, idle_ms)
 
     def _process(self, part: ScoringPartition, msgs: list) -> None:
         """One partition's messages: score, then send scores and dead letters into the open transaction."""
@@ -346,11 +279,15 @@ class ScoringWorker:
                 self.challenger_events += int(scored.rows.size)
         m.count("replayed", scored.replayed)
         n_emit = int(scored.emit.sum())
-        too_large = self._send_scores(part, scored, msgs) if n_emit else []
+        too_large: list = []
+        if n_emit:
+            self._clients.tx.begin()
+            too_large, rows = self._clients.emitter.emit_scored(part, scored, msgs, self.shadow_emit)
+            self._pending_latency.append((rows.times, rows.timestamps))
         rejects = [*scored.rejects, *too_large]
         if rejects:
-            self._tx.begin()
-            self._dead_letters.write(rejects)
+            self._clients.tx.begin()
+            self._clients.dead_letters.write(rejects)
         part.unwritable(len(too_large))
         m.count("scored", n_emit - len(too_large))
         m.count("dead_lettered", len(rejects))
@@ -361,61 +298,14 @@ class ScoringWorker:
             log.error("%s: %s", self.name, problem)
             self.last_error = problem
 
-    def _send_scores(self, part: ScoringPartition, scored: ScoredBatch, msgs: list) -> list:
-        """Send the champion's (and, when asked, the challenger's) scores; returns too-large rejects."""
-        cfg = self.config
-        d = scored.decoded
-        sel = scored.rows[scored.emit]
-        times = d.batch.column(1).cast("int64").to_numpy()
-        rows = ScoreRows(
-            d.batch.column(0).take(sel),
-            times[sel],
-            scored.outputs[scored.emit],
-            d.offset[sel],
-            d.event_index[sel],
-            d.timestamp_ms[sel],
-        )
-        arrow = self._arrow_out(msgs)
-        self._tx.begin()
-        champ = part.champion
-        rejects = self._emitter.emit(
-            cfg.scores_topic, part.partition, rows, champ.output_names, champ.version, arrow
-        )
-        if scored.shadow is not None and self.shadow_emit and part.challenger is not None:
-            shadow = ScoreRows(
-                rows.keys, rows.times, scored.shadow[scored.emit], rows.offsets, rows.indexes, rows.timestamps
-            )
-            ch = part.challenger
-            self._emitter.emit(cfg.shadow_topic, part.partition, shadow, ch.output_names, ch.version, arrow)
-        self._pending_latency.append((rows.times, rows.timestamps))
-        return rejects
-
-    def _arrow_out(self, msgs: list) -> bool:
-        enc = self.config.score_encoding
-        if enc != "auto":
-            return enc == "arrow"
-        return header_value(msgs[0].headers, ENCODING_HEADER) == ARROW.encode()
-
     # ----------------------------------------------------------------------------------- commit and lag
-
-    def _uncommitted(self) -> bool:
-        return any(part.offsets.uncommitted for part in self.parts.values())
 
     def _commit(self) -> None:
         """Commit the scores and dead letters sent and the consumed offsets, atomically (or, without
         transactions, the offsets after every send succeeded)."""
-        from kafka import TopicPartition
-        from kafka.structs import OffsetAndMetadata
-
-        offsets = {
-            TopicPartition(self.config.events_topic, p): OffsetAndMetadata(part.offsets.next_offset, "", -1)
-            for p, part in self.parts.items()
-            if part.offsets.uncommitted
-        }
-        self._tx.commit(offsets, self.config.group_id, self._consumer)
+        self._clients.commit(self.parts.uncommitted_offsets())
         self._in_flight = 0
-        for part in self.parts.values():
-            part.offsets.mark_committed()
+        self.parts.mark_committed()
         if self._pending_latency:
             now_ms = time.time() * 1000
             ev = np.concatenate([t for t, _ in self._pending_latency])
@@ -425,94 +315,16 @@ class ScoringWorker:
 
     def _pause(self) -> None:
         if not self.paused and self.parts:
-            self._consumer.pause(*self._tps())
+            self._clients.pause(self.parts)
             self.paused = True
             self.metrics.count("pauses")
             self.metrics.set_gauge("paused", 1)
 
     def _resume(self) -> None:
         if self.paused:
-            self._consumer.resume(*self._tps())
+            self._clients.resume(self.parts)
             self.paused = False
             self.metrics.set_gauge("paused", 0)
-
-    def _tps(self) -> list:
-        from kafka import TopicPartition
-
-        return [TopicPartition(self.config.events_topic, p) for p in sorted(self.parts)]
-
-    def _update_lag(self, consumer: Any = None) -> None:
-        """Lag per owned partition from the broker's end offsets (``consumer``: a client to ask with while
-        the worker's own clients are down)."""
-        self._last_lag = time.monotonic()
-        tps = self._tps()
-        if not tps:
-            return
-        ends = (consumer or self._consumer).end_offsets(tps)
-        for tp, end in ends.items():
-            part = self.parts.get(tp.partition)
-            if part is not None and end is not None:
-                self.metrics.set_lag(tp.partition, max(0, int(end) - part.offsets.next_offset))
-        self._update_state_gauges()
-
-    def _update_state_gauges(self) -> None:
-        stores = [part.store for part in self.parts.values()]
-        self.metrics.set_gauge("keys", sum(s.num_keys for s in stores))
-        self.metrics.set_gauge("state_bytes", sum(s.nbytes for s in stores))
-
-    # ---------------------------------------------------------------------------------------- checkpoints
-
-    def _checkpoint_due(self) -> None:
-        cfg = self.config
-        now = time.monotonic()
-        for part in self.parts.values():
-            if part.offsets.checkpoint_due(
-                cfg.checkpoint_interval_events, cfg.checkpoint_interval_seconds, now
-            ):
-                self.metrics.count("evicted", part.sweep())
-                self._checkpoint(part)
-
-    def _checkpoint(self, part: ScoringPartition) -> None:
-        t0 = time.perf_counter()
-        part.snapshot(self.checkpoints)
-        self.metrics.checkpoint((time.perf_counter() - t0) * 1000)
-        self._update_state_gauges()
-
-    # ------------------------------------------------------------------------------- partitions and models
-
-    def _open_partition(self, p: int) -> None:
-        """Restore ``p`` from its newest checkpoint for the champion's version and seek there."""
-        from kafka import TopicPartition
-
-        tp = TopicPartition(self.config.events_topic, p)
-        log_start = self._consumer.beginning_offsets([tp]).get(tp, 0) or 0
-        committed = self._consumer.committed(tp)
-        part, info = ScoringPartition.open(
-            p, self.champion, self.config.key_ttl_ms, self.checkpoints, log_start, committed
-        )
-        if info is not None:
-            self.metrics.count("restores")
-        if self.challenger is not None:
-            part.attach_challenger(self.challenger)
-        self.parts[p] = part
-
-    def _apply_assignment(self) -> None:
-        tps = self._tps()
-        self._consumer.assign(tps)
-        for tp in tps:
-            self._consumer.seek(tp, self.parts[tp.partition].offsets.next_offset)
-        for p in list(self.metrics.lag):
-            if p not in self.parts:
-                self.metrics.forget_partition(p)
-        self._update_state_gauges()
-
-    def _reopen_all(self) -> None:
-        owned = sorted(self.parts)
-        self.parts.clear()
-        self.challenger_events = 0
-        for p in owned:
-            self._open_partition(p)
-        self._apply_assignment()
 
     def _loaded(self, handle: ModelHandle) -> LoadedModel:
         """Load ``handle`` and check that the pipeline's events carry every feature it reads."""
@@ -531,59 +343,8 @@ class ScoringWorker:
 
     # ------------------------------------------------------------------------------------------- commands
 
-    def _wait_for_command(self, timeout: float) -> None:
-        try:
-            item = self._commands.get(timeout=timeout)
-        except queue.Empty:
-            return
-        self._execute(*item)
-
-    def _serve_commands(self) -> None:
-        while True:
-            try:
-                item = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            self._execute(*item)
-
-    def _execute(self, fn: Callable[..., Any], args: tuple, fut: Future) -> None:
-        if not fut.set_running_or_notify_cancel():
-            return
-        try:
-            fut.set_result(fn(*args))
-        except ProducerFenced:
-            fut.set_exception(RuntimeError(f"{self.name} was fenced"))
-            raise
-        except Exception as exc:
-            fut.set_exception(exc)
-
-    def _refuse_commands(self) -> None:
-        """While Kafka is unreachable: answer a stop at once, fail other commands with the error (no hang)."""
-        while True:
-            try:
-                fn, _, fut = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            if not fut.set_running_or_notify_cancel():
-                continue
-            if fn == self._stop_loop:
-                self._stop.set()
-                self._close_clients()
-                fut.set_result({})
-            else:
-                fut.set_exception(RuntimeError(f"{self.name} cannot reach Kafka: {self.last_error}"))
-
-    def _fail_pending_commands(self) -> None:
-        while True:
-            try:
-                _, _, fut = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            if fut.set_running_or_notify_cancel():
-                fut.set_exception(RuntimeError(f"{self.name} loop ended: {self.last_error}"))
-
     def _quiesce(self) -> None:
-        if self._tx.open or self._uncommitted():
+        if self._clients.tx.open or bool(self.parts.uncommitted_offsets()):
             self._commit()
         self._resume()
 
@@ -591,8 +352,8 @@ class ScoringWorker:
         self._quiesce()
         self._ensure_model(handle)
         for p in sorted(set(partitions) - set(self.parts)):
-            self._open_partition(p)
-        self._apply_assignment()
+            self.parts.open(p, self.champion, self.challenger, self._clients)
+        self.parts.apply(self._clients)
         return sorted(self.parts)
 
     def _set_partitions(self, partitions: list[int], handle: ModelHandle) -> list[int]:
@@ -603,25 +364,19 @@ class ScoringWorker:
 
     def _release(self, partitions: list[int]) -> dict[int, int]:
         self._quiesce()
-        out = {}
-        for p in sorted(set(partitions) & set(self.parts)):
-            part = self.parts[p]
-            if (
-                part.offsets.next_offset > part.offsets.checkpoint_offset
-                or self.checkpoints.latest(p, part.champion.version) is None
-            ):
-                self._checkpoint(part)
-            out[p] = part.offsets.next_offset
-            del self.parts[p]
-            part.close()
-        self._apply_assignment()
+        out = self.parts.release(partitions)
+        self.parts.apply(self._clients)
         return out
 
     def _final_checkpoint(self) -> dict[int, int]:
         self._quiesce()
-        for part in self.parts.values():
-            self._checkpoint(part)
-        return {p: part.offsets.next_offset for p, part in self.parts.items()}
+        return self.parts.checkpoint_all()
+
+    def _stop_now(self) -> dict[int, int]:
+        """Stop without Kafka (it is unreachable): end the loop; partitions restart from checkpoints."""
+        self._stop.set()
+        self._close_clients()
+        return {}
 
     def _stop_loop(self) -> dict[int, int]:
         out = self._release(sorted(self.parts)) if self.parts else {}
@@ -649,7 +404,7 @@ class ScoringWorker:
         for p in sorted(self.parts):
             part = self.parts[p]
             part.promote_challenger()
-            self._checkpoint(part)
+            self.parts.checkpoint(part)
             out[p] = part.offsets.next_offset
         return out
 
@@ -669,9 +424,9 @@ class ScoringWorker:
         self.failing_since = self.failing_since or time.time()
         self.metrics.count("kafka_errors")
         log.warning("%s: %s; resetting to checkpoints", self.name, self.last_error)
-        if self._tx is not None:
+        if self._clients is not None:
             with contextlib.suppress(Exception):
-                self._tx.abort()
+                self._clients.tx.abort()
         self._pending_latency.clear()
         self._close_clients()
         self.paused = False
@@ -680,13 +435,16 @@ class ScoringWorker:
             self._stop.wait(backoff)
             backoff = min(MAX_BACKOFF_S, backoff * 2)
             self._heartbeat = time.time()
-            self._refuse_commands()
+            self._calls.refuse(
+                f"{self.name} cannot reach Kafka: {self.last_error}", self._stop_loop, self._stop_now
+            )
             try:
                 self._connect()
-                self._tx.abort_dangling(
+                self._clients.tx.abort_dangling(
                     sorted(self.parts), [self.config.scores_topic, self.config.shadow_topic]
                 )
-                self._reopen_all()
+                self.challenger_events = 0
+                self.parts.reopen_all(self.champion, self.challenger, self._clients)
                 self.resets += 1
                 self.metrics.count("resets")
                 return
@@ -698,70 +456,3 @@ class ScoringWorker:
                 self.last_error = f"{type(again).__name__}: {again}"[:500]
                 self.metrics.count("kafka_errors")
                 self._close_clients()
-
-
-class ScoringWorkerActor:
-    """The Ray actor around a :class:`ScoringWorker` (made with ``ray.remote(max_restarts=-1)`` by the
-    coordinator). A restart re-runs this constructor: the new process fences the old transactional producer
-    and owns nothing until the coordinator assigns its partitions again (from their checkpoints)."""
-
-    def __init__(
-        self, slot: int, config: WorkerConfig, model_loader: Callable[[str], Any] | None = None
-    ) -> None:
-        self.worker = ScoringWorker(slot, config, model_loader=model_loader)
-
-    def status(self) -> dict[str, Any]:
-        return self.worker.status()
-
-    def metrics(self) -> dict[str, Any]:
-        return self.worker.metrics_snapshot()
-
-    def assign(self, partitions: list[int], handle: ModelHandle) -> list[int]:
-        return self.worker.assign(partitions, handle)
-
-    def set_partitions(self, partitions: list[int], handle: ModelHandle) -> list[int]:
-        return self.worker.set_partitions(partitions, handle)
-
-    def release(self, partitions: list[int]) -> dict[int, int]:
-        return self.worker.release(partitions)
-
-    def final_checkpoint(self) -> dict[int, int]:
-        return self.worker.final_checkpoint()
-
-    def prepare_model(self, handle: ModelHandle, shadow: bool) -> dict[int, int]:
-        return self.worker.prepare_model(handle, shadow)
-
-    def challenger_events(self) -> int:
-        return self.worker.challenger_events
-
-    def switch_model(self) -> dict[int, int]:
-        return self.worker.switch_model()
-
-    def drop_challenger(self) -> None:
-        self.worker.drop_challenger()
-
-    def stop(self) -> dict[int, int]:
-        return self.worker.stop()
-
-    def pid(self) -> int:
-        return os.getpid()
-
-
-def fence_slot(config: WorkerConfig, slot: int) -> None:
-    """Abort whatever transaction a gone worker slot left open, by starting its transactional id once.
-
-    Called when a worker is removed without a clean stop, so its open transaction cannot hold back
-    ``read_committed`` readers of the scores topic until the transaction timeout.
-    """
-    if not config.transactions:
-        return
-    from kafka import KafkaProducer
-
-    try:
-        producer = KafkaProducer(
-            **config.kafka.client_kwargs(), transactional_id=transactional_id(config.pipeline, slot)
-        )
-        producer.init_transactions()
-        producer.close(timeout=5)
-    except Exception as exc:  # best effort: the broker's transaction timeout aborts it otherwise
-        log.warning("could not fence worker slot %d: %s", slot, exc)

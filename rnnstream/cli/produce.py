@@ -136,7 +136,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rnnstream.errors import UsageError
-    from rnnstream.workers.kafka_io import EventProducer, TopicAdmin, topic_names
+    from rnnstream.workers.event_producer import EventProducer
+    from rnnstream.workers.kafka_io import TopicAdmin, topic_names
 
     if args.events < 0 or args.keys < 1:
         raise UsageError("--events must be >= 0 and --keys >= 1")

@@ -184,8 +184,8 @@ def run_serve(args: argparse.Namespace) -> int:
     problem = feature_mismatch(features, schema)
     if problem:
         raise UsageError(
-            f"--model {args.model} cannot serve pipeline {args.pipeline}: {problem}; pass a model trained for "
-            f"{args.pipeline} (rnnstream train --pipeline {args.pipeline})"
+            f"--model {args.model} cannot serve pipeline {args.pipeline}: {problem}; pass a model trained "
+            f"for {args.pipeline} (rnnstream train --pipeline {args.pipeline})"
         )
     init_ray(address=args.ray_address)
     address_file = _address_file(args.pipeline)

@@ -25,7 +25,8 @@ import pyarrow as pa
 from rnnstream.demo.readback import read_back
 from rnnstream.demo.status_monitor import StatusMonitor
 from rnnstream.pipelines.spec import GeneratedStream, PipelineSpec
-from rnnstream.workers.kafka_io import EventProducer, TopicAdmin
+from rnnstream.workers.event_producer import EventProducer
+from rnnstream.workers.kafka_io import TopicAdmin
 from rnnstream.workers.kafka_settings import KafkaSettings
 from rnnstream.workers.worker_config import ModelHandle, WorkerConfig, committed_all
 

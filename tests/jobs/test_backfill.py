@@ -239,7 +239,8 @@ def test_backfill_of_the_real_archive_sink(kafka_bootstrap: str, model_dir: Path
     from rnnstream.jobs.backfill_source import TimeRange, open_events
     from rnnstream.rnn_core.serialization import load_model
     from rnnstream.workers.archive_sink import ArchiveSink
-    from rnnstream.workers.kafka_io import EventProducer, TopicAdmin
+    from rnnstream.workers.event_producer import EventProducer
+    from rnnstream.workers.kafka_io import TopicAdmin
     from rnnstream.workers.kafka_settings import KafkaSettings
 
     settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)

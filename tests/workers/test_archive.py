@@ -19,7 +19,8 @@ from rnnstream.cli.main import main
 from rnnstream.cli.produce import sample_events, sample_schema
 from rnnstream.workers.archive_sink import ArchiveSink, archive_dataset, read_archive
 from rnnstream.workers.event_codec import message_headers
-from rnnstream.workers.kafka_io import EventProducer, TopicAdmin
+from rnnstream.workers.event_producer import EventProducer
+from rnnstream.workers.kafka_io import TopicAdmin
 from rnnstream.workers.kafka_settings import KafkaSettings
 
 DAY_MS = 86_400_000

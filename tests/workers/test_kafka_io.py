@@ -16,13 +16,8 @@ from rnnstream.cli.produce import sample_events, sample_schema
 from rnnstream.rnn_core.event_schema import EventSchema
 from rnnstream.workers.dead_letter import DeadLetterWriter, read_dead_letters
 from rnnstream.workers.event_codec import JSON, DecodedBatch, decode, message_headers
-from rnnstream.workers.kafka_io import (
-    EventProducer,
-    PartitionConsumer,
-    TopicAdmin,
-    partition_for_key,
-    topic_names,
-)
+from rnnstream.workers.event_producer import EventProducer
+from rnnstream.workers.kafka_io import PartitionConsumer, TopicAdmin, partition_for_key, topic_names
 from rnnstream.workers.kafka_settings import KafkaSettings
 from tests.workers.codec_cases import NOW_MS, bad_cases, good_event, js
 

@@ -13,7 +13,7 @@ import pytest
 from rnnstream.rnn_core.config import FeatureSpec, ModelConfig
 from rnnstream.rnn_core.model import StreamingModel
 from rnnstream.workers.dead_letter import parse_dead_letter
-from rnnstream.workers.kafka_io import EventProducer
+from rnnstream.workers.event_producer import EventProducer
 from rnnstream.workers.score_verifier import offline_reference, read_events, read_scores, read_topic, verify
 from rnnstream.workers.scoring_worker import ModelIncompatible, ScoringWorker
 from rnnstream.workers.worker_config import ModelHandle, committed_all

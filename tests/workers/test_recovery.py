@@ -14,7 +14,7 @@ import ray as _ray
 
 from rnnstream.workers.dead_letter import parse_dead_letter
 from rnnstream.workers.embedded_broker import EmbeddedBroker, free_port
-from rnnstream.workers.kafka_io import EventProducer
+from rnnstream.workers.event_producer import EventProducer
 from rnnstream.workers.kafka_settings import KafkaSettings
 from rnnstream.workers.score_verifier import read_topic
 from rnnstream.workers.serving import start_coordinator, stop_coordinator

@@ -40,7 +40,7 @@ def test_scores_equal_offline_forward(new_stream, ray_local, tmp_path):
 
 def test_bad_input_is_dead_lettered_exactly(new_stream, ray_local, tmp_path):
     """Bad events mixed into a stream: each lands in the DLQ once with its reason; workers never restart."""
-    from rnnstream.workers.kafka_io import EventProducer
+    from rnnstream.workers.event_producer import EventProducer
 
     settings, _, schema, model, handle = new_stream("bad", PARTITIONS)
     good = make_events(schema, 3000, 100, seed=2)

@@ -8,7 +8,7 @@ from collections import defaultdict
 import ray as _ray
 from prometheus_client.parser import text_string_to_metric_families
 
-from rnnstream.workers.kafka_io import EventProducer
+from rnnstream.workers.event_producer import EventProducer
 from rnnstream.workers.serving import start_coordinator, stop_coordinator
 from rnnstream.workers.worker_config import committed_all
 from tests.workers.worker_harness import make_events, wait_for, worker_config

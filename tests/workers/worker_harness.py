@@ -21,7 +21,8 @@ from rnnstream.rnn_core.config import ModelConfig
 from rnnstream.rnn_core.event_schema import EventSchema
 from rnnstream.rnn_core.model import StreamingModel
 from rnnstream.rnn_core.serialization import save_model
-from rnnstream.workers.kafka_io import EventProducer, TopicAdmin
+from rnnstream.workers.event_producer import EventProducer
+from rnnstream.workers.kafka_io import TopicAdmin
 from rnnstream.workers.kafka_settings import KafkaSettings
 from rnnstream.workers.score_verifier import (
     Verdict,

@@ -1,0 +1,84 @@
+"""The Ray face of a scoring worker: :class:`ScoringWorkerActor` (one per worker slot) and fencing a slot.
+
+The coordinator makes each slot with ``ray.remote(ScoringWorkerActor).options(max_restarts=-1)``; every
+method is an explicit call on the worker (no command strings), run on its loop thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from rnnstream.workers.scoring_worker import ScoringWorker
+from rnnstream.workers.worker_config import ModelHandle, WorkerConfig, transactional_id
+
+log = logging.getLogger(__name__)
+
+
+class ScoringWorkerActor:
+    """The Ray actor around a :class:`ScoringWorker` (made with ``ray.remote(max_restarts=-1)`` by the
+    coordinator). A restart re-runs this constructor: the new process fences the old transactional producer
+    and owns nothing until the coordinator assigns its partitions again (from their checkpoints)."""
+
+    def __init__(
+        self, slot: int, config: WorkerConfig, model_loader: Callable[[str], Any] | None = None
+    ) -> None:
+        self.worker = ScoringWorker(slot, config, model_loader=model_loader)
+
+    def status(self) -> dict[str, Any]:
+        return self.worker.status()
+
+    def metrics(self) -> dict[str, Any]:
+        return self.worker.metrics_snapshot()
+
+    def assign(self, partitions: list[int], handle: ModelHandle) -> list[int]:
+        return self.worker.assign(partitions, handle)
+
+    def set_partitions(self, partitions: list[int], handle: ModelHandle) -> list[int]:
+        return self.worker.set_partitions(partitions, handle)
+
+    def release(self, partitions: list[int]) -> dict[int, int]:
+        return self.worker.release(partitions)
+
+    def final_checkpoint(self) -> dict[int, int]:
+        return self.worker.final_checkpoint()
+
+    def prepare_model(self, handle: ModelHandle, shadow: bool) -> dict[int, int]:
+        return self.worker.prepare_model(handle, shadow)
+
+    def challenger_events(self) -> int:
+        return self.worker.challenger_events
+
+    def switch_model(self) -> dict[int, int]:
+        return self.worker.switch_model()
+
+    def drop_challenger(self) -> None:
+        self.worker.drop_challenger()
+
+    def stop(self) -> dict[int, int]:
+        return self.worker.stop()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def fence_slot(config: WorkerConfig, slot: int) -> None:
+    """Abort whatever transaction a gone worker slot left open, by starting its transactional id once.
+
+    Called when a worker is removed without a clean stop, so its open transaction cannot hold back
+    ``read_committed`` readers of the scores topic until the transaction timeout.
+    """
+    if not config.transactions:
+        return
+    from kafka import KafkaProducer
+
+    try:
+        producer = KafkaProducer(
+            **config.kafka.client_kwargs(), transactional_id=transactional_id(config.pipeline, slot)
+        )
+        producer.init_transactions()
+        producer.close(timeout=5)
+    except Exception as exc:  # best effort: the broker's transaction timeout aborts it otherwise
+        log.warning("could not fence worker slot %d: %s", slot, exc)
