@@ -57,7 +57,14 @@ class StreamScorer:
         self.step_rows = int(step_rows)
         self.key_ttl_ms = None if key_ttl_ms is None else int(key_ttl_ms)
         self.last_expired = np.zeros(0, np.bool_)  # which events of the last score() call expired their key
-        self._undo: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None  # (keys, rows, times)
+        # this call's changes, to put back if it raises: (slots or keys, rows, times); by key where a slot
+        # may change hands within the call (a key forgotten, then a new key in its slot)
+        self._undo: list[tuple[np.ndarray, int, np.ndarray]] | None = (
+            None  # (slots or keys, row start, times)
+        )
+        self._undo_by_key = False
+        self._undo_rows = np.zeros((0, int(np.prod(model.config.state_shape))), np.float32)  # reused buffer
+        self._undo_used = 0
         config = model.config
         if store is None:
             store = KeyedStateStore(config.state_shape)
@@ -103,7 +110,7 @@ class StreamScorer:
         if n == 0:
             self.last_expired = np.zeros(0, np.bool_)
             return np.zeros((0, len(self._output_names)), np.float32)
-        self._undo = []
+        self._undo, self._undo_by_key, self._undo_used = [], False, 0
         try:
             if self.key_ttl_ms is None:
                 out = self._score(keys, times, x)
@@ -117,21 +124,35 @@ class StreamScorer:
         self.store.watermark_ms = max(self.store.watermark_ms, int(times.max()))
         return out
 
-    def _remember(self, slots: np.ndarray, rows: torch.Tensor | None = None) -> None:
+    def _remember(self, slots: np.ndarray, rows: torch.Tensor | None = None, by_key: bool = False) -> None:
         """Log the state and time ``slots`` hold now (``rows``: their states, when already gathered)."""
         if self._undo is None or slots.size == 0:
             return
         store = self.store
-        state = store.gather_slots(slots) if rows is None else rows.clone()
-        self._undo.append((store.slot_keys(slots).copy(), state.numpy(), store.slot_times(slots).copy()))
+        m, start = slots.size, self._undo_used
+        if self._undo_rows.shape[0] < start + m:
+            grown = np.empty(
+                (max(start + m, 2 * self._undo_rows.shape[0]), self._undo_rows.shape[1]), np.float32
+            )
+            grown[:start] = self._undo_rows[:start]
+            self._undo_rows = grown
+        dest = self._undo_rows[start : start + m]
+        if rows is None:
+            store.gather_slots(slots, out=dest.reshape(m, *store.state_shape))
+        else:
+            np.copyto(dest, rows.numpy().reshape(m, -1))
+        self._undo_used = start + m
+        ids = store.slot_keys(slots) if by_key or self._undo_by_key else slots.copy()
+        self._undo.append((ids, start, store.slot_times(slots)))
 
     def _roll_back(self) -> None:
-        """Put back every state and time logged in this call, newest change first (keys, not slots: a key
-        forgotten and recreated within the call may sit in another slot now)."""
+        """Put back every state and time logged in this call, newest change first."""
         store = self.store
-        for keys, rows, times in reversed(self._undo or []):
-            slots = store.lookup(pa.array(keys.tolist(), pa.string()), create=True)
-            store.scatter_slots(slots, torch.from_numpy(rows), times)
+        for ids, start, times in reversed(self._undo or []):
+            if ids.dtype == object:  # by key: the key may have been forgotten (it is created again)
+                ids = store.lookup(pa.array(ids.tolist(), pa.string()), create=True)
+            rows = self._undo_rows[start : start + len(times)]
+            store.scatter_slots(ids, torch.from_numpy(rows.reshape(len(times), *store.state_shape)), times)
 
     def _score_expiring(self, keys: pa.Array, times: np.ndarray, x: np.ndarray) -> np.ndarray:
         """:meth:`_score` with expiry: expired keys are forgotten just before their expiring event.
@@ -158,18 +179,19 @@ class StreamScorer:
         at_first = expired & first
         if at_first.any():
             gone = keys.filter(pa.array(at_first))
-            self._remember(self.store.lookup(gone, create=False))
+            self._remember(self.store.lookup(gone, create=False), by_key=True)
             self.store.remove(gone)
         cuts = np.flatnonzero(expired & ~first)
         if cuts.size == 0:
             return self._score(keys, times, x)
         out = np.empty((n, len(self._output_names)), np.float32)
         start = 0
+        self._undo_by_key = True  # slots freed at a cut may be reused by later segments
         for c in [*cuts.tolist(), n]:
             if c > start:
                 out[start:c] = self._score(keys.slice(start, c - start), times[start:c], x[start:c])
             if c < n:
-                self._remember(self.store.lookup(keys.slice(c, 1), create=False))
+                self._remember(self.store.lookup(keys.slice(c, 1), create=False), by_key=True)
                 self.store.remove(keys.slice(c, 1))
             start = c
         return out
@@ -260,7 +282,7 @@ class StreamScorer:
             xt, state = xt.to(self._device), state.to(self._device)
         out, new_state = self.model.step(xt, state)
         new_state = new_state.cpu()
-        self._remember(slots, state.cpu())
+        self._remember(slots, state.cpu())  # its states before this step (gathered above)
         store.scatter_slots(slots, new_state, times)
         return out.cpu().numpy(), new_state
 
