@@ -76,7 +76,7 @@ def fence_slot(config: WorkerConfig, slot: int) -> None:
 
     try:
         producer = KafkaProducer(
-            **config.kafka.client_kwargs(), transactional_id=transactional_id(config.pipeline, slot)
+            **config.kafka.client_kwargs(), transactional_id=transactional_id(config, slot)
         )
         producer.init_transactions()
         producer.close(timeout=5)

@@ -45,7 +45,7 @@ class WorkerClients:
             "max_block_ms": 20_000,
         }
         if config.transactions:
-            pkw["transactional_id"] = transactional_id(config.pipeline, slot)
+            pkw["transactional_id"] = transactional_id(config, slot)
         try:
             producer = KafkaProducer(**kw, **pkw)
         except Exception:

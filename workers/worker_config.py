@@ -6,6 +6,7 @@ configuration without importing the loop (and so that nothing imports in a circl
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from rnnstream.rnn_core.event_schema import EventSchema
@@ -24,6 +25,10 @@ class ModelHandle:
     locator: str
 
 
+DEFAULT_DEPLOYMENT = "rnnstream"
+_DEPLOYMENT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,51}[a-z0-9])?$")
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     """Everything a scoring worker needs as data (frozen, picklable): pipeline, Kafka, checkpoints, knobs."""
@@ -32,6 +37,7 @@ class WorkerConfig:
     schema: EventSchema
     kafka: KafkaSettings
     checkpoint_uri: str
+    deployment: str = DEFAULT_DEPLOYMENT  # release name: two releases on one Kafka never share ids
     events_topic: str = ""
     scores_topic: str = ""
     dlq_topic: str = ""
@@ -62,11 +68,15 @@ class WorkerConfig:
             "scores_topic": f"{p}.scores",
             "dlq_topic": f"{p}.dlq",
             "shadow_topic": f"{p}.scores.shadow",
-            "group_id": f"rnnstream-{p}-scoring",
+            "group_id": f"{self.deployment}-{p}-scoring",
         }
         for name, value in defaults.items():
             if not getattr(self, name):
                 object.__setattr__(self, name, value)
+        if not _DEPLOYMENT_NAME.match(self.deployment):
+            raise ValueError(
+                f"deployment name {self.deployment!r} must be lowercase letters, digits and '-' (at most 53)"
+            )
         if self.score_encoding not in ("auto", "json", "arrow"):
             raise ValueError("score_encoding must be auto, json or arrow")
 
@@ -76,9 +86,10 @@ class WorkerConfig:
         return None if self.key_ttl_seconds is None else round(self.key_ttl_seconds * 1000)
 
 
-def transactional_id(pipeline: str, slot: int) -> str:
-    """The stable transactional id of a worker slot: a restarted actor fences the process it replaces."""
-    return f"rnnstream-{pipeline}-worker-{slot}"
+def transactional_id(config: WorkerConfig, slot: int) -> str:
+    """The stable transactional id of a worker slot of this deployment: a restarted actor fences the
+    process it replaces, and another release's workers (another deployment name) are never fenced."""
+    return f"{config.deployment}-{config.pipeline}-worker-{slot}"
 
 
 def committed_all(kafka: KafkaSettings, config: WorkerConfig) -> bool:

@@ -15,25 +15,11 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import fields
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rnnstream.cli.topics import add_kafka_args, settings_from_args
-from rnnstream.config_file import read_mapping_file
-
-SERVING_KEYS = (
-    "max_batch_events",
-    "batch_linger_ms",
-    "commit_interval_ms",
-    "max_in_flight",
-    "checkpoint_interval_events",
-    "checkpoint_interval_seconds",
-    "key_ttl_seconds",
-    "score_encoding",
-    "transactions",
-    "max_poll_records",
-)
+from rnnstream.cli.topics import add_kafka_args, check_reachable
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +30,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--checkpoint-uri", default=None, help="pyarrow.fs location (default <data dir>/checkpoints)"
     )
-    s.add_argument("--config", default=None, help="JSON/YAML file with a `serving:` (and `kafka:`) mapping")
+    s.add_argument(
+        "--config",
+        default=None,
+        help="the run-config file (serving:, kafka:, mlflow: sections; default $RNNSTREAM_CONFIG)",
+    )
+    s.add_argument(
+        "--deployment-name",
+        default=None,
+        help="release name carried by the consumer group and transactional ids, so two releases on one "
+        "Kafka never collide (default $RNNSTREAM_DEPLOYMENT_NAME, else rnnstream)",
+    )
     s.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or local)")
     s.add_argument("--no-transactions", action="store_true", help="at-least-once scores (no Kafka txns)")
     s.add_argument("--follow-alias", action="store_true", help="poll the model alias and hot-swap on change")
@@ -77,41 +73,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-def _read_config(path: str | None) -> dict[str, Any]:
-    from rnnstream.errors import UsageError
-
-    if not path:
-        return {}
-    return read_mapping_file(Path(path), f"--config {path}", "(with a `serving:` section)", UsageError)
-
-
-def _serving_overrides(pipeline: str, config: dict[str, Any]) -> dict[str, Any]:
-    """Serving defaults of the registered pipeline, then the config file's ``serving:`` section."""
-    from rnnstream.errors import UsageError
-    from rnnstream.workers.worker_config import WorkerConfig
-
-    out: dict[str, Any] = {}
-    try:
-        from rnnstream.pipelines.spec import get_pipeline
-
-        d = get_pipeline(pipeline).serving
-        out.update(
-            max_batch_events=d.max_batch_events,
-            batch_linger_ms=d.batch_linger_ms,
-            key_ttl_seconds=d.key_ttl_seconds,
-            checkpoint_interval_events=d.checkpoint_interval_events,
-            checkpoint_interval_seconds=d.checkpoint_interval_seconds,
-        )
-    except Exception:
-        pass  # an unregistered (e.g. test) pipeline: WorkerConfig defaults
-    known = {f.name for f in fields(WorkerConfig)}
-    for k, v in (config.get("serving") or {}).items():
-        if k not in known or k in ("pipeline", "schema", "kafka"):
-            raise UsageError(f"unknown serving setting {k!r} in --config (known: {', '.join(SERVING_KEYS)})")
-        out[k] = v
-    return out
-
-
 def _address_file(pipeline: str) -> Path:
     from rnnstream.data_dir import DataDir
 
@@ -143,7 +104,10 @@ def run_serve(args: argparse.Namespace) -> int:
     from rnnstream.cli.produce import resolve_schema
     from rnnstream.data_dir import DataDir
     from rnnstream.errors import UsageError
+    from rnnstream.run_config import load_run_config
+    from rnnstream.serving_config import effective_serving
     from rnnstream.workers.kafka_io import TopicAdmin
+    from rnnstream.workers.kafka_settings import KafkaSettings
     from rnnstream.workers.scoring_partition import feature_mismatch
     from rnnstream.workers.serving import (
         AliasProbe,
@@ -154,20 +118,31 @@ def run_serve(args: argparse.Namespace) -> int:
         status_line,
         stop_coordinator,
     )
-    from rnnstream.workers.worker_config import WorkerConfig
 
     if args.workers < 1:
         raise UsageError("--workers must be >= 1")
-    config_doc = _read_config(args.config)
-    settings = settings_from_args(args)
     schema = resolve_schema(args.pipeline)
-    overrides = _serving_overrides(args.pipeline, config_doc)
-    if args.no_transactions:
-        overrides["transactions"] = False
-    checkpoint_uri = args.checkpoint_uri or str(DataDir.default().checkpoints)
-    config = WorkerConfig(
-        pipeline=args.pipeline, schema=schema, kafka=settings, checkpoint_uri=checkpoint_uri, **overrides
+    run = load_run_config(args.config)
+    if args.kafka_config:  # a separate Kafka client file replaces the run config's kafka: section
+        run = replace(run, kafka=KafkaSettings.load(config_file=args.kafka_config))
+    effective = effective_serving(
+        args.pipeline,
+        schema,
+        run,
+        flags={
+            "checkpoint_uri": args.checkpoint_uri,
+            "deployment": args.deployment_name,
+            "transactions": False if args.no_transactions else None,
+            "bootstrap_servers": args.bootstrap_servers,
+        },
+        default_checkpoint_uri=str(DataDir.default().checkpoints),
     )
+    config = effective.worker
+    settings = config.kafka
+    check_reachable(settings)
+    checkpoint_uri = config.checkpoint_uri
+    if effective.tracking_uri:  # models:/ URIs resolve there, here and in every worker Ray starts
+        os.environ["MLFLOW_TRACKING_URI"] = effective.tracking_uri
     with TopicAdmin(settings, check=False) as admin:
         partitions = admin.partitions(config.events_topic)
         if partitions is None:

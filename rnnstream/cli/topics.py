@@ -19,6 +19,16 @@ def add_kafka_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def check_reachable(settings: KafkaSettings) -> None:
+    """One clear line (a UsageError) when no broker answers at ``settings``."""
+    from rnnstream.errors import UsageError
+
+    try:
+        settings.check_reachable()
+    except KafkaUnreachable as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def settings_from_args(args: argparse.Namespace) -> KafkaSettings:
     """KafkaSettings from flags, config file and environment; a clear error if no broker answers."""
     from rnnstream.errors import UsageError

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--pipeline", required=True, help="fraud, monitoring-metrics, monitoring-logs or video"
     )
     parser.add_argument(
-        "--data", type=Path, default=None, help="Parquet dataset (default: the local archive)"
+        "--data", default=None, help="Parquet dataset, local or s3://... (default: the local archive)"
     )
     parser.add_argument(
         "--generate", type=int, default=0, metavar="N", help="train on N events from the pipeline's generator"

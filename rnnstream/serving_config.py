@@ -1,0 +1,140 @@
+"""The effective serving settings of a pipeline, and where each value came from.
+
+One function, :func:`effective_serving`, builds the :class:`WorkerConfig` a ``serve`` job runs with, from
+(later wins) the pipeline's own defaults (:class:`ServingDefaults`), the run-config file (its ``serving:``,
+``kafka:`` and ``mlflow:`` sections), the environment (``RNNSTREAM_KAFKA_*``, ``RNNSTREAM_DEPLOYMENT_NAME``,
+``RNNSTREAM_CHECKPOINT_URI``, ``MLFLOW_TRACKING_URI``) and the command-line flags. Every setting has one name
+everywhere (file key, flag ``--name-with-dashes``, chart value, ``WorkerConfig`` field). The origin of each
+value is kept, so ``rnnstream config show`` can say, like ``git config --show-origin``, why a pod runs with
+what it runs with.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from rnnstream.rnn_core.event_schema import EventSchema
+from rnnstream.run_config import RunConfig
+from rnnstream.workers.kafka_settings import ENV_PREFIX, SECRET_FIELDS, KafkaSettings
+from rnnstream.workers.worker_config import DEFAULT_DEPLOYMENT, WorkerConfig
+
+SERVING_SETTINGS = (
+    "max_batch_events",
+    "batch_linger_ms",
+    "key_ttl_seconds",
+    "checkpoint_interval_events",
+    "checkpoint_interval_seconds",
+)
+DEPLOYMENT_ENV = "RNNSTREAM_DEPLOYMENT_NAME"
+CHECKPOINT_ENV = "RNNSTREAM_CHECKPOINT_URI"
+
+
+@dataclass(frozen=True)
+class EffectiveServing:
+    """The worker configuration, the MLflow URI, and the origin of every value (setting -> source)."""
+
+    worker: WorkerConfig
+    tracking_uri: str | None
+    origins: Mapping[str, str]
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(setting, value, origin) for display; secrets masked."""
+        out: list[tuple[str, str, str]] = []
+        values = {
+            f.name: getattr(self.worker, f.name) for f in fields(WorkerConfig) if f.name in self.origins
+        }
+        for name, value in values.items():
+            out.append((name, str(value), self.origins[name]))
+        for f in fields(KafkaSettings):
+            key = f"kafka.{f.name}"
+            if key in self.origins:
+                value = getattr(self.worker.kafka, f.name)
+                shown = "*****" if f.name in SECRET_FIELDS and value else str(value)
+                out.append((key, shown, self.origins[key]))
+        out.append(
+            ("mlflow.tracking_uri", str(self.tracking_uri), self.origins.get("mlflow.tracking_uri", "-"))
+        )
+        return out
+
+
+def effective_serving(
+    pipeline: str,
+    schema: EventSchema,
+    run: RunConfig,
+    *,
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    default_checkpoint_uri: str,
+) -> EffectiveServing:
+    """The settings ``serve --pipeline pipeline`` runs with (see the module doc for the precedence).
+
+    ``flags``: the command line's values by setting name (None: not given) among ``checkpoint_uri``,
+    ``deployment``, ``transactions``, ``bootstrap_servers``, ``tracking_uri`` and the serving settings.
+    """
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+
+    def put(name: str, value: Any, origin: str) -> None:
+        if value is not None:
+            values[name] = value
+            origins[name] = origin
+
+    defaults = _pipeline_defaults(pipeline)
+    base = WorkerConfig(pipeline=pipeline, schema=schema, kafka=KafkaSettings(), checkpoint_uri="")
+    for name in SERVING_SETTINGS:
+        put(name, getattr(base, name), "default")
+        if defaults is not None:
+            put(name, getattr(defaults, name), f"pipeline {pipeline} default")
+    put("deployment", DEFAULT_DEPLOYMENT, "default")
+    put("checkpoint_uri", default_checkpoint_uri, "default")
+    put("transactions", True, "default")
+    file = f"file {run.source}"
+    for name in SERVING_SETTINGS:
+        put(name, getattr(run.serving, name), file)
+    put("checkpoint_uri", run.serving.checkpoint_uri, file)
+    put("deployment", env.get(DEPLOYMENT_ENV), f"env {DEPLOYMENT_ENV}")
+    put("checkpoint_uri", env.get(CHECKPOINT_ENV), f"env {CHECKPOINT_ENV}")
+    for name, value in flags.items():
+        if name not in ("bootstrap_servers", "tracking_uri"):
+            put(name, value, f"flag --{name.replace('_', '-')}")
+    kafka = run.kafka
+    if "bootstrap_servers" in flags:
+        kafka = replace(kafka, bootstrap_servers=flags["bootstrap_servers"])
+    for f in fields(KafkaSettings):
+        if f.name == "extra":
+            continue
+        if f.name == "bootstrap_servers" and "bootstrap_servers" in flags:
+            origins["kafka.bootstrap_servers"] = "flag --bootstrap-servers"
+        elif ENV_PREFIX + f.name.upper() in env:
+            origins[f"kafka.{f.name}"] = f"env {ENV_PREFIX}{f.name.upper()}"
+        elif getattr(kafka, f.name) != getattr(KafkaSettings(), f.name):
+            origins[f"kafka.{f.name}"] = file
+        elif f.name == "bootstrap_servers":
+            origins[f"kafka.{f.name}"] = "default"
+    tracking = flags.get("tracking_uri") or env.get("MLFLOW_TRACKING_URI") or run.mlflow.tracking_uri
+    if flags.get("tracking_uri"):
+        origins["mlflow.tracking_uri"] = "flag --tracking-uri"
+    elif env.get("MLFLOW_TRACKING_URI"):
+        origins["mlflow.tracking_uri"] = "env MLFLOW_TRACKING_URI"
+    elif run.mlflow.tracking_uri:
+        origins["mlflow.tracking_uri"] = file
+    else:
+        origins["mlflow.tracking_uri"] = "default (local store)"
+    worker = WorkerConfig(pipeline=pipeline, schema=schema, kafka=kafka, **values)
+    return EffectiveServing(worker, tracking, origins)
+
+
+def _pipeline_defaults(pipeline: str) -> Any:
+    """The registered pipeline's :class:`ServingDefaults`, or None for a pipeline of one's own schema."""
+    from rnnstream.pipelines.spec import get_pipeline
+    from rnnstream.rnn_core.config import ConfigError
+
+    try:
+        return get_pipeline(pipeline).serving
+    except ConfigError:
+        return None
