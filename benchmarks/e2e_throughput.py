@@ -161,7 +161,7 @@ def run_workers(settings, schema, handle, ckpt: Path, workers: int = 2, **kw):
     from rnnstream.workers.worker_config import WorkerConfig
 
     settings_kw = {
-        "max_batch": 8192,
+        "max_batch_events": 8192,
         "max_poll_records": 8192,
         "batch_linger_ms": 5,
         "commit_interval_ms": 250,

@@ -66,16 +66,21 @@ class ScoreEmitter:
         """Send the champion's scores of a processed batch (and the challenger's into the shadow topic when
         ``shadow``); returns the rejects of scores too large to write and the rows sent."""
         d = scored.decoded
-        sel = scored.rows[scored.emit]
         times = d.batch.column(1).cast(pa.int64()).to_numpy()
-        rows = ScoreRows(
-            d.batch.column(0).take(pa.array(sel)),
-            times[sel],
-            scored.outputs[scored.emit],
-            d.offset[sel],
-            d.event_index[sel],
-            d.timestamp_ms[sel],
-        )
+        if scored.rows.size == d.num_valid and scored.emit.all():  # the common case: every row, in order
+            rows = ScoreRows(
+                d.batch.column(0), times, scored.outputs, d.offset, d.event_index, d.timestamp_ms
+            )
+        else:
+            sel = scored.rows[scored.emit]
+            rows = ScoreRows(
+                d.batch.column(0).take(pa.array(sel)),
+                times[sel],
+                scored.outputs[scored.emit],
+                d.offset[sel],
+                d.event_index[sel],
+                d.timestamp_ms[sel],
+            )
         arrow = self._arrow_out(messages)
         champ = part.champion
         rejects = self.emit(self.scores_topic, part.partition, rows, champ.output_names, champ.version, arrow)
