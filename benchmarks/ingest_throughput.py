@@ -27,7 +27,7 @@ import uuid
 
 from kafka import KafkaConsumer, TopicPartition
 
-from rnnstream.cli.produce import sample_events, sample_schema
+from rnnstream.pipelines.sample_stream import sample_events, sample_schema
 from rnnstream.workers.embedded_broker import EmbeddedBroker, free_port
 from rnnstream.workers.event_codec import EventDecoder
 from rnnstream.workers.event_producer import EventProducer

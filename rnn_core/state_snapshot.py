@@ -61,7 +61,7 @@ def read_snapshot_table(
             "restore it with the model it was written with"
         )
     states = table.column("state").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    rows = states.reshape(table.num_rows, -1)
+    rows = states.reshape(table.num_rows, int(np.prod(state_shape)))  # also a snapshot of no keys
     times = table.column("last_time").to_numpy().astype(np.int64)
     return table.column("key"), rows, times, watermark, meta
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rnnstream.jobs.backfill import DEFAULT_BATCH_EVENTS, DEFAULT_WINDOW_EVENTS
+from rnnstream.jobs.backfill_defaults import DEFAULT_BATCH_EVENTS, DEFAULT_WINDOW_EVENTS
 
 MODELS_URI_SCHEME = "models:/"
 

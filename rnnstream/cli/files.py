@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rnnstream.errors import UsageError
-from rnnstream.files.reader import DEFAULT_CHUNK_ROWS, TIME_FORMATS, FileColumns
+from rnnstream.files.columns import DEFAULT_CHUNK_ROWS, TIME_FORMATS, FileColumns
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

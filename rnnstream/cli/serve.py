@@ -101,9 +101,9 @@ def _connect(pipeline: str, address: str | None) -> Any:
 def run_serve(args: argparse.Namespace) -> int:
     import ray
 
-    from rnnstream.cli.produce import resolve_schema
     from rnnstream.data_dir import DataDir
     from rnnstream.errors import UsageError
+    from rnnstream.pipelines.sample_stream import resolve_schema
     from rnnstream.run_config import load_run_config
     from rnnstream.serving_config import effective_serving
     from rnnstream.workers.kafka_io import TopicAdmin

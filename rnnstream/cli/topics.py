@@ -29,15 +29,23 @@ def check_reachable(settings: KafkaSettings) -> None:
         raise UsageError(str(exc)) from exc
 
 
-def settings_from_args(args: argparse.Namespace) -> KafkaSettings:
-    """KafkaSettings from flags, config file and environment; a clear error if no broker answers."""
+def settings_from_args(args: argparse.Namespace, run_kafka: KafkaSettings | None = None) -> KafkaSettings:
+    """KafkaSettings from flags, config file and environment; a clear error if no broker answers.
+
+    ``run_kafka`` is the run config's ``kafka:`` section (already layered with ``RNNSTREAM_KAFKA_*``): the
+    base when given, unless ``--kafka-config`` names a client file of its own; ``--bootstrap-servers`` wins.
+    """
+    from dataclasses import replace
+
     from rnnstream.errors import UsageError
 
+    kafka_config = getattr(args, "kafka_config", None)
+    bootstrap = getattr(args, "bootstrap_servers", None)
     try:
-        settings = KafkaSettings.load(
-            config_file=getattr(args, "kafka_config", None),
-            bootstrap_servers=getattr(args, "bootstrap_servers", None),
-        )
+        if run_kafka is not None and not kafka_config:
+            settings = replace(run_kafka, bootstrap_servers=bootstrap) if bootstrap else run_kafka
+        else:
+            settings = KafkaSettings.load(config_file=kafka_config, bootstrap_servers=bootstrap)
         settings.check_reachable()
     except KafkaUnreachable as exc:
         raise UsageError(str(exc)) from exc

@@ -97,14 +97,38 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require_gpus(workers: int) -> None:
-    """On a local Ray (no RAY_ADDRESS), fail early when there are fewer GPUs than workers."""
-    import os
+GPU_WAIT_ENV = "RNNSTREAM_GPU_WAIT_S"
 
+
+def _require_gpus(workers: int) -> None:
+    """Fail early, in one line, when ``--use-gpu`` cannot get a GPU.
+
+    Locally (no RAY_ADDRESS): fewer CUDA devices than workers is an error at once. On a cluster a GPU node
+    may still be coming (the autoscaler adds one for the pending workers), so the cluster is given
+    ``$RNNSTREAM_GPU_WAIT_S`` seconds (default 600) to show one GPU before the job gives up.
+    """
+    import os
+    import time
+
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        import ray
+
+        from rnnstream.workers.serving import init_ray
+
+        wait_s = float(os.environ.get(GPU_WAIT_ENV, "600"))
+        init_ray(address=address)
+        deadline = time.monotonic() + wait_s
+        while ray.cluster_resources().get("GPU", 0) < 1:
+            if time.monotonic() >= deadline:
+                raise UsageError(
+                    f"--use-gpu needs a GPU and the Ray cluster at {address} showed none in {wait_s:.0f} s "
+                    f"(${GPU_WAIT_ENV}): add a GPU worker group or drop --use-gpu"
+                )
+            time.sleep(5)  # polling the cluster's resources while an autoscaler may add a GPU node
+        return
     import torch
 
-    if os.environ.get("RAY_ADDRESS"):
-        return  # a cluster: Ray places the GPU workers
     have = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if have == 0:
         raise UsageError("--use-gpu needs a CUDA GPU and this machine has none: drop --use-gpu")

@@ -32,9 +32,8 @@ import torch
 from tqdm import tqdm
 
 from rnnstream.errors import UsageError
+from rnnstream.files.columns import DEFAULT_CHUNK_ROWS, FileColumns
 from rnnstream.files.reader import (
-    DEFAULT_CHUNK_ROWS,
-    FileColumns,
     RawChunk,
     iter_chunks,
     require_columns,

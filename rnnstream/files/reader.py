@@ -25,59 +25,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from rnnstream.errors import UsageError
-from rnnstream.rnn_core.event_schema import KEY_COLUMN, LABEL_COLUMN, TIME_COLUMN
+from rnnstream.files.columns import DEFAULT_CHUNK_ROWS, TIME_FORMATS
 
-TIME_FORMATS: tuple[str, ...] = ("auto", "iso", "epoch_s", "epoch_ms", "step")
 STEP_MS = 1000  # one step number = one second of event time
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".tsv")
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
-DEFAULT_CHUNK_ROWS = 65_536
 _EPOCH_MS_MIN = 1e11  # 1973-03-03 in ms; as seconds it would be year 5138
 _EPOCH_S_MIN = 1e8  # 1973-03-03 in seconds
-
-
-@dataclass(frozen=True)
-class FileColumns:
-    """Which columns of the user's file play which part; ``values`` and ``token`` are the model's inputs."""
-
-    key: str
-    time: str
-    values: tuple[str, ...] = ()
-    token: str | None = None
-    label: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.values and self.token is None:
-            raise UsageError("name the input columns: --value-columns a,b,... and/or --token-column c")
-        roles = [self.key, self.time, *self.values, *([self.token] if self.token else [])]
-        roles += [self.label] if self.label else []
-        dup = sorted({c for c in roles if roles.count(c) > 1})
-        if dup:
-            raise UsageError(f"column(s) {dup} are named for two roles; each column plays one part")
-        reserved = sorted({KEY_COLUMN, TIME_COLUMN, LABEL_COLUMN} & {*self.values, self.token})
-        if reserved:
-            raise UsageError(
-                f"value/token column(s) {reserved} use a reserved name (key, time, label); "
-                "rename them in the file"
-            )
-
-    @property
-    def used(self) -> tuple[str, ...]:
-        """Every column read from the file, in a fixed order."""
-        cols = [self.key, self.time, *self.values]
-        if self.token:
-            cols.append(self.token)
-        if self.label:
-            cols.append(self.label)
-        return tuple(cols)
-
-    def to_dict(self) -> dict:
-        return {"key": self.key, "time": self.time, "values": list(self.values), "token": self.token,
-                "label": self.label}  # fmt: skip
-
-    @classmethod
-    def from_dict(cls, d: dict) -> FileColumns:
-        return cls(d["key"], d["time"], tuple(d.get("values") or ()), d.get("token"), d.get("label"))
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rnnstream.errors import UsageError
+from rnnstream.files.columns import FileColumns
 from rnnstream.files.reader import (
-    FileColumns,
     RawChunk,
     key_values,
     numeric_values,

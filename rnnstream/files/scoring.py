@@ -30,8 +30,8 @@ import torch
 from tqdm import tqdm
 
 from rnnstream.errors import UsageError
+from rnnstream.files.columns import DEFAULT_CHUNK_ROWS
 from rnnstream.files.reader import (
-    DEFAULT_CHUNK_ROWS,
     RawChunk,
     column_names,
     file_format,

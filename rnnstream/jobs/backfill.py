@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from rnnstream.errors import UsageError
+from rnnstream.jobs.backfill_defaults import DEFAULT_BATCH_EVENTS, DEFAULT_WINDOW_EVENTS
 from rnnstream.jobs.backfill_source import (
     EventSource,
     TimeRange,
@@ -49,8 +50,6 @@ from rnnstream.rnn_core.model import StreamingModel
 from rnnstream.rnn_core.state_store import KeyedStateStore
 from rnnstream.rnn_core.stream_scorer import StreamScorer
 
-DEFAULT_BATCH_EVENTS = 4096  # events per StreamScorer.score call: a serving-sized micro-batch
-DEFAULT_WINDOW_EVENTS = 1_000_000  # consecutive days are read together up to this many events
 MODEL_VERSION_COLUMN = "model_version"
 
 

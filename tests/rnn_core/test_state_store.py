@@ -160,6 +160,16 @@ def test_snapshot_restores_into_a_store_holding_other_keys(tmp_path) -> None:
     assert dst.last_times(["a", "c", "z"]).tolist() == [10, 30, 2]
 
 
+def test_snapshot_of_no_keys_restores(tmp_path) -> None:
+    """A partition that has seen no key yet still checkpoints, and that checkpoint restores."""
+    path = str(tmp_path / "empty.arrow")
+    assert KeyedStateStore(SHAPE).snapshot(None, path, metadata={"offset": "0"}) == 0
+    dst = KeyedStateStore(SHAPE)
+    dst.scatter(["kept"], states_for(1), np.array([5]))
+    assert dst.restore(path) == {"offset": "0"}
+    assert dst.keys() == ["kept"]
+
+
 def test_snapshot_file_layout(tmp_path) -> None:
     store = KeyedStateStore(SHAPE, hash_seed=0)
     store.scatter(["a"], states_for(1), np.array([5]))
@@ -183,7 +193,8 @@ def test_snapshot_through_other_filesystems(tmp_path) -> None:
     assert fresh.restore("nested/dir/s.arrow", filesystem=subtree) == {"k": "v"}
     assert torch.equal(fresh.gather(["a", "b"]), states_for(2))
 
-    fsspec = pytest.importorskip("fsspec")
+    import fsspec
+
     memory = pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem("memory")))  # an object-store stand-in
     store.snapshot(["b"], "bucket/p1/s.arrow", filesystem=memory)
     other = KeyedStateStore(SHAPE)

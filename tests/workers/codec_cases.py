@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from rnnstream.cli.produce import sample_events, sample_schema
+from rnnstream.pipelines.sample_stream import sample_events, sample_schema
 from rnnstream.rnn_core.event_schema import EventSchema
 from rnnstream.workers.event_codec import ARROW, JSON, encode_arrow, message_headers
 

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pytest
 
 from rnnstream.cli.main import main
-from rnnstream.cli.produce import sample_events, sample_schema
+from rnnstream.pipelines.sample_stream import sample_events, sample_schema
 from rnnstream.workers.archive_sink import ArchiveSink, archive_dataset, read_archive
 from rnnstream.workers.event_codec import message_headers
 from rnnstream.workers.event_producer import EventProducer

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from rnnstream.cli.produce import sample_events, sample_schema
+from rnnstream.pipelines.sample_stream import sample_events, sample_schema
 from rnnstream.workers.event_codec import (
     ARROW,
     JSON,

@@ -12,7 +12,7 @@ import pytest
 from kafka import KafkaProducer
 
 from rnnstream.cli.main import main
-from rnnstream.cli.produce import sample_events, sample_schema
+from rnnstream.pipelines.sample_stream import sample_events, sample_schema
 from rnnstream.rnn_core.event_schema import EventSchema
 from rnnstream.workers.dead_letter import DeadLetterWriter, read_dead_letters
 from rnnstream.workers.event_codec import JSON, DecodedBatch, decode, message_headers
@@ -218,11 +218,11 @@ def test_produce_cli_json_and_arrow(settings: KafkaSettings) -> None:
 
 
 def test_registered_pipeline_round_trip(settings: KafkaSettings) -> None:
-    """A registered pipeline's generator and schema, when the pipelines module provides them."""
-    spec = pytest.importorskip("rnnstream.pipelines.spec")
-    from rnnstream.cli.produce import generate_events, resolve_schema
+    """A registered pipeline's generator and schema round-trip through JSON and Arrow."""
+    from rnnstream.pipelines.sample_stream import generate_events, resolve_schema
+    from rnnstream.pipelines.spec import PIPELINE_NAMES
 
-    name = spec.PIPELINE_NAMES[0]
+    name = PIPELINE_NAMES[0]
     schema = resolve_schema(name)
     table = generate_events(name, 300, 10)
     topic = unique("reg")

@@ -81,7 +81,7 @@ def test_serve_refuses_a_model_for_other_events_in_one_line(kafka_bootstrap, tmp
     """`rnnstream serve` with a model that reads a column the pipeline's events lack ends at start with one
     line naming the column, before any worker starts (measured before: 60 silent resets in 45 s, exit 0)."""
     from rnnstream.cli.main import main
-    from rnnstream.cli.produce import resolve_schema
+    from rnnstream.pipelines.sample_stream import resolve_schema
     from rnnstream.rnn_core.serialization import save_model
     from rnnstream.workers.kafka_settings import KafkaSettings
     from tests.workers.worker_harness import create_topics, new_pipeline

@@ -56,7 +56,7 @@ def test_cli_serve_scale_status(kafka_bootstrap, ray_local, tmp_path, monkeypatc
     import torch
 
     from rnnstream.cli.main import main
-    from rnnstream.cli.produce import resolve_schema, sample_events
+    from rnnstream.pipelines.sample_stream import resolve_schema, sample_events
     from rnnstream.rnn_core.config import ModelConfig
     from rnnstream.rnn_core.model import StreamingModel
     from rnnstream.rnn_core.serialization import save_model

@@ -91,7 +91,7 @@ def test_hot_swap_exactly_once_with_warm_states(kafka_settings, ray_local, tmp_p
     )
     verdict_b = verify(events_log, scores, ref_b, states_b, version_filter=handle_b.version)
     print(verdict_b.line)
-    assert verdict_b.max_abs_error <= 1e-5 and verdict_b.max_state_error <= 1e-5, verdict_b.line
+    assert verdict_b.max_score_error <= 1e-5 and verdict_b.max_state_error <= 1e-5, verdict_b.line
     # the version changes at exactly one offset per partition: the recorded switch offset
     by_partition: dict[int, list[tuple[int, str]]] = defaultdict(list)
     for (p, off, _), v in zip(scores.positions, scores.versions, strict=True):

@@ -123,7 +123,7 @@ def test_promote_hot_swaps_through_the_registry_alias(kafka_settings, registry_r
     ref_2 = offline_reference(events_log, model_b, start_offsets=swap["warm_from_offsets"])
     verdict_2 = verify(events_log, scores, ref_2, version_filter=version_2)
     print(verdict_2.line)
-    assert verdict_2.max_abs_error <= 1e-5, verdict_2.line
+    assert verdict_2.max_score_error <= 1e-5, verdict_2.line
     # the version changes at exactly one offset per partition, from v1's to v2's, at the recorded switch
     by_partition: dict[int, list[tuple[int, str]]] = defaultdict(list)
     for (p, off, _), v in zip(scores.positions, scores.versions, strict=True):
