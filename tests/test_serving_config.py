@@ -47,3 +47,36 @@ def test_the_chart_config_builds_the_worker_config_with_origins():
         "kafka.bootstrap_servers",
         "mlflow.tracking_uri",
     }
+
+
+def test_config_show_prints_every_setting_with_its_origin_and_masks_secrets(monkeypatch, capsys):
+    import json
+
+    from rnnstream.cli.main import main
+
+    for name in ("MLFLOW_TRACKING_URI", "RNNSTREAM_CHECKPOINT_URI", "RNNSTREAM_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RNNSTREAM_DEPLOYMENT_NAME", "blue")
+    monkeypatch.setenv("RNNSTREAM_KAFKA_SASL_PLAIN_PASSWORD", "hunter2")
+    argv = ["config", "show", "--config", str(CHART_CONFIG), "--checkpoint-uri", "s3://other/ckpt", "--json"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out
+    rows = {r["setting"]: (r["value"], r["origin"]) for r in json.loads(out)}
+    assert rows["checkpoint_uri"] == ("s3://other/ckpt", "flag --checkpoint-uri")
+    assert rows["deployment"] == ("blue", "env RNNSTREAM_DEPLOYMENT_NAME")
+    assert rows["batch_linger_ms"] == ("20", f"file {CHART_CONFIG}")
+    assert rows["kafka.sasl_plain_password"] == ("*****", "env RNNSTREAM_KAFKA_SASL_PLAIN_PASSWORD")
+    assert rows["mlflow.tracking_uri"] == ("http://rs-rnnstream-mlflow:5000", f"file {CHART_CONFIG}")
+    assert rows["group_id"][0] == "blue-fraud-scoring"
+    assert rows["transactions"] == ("True", "default")
+
+
+def test_config_show_names_the_pipelines_when_it_cannot_choose(tmp_path, capsys):
+    from rnnstream.cli.main import main
+
+    two = tmp_path / "two.yaml"
+    two.write_text("pipelines:\n  fraud: {partitions: 4, workers: 1}\n  video: {partitions: 4, workers: 1}\n")
+    assert main(["config", "show", "--config", str(two)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"rnnstream config: error: pass --pipeline (the config {two} lists: fraud, video)"]

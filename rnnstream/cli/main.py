@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "produce",
     "archive",
     "serve",
+    "config_show",
     "train",
     "models",
     "mlflow_ui",

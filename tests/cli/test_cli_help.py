@@ -25,7 +25,9 @@ print(json.dumps({"commands": commands, "loaded": sorted({m.split(".")[0] for m 
 
 
 def test_help_of_every_command_loads_no_heavy_library() -> None:
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, check=True
+    )
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert {"serve", "train", "fit-file", "backfill", "archive"} <= set(report["commands"])
     loaded = [m for m in HEAVY if m in report["loaded"]]
