@@ -7,6 +7,7 @@ what is owned now (a released partition's lag series is dropped from the worker'
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import ItemsView, Iterator, ValuesView
 
@@ -14,6 +15,8 @@ from rnnstream.workers.partition_checkpoint import PartitionCheckpoints
 from rnnstream.workers.scoring_partition import LoadedModel, ScoringPartition
 from rnnstream.workers.worker_clients import WorkerClients
 from rnnstream.workers.worker_metrics import WorkerMetrics
+
+_log = logging.getLogger(__name__)
 
 
 class OwnedPartitions:
@@ -68,10 +71,18 @@ class OwnedPartitions:
     ) -> None:
         """Restore ``p`` from its newest checkpoint for the champion's version (seek with :meth:`apply`)."""
         log_start, committed = clients.positions(p)
-        part, info = ScoringPartition.open(
+        part, restored = ScoringPartition.open(
             p, champion, self.key_ttl_ms, self.checkpoints, log_start, committed
         )
-        if info is not None:
+        for skipped, why in restored.skipped:
+            _log.warning(
+                "partition %d: checkpoint %s is unreadable (%s); using the one before it",
+                p,
+                skipped.path,
+                why,
+            )
+            self.metrics.count("checkpoint_fallbacks")
+        if restored.info is not None:
             self.metrics.count("restores")
         if challenger is not None:
             part.attach_challenger(challenger)

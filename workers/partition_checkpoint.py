@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, unquote
 
 import pyarrow.fs as pafs
@@ -41,6 +43,20 @@ class CheckpointInfo:
     next_offset: int
     model_version: str
     path: str
+
+
+class CheckpointsUnreadable(RuntimeError):
+    """A partition has checkpoints, none readable, and the log no longer holds every event to rebuild from."""
+
+
+@dataclass(frozen=True)
+class RestoredCheckpoint:
+    """What :meth:`PartitionCheckpoints.restore_newest` did: the store it filled, the checkpoint it came from
+    (None: none was readable or there was none), and each newer checkpoint skipped with the reason."""
+
+    store: Any
+    info: CheckpointInfo | None
+    skipped: tuple[tuple[CheckpointInfo, str], ...] = ()
 
 
 class PartitionCheckpoints:
@@ -102,6 +118,26 @@ class PartitionCheckpoints:
         if meta.get(META_MODEL_VERSION, info.model_version) != info.model_version:
             raise ValueError(f"checkpoint {info.path} holds states of model {meta.get(META_MODEL_VERSION)}")
         return meta
+
+    def restore_newest(
+        self, partition: int, model_version: str, new_store: Callable[[], Any]
+    ) -> RestoredCheckpoint:
+        """The newest *readable* checkpoint of ``partition`` for ``model_version``, restored into a fresh
+        ``new_store()``; an unreadable one (truncated upload, another schema, a foreign file) is skipped for
+        the one before it (``keep`` >= 2 keeps one), and reported, never silently."""
+        cands = [c for c in self.list(partition) if c.model_version == model_version]
+        skipped: list[tuple[CheckpointInfo, str]] = []
+        for info in reversed(cands):
+            store = new_store()
+            try:
+                self.restore(info, store)
+            except (OSError, ValueError, KeyError, TypeError) as exc:  # Arrow errors are OSError/ValueError
+                skipped.append(
+                    (info, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                )
+                continue
+            return RestoredCheckpoint(store, info, tuple(skipped))
+        return RestoredCheckpoint(new_store(), None, tuple(skipped))
 
     def prune(self, partition: int, model_version: str) -> int:
         """Delete all but the newest ``keep`` checkpoints of this partition and version; returns how many."""

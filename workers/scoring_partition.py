@@ -38,7 +38,12 @@ from rnnstream.workers.event_codec import (
     Reject,
     header_value,
 )
-from rnnstream.workers.partition_checkpoint import CheckpointInfo, PartitionCheckpoints
+from rnnstream.workers.partition_checkpoint import (
+    CheckpointInfo,
+    CheckpointsUnreadable,
+    PartitionCheckpoints,
+    RestoredCheckpoint,
+)
 from rnnstream.workers.partition_offsets import PartitionOffsets
 from rnnstream.workers.worker_config import ModelHandle
 
@@ -138,16 +143,28 @@ class ScoringPartition:
         checkpoints: PartitionCheckpoints,
         log_start: int,
         group_committed: int | None,
-    ) -> tuple[ScoringPartition, CheckpointInfo | None]:
-        """Restore the newest readable checkpoint of the champion's version (or start empty at
-        ``log_start``); returns the partition and the checkpoint it came from."""
-        store = KeyedStateStore(tuple(champion.model.state_shape), capacity=1024)
-        info = checkpoints.latest(partition, champion.version)
-        if info is not None:
-            checkpoints.restore(info, store)
+    ) -> tuple[ScoringPartition, RestoredCheckpoint]:
+        """Restore the newest readable checkpoint of the champion's version (older ones when the newest is
+        unreadable), or start empty at ``log_start``; returns the partition and what was restored.
+
+        When checkpoints exist but none is readable, starting empty is exact only if the log still holds
+        every event (``log_start`` 0); otherwise :class:`CheckpointsUnreadable`, never a silent zero state.
+        """
+        shape = tuple(champion.model.state_shape)
+        restored = checkpoints.restore_newest(
+            partition, champion.version, lambda: KeyedStateStore(shape, capacity=1024)
+        )
+        info = restored.info
+        if info is None and restored.skipped and log_start > 0:
+            reasons = "; ".join(f"{c.path}: {why}" for c, why in restored.skipped)
+            raise CheckpointsUnreadable(
+                f"partition {partition}: no checkpoint of {champion.version} is readable ({reasons}) and "
+                f"the log starts at offset {log_start}, the states cannot be rebuilt; restore a checkpoint "
+                "file, or clear the checkpoints and the group's offsets to start over"
+            )
         start = info.next_offset if info is not None else log_start
         offsets = PartitionOffsets.restored(partition, start, group_committed)
-        return cls(partition, champion, offsets, key_ttl_ms, store), info
+        return cls(partition, champion, offsets, key_ttl_ms, restored.store), restored
 
     @property
     def store(self) -> KeyedStateStore:

@@ -221,6 +221,7 @@ def status_table(status: dict[str, Any]) -> str:
         ("p99 ms", "latency_append_p99_ms", "{:.1f}"),
         ("ckpt ms", "last_checkpoint_ms", "{:.1f}"),
         ("restores", "restores", "{}"),
+        ("ckpt fallbacks", "checkpoint_fallbacks", "{}"),
         ("evicted", "evicted", "{}"),
         ("restarts", "restarts", "{}"),
         ("errors", "kafka_errors", "{}"),

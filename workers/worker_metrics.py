@@ -43,6 +43,9 @@ class _RayMetrics:
             "replayed": counter("replayed_total", "events replayed into state without emitting a score"),
             "evicted": counter("evicted_keys_total", "keys evicted by event-time TTL"),
             "restores": counter("restores_total", "partition checkpoints restored"),
+            "checkpoint_fallbacks": counter(
+                "checkpoint_fallbacks_total", "unreadable newest checkpoints skipped for an older one"
+            ),
             "checkpoints": counter("checkpoints_total", "partition checkpoints written"),
             "kafka_errors": counter(
                 "kafka_errors_total", "Kafka errors that reset the worker to its checkpoints"
@@ -81,6 +84,7 @@ class WorkerMetrics:
         "replayed",
         "evicted",
         "restores",
+        "checkpoint_fallbacks",
         "checkpoints",
         "kafka_errors",
         "pauses",
