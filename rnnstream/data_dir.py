@@ -31,7 +31,7 @@ class DataDir:
 
     @property
     def checkpoints(self) -> Path:
-        """Partition checkpoints: ``checkpoints/<pipeline>/partition=<n>/...``."""
+        """Partition checkpoints: ``checkpoints/<deployment>/<pipeline>/partition=<n>/...``."""
         return self.root / "checkpoints"
 
     @property

@@ -7,7 +7,10 @@ so a reader sees a whole checkpoint or none), on any ``pyarrow.fs`` filesystem.
 
 Layout under the checkpoint root::
 
-    <root>/<pipeline>/partition=<p>/ckpt-<next_offset:020d>-v<quoted model version>.arrow
+    <root>/<deployment>/<pipeline>/partition=<p>/ckpt-<next_offset:020d>-v<quoted model version>.arrow
+
+The deployment (release) name is in the path for the reason it is in the consumer group and transactional
+ids: two releases given the same checkpoint root never read or prune each other's states.
 
 The offset and version are in the file name so that finding the newest checkpoint is a directory listing,
 not a read of every file. The older ones are pruned (``keep`` per version), never the newest.
@@ -26,6 +29,7 @@ from urllib.parse import quote, unquote
 import pyarrow.fs as pafs
 
 from rnnstream.rnn_core.storage import resolve_filesystem
+from rnnstream.workers.worker_config import DEFAULT_DEPLOYMENT
 
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d{20})-v(.*)\.arrow$")
 META_NEXT_OFFSET = "rnnstream.next_offset"
@@ -62,12 +66,12 @@ class RestoredCheckpoint:
 class PartitionCheckpoints:
     """The checkpoints of one pipeline's partitions under one location (a local folder by default)."""
 
-    def __init__(self, uri: str, pipeline: str, keep: int = 2) -> None:
+    def __init__(self, uri: str, pipeline: str, keep: int = 2, deployment: str = DEFAULT_DEPLOYMENT) -> None:
         self.uri = uri
         self.pipeline = pipeline
         self.keep = max(1, int(keep))
         self.filesystem, root = resolve_filesystem(uri)
-        self.root = f"{root.rstrip('/')}/{pipeline}"
+        self.root = f"{root.rstrip('/')}/{deployment}/{pipeline}"
 
     def partition_dir(self, partition: int) -> str:
         return f"{self.root}/partition={int(partition)}"

@@ -30,6 +30,7 @@ from rnnstream.rnn_core.event_schema import EventSchema
 from rnnstream.rnn_core.features import features_from_arrow
 from rnnstream.workers.event_codec import ARROW, ENCODING_HEADER, decode, header_value
 from rnnstream.workers.kafka_settings import KafkaSettings
+from rnnstream.workers.worker_config import DEFAULT_DEPLOYMENT
 
 
 def read_topic(
@@ -365,13 +366,18 @@ def verify(
 
 
 def checkpoint_states(
-    checkpoint_uri: str, pipeline: str, partitions: list[int], model: Any, version: str
+    checkpoint_uri: str,
+    pipeline: str,
+    partitions: list[int],
+    model: Any,
+    version: str,
+    deployment: str = DEFAULT_DEPLOYMENT,
 ) -> dict[str, np.ndarray]:
     """The states of every key in the newest checkpoint of each partition (for ``version``)."""
     from rnnstream.rnn_core.state_store import KeyedStateStore
     from rnnstream.workers.partition_checkpoint import PartitionCheckpoints
 
-    ckpts = PartitionCheckpoints(checkpoint_uri, pipeline)
+    ckpts = PartitionCheckpoints(checkpoint_uri, pipeline, deployment=deployment)
     out: dict[str, np.ndarray] = {}
     for p in partitions:
         info = ckpts.latest(p, version)

@@ -79,7 +79,9 @@ class ScoringWorker:
         self.name = f"worker-{slot}"
         self._load_model = model_loader or load_model
         self.metrics = WorkerMetrics(config.pipeline, self.name, export=export_metrics)
-        self.checkpoints = PartitionCheckpoints(config.checkpoint_uri, config.pipeline)
+        self.checkpoints = PartitionCheckpoints(
+            config.checkpoint_uri, config.pipeline, deployment=config.deployment
+        )
         self.decoder = EventDecoder(config.schema)
         self.champion: LoadedModel | None = None
         self.challenger: LoadedModel | None = None

@@ -330,7 +330,10 @@ def check_serve(dep: Deployment, job: RenderedJob) -> None:
     (version,) = set(scores.versions)  # one model version served (the champion's, e.g. rnnstream-fraud/1)
     assert version.endswith(f"/{loaded.version}"), version
     partitions = list(range(dep.partitions(job.pipeline)))
-    states = checkpoint_states(job.flag("--checkpoint-uri"), job.pipeline, partitions, loaded.model, version)
+    states = checkpoint_states(
+        job.flag("--checkpoint-uri"), job.pipeline, partitions, loaded.model, version,
+        deployment=job.flag("--deployment-name"),
+    )  # fmt: skip
     verdict = verify(events, scores, reference, states, mode="exactly_once")
     print(job.name, verdict.line)
     assert verdict.ok and verdict.scored == EVENTS and verdict.expected == EVENTS, verdict.line

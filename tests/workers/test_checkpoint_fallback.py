@@ -84,3 +84,16 @@ def test_no_readable_checkpoint_is_an_error_unless_the_log_holds_everything(s3, 
     part, restored = ScoringPartition.open(0, champion, None, ckpts, log_start=0, group_committed=100)
     assert restored.info is None and len(restored.skipped) == 1
     assert part.offsets.next_offset == 0 and len(part.store) == 0  # the whole log replays into fresh states
+
+
+def test_two_deployments_with_one_checkpoint_root_keep_their_own_states(s3, champion) -> None:
+    """Two releases given the same checkpoint URI (the chart's default) never read or prune each other's."""
+    blue = PartitionCheckpoints(URI, "shared", keep=1, deployment="blue")
+    green = PartitionCheckpoints(URI, "shared", keep=1, deployment="green")
+    blue.write(0, _store_at(champion, 1.0, ["a"]), 10, champion.version)
+    green.write(0, _store_at(champion, 2.0, ["a"]), 20, champion.version)
+    blue.write(0, _store_at(champion, 3.0, ["a"]), 30, champion.version)  # prunes blue's older one only
+    assert [c.next_offset for c in blue.list(0)] == [30]
+    assert [c.next_offset for c in green.list(0)] == [20]
+    _, restored = ScoringPartition.open(0, champion, None, green, log_start=0, group_committed=None)
+    assert restored.info is not None and restored.info.next_offset == 20

@@ -183,7 +183,12 @@ def run_verifier(
     scores = read_scores(settings, config.scores_topic)
     reference = offline_reference(events, model, key_ttl_ms=config.key_ttl_ms)
     states = checkpoint_states(
-        config.checkpoint_uri, config.pipeline, list(range(partitions)), model, handle.version
+        config.checkpoint_uri,
+        config.pipeline,
+        list(range(partitions)),
+        model,
+        handle.version,
+        deployment=config.deployment,
     )
     verdict = verify(events, scores, reference, states, mode=mode)
     print(verdict.line)
