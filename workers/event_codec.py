@@ -59,6 +59,7 @@ from rnnstream.workers.event_wire import (
     encode_arrow,
     event_to_json,
     header_value,
+    message_encoding,
     message_headers,
     message_timestamps,
     table_to_json,
@@ -81,6 +82,7 @@ __all__ = [
     "encode_arrow",
     "event_to_json",
     "header_value",
+    "message_encoding",
     "message_headers",
     "table_to_json",
     "validate_event",
@@ -406,7 +408,10 @@ class EventDecoder:
         if enc == b"!pipeline":
             got = header_value(h, PIPELINE_HEADER) or b""
             return self._reject(
-                m, WRONG_PIPELINE, f"message of pipeline {got.decode(errors='replace')!r}", _enc_name(h)
+                m,
+                WRONG_PIPELINE,
+                f"message of pipeline {got.decode(errors='replace')!r}",
+                message_encoding(h),
             )
         if enc == b"!version":
             got = header_value(h, VERSION_HEADER) or b""
@@ -418,10 +423,6 @@ class EventDecoder:
                 m, WRONG_SCHEMA_VERSION, f"schema version {got.decode()} != {self.schema.version}", JSON
             )
         return self._reject(m, UNKNOWN_ENCODING, f"encoding header {enc[:40]!r} is not json or arrow", JSON)
-
-
-def _enc_name(headers: Sequence[tuple[str, bytes]] | None) -> str:
-    return ARROW if header_value(headers, ENCODING_HEADER) == b"arrow" else JSON
 
 
 def _py(scalar: pa.Scalar) -> Any:

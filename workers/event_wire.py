@@ -32,6 +32,7 @@ PIPELINE_HEADER = "rnnstream-pipeline"
 VERSION_HEADER = "rnnstream-schema-version"
 JSON = "json"
 ARROW = "arrow"
+_ARROW_BYTES = ARROW.encode()
 ENCODINGS = (JSON, ARROW)
 
 DEFAULT_MAX_JSON_BYTES = 256 * 1024
@@ -192,6 +193,11 @@ def message_timestamps(messages: Sequence[MessageLike]) -> np.ndarray:
         return np.fromiter(map(attrgetter("timestamp"), messages), dtype=np.int64, count=n)
     except TypeError:  # a message without a timestamp
         return np.fromiter((-1 if m.timestamp is None else m.timestamp for m in messages), np.int64, count=n)
+
+
+def message_encoding(headers: Sequence[tuple[str, bytes]] | None) -> str:
+    """``arrow`` when the message's encoding header says so, else ``json`` (the default encoding)."""
+    return ARROW if header_value(headers, ENCODING_HEADER) == _ARROW_BYTES else JSON
 
 
 def header_value(headers: Sequence[tuple[str, bytes]] | None, name: str) -> bytes | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from rnnstream.workers.event_codec import ARROW, ENCODING_HEADER, JSON, Reject, header_value
+from rnnstream.workers.event_codec import ARROW, JSON, Reject, message_encoding
 from rnnstream.workers.score_codec import ARROW_HEADERS, JSON_HEADERS, scores_to_arrow, scores_to_json
 from rnnstream.workers.scores_transaction import ScoresTransaction
 from rnnstream.workers.scoring_partition import ScoredBatch, ScoringPartition
@@ -96,7 +96,7 @@ class ScoreEmitter:
         """Arrow scores for Arrow events (``score_encoding`` auto), or what the worker was told."""
         if self.encoding != "auto":
             return self.encoding == "arrow"
-        return header_value(messages[0].headers, ENCODING_HEADER) == ARROW.encode()
+        return message_encoding(messages[0].headers) == ARROW
 
     def emit(
         self,

@@ -31,12 +31,11 @@ from rnnstream.rnn_core.state_store import KeyedStateStore
 from rnnstream.rnn_core.stream_scorer import StreamScorer
 from rnnstream.workers.event_codec import (
     ARROW,
-    ENCODING_HEADER,
     JSON,
     DecodedBatch,
     EventDecoder,
     Reject,
-    header_value,
+    message_encoding,
 )
 from rnnstream.workers.partition_checkpoint import (
     CheckpointInfo,
@@ -270,7 +269,7 @@ class ScoringPartition:
         offset = int(decoded.offset[row])
         message = next(m for m in messages if m.offset == offset)
         index = int(decoded.event_index[row])
-        arrow = index > 0 or _is_arrow(message)
+        arrow = index > 0 or message_encoding(message.headers) == ARROW
         if arrow:
             sink = pa.BufferOutputStream()
             one = decoded.batch.slice(row, 1)
@@ -344,7 +343,3 @@ class ScoringPartition:
                 f"{c['dead_lettered']} + replayed {c['replayed']}"
             )
         return None
-
-
-def _is_arrow(message: Any) -> bool:
-    return header_value(message.headers, ENCODING_HEADER) == ARROW.encode()
