@@ -84,6 +84,10 @@ class ModelConfig:
       id); the anomaly score comes from the probability and rank of the token that came.
 
     ``stateless=True`` makes the same-size baseline that sees each event alone (state reset every step).
+
+    ``adaptive_score`` (forecast heads, not stateless): ``score`` is the key's own anomaly likelihood of its
+    recent errors (:mod:`rnnstream.rnn_core.anomaly_likelihood`), kept per key in one more state slab; the
+    static calibrated map of the raw error is ``score_static``.
     """
 
     features: FeatureSpec
@@ -95,6 +99,7 @@ class ModelConfig:
     num_classes: int = 2
     embedding_dim: int = 16
     stateless: bool = False
+    adaptive_score: bool = True
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -112,6 +117,10 @@ class ModelConfig:
             raise ConfigError("a multiclass head needs num_classes >= 2")
         if self.head == "forecast" and self.features.num_continuous == 0:
             raise ConfigError("a forecast head needs numeric or vector feature columns to forecast")
+        if self.adaptive_likelihood and self.hidden_size < 4:
+            raise ConfigError(
+                "an adaptive forecast score keeps 4 statistics per key: hidden_size must be >= 4"
+            )
         if self.head == "next_token" and not self.features.categorical:
             raise ConfigError("a next_token head needs a categorical token column (the first categorical)")
 
@@ -121,9 +130,15 @@ class ModelConfig:
         return 2 if self.cell == "lstm" else 1
 
     @property
+    def adaptive_likelihood(self) -> bool:
+        """Whether each key keeps the running error statistics of the adaptive forecast score."""
+        return self.head == "forecast" and self.adaptive_score and not self.stateless
+
+    @property
     def state_shape(self) -> tuple[int, int, int]:
-        """Per-key state shape ``(state_tensors, num_layers, hidden_size)``."""
-        return (self.state_tensors, self.num_layers, self.hidden_size)
+        """Per-key state shape ``(S, num_layers, hidden_size)``: ``S`` = the recurrent state tensors, plus one
+        slab holding the adaptive score's statistics (its first layer's first 4 values) when there is one."""
+        return (self.state_tensors + int(self.adaptive_likelihood), self.num_layers, self.hidden_size)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

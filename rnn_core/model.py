@@ -47,6 +47,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnstream.rnn_core.anomaly_likelihood import (
+    NUM_STATS,
+    LikelihoodWindows,
+    likelihood_sequence,
+    likelihood_step,
+)
 from rnnstream.rnn_core.config import ConfigError, ModelConfig
 from rnnstream.rnn_core.features import feature_slices
 
@@ -174,8 +180,10 @@ class StreamingModel(nn.Module):
         self.head_kind = config.head
         self.num_layers = config.num_layers
         self.hidden_size = config.hidden_size
-        self.num_state = config.state_tensors
+        self.num_state = config.state_tensors  # recurrent state tensors; state_shape adds the score's slab
         self.stateless = config.stateless
+        self.adaptive = config.adaptive_likelihood
+        self.windows = LikelihoodWindows()
         self.num_continuous = spec.num_continuous
         self.input_size = spec.input_size
         self._cont, self._cat, self._dt = feature_slices(spec)
@@ -222,8 +230,8 @@ class StreamingModel(nn.Module):
     # ----------------------------------------------------------------------------------------------- shapes
     @property
     def state_shape(self) -> tuple[int, int, int]:
-        """Per-key state shape ``(S, L, H)``."""
-        return (self.num_state, self.num_layers, self.hidden_size)
+        """Per-key state shape ``(S, L, H)`` (see :attr:`ModelConfig.state_shape`)."""
+        return self.config.state_shape
 
     def output_names(self) -> list[str]:
         """Names of the ``K`` output columns of ``forward``/``step``."""
@@ -232,7 +240,8 @@ class StreamingModel(nn.Module):
         if self.head_kind == "multiclass":
             return [f"p_{i}" for i in range(self.config.num_classes)]
         if self.head_kind == "forecast":
-            return ["score", "error_z", *(f"forecast_{i}" for i in range(self.num_continuous))]
+            adaptive = ["score_static", "anomaly_z"] if self.adaptive else []
+            return ["score", "error_z", *(f"forecast_{i}" for i in range(self.num_continuous)), *adaptive]
         return ["score", "rank", "prob"]
 
     @property
@@ -370,7 +379,10 @@ class StreamingModel(nn.Module):
         """Sequences ``x[B, T, D]`` from ``state[B, S, L, H]`` (zeros when None) -> (out[B, T, K], state)."""
         with self._numerics(x):
             top_after, top_before, final = self._run(x, state)
-            return self._outputs(x, top_before, top_after), final
+            out = self._outputs(x, top_before, top_after)
+            if self.adaptive:
+                return self._adaptive_score(out, state, final)
+            return out, final
 
     def step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One event per key: ``x[B, D]``, ``state[B, S, L, H]`` -> (out[B, K], new state[B, S, L, H]).
@@ -388,7 +400,35 @@ class StreamingModel(nn.Module):
                 new_state = self._cell_step(z, state, weights)
             top = self.num_layers - 1
             top_before = state.select(1, 0).select(1, top)
-            return self._outputs(x, top_before, new_state.select(1, 0).select(1, top)), new_state
+            out = self._outputs(x, top_before, new_state.select(1, 0).select(1, top))
+            if self.adaptive:
+                return self._adaptive_score(out, state, new_state)
+            return out, new_state
+
+    def _adaptive_score(self, out: Tensor, state: Tensor | None, rnn: Tensor) -> tuple[Tensor, Tensor]:
+        """Forecast outputs ``out[B, (T,) K0]`` -> with the key's own anomaly likelihood as ``score`` (the
+        static map moves to ``score_static``, ``anomaly_z`` appended), and the new state (recurrent part
+        ``rnn``) with its statistics slab.
+
+        The statistics come from ``state``'s last slab (zeros: a new key) and follow every event in order,
+        in :func:`likelihood_step` for a step and in :func:`likelihood_sequence` for whole sequences (so the
+        two agree). While training they are left as they are (the loss does not use them).
+        """
+        b = out.shape[0]
+        s = self.num_state
+        stats = state[:, s, 0, :NUM_STATS] if state is not None else out.new_zeros((b, NUM_STATS))
+        static, error_z = out[..., 0], out[..., 1]
+        if self.training:
+            score, z, new_stats = static, torch.zeros_like(static), stats
+        else:
+            knots = self.score_knots
+            prior = (float(knots.mean()), max(float(knots.var()), 1e-4))
+            run = likelihood_sequence if out.dim() == 3 else likelihood_step
+            score, z, new_stats = run(error_z, stats, prior, self.windows)
+        out = torch.cat([score.unsqueeze(-1), out[..., 1:], static.unsqueeze(-1), z.unsqueeze(-1)], dim=-1)
+        row = torch.cat([new_stats, new_stats.new_zeros((b, self.hidden_size - NUM_STATS))], dim=-1)
+        slab = torch.cat([row.unsqueeze(1), row.new_zeros((b, self.num_layers - 1, self.hidden_size))], dim=1)
+        return out, torch.cat([rnn[:, :s], slab.unsqueeze(1)], dim=1)
 
     def _inference_weights(self) -> tuple[bool, list[tuple[Tensor, Tensor, Tensor, Tensor]]]:
         """(folded, per-layer cell weights) for ``step`` without autograd, cached while the weights hold.
@@ -481,6 +521,13 @@ class StreamingModel(nn.Module):
             logits = self.head(top_before)
             per_event = F.cross_entropy(logits.transpose(1, 2), self._codes(x)[..., 0], reduction="none")
         weights = valid.to(per_event.dtype)
+        if self.adaptive:  # training leaves the score's statistics as they came (see _adaptive_score)
+            stats = (
+                state[:, self.num_state :]
+                if state is not None
+                else final.new_zeros((x.shape[0], 1, *final.shape[2:]))
+            )
+            final = torch.cat([final[:, : self.num_state], stats], dim=1)
         return (per_event * weights).sum() / weights.sum().clamp_min(1.0), final
 
     @torch.no_grad()

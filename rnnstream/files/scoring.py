@@ -83,8 +83,9 @@ def score_columns(model: StreamingModel, schema: FileSchema) -> list[str]:
         return ["score"]
     if head == "multiclass":
         return ["class", *(f"p_{c}" for c in schema.classes)]
-    if head == "forecast":
-        return ["score", "error_z", *(f"forecast_{v}" for v in schema.columns.values)]
+    if head == "forecast":  # the adaptive score's columns (score_static, anomaly_z) after the forecasts
+        extra = model.output_names()[2 + len(schema.columns.values) :]
+        return ["score", "error_z", *(f"forecast_{v}" for v in schema.columns.values), *extra]
     return ["score", "rank", "prob"]
 
 

@@ -111,7 +111,8 @@ def test_output_names_and_ranges():
     names = {h: make_model(head=h).output_names() for h in HEADS}
     assert names["binary"] == ["score"]
     assert names["multiclass"] == ["p_0", "p_1", "p_2"]
-    assert names["forecast"] == ["score", "error_z", *(f"forecast_{i}" for i in range(N_CONT))]
+    forecasts = [f"forecast_{i}" for i in range(N_CONT)]
+    assert names["forecast"] == ["score", "error_z", *forecasts, "score_static", "anomaly_z"]
     assert names["next_token"] == ["score", "rank", "prob"]
     with torch.no_grad():
         binary = make_model(head="binary")(x)[0]
@@ -147,7 +148,7 @@ def test_forecast_columns_error_z_and_rollout():
     with torch.no_grad():
         out, state = model(x)
         # error_z of event t+1 = RMS of its standardized error vs forecast_* made after event t
-        forecast = out[..., 2:]
+        forecast = out[..., 2 : 2 + N_CONT]
         err = (x[:, 1:, :N_CONT] - forecast[:, :-1]) / model.norm_std / model.error_scale
         torch.testing.assert_close(out[:, 1:, 1], err.square().mean(-1).sqrt(), atol=1e-5, rtol=1e-5)
         # rollout: first row is the last event's forecast; the next rows feed the forecast back in
@@ -158,7 +159,7 @@ def test_forecast_columns_error_z_and_rollout():
         fed[:, :N_CONT] = roll[:, 0]
         fed[:, DT] = 60.0
         out_next, _ = model.step(fed, state)
-        torch.testing.assert_close(roll[:, 1], out_next[:, 2:], atol=1e-5, rtol=0)
+        torch.testing.assert_close(roll[:, 1], out_next[:, 2 : 2 + N_CONT], atol=1e-5, rtol=0)
     with pytest.raises(ConfigError):
         make_model(head="binary").rollout(state[:, :1], 2)
 
@@ -173,7 +174,7 @@ def test_score_calibration_maps_training_errors_to_uniform_and_is_monotone():
     assert (model.score_knots.diff() >= 0).all()
     with torch.no_grad():
         out, _ = model(train)
-    score, z = out[..., 0].flatten(), out[..., 1].flatten()
+    score, z = out[..., -2].flatten(), out[..., 1].flatten()  # score_static: the calibrated map of error_z
     assert abs(score.mean().item() - 0.5) < 0.05  # training events spread evenly over [0, 1]
     order = torch.argsort(z)
     assert (score[order].diff() >= -1e-6).all()  # monotone in error_z
@@ -248,7 +249,7 @@ def test_step_equals_forward_for_calibrated_scores_of_anomalies_beyond_the_knots
     torch.testing.assert_close(out_step, out_fwd, atol=1e-5, rtol=1e-6)
     anomalies = out_fwd[:, 3::2].reshape(-1, out_fwd.shape[-1])
     order = torch.argsort(anomalies[:, 1])
-    assert _strictly_increasing(anomalies[order, 0])  # ranking by score == ranking by error_z
+    assert _strictly_increasing(anomalies[order, -2])  # ranking by score_static == ranking by error_z
     # a saved and loaded model scores the tails the same (its tail parameters follow the loaded knots)
     save_model(model, tmp_path / "m")
     with torch.no_grad():
@@ -414,7 +415,7 @@ def test_forecast_loss_is_mse_of_normalized_previous_state_prediction():
         loss, _ = model.loss(x)
         out, _ = model(x)
         start_forecast = model.head(torch.zeros(3, 8)) * model.norm_std + model.norm_mean
-    previous = torch.cat([start_forecast.unsqueeze(1), out[:, :-1, 2:]], 1)
+    previous = torch.cat([start_forecast.unsqueeze(1), out[:, :-1, 2 : 2 + N_CONT]], 1)
     expected = ((x[..., :N_CONT] - previous) / model.norm_std).square().mean()
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
 

@@ -1,0 +1,92 @@
+"""An adaptive, per-key anomaly score for forecast heads: how unusual recent errors are for *that key*.
+
+Why: a forecaster is frozen at the end of training, so after a level shift or a slow drift nearly every later
+error is large and a score mapped from the raw error stays near 1 for the rest of the series; and a raw error
+scale differs from series to series, so one threshold cannot serve many. The detectors that do well on real
+monitoring data keep learning while they score: an anomaly *likelihood* of each stream's recent errors
+against that stream's own error history (Numenta's HTM likelihood is the best-known form).
+
+Per key, four running statistics of the standardized forecast error ``e`` (``error_z``) are kept beside the
+recurrent state (so they are checkpointed with it, restored exactly, and equal offline and online):
+
+- ``count`` of events seen (capped, so it stays exact in float32);
+- ``short``: the mean of the last ~``short_window`` errors (exponentially weighted, plain mean at first);
+- ``long`` / ``long_var``: the mean and variance of the last ~``long_window`` errors, starting from the
+  training errors' mean and variance as ``prior_events`` pseudo-events.
+
+The score of an event is ``Phi((short - long) / sqrt(long_var))`` with ``short`` including the event and
+``long``/``long_var`` not yet: the probability, under the key's own error history, of a recent mean this
+high. It is in [0, 1], 0.5 for errors as usual, comparable across keys and series; a level shift alarms at
+the shift and then settles as the long window learns the new error level. ``z`` is returned too (it does not
+saturate, so it ranks the strongest anomalies apart).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+NUM_STATS = 4  # count, short mean, long mean, long variance
+_MAX_COUNT = 1.0e6  # float32 counts are exact far beyond this; past it the weights are at their floor anyway
+_MIN_VAR = 1e-4  # a key whose errors never vary still gets a finite z
+_SQRT1_2 = 1.0 / math.sqrt(2.0)
+
+
+@dataclass(frozen=True)
+class LikelihoodWindows:
+    """The window lengths (in events) of the running statistics and the prior's weight."""
+
+    short_window: int = 10
+    long_window: int = 500
+    prior_events: int = 20
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.short_window < self.long_window or self.prior_events < 1:
+            raise ValueError("need 1 <= short_window < long_window and prior_events >= 1")
+
+
+def likelihood_step(
+    error_z: Tensor, stats: Tensor, prior: tuple[float, float], windows: LikelihoodWindows
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One event per key: ``error_z[B]``, ``stats[B, 4]`` -> (score[B], z[B], new stats[B, 4]).
+
+    Keys with ``count`` 0 (new or expired) start from ``prior`` = (mean, variance) of the training errors.
+    """
+    count, short, long, var = stats.unbind(-1)
+    fresh = count <= 0
+    prior_mean = torch.full_like(long, prior[0])
+    short = torch.where(fresh, prior_mean, short)
+    long = torch.where(fresh, prior_mean, long)
+    var = torch.where(fresh, torch.full_like(var, prior[1]), var)
+    e = torch.nan_to_num(error_z, nan=0.0, posinf=1e30)
+    a_short = torch.clamp_min(1.0 / (count + 1.0), 1.0 / windows.short_window)
+    short = short + a_short * (e - short)
+    z = (short - long) / torch.sqrt(torch.clamp_min(var, _MIN_VAR))
+    score = 0.5 * torch.erfc(-z * _SQRT1_2)
+    a_long = torch.clamp_min(1.0 / (count + 1.0 + windows.prior_events), 1.0 / windows.long_window)
+    d = e - long
+    long = long + a_long * d
+    var = (1.0 - a_long) * (var + a_long * d * d)
+    count = torch.clamp_max(count + 1.0, _MAX_COUNT)
+    return score, z, torch.stack([count, short, long, var], dim=-1)
+
+
+def likelihood_sequence(
+    error_z: Tensor, stats: Tensor, prior: tuple[float, float], windows: LikelihoodWindows
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Whole sequences: ``error_z[B, T]`` from ``stats[B, 4]`` -> (score[B, T], z[B, T], final stats).
+
+    The same :func:`likelihood_step` applied event after event, so stepping and the full sequence agree.
+    """
+    scores, zs = [], []
+    for t in range(error_z.shape[1]):
+        score, z, stats = likelihood_step(error_z[:, t], stats, prior, windows)
+        scores.append(score)
+        zs.append(z)
+    if not scores:
+        empty = error_z.new_zeros(error_z.shape)
+        return empty, empty, stats
+    return torch.stack(scores, dim=1), torch.stack(zs, dim=1), stats
