@@ -137,14 +137,14 @@ CASES = {
         ".csv",
         {"value_columns": "v0"},
         "forecast",
-        ["score", "error_z", "forecast_v0"],
+        ["score", "error_z", "forecast_v0", "score_static", "anomaly_z"],
     ),
     "forecast-parquet-timestamps": (
         {"keys": 4, "time_kind": "timestamp"},
         ".parquet",
         {"value_columns": "v0,v1"},
         "forecast",
-        ["score", "error_z", "forecast_v0", "forecast_v1"],
+        ["score", "error_z", "forecast_v0", "forecast_v1", "score_static", "anomaly_z"],
     ),
     "next-token-parquet-epoch-s": (
         {"keys": 3, "values": 0, "token": True, "time_kind": "epoch_s"},
