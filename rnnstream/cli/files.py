@@ -50,6 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument("--epochs", type=int, default=None, help="most epochs (default: from the data size)")
     fit.add_argument("--patience", type=int, default=3, help="early stopping: epochs without improvement")
     fit.add_argument("--holdout", type=float, default=0.2, help="held-out tail of each key (validation)")
+    fit.add_argument(
+        "--target-fpr",
+        type=float,
+        default=0.01,
+        help="alert threshold: the share of held-out normal events allowed to alert (default %(default)s; "
+        "labelled binary data: best F1 on the held-out part instead)",
+    )
     fit.add_argument("--max-vocab", type=int, default=2000, help="token vocabulary size cap")
     fit.add_argument(
         "--max-events", type=int, default=None, help="train on the first N rows only (default 2,000,000)"
@@ -108,6 +115,7 @@ def _fit_file(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         patience=args.patience,
         holdout=args.holdout,
+        target_fpr=args.target_fpr,
         max_vocab=args.max_vocab,
         seed=args.seed,
         time_format=args.time_format,

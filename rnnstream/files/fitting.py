@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from rnnstream.errors import UsageError
+from rnnstream.files.alert_threshold import DEFAULT_TARGET_FPR, AlertThreshold, choose_threshold
 from rnnstream.files.columns import DEFAULT_CHUNK_ROWS, FileColumns
 from rnnstream.files.reader import (
     RawChunk,
@@ -47,6 +48,7 @@ from rnnstream.files.schema import (
     order_classes,
 )
 from rnnstream.pipelines.spec import PIPELINE_NAMES
+from rnnstream.rnn_core import metrics
 from rnnstream.rnn_core.config import ModelConfig
 from rnnstream.rnn_core.event_schema import LABEL_COLUMN
 from rnnstream.rnn_core.model import StreamingModel
@@ -55,6 +57,7 @@ from rnnstream.rnn_core.training import KeySequences, fit, sequences_from_table
 
 DEFAULT_MAX_EVENTS = 2_000_000
 MIN_KEY_EVENTS_FOR_HOLDOUT = 5
+POOR_TOP1 = 0.5  # a next-token model right less often than this gets a loud note
 META_FILE_SCHEMA = "file_schema"
 
 
@@ -68,6 +71,7 @@ class FitOptions:
     epochs: int | None = None
     patience: int = 3
     holdout: float = 0.2
+    target_fpr: float = DEFAULT_TARGET_FPR
     max_vocab: int = 2000
     seed: int = 0
     time_format: str = "auto"
@@ -114,6 +118,8 @@ class FittedFileModel:
             lines.append(f"  classes: {list(self.schema.classes)}")
         elif self.schema.head == "next_token":
             lines.append(f"  token vocabulary: {len(self.schema.vocabulary)} values")
+        if self.schema.threshold is not None:
+            lines.append(f"  {self.schema.threshold.describe()}; score-file writes it as the alert column")
         if self.holdout_metrics:
             shown = ", ".join(f"{k} {v:.3f}" for k, v in self.holdout_metrics.items())
             lines.append(f"  on the held-out tails: {shown}")
@@ -249,6 +255,8 @@ def fit_file(
     options = options or FitOptions()
     if not 0.0 <= options.holdout < 0.9:
         raise UsageError("--holdout must be in [0, 0.9)")
+    if not 0.0 < options.target_fpr < 0.5:
+        raise UsageError("--target-fpr must be in (0, 0.5), e.g. 0.01 for 1% of normal events alerting")
     if options.pipeline and options.pipeline.replace("_", "-") in PIPELINE_NAMES:
         raise UsageError(
             f"--pipeline {options.pipeline!r} is a built-in pipeline with its own event schema; "
@@ -303,6 +311,29 @@ def fit_file(
         )
     model.eval()
     holdout_events = int(sum(len(x) - c for x, c in zip(sequences.x, cuts, strict=True)))
+    names = model.output_names()
+    out, y = holdout_outputs(model, sequences, cuts)
+    chosen_on = cuts
+    if out.shape[0] == 0:  # no held-out part: the threshold comes from the training events themselves
+        chosen_on = np.zeros_like(cuts)
+        notes.append("no held-out events: the alert threshold is chosen on the training events")
+    threshold_out, threshold_y = (
+        (out, y) if chosen_on is cuts else holdout_outputs(model, sequences, chosen_on)
+    )
+    threshold = choose_threshold(
+        schema.head,
+        threshold_out[:, 0],
+        threshold_y if schema.head == "binary" else None,
+        options.target_fpr,
+    )
+    schema = replace(schema, threshold=threshold)
+    found = holdout_metrics(out, y, names, schema.head, threshold)
+    if schema.head == "next_token" and found.get("top1_accuracy", 1.0) < POOR_TOP1:
+        notes.append(
+            f"held-out top-1 accuracy {found['top1_accuracy']:.3f} is low: the model rarely predicts the "
+            "next token, so its scores separate little; more data, more epochs (--epochs), or --holdout 0 "
+            "when each key is a short session (a key's tail is its ending, which training then never sees)"
+        )
     return FittedFileModel(
         model=model,
         schema=schema,
@@ -314,16 +345,17 @@ def fit_file(
         best_epoch=result.best_epoch,
         stopped_early=result.stopped_early,
         seconds=time.perf_counter() - started,
-        holdout_metrics=holdout_metrics(model, sequences, cuts, schema.head),
+        holdout_metrics=found,
         notes=notes,
     )
 
 
 @torch.no_grad()
-def holdout_metrics(
-    model: StreamingModel, sequences: KeySequences, cuts: np.ndarray, head: str
-) -> dict[str, float]:
-    """Quality on the held-out tails, each key's state carried from its training part (forward == step)."""
+def holdout_outputs(
+    model: StreamingModel, sequences: KeySequences, cuts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Model outputs ``[N, K]`` (and labels) of the held-out tails, each key's state carried from its
+    training part (forward == step)."""
     outs, ys = [], []
     for i, x in enumerate(sequences.x):
         if cuts[i] >= len(x):
@@ -333,31 +365,41 @@ def holdout_metrics(
         if sequences.y is not None:
             ys.append(sequences.y[i][cuts[i] :])
     if not outs:
+        return np.zeros((0, model.output_size), np.float32), None
+    return np.concatenate(outs), (np.concatenate(ys) if ys else None)
+
+
+def holdout_metrics(
+    out: np.ndarray, y: np.ndarray | None, names: list[str], head: str, threshold: AlertThreshold | None
+) -> dict[str, float]:
+    """Quality on the held-out tails: class-balanced for labels (PR-AUC, recall and precision at the stored
+    threshold, the positive rate), never plain accuracy on a rare label."""
+    if out.shape[0] == 0:
         return {}
-    out = np.concatenate(outs)
-    names = model.output_names()
     if head == "next_token":
         rank = out[:, names.index("rank")]
         return {"top1_accuracy": float(np.mean(rank < 0.5)), "top5_accuracy": float(np.mean(rank < 4.5))}
     if head == "forecast":
-        return {"mean_error_z": float(np.mean(out[:, names.index("error_z")]))}
-    y = np.concatenate(ys)
+        found = {"mean_error_z": float(np.mean(out[:, names.index("error_z")]))}
+        if threshold is not None:
+            found["alert_rate"] = float(np.mean(out[:, 0].astype(np.float64) >= threshold.value))
+        return found
+    if y is None:
+        return {}
     ok = np.isfinite(y)
+    truth = y[ok].astype(int)
     if head == "multiclass":
-        return {"accuracy": float(np.mean(out[ok].argmax(1) == y[ok]))}
-    score, truth = out[ok, 0], y[ok].astype(int)
-    metrics = {"accuracy": float(np.mean((score >= 0.5) == truth))}
-    if 0 < truth.sum() < len(truth):
-        metrics["pr_auc"] = _average_precision(truth, score)
-    return metrics
-
-
-def _average_precision(truth: np.ndarray, score: np.ndarray) -> float:
-    """Area under the precision-recall curve (average precision), ties broken pessimistically."""
-    order = np.lexsort((truth, -score))
-    hits = truth[order]
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float(np.sum(precision * hits) / hits.sum())
+        pred = out[ok].argmax(1)
+        return {"accuracy": float(np.mean(pred == truth)), "macro_f1": metrics.macro_f1(truth, pred)}
+    score = out[ok, 0].astype(np.float64)
+    found = {"positive_rate": float(truth.mean()) if truth.size else 0.0}
+    if 0 < truth.sum() < truth.size:
+        found["pr_auc"] = metrics.pr_auc(truth, score)
+    if threshold is not None and truth.sum() > 0:
+        flagged = score >= threshold.value
+        found["recall_at_threshold"] = float(flagged[truth == 1].mean())
+        found["precision_at_threshold"] = float(truth[flagged].mean()) if flagged.any() else 0.0
+    return found
 
 
 # ------------------------------------------------------------------------------------------------ save, load

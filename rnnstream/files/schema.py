@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rnnstream.errors import UsageError
+from rnnstream.files.alert_threshold import AlertThreshold
 from rnnstream.files.columns import FileColumns
 from rnnstream.files.reader import (
     RawChunk,
@@ -44,6 +45,7 @@ class FileSchema:
     head: str
     classes: tuple[str, ...] = ()
     vocabulary: tuple[str, ...] = ()
+    threshold: AlertThreshold | None = None  # chosen by fit-file on its held-out part
 
     def event_schema(self) -> EventSchema:
         cats = ((self.columns.token, self.vocabulary),) if self.columns.token else ()
@@ -92,6 +94,7 @@ class FileSchema:
             "head": self.head,
             "classes": list(self.classes),
             "vocabulary": list(self.vocabulary),
+            "threshold": self.threshold.to_dict() if self.threshold is not None else None,
         }
 
     @classmethod
@@ -103,6 +106,7 @@ class FileSchema:
             head=d["head"],
             classes=tuple(d.get("classes") or ()),
             vocabulary=tuple(d.get("vocabulary") or ()),
+            threshold=AlertThreshold.from_dict(d.get("threshold")),
         )
 
     def save(self, directory: Path) -> Path:

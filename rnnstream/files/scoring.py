@@ -101,12 +101,19 @@ def scores_table(model: StreamingModel, schema: FileSchema, out: np.ndarray) -> 
         return arrays
     if schema.head == "next_token":
         idx = {n: i for i, n in enumerate(names)}
-        return {
+        arrays = {
             "score": pa.array(out[:, idx["score"]], pa.float64()),
             "rank": pa.array(np.rint(out[:, idx["rank"]]).astype(np.int64)),
             "prob": pa.array(out[:, idx["prob"]], pa.float64()),
         }
-    return {c: pa.array(out[:, i], pa.float64()) for i, c in enumerate(cols)}
+        if schema.threshold is not None:
+            alert = out[:, idx["score"]].astype(np.float64) >= schema.threshold.value
+            arrays["alert"] = pa.array(alert, pa.bool_())
+        return arrays
+    arrays = {c: pa.array(out[:, i], pa.float64()) for i, c in enumerate(cols)}
+    if schema.threshold is not None:  # the threshold fit-file chose on its held-out part
+        arrays["alert"] = pa.array(out[:, 0].astype(np.float64) >= schema.threshold.value, pa.bool_())
+    return arrays
 
 
 def check_order(path: Path, schema: FileSchema, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> FileOrder:

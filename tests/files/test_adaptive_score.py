@@ -55,3 +55,8 @@ def test_a_level_shift_alarms_at_the_shift_and_then_settles(tmp_path: Path) -> N
     settled = s[SHIFT + 400 :]
     assert (settled > ALARM).mean() < 0.005, "the new level never became normal"
     assert (static[SHIFT + 400 :] > ALARM).mean() > 0.5  # what the frozen raw-error map does instead
+    # the alert column: fit-file's threshold (at most 1% of its held-out events), no test labels involved
+    alert = out["alert"].to_numpy()
+    assert alert[SHIFT : SHIFT + 20].any()
+    assert alert[int(0.15 * N) : SHIFT - 5].mean() < 0.03
+    assert s[SHIFT + 1000 :].mean() < 0.6  # back near 0.5, "as usual" for this key (static: ~1)

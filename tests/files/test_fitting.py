@@ -116,14 +116,14 @@ CASES = {
         ".csv",
         {"value_columns": "v0,v1", "label_column": "y"},
         "binary",
-        ["score"],
+        ["score", "alert"],
     ),
     "binary-parquet-values-and-token": (
         {"label_classes": 2, "token": True, "values": 1, "time_kind": "epoch_s"},
         ".parquet",
         {"value_columns": "v0", "token_column": "tok", "label_column": "y"},
         "binary",
-        ["score"],
+        ["score", "alert"],
     ),
     "multiclass-parquet-epoch-ms": (
         {"label_classes": 3, "time_kind": "epoch_ms", "values": 3},
@@ -137,21 +137,21 @@ CASES = {
         ".csv",
         {"value_columns": "v0"},
         "forecast",
-        ["score", "error_z", "forecast_v0", "score_static", "anomaly_z"],
+        ["score", "error_z", "forecast_v0", "score_static", "anomaly_z", "alert"],
     ),
     "forecast-parquet-timestamps": (
         {"keys": 4, "time_kind": "timestamp"},
         ".parquet",
         {"value_columns": "v0,v1"},
         "forecast",
-        ["score", "error_z", "forecast_v0", "forecast_v1", "score_static", "anomaly_z"],
+        ["score", "error_z", "forecast_v0", "forecast_v1", "score_static", "anomaly_z", "alert"],
     ),
     "next-token-parquet-epoch-s": (
         {"keys": 3, "values": 0, "token": True, "time_kind": "epoch_s"},
         ".parquet",
         {"token_column": "tok"},
         "next_token",
-        ["score", "rank", "prob"],
+        ["score", "rank", "prob", "alert"],
     ),
 }
 
@@ -179,6 +179,9 @@ def test_fit_then_score_every_head(case: str, tmp_path: Path, capsys: pytest.Cap
     label_cols = ["y"] if "label_column" in cols else []
     assert list(out.columns[2:]) == label_cols + score_cols
     assert out["score" if "score" in score_cols else "p_c0"].between(0, 1).all()
+    if "alert" in score_cols:  # the stored threshold, chosen by fit-file on its own held-out part
+        threshold = sidecar["threshold"]["value"]
+        assert out["alert"].tolist() == (out["score"] >= threshold).tolist()
 
     # The same numbers as the offline forward over each key's sequence.
     offline = offline_outputs(model_dir, src)

@@ -1,0 +1,70 @@
+"""The decision threshold ``fit-file`` stores with a model, chosen on training data alone.
+
+A score is only useful to an operator with a line to cross; a line picked on the labels of the data being
+judged is an upper bound, never a setting. So ``fit-file`` picks it on its own held-out part (each key's
+tail, scored with the state carried from its training part), and ``score-file`` writes ``alert`` beside
+``score``:
+
+- labelled data (a binary head) whose held-out part holds both classes: the threshold of the best F1 there;
+- otherwise (forecast and next-token heads, or labels of one class): the lowest threshold that flags at
+  most ``target_fpr`` (default 1%) of the held-out events taken as normal (the negatives when labelled).
+
+An event alerts when ``score >= threshold``. Multiclass heads have no threshold (the class is the argmax).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from rnnstream.rnn_core import metrics
+
+DEFAULT_TARGET_FPR = 0.01
+BEST_F1 = "best_f1_on_holdout"
+TARGET_FPR = "target_fpr_on_holdout"
+
+
+@dataclass(frozen=True)
+class AlertThreshold:
+    """Alert when ``score >= value``; ``rule`` says how it was chosen, on how many held-out events."""
+
+    value: float
+    rule: str
+    events: int
+    target_fpr: float | None = None
+
+    def describe(self) -> str:
+        how = f"best F1 on {self.events:,} held-out events" if self.rule == BEST_F1 else (
+            f"at most {self.target_fpr:.2%} of {self.events:,} held-out normal events flagged"
+        )  # fmt: skip
+        return f"alert when score >= {self.value:.6g} ({how})"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> AlertThreshold | None:
+        return cls(**d) if d else None
+
+
+def choose_threshold(
+    head: str, scores: np.ndarray, labels: np.ndarray | None = None, target_fpr: float = DEFAULT_TARGET_FPR
+) -> AlertThreshold | None:
+    """The threshold for ``head`` from held-out ``scores`` (and their 0/1 ``labels``, NaN = unknown)."""
+    if head == "multiclass" or scores.size == 0:
+        return None
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels is not None:
+        known = np.isfinite(labels)
+        scores, labels = scores[known], np.asarray(labels[known], dtype=np.int64)
+        if 0 < labels.sum() < labels.size:
+            point = metrics.best_f1(labels, scores)
+            return AlertThreshold(point.threshold, BEST_F1, int(scores.size))
+        scores = scores[labels == 0]
+    normal = np.sort(scores[np.isfinite(scores)])[::-1]
+    if normal.size == 0:
+        return None
+    allowed = int(np.floor(target_fpr * normal.size))  # how many normal events may alert
+    value = float(np.nextafter(normal[allowed], np.inf)) if allowed < normal.size else float(normal[-1])
+    return AlertThreshold(value, TARGET_FPR, int(normal.size), target_fpr)

@@ -1,0 +1,34 @@
+"""The alert threshold fit-file stores is chosen on held-out data alone, by a rule that could fail."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rnnstream.files.alert_threshold import BEST_F1, TARGET_FPR, AlertThreshold, choose_threshold
+
+
+def test_target_fpr_flags_at_most_that_share_of_normal_events() -> None:
+    rng = np.random.default_rng(0)
+    for n, fpr in ((10_000, 0.01), (999, 0.05), (37, 0.01)):
+        scores = rng.random(n)
+        t = choose_threshold("forecast", scores, target_fpr=fpr)
+        assert t is not None and t.rule == TARGET_FPR and t.events == n
+        flagged = int((scores >= t.value).sum())
+        assert flagged <= fpr * n and flagged >= fpr * n - 1  # as many as allowed, never more
+
+
+def test_ties_never_push_the_share_over_the_target() -> None:
+    scores = np.r_[np.zeros(900), np.ones(100)]  # 10% tie at the top
+    t = choose_threshold("next_token", scores, target_fpr=0.05)
+    assert (scores >= t.value).mean() <= 0.05
+
+
+def test_labels_give_the_best_f1_threshold_and_one_class_falls_back_to_negatives() -> None:
+    scores = np.array([0.1, 0.2, 0.3, 0.8, 0.9, 0.35])
+    labels = np.array([0, 0, 0, 1, 1, np.nan])
+    t = choose_threshold("binary", scores, labels)
+    assert t.rule == BEST_F1 and t.value == 0.8 and t.events == 5
+    only_negatives = choose_threshold("binary", scores[:3], np.zeros(3), target_fpr=0.01)
+    assert only_negatives.rule == TARGET_FPR and only_negatives.value > 0.3
+    assert choose_threshold("multiclass", scores) is None
+    assert AlertThreshold.from_dict(t.to_dict()) == t
