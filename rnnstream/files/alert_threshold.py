@@ -7,7 +7,9 @@ tail, scored with the state carried from its training part), and ``score-file`` 
 
 - labelled data (a binary head) whose held-out part holds both classes: the threshold of the best F1 there;
 - otherwise (forecast and next-token heads, or labels of one class): the lowest threshold that flags at
-  most ``target_fpr`` (default 1%) of the held-out events taken as normal (the negatives when labelled).
+  most ``target_fpr`` (default 1%) of the held-out events taken as normal (the negatives when labelled);
+  for session-like data, of the held-out *sessions* (a session alerts when any of its events does, so the
+  threshold is taken over each held-out key's highest score).
 
 An event alerts when ``score >= threshold``. Multiclass heads have no threshold (the class is the argmax).
 """
@@ -36,7 +38,7 @@ class AlertThreshold:
 
     def describe(self) -> str:
         how = f"best F1 on {self.events:,} held-out events" if self.rule == BEST_F1 else (
-            f"at most {self.target_fpr:.2%} of {self.events:,} held-out normal events flagged"
+            f"at most {self.target_fpr:.2%} of {self.events:,} held-out normal events/sessions flagged"
         )  # fmt: skip
         return f"alert when score >= {self.value:.6g} ({how})"
 

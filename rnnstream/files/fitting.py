@@ -57,6 +57,8 @@ from rnnstream.rnn_core.training import KeySequences, fit, sequences_from_table
 
 DEFAULT_MAX_EVENTS = 2_000_000
 MIN_KEY_EVENTS_FOR_HOLDOUT = 5
+SESSION_MIN_KEYS = 20
+SESSION_MAX_MEDIAN_EVENTS = 50
 POOR_TOP1 = 0.5  # a next-token model right less often than this gets a loud note
 META_FILE_SCHEMA = "file_schema"
 
@@ -108,7 +110,7 @@ class FittedFileModel:
             f"fitted a {cfg.head} model ({cfg.cell.upper()}, {cfg.num_layers} layer(s), "
             f"hidden {cfg.hidden_size}) on {self.events:,} events of {self.keys:,} keys "
             f"in {self.seconds:.1f} s",
-            f"  training events {self.train_events:,}, held-out tail events {self.holdout_events:,}; "
+            f"  training events {self.train_events:,}, held-out events {self.holdout_events:,}; "
             f"best epoch {self.best_epoch + 1} of {len(self.history)}"
             + (" (stopped early)" if self.stopped_early else ""),
         ]
@@ -122,7 +124,7 @@ class FittedFileModel:
             lines.append(f"  {self.schema.threshold.describe()}; score-file writes it as the alert column")
         if self.holdout_metrics:
             shown = ", ".join(f"{k} {v:.3f}" for k, v in self.holdout_metrics.items())
-            lines.append(f"  on the held-out tails: {shown}")
+            lines.append(f"  on the held-out part: {shown}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -203,21 +205,40 @@ def read_file_events(
     return schema, events, notes
 
 
-def split_tails(sequences: KeySequences, holdout: float) -> tuple[KeySequences, np.ndarray]:
-    """Each key's training part (all but its last ``holdout`` of events) and where each key's tail starts."""
-    cuts = []
-    for x in sequences.x:
-        n = len(x)
-        tail = int(n * holdout) if n >= MIN_KEY_EVENTS_FOR_HOLDOUT else 0
-        cuts.append(n - tail)
+def is_session_like(sequences: KeySequences) -> bool:
+    """Many short keys (sessions, jobs, requests): at least ``SESSION_MIN_KEYS`` keys of a median of at most
+    ``SESSION_MAX_MEDIAN_EVENTS`` events. Their tails are their endings, so holding tails out would teach
+    a model never to see how a key ends."""
+    lengths = np.fromiter((len(x) for x in sequences.x), dtype=np.int64, count=len(sequences.x))
+    return lengths.size >= SESSION_MIN_KEYS and float(np.median(lengths)) <= SESSION_MAX_MEDIAN_EVENTS
+
+
+def split_tails(
+    sequences: KeySequences, holdout: float, by_key: bool = False, seed: int = 0
+) -> tuple[KeySequences, np.ndarray]:
+    """The training part and where each key's held-out part starts (``cuts[i]``; ``len`` = none held out).
+
+    Long-lived keys: each key's last ``holdout`` of events is held out (its state carried into it).
+    ``by_key`` (session-like data): a seeded ``holdout`` share of whole keys is held out, scored from a fresh
+    state as a new session would be, and the other keys train whole.
+    """
+    lengths = [len(x) for x in sequences.x]
+    if by_key:
+        held = np.random.default_rng(seed).permutation(len(lengths))[: round(holdout * len(lengths))]
+        cuts = list(lengths)
+        for i in held:
+            cuts[i] = 0
+    else:
+        cuts = [n - (int(n * holdout) if n >= MIN_KEY_EVENTS_FOR_HOLDOUT else 0) for n in lengths]
     cuts_arr = np.asarray(cuts, dtype=np.int64)
+    keep = [i for i, c in enumerate(cuts) if c > 0]  # a key held out whole has no training part
     heads = KeySequences(
-        keys=sequences.keys,
-        x=tuple(x[:c] for x, c in zip(sequences.x, cuts, strict=True)),
-        y=None if sequences.y is None else tuple(y[:c] for y, c in zip(sequences.y, cuts, strict=True)),
+        keys=tuple(sequences.keys[i] for i in keep),
+        x=tuple(sequences.x[i][: cuts[i]] for i in keep),
+        y=None if sequences.y is None else tuple(sequences.y[i][: cuts[i]] for i in keep),
         times_ms=None
         if sequences.times_ms is None
-        else tuple(t[:c] for t, c in zip(sequences.times_ms, cuts, strict=True)),
+        else tuple(sequences.times_ms[i][: cuts[i]] for i in keep),
     )
     return heads, cuts_arr
 
@@ -279,7 +300,14 @@ def fit_file(
     )
     torch.manual_seed(options.seed)
     model = StreamingModel(config)
-    train, cuts = split_tails(sequences, options.holdout)
+    by_key = options.holdout > 0 and is_session_like(sequences)
+    if by_key:
+        median = int(np.median([len(x) for x in sequences.x]))
+        notes.append(
+            f"session-like data ({len(sequences):,} keys, median {median} events): held out "
+            f"{options.holdout:.0%} of the keys whole (scored from a fresh state), not each key's tail"
+        )
+    train, cuts = split_tails(sequences, options.holdout, by_key=by_key, seed=options.seed)
     validation = validation_sequences(sequences, cuts, schema.head)
     if validation is None and options.holdout > 0:
         notes.append(f"no key has {MIN_KEY_EVENTS_FOR_HOLDOUT}+ events: trained without early stopping")
@@ -320,9 +348,16 @@ def fit_file(
     threshold_out, threshold_y = (
         (out, y) if chosen_on is cuts else holdout_outputs(model, sequences, chosen_on)
     )
+    threshold_scores = threshold_out[:, 0]
+    if by_key and schema.head != "binary" and threshold_scores.size:
+        # sessions alert as a whole (any event over the line): the target is a share of normal sessions
+        sizes = [len(x) - c for x, c in zip(sequences.x, cuts, strict=True) if c < len(x)]
+        if sum(sizes) == threshold_scores.size:
+            starts = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64)
+            threshold_scores = np.maximum.reduceat(threshold_scores, starts)
     threshold = choose_threshold(
         schema.head,
-        threshold_out[:, 0],
+        threshold_scores,
         threshold_y if schema.head == "binary" else None,
         options.target_fpr,
     )

@@ -264,3 +264,25 @@ def test_register_and_score_from_mlflow(tmp_path: Path, monkeypatch: pytest.Monk
     assert main(["score-file", "--model", "models:/rnnstream-mydata@champion", "--input", str(src),
                  "--output", str(out), "--no-progress"]) == 0  # fmt: skip
     assert len(pd.read_parquet(out)) == len(df)
+
+
+def test_session_like_data_holds_out_whole_keys_not_their_endings() -> None:
+    from rnnstream.files.fitting import is_session_like, split_tails
+    from rnnstream.rnn_core.training import KeySequences
+
+    rng = np.random.default_rng(0)
+    sessions = KeySequences(
+        keys=tuple(f"s{i}" for i in range(100)),
+        x=tuple(rng.normal(size=(int(n), 2)).astype(np.float32) for n in rng.integers(3, 30, 100)),
+    )
+    long_lived = KeySequences(
+        keys=("a", "b"), x=(np.zeros((500, 2), np.float32), np.zeros((400, 2), np.float32))
+    )
+    assert is_session_like(sessions) and not is_session_like(long_lived)
+    train, cuts = split_tails(sessions, 0.2, by_key=True, seed=1)
+    held = [i for i, c in enumerate(cuts) if c == 0]
+    assert len(held) == 20 and all(cuts[i] == len(sessions.x[i]) for i in range(100) if i not in held)
+    assert len(train) == 80 and set(train.keys) == {sessions.keys[i] for i in range(100) if i not in held}
+    assert split_tails(sessions, 0.2, by_key=True, seed=1)[1].tolist() == cuts.tolist()  # seeded
+    _, tail_cuts = split_tails(long_lived, 0.2)
+    assert tail_cuts.tolist() == [400, 320]  # long-lived keys keep the tail rule
