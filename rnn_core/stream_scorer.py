@@ -33,6 +33,7 @@ import torch
 from rnnstream.rnn_core.state_store import KeyBatch, KeyedStateStore, as_string_array
 
 DEFAULT_STEP_ROWS = 1024
+SEQUENCE_MIN_EVENTS = 32  # a key this often in one batch runs through forward() at once
 
 
 class StreamScorer:
@@ -204,6 +205,8 @@ class StreamScorer:
         xb = self._xbuf[:n]
         slots = self.store.lookup(keys, create=True)
         repeated = self._repeated(slots)
+        if repeated is not None and int(repeated[1].max()) + 1 >= SEQUENCE_MIN_EVENTS:
+            return self._score_runs(keys, slots, times, x, repeated[0], repeated[1])
         order = None if repeated is None else self._fused_order(n, *repeated)
         with torch.inference_mode():
             if repeated is None:
@@ -236,6 +239,50 @@ class StreamScorer:
                 idx = involved[rank == wave]
                 out[idx] = self._step(slots[idx], times[idx], xb[idx])
             return out
+
+    def _score_runs(
+        self,
+        keys: pa.Array,
+        slots: np.ndarray,
+        times: np.ndarray,
+        x: np.ndarray,
+        involved: np.ndarray,
+        rank: np.ndarray,
+    ) -> np.ndarray:
+        """A batch where some keys have ``SEQUENCE_MIN_EVENTS``+ events: each of those keys runs through the
+        model's full-sequence ``forward`` at once (one long series stops costing a Python step per event;
+        the step == forward law makes the results the same), the other events through the stepping path.
+        Keys are independent, so doing one key's run before the others keeps every key's order."""
+        out = np.empty((slots.size, len(self._output_names)), np.float32)
+        sub = slots[involved]
+        uniq, counts = np.unique(sub, return_counts=True)
+        runs = uniq[counts >= SEQUENCE_MIN_EVENTS]
+        in_run = np.isin(slots, runs)
+        rest = np.flatnonzero(~in_run)
+        if rest.size:
+            idx = pa.array(rest)
+            out[rest] = self._score(keys.take(idx), times[rest], x[rest])
+        store = self.store
+        with torch.inference_mode():
+            for slot in runs.tolist():
+                one = np.array([slot], dtype=slots.dtype)
+                rows = np.flatnonzero(slots == slot)
+                xs = np.array(x[rows], dtype=np.float32)
+                t = times[rows]
+                if self._dt_col is not None:
+                    prev = np.r_[store.slot_times(one), t[:-1]]
+                    dt = (t - prev).astype(np.float32)
+                    dt *= np.float32(1e-3)
+                    dt[(prev < 0) | (dt < 0)] = 0.0
+                    xs[:, self._dt_col] = dt
+                state = store.gather_slots(one)
+                self._remember(one, state)
+                o, final = self.model(
+                    torch.from_numpy(xs).unsqueeze(0).to(self._device), state.to(self._device)
+                )
+                out[rows] = o[0].cpu().numpy()
+                store.scatter_slots(one, final.cpu(), t[-1:])
+        return out
 
     def _step(
         self, slots: np.ndarray, times: np.ndarray, xb: np.ndarray, keep: np.ndarray | None = None

@@ -139,3 +139,31 @@ def test_refuses_mismatched_inputs() -> None:
         StreamScorer(model, step_rows=0)
     assert scorer.score([], np.zeros(0, np.int64), np.zeros((0, 3), np.float32)).shape == (0, 1)
     assert scorer.output_names == ["score"]
+
+
+@pytest.mark.parametrize("head", ["binary", "forecast"])
+def test_long_runs_of_one_key_go_through_forward_and_equal_one_at_a_time(head: str) -> None:
+    """A batch where a key has many events (one long series) runs that key through forward() at once; the
+    results, and every state left in the store, are those of stepping one event at a time."""
+    torch.manual_seed(3)
+    spec = FeatureSpec(numeric=("a", "b"), use_time_delta=True)
+    model = StreamingModel(ModelConfig(features=spec, cell="gru", head=head, hidden_size=8)).eval()
+    rng = np.random.default_rng(5)
+    n = 900
+    keys = ["long" if r < 0.7 else f"k{r % 7}" for r in rng.random(n)]
+    keys = [k if k == "long" else f"s{rng.integers(0, 7)}" for k in keys]
+    times = np.cumsum(rng.integers(0, 3_000, n)).astype(np.int64)
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    batched_scorer = StreamScorer(model)
+    batched = np.concatenate([batched_scorer.score(keys[i : i + 300], times[i : i + 300], x[i : i + 300])
+                              for i in range(0, n, 300)])  # fmt: skip
+    single = StreamScorer(model)
+    one_by_one = np.concatenate(
+        [single.score(keys[i : i + 1], times[i : i + 1], x[i : i + 1]) for i in range(n)]
+    )
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+    names = sorted(set(keys))
+    torch.testing.assert_close(
+        batched_scorer.store.gather(names), single.store.gather(names), atol=1e-5, rtol=0
+    )
+    assert batched_scorer.store.last_times(names).tolist() == single.store.last_times(names).tolist()
