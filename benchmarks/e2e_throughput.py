@@ -21,6 +21,7 @@ Targets (issue 4): json_vs_raw >= 0.8, arrow_eps >= 200000, p99_ms < 50, recover
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -28,7 +29,9 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +45,54 @@ def make_schema(name: str):
     from rnnstream.rnn_core.event_schema import EventSchema
 
     return EventSchema(pipeline=name, version=1, vectors=(("x", FEATURES),))
+
+
+@contextlib.contextmanager
+def broker_and_ray(prefix: str) -> Iterator[tuple[Path, Any]]:
+    """A temporary folder, an embedded broker in it and a local Ray (4 logical CPUs), all gone after:
+    ``(tmp, settings)``."""
+    import ray
+
+    from rnnstream.workers.embedded_broker import EmbeddedBroker, free_port
+    from rnnstream.workers.kafka_settings import KafkaSettings
+    from rnnstream.workers.serving import init_ray
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmpdir:
+        tmp = Path(tmpdir)
+        broker = EmbeddedBroker(data_dir=tmp / "broker", port=free_port())
+        broker.start()
+        try:
+            init_ray(num_cpus=4)
+            yield tmp, KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
+            broker.stop()
+
+
+def print_result(result: dict, as_json: bool, width: int = 24) -> None:
+    """One JSON object, or one ``name: value`` line a figure."""
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>{width}}: {v}")
+
+
+def seeded_model(tmp: Path):
+    """The benchmarks' GRU(32->64) binary model, seeded, saved under ``tmp/model``: (model, handle)."""
+    import torch
+
+    from rnnstream.rnn_core.config import ModelConfig
+    from rnnstream.rnn_core.model import StreamingModel
+    from rnnstream.rnn_core.serialization import save_model
+    from rnnstream.workers.worker_config import ModelHandle
+
+    torch.manual_seed(0)
+    base = make_schema("bench")
+    model = StreamingModel(ModelConfig(features=base.feature_spec(), cell="gru", hidden_size=HIDDEN)).eval()
+    save_model(model, tmp / "model")
+    return model, ModelHandle(version="bench:gru-32-64", locator=str(tmp / "model"))
 
 
 def make_events(schema, n: int, n_keys: int, seed: int, start_ms: int, key_prefix: str = "k") -> pa.Table:
@@ -264,66 +315,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
 
-    import torch
-
-    from rnnstream.rnn_core.config import ModelConfig
-    from rnnstream.rnn_core.model import StreamingModel
-    from rnnstream.rnn_core.serialization import save_model
-    from rnnstream.workers.embedded_broker import EmbeddedBroker, free_port
-    from rnnstream.workers.kafka_settings import KafkaSettings
-    from rnnstream.workers.serving import init_ray
-    from rnnstream.workers.worker_config import ModelHandle
-
     n_json = 20_000 if args.quick else 60_000
     n_arrow = 100_000 if args.quick else 400_000
     lat_seconds = 4.0 if args.quick else 10.0
     rec_keys = 100_000
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    with tempfile.TemporaryDirectory(prefix="rnnstream-e2e-") as tmpdir:
-        tmp = Path(tmpdir)
-        broker = EmbeddedBroker(data_dir=tmp / "broker", port=free_port())
-        broker.start()
-        try:
-            settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
-            init_ray(num_cpus=4)
-            torch.manual_seed(0)
-            base = make_schema("bench")
-            model = StreamingModel(ModelConfig(features=base.feature_spec(), cell="gru", hidden_size=HIDDEN))
-            save_model(model, tmp / "model")
-            handle = ModelHandle(version="bench:gru-32-64", locator=str(tmp / "model"))
-            start = int(time.time() * 1000) - 3_600_000
+    with broker_and_ray("rnnstream-e2e-") as (tmp, settings):
+        _, handle = seeded_model(tmp)
+        start = int(time.time() * 1000) - 3_600_000
 
-            schema = make_schema("bench-json")
-            table = make_events(schema, n_json, 10_000, seed=1, start_ms=start)
-            log(f"json: {n_json} events ...")
-            json_eps = end_to_end_eps(settings, schema, handle, table, "json", tmp)
-            counts = _partition_counts(settings, f"{schema.pipeline}.events")
-            log(f"raw pass-through over the same {n_json} JSON messages ...")
-            raw = raw_eps(settings, schema.pipeline, counts)
+        schema = make_schema("bench-json")
+        table = make_events(schema, n_json, 10_000, seed=1, start_ms=start)
+        log(f"json: {n_json} events ...")
+        json_eps = end_to_end_eps(settings, schema, handle, table, "json", tmp)
+        counts = _partition_counts(settings, f"{schema.pipeline}.events")
+        log(f"raw pass-through over the same {n_json} JSON messages ...")
+        raw = raw_eps(settings, schema.pipeline, counts)
 
-            schema = make_schema("bench-arrow")
-            table = make_events(schema, n_arrow, 10_000, seed=2, start_ms=start)
-            log(f"arrow: {n_arrow} events ...")
-            arrow_eps = end_to_end_eps(settings, schema, handle, table, "arrow", tmp)
+        schema = make_schema("bench-arrow")
+        table = make_events(schema, n_arrow, 10_000, seed=2, start_ms=start)
+        log(f"arrow: {n_arrow} events ...")
+        arrow_eps = end_to_end_eps(settings, schema, handle, table, "arrow", tmp)
 
-            log(f"latency at {arrow_eps / 2:.0f} events/s ...")
-            p50, p99 = latency_at_rate(
-                settings, make_schema("bench-lat"), handle, arrow_eps / 2, lat_seconds, tmp
-            )
+        log(f"latency at {arrow_eps / 2:.0f} events/s ...")
+        p50, p99 = latency_at_rate(
+            settings, make_schema("bench-lat"), handle, arrow_eps / 2, lat_seconds, tmp
+        )
 
-            log("latency at 10000 events/s ...")
-            p50_low, p99_low = latency_at_rate(
-                settings, make_schema("bench-lat-low"), handle, 10_000.0, lat_seconds, tmp
-            )
+        log("latency at 10000 events/s ...")
+        p50_low, p99_low = latency_at_rate(
+            settings, make_schema("bench-lat-low"), handle, 10_000.0, lat_seconds, tmp
+        )
 
-            log(f"recovery with {rec_keys} keys ...")
-            rec = recovery_seconds(settings, make_schema("bench-rec"), handle, rec_keys, tmp)
-        finally:
-            import ray
-
-            if ray.is_initialized():
-                ray.shutdown()
-            broker.stop()
+        log(f"recovery with {rec_keys} keys ...")
+        rec = recovery_seconds(settings, make_schema("bench-rec"), handle, rec_keys, tmp)
     result = {
         "raw_eps": round(raw),
         "json_eps": round(json_eps),
@@ -346,11 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "cpus": os.cpu_count(),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>14}: {v}")
+    print_result(result, args.json, width=14)
     return 0
 
 

@@ -26,7 +26,6 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -131,71 +130,47 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
 
-    import torch
-
-    from rnnstream.rnn_core.config import ModelConfig
-    from rnnstream.rnn_core.model import StreamingModel
-    from rnnstream.rnn_core.serialization import save_model
-    from rnnstream.workers.embedded_broker import EmbeddedBroker, free_port
-    from rnnstream.workers.kafka_settings import KafkaSettings
-    from rnnstream.workers.serving import init_ray
-    from rnnstream.workers.worker_config import ModelHandle
-
     n, n_keys = (50_000, 10_000) if args.quick else (100_000, 100_000)
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
     python = peer_python()
-    with tempfile.TemporaryDirectory(prefix="rnnstream-peer-") as tmpdir:
-        tmp = Path(tmpdir)
-        broker = EmbeddedBroker(data_dir=tmp / "broker", port=free_port())
-        broker.start()
-        try:
-            settings = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
-            init_ray(num_cpus=4)
-            torch.manual_seed(0)
-            base = e2e.make_schema("peer")
-            model = StreamingModel(
-                ModelConfig(features=base.feature_spec(), cell="gru", hidden_size=e2e.HIDDEN)
-            ).eval()
-            save_model(model, tmp / "model")
-            export_weights(model, tmp / "weights.npz")
-            handle = ModelHandle(version="bench:gru-32-64", locator=str(tmp / "model"))
-            start = int(time.time() * 1000) - 3_600_000
+    with e2e.broker_and_ray("rnnstream-peer-") as (tmp, settings):
+        model, handle = e2e.seeded_model(tmp)
+        export_weights(model, tmp / "weights.npz")
+        start = int(time.time() * 1000) - 3_600_000
 
-            json_schema, arrow_schema = e2e.make_schema("peer-json"), e2e.make_schema("peer-arrow")
-            table = e2e.make_events(json_schema, n, n_keys, seed=1, start_ms=start)
-            log(f"rnnstream, JSON, exactly-once: {n} events of {n_keys} keys ...")
-            json_eps = e2e.end_to_end_eps(settings, json_schema, handle, table, "json", tmp)
-            log(f"rnnstream, Arrow, exactly-once: {n} events ...")
-            arrow_eps = e2e.end_to_end_eps(settings, arrow_schema, handle, table, "arrow", tmp)
+        json_schema, arrow_schema = e2e.make_schema("peer-json"), e2e.make_schema("peer-arrow")
+        table = e2e.make_events(json_schema, n, n_keys, seed=1, start_ms=start)
+        log(f"rnnstream, JSON, exactly-once: {n} events of {n_keys} keys ...")
+        json_eps = e2e.end_to_end_eps(settings, json_schema, handle, table, "json", tmp)
+        log(f"rnnstream, Arrow, exactly-once: {n} events ...")
+        arrow_eps = e2e.end_to_end_eps(settings, arrow_schema, handle, table, "arrow", tmp)
 
-            peer = {}
-            for guarantee in ("at-least-once", "exactly-once"):
-                log(f"Quix Streams peer, {guarantee}, same JSON topic ...")
-                eps, out_topic = run_peer(
-                    python,
-                    broker.bootstrap_servers,
-                    "peer-json.events",
-                    tmp / "weights.npz",
-                    guarantee,
-                    n,
-                    tmp,
-                )
-                peer[guarantee] = (eps, out_topic)
+        peer = {}
+        for guarantee in ("at-least-once", "exactly-once"):
+            log(f"Quix Streams peer, {guarantee}, same JSON topic ...")
+            eps, out_topic = run_peer(
+                python,
+                settings.bootstrap_servers,
+                "peer-json.events",
+                tmp / "weights.npz",
+                guarantee,
+                n,
+                tmp,
+            )
+            peer[guarantee] = (eps, out_topic)
 
-            log("checking every score against the offline forward ...")
-            want, events_json, ref_json = reference_by_event(settings, json_schema, model)
-            err_json, scored_json = rnnstream_error(settings, json_schema, events_json, ref_json)
-            _, events_arrow, ref_arrow = reference_by_event(settings, arrow_schema, model)
-            err_arrow, scored_arrow = rnnstream_error(settings, arrow_schema, events_arrow, ref_arrow)
-            peer_err = {}
-            for guarantee, (_, out_topic) in peer.items():
-                got = peer_scores(settings, out_topic)
-                missing = len(set(want) - set(got))
-                if missing:
-                    raise RuntimeError(f"the Quix peer ({guarantee}) left {missing} events without a score")
-                peer_err[guarantee] = max(abs(got[k] - v) for k, v in want.items())
-        finally:
-            broker.stop()
+        log("checking every score against the offline forward ...")
+        want, events_json, ref_json = reference_by_event(settings, json_schema, model)
+        err_json, scored_json = rnnstream_error(settings, json_schema, events_json, ref_json)
+        _, events_arrow, ref_arrow = reference_by_event(settings, arrow_schema, model)
+        err_arrow, scored_arrow = rnnstream_error(settings, arrow_schema, events_arrow, ref_arrow)
+        peer_err = {}
+        for guarantee, (_, out_topic) in peer.items():
+            got = peer_scores(settings, out_topic)
+            missing = len(set(want) - set(got))
+            if missing:
+                raise RuntimeError(f"the Quix peer ({guarantee}) left {missing} events without a score")
+            peer_err[guarantee] = max(abs(got[k] - v) for k, v in want.items())
 
     from importlib.metadata import version
 
@@ -221,11 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "torch": version("torch"),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>24}: {v}")
+    e2e.print_result(result, args.json)
     return 0
 
 
