@@ -54,25 +54,10 @@ def likelihood_step(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One event per key: ``error_z[B]``, ``stats[B, 4]`` -> (score[B], z[B], new stats[B, 4]).
 
-    Keys with ``count`` 0 (new or expired) start from ``prior`` = (mean, variance) of the training errors.
+    The one-event case of :func:`likelihood_sequence` (one recursion, so stepping equals the full sequence).
     """
-    count, short, long, var = stats.unbind(-1)
-    fresh = count <= 0
-    prior_mean = torch.full_like(long, prior[0])
-    short = torch.where(fresh, prior_mean, short)
-    long = torch.where(fresh, prior_mean, long)
-    var = torch.where(fresh, torch.full_like(var, prior[1]), var)
-    e = torch.nan_to_num(error_z, nan=0.0, posinf=1e30)
-    a_short = torch.clamp_min(1.0 / (count + 1.0), 1.0 / windows.short_window)
-    short = short + a_short * (e - short)
-    z = (short - long) / torch.sqrt(torch.clamp_min(var, _MIN_VAR))
-    score = 0.5 * torch.erfc(-z * _SQRT1_2)
-    a_long = torch.clamp_min(1.0 / (count + 1.0 + windows.prior_events), 1.0 / windows.long_window)
-    d = e - long
-    long = long + a_long * d
-    var = (1.0 - a_long) * (var + a_long * d * d)
-    count = torch.clamp_max(count + 1.0, _MAX_COUNT)
-    return score, z, torch.stack([count, short, long, var], dim=-1)
+    score, z, final = likelihood_sequence(error_z.unsqueeze(1), stats, prior, windows)
+    return score[:, 0], z[:, 0], final
 
 
 def likelihood_sequence(
@@ -80,9 +65,9 @@ def likelihood_sequence(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Whole sequences: ``error_z[B, T]`` from ``stats[B, 4]`` -> (score[B, T], z[B, T], final stats).
 
-    The recursion of :func:`likelihood_step`, event after event, on float32 NumPy rows with the same
-    operations in the same order (so stepping and the full sequence agree to the bit; a long series costs
-    microseconds an event instead of a dozen tensor calls).
+    Keys with ``count`` 0 (new or expired) start from ``prior`` = (mean, variance) of the training errors.
+    The recursion runs event after event on float32 NumPy rows (a long series costs microseconds an event
+    instead of a dozen tensor calls).
     """
     b, t = error_z.shape
     if t == 0:

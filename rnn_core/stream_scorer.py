@@ -36,6 +36,14 @@ DEFAULT_STEP_ROWS = 1024
 SEQUENCE_MIN_EVENTS = 32  # a key this often in one batch runs through forward() at once
 
 
+def _seconds_since(times: np.ndarray, prev: np.ndarray) -> np.ndarray:
+    """The time-delta input: float32 seconds since each key's previous event (0 for none, never negative)."""
+    dt = (times - prev).astype(np.float32)
+    dt *= np.float32(1e-3)
+    dt[(prev < 0) | (dt < 0)] = 0.0
+    return dt
+
+
 class StreamScorer:
     """Streams events through a :class:`StreamingModel`, keeping per-key state in a :class:`KeyedStateStore`.
 
@@ -206,7 +214,7 @@ class StreamScorer:
         slots = self.store.lookup(keys, create=True)
         repeated = self._repeated(slots)
         if repeated is not None and int(repeated[1].max()) + 1 >= SEQUENCE_MIN_EVENTS:
-            return self._score_runs(keys, slots, times, x, repeated[0], repeated[1])
+            return self._score_runs(keys, slots, times, x, repeated[0])
         order = None if repeated is None else self._fused_order(n, *repeated)
         with torch.inference_mode():
             if repeated is None:
@@ -247,7 +255,6 @@ class StreamScorer:
         times: np.ndarray,
         x: np.ndarray,
         involved: np.ndarray,
-        rank: np.ndarray,
     ) -> np.ndarray:
         """A batch where some keys have ``SEQUENCE_MIN_EVENTS``+ events: each of those keys runs through the
         model's full-sequence ``forward`` at once (one long series stops costing a Python step per event;
@@ -270,11 +277,7 @@ class StreamScorer:
                 xs = np.array(x[rows], dtype=np.float32)
                 t = times[rows]
                 if self._dt_col is not None:
-                    prev = np.r_[store.slot_times(one), t[:-1]]
-                    dt = (t - prev).astype(np.float32)
-                    dt *= np.float32(1e-3)
-                    dt[(prev < 0) | (dt < 0)] = 0.0
-                    xs[:, self._dt_col] = dt
+                    xs[:, self._dt_col] = _seconds_since(t, np.r_[store.slot_times(one), t[:-1]])
                 state = store.gather_slots(one)
                 self._remember(one, state)
                 o, final = self.model(
@@ -316,11 +319,7 @@ class StreamScorer:
         """Fill dt, gather, step, scatter for one chunk of rows; returns (outputs, new states on the CPU)."""
         store = self.store
         if self._dt_col is not None:
-            prev = store.slot_times(slots)
-            dt = (times - prev).astype(np.float32)
-            dt *= np.float32(1e-3)
-            dt[(prev < 0) | (dt < 0)] = 0.0
-            xb[:, self._dt_col] = dt
+            xb[:, self._dt_col] = _seconds_since(times, store.slot_times(slots))
         if self._gbuf.shape[0] < slots.size:
             self._gbuf = np.empty((max(slots.size, self.step_rows), *store.state_shape), np.float32)
         state = store.gather_slots(slots, out=self._gbuf[: slots.size])  # reused: no allocation per chunk
