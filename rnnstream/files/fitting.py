@@ -32,8 +32,17 @@ import torch
 from tqdm import tqdm
 
 from rnnstream.errors import UsageError
-from rnnstream.files.alert_threshold import DEFAULT_TARGET_FPR, AlertThreshold, choose_threshold
+from rnnstream.files.alert_threshold import DEFAULT_TARGET_FPR
 from rnnstream.files.columns import DEFAULT_CHUNK_ROWS, FileColumns
+from rnnstream.files.holdout import (
+    MIN_KEY_EVENTS_FOR_HOLDOUT,
+    alert_threshold,
+    holdout_metrics,
+    holdout_outputs,
+    is_session_like,
+    split_tails,
+    validation_sequences,
+)
 from rnnstream.files.reader import (
     RawChunk,
     iter_chunks,
@@ -48,17 +57,13 @@ from rnnstream.files.schema import (
     order_classes,
 )
 from rnnstream.pipelines.spec import PIPELINE_NAMES
-from rnnstream.rnn_core import metrics
 from rnnstream.rnn_core.config import ModelConfig
 from rnnstream.rnn_core.event_schema import LABEL_COLUMN
 from rnnstream.rnn_core.model import StreamingModel
 from rnnstream.rnn_core.serialization import load_model, save_model
-from rnnstream.rnn_core.training import KeySequences, fit, sequences_from_table
+from rnnstream.rnn_core.training import fit, sequences_from_table
 
 DEFAULT_MAX_EVENTS = 2_000_000
-MIN_KEY_EVENTS_FOR_HOLDOUT = 5
-SESSION_MIN_KEYS = 20
-SESSION_MAX_MEDIAN_EVENTS = 50
 POOR_TOP1 = 0.5  # a next-token model right less often than this gets a loud note
 META_FILE_SCHEMA = "file_schema"
 
@@ -205,67 +210,6 @@ def read_file_events(
     return schema, events, notes
 
 
-def is_session_like(sequences: KeySequences) -> bool:
-    """Many short keys (sessions, jobs, requests): at least ``SESSION_MIN_KEYS`` keys of a median of at most
-    ``SESSION_MAX_MEDIAN_EVENTS`` events. Their tails are their endings, so holding tails out would teach
-    a model never to see how a key ends."""
-    lengths = np.fromiter((len(x) for x in sequences.x), dtype=np.int64, count=len(sequences.x))
-    return lengths.size >= SESSION_MIN_KEYS and float(np.median(lengths)) <= SESSION_MAX_MEDIAN_EVENTS
-
-
-def split_tails(
-    sequences: KeySequences, holdout: float, by_key: bool = False, seed: int = 0
-) -> tuple[KeySequences, np.ndarray]:
-    """The training part and where each key's held-out part starts (``cuts[i]``; ``len`` = none held out).
-
-    Long-lived keys: each key's last ``holdout`` of events is held out (its state carried into it).
-    ``by_key`` (session-like data): a seeded ``holdout`` share of whole keys is held out, scored from a fresh
-    state as a new session would be, and the other keys train whole.
-    """
-    lengths = [len(x) for x in sequences.x]
-    if by_key:
-        held = np.random.default_rng(seed).permutation(len(lengths))[: round(holdout * len(lengths))]
-        cuts = list(lengths)
-        for i in held:
-            cuts[i] = 0
-    else:
-        cuts = [n - (int(n * holdout) if n >= MIN_KEY_EVENTS_FOR_HOLDOUT else 0) for n in lengths]
-    cuts_arr = np.asarray(cuts, dtype=np.int64)
-    keep = [i for i, c in enumerate(cuts) if c > 0]  # a key held out whole has no training part
-    heads = KeySequences(
-        keys=tuple(sequences.keys[i] for i in keep),
-        x=tuple(sequences.x[i][: cuts[i]] for i in keep),
-        y=None if sequences.y is None else tuple(sequences.y[i][: cuts[i]] for i in keep),
-        times_ms=None
-        if sequences.times_ms is None
-        else tuple(sequences.times_ms[i][: cuts[i]] for i in keep),
-    )
-    return heads, cuts_arr
-
-
-def validation_sequences(sequences: KeySequences, cuts: np.ndarray, head: str) -> KeySequences | None:
-    """What early stopping watches: classifiers see whole keys with the training labels hidden (state
-    carried into the tail); forecast/next-token heads (whose loss ignores labels) see the tails alone."""
-    has_tail = [i for i, (x, c) in enumerate(zip(sequences.x, cuts, strict=True)) if c < len(x)]
-    if not has_tail:
-        return None
-    if head in ("binary", "multiclass") and sequences.y is not None:
-        ys = []
-        for i in has_tail:
-            y = sequences.y[i].copy()
-            y[: cuts[i]] = np.nan
-            ys.append(y)
-        return KeySequences(
-            keys=tuple(sequences.keys[i] for i in has_tail),
-            x=tuple(sequences.x[i] for i in has_tail),
-            y=tuple(ys),
-        )
-    return KeySequences(
-        keys=tuple(sequences.keys[i] for i in has_tail),
-        x=tuple(sequences.x[i][cuts[i] :] for i in has_tail),
-    )
-
-
 def fit_file(
     path: Path,
     columns: FileColumns,
@@ -341,26 +285,9 @@ def fit_file(
     holdout_events = int(sum(len(x) - c for x, c in zip(sequences.x, cuts, strict=True)))
     names = model.output_names()
     out, y = holdout_outputs(model, sequences, cuts)
-    chosen_on = cuts
-    if out.shape[0] == 0:  # no held-out part: the threshold comes from the training events themselves
-        chosen_on = np.zeros_like(cuts)
+    if out.shape[0] == 0:
         notes.append("no held-out events: the alert threshold is chosen on the training events")
-    threshold_out, threshold_y = (
-        (out, y) if chosen_on is cuts else holdout_outputs(model, sequences, chosen_on)
-    )
-    threshold_scores = threshold_out[:, 0]
-    if by_key and schema.head != "binary" and threshold_scores.size:
-        # sessions alert as a whole (any event over the line): the target is a share of normal sessions
-        sizes = [len(x) - c for x, c in zip(sequences.x, cuts, strict=True) if c < len(x)]
-        if sum(sizes) == threshold_scores.size:
-            starts = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64)
-            threshold_scores = np.maximum.reduceat(threshold_scores, starts)
-    threshold = choose_threshold(
-        schema.head,
-        threshold_scores,
-        threshold_y if schema.head == "binary" else None,
-        options.target_fpr,
-    )
+    threshold = alert_threshold(model, sequences, cuts, (out, y), schema.head, by_key, options.target_fpr)
     schema = replace(schema, threshold=threshold)
     found = holdout_metrics(out, y, names, schema.head, threshold)
     if schema.head == "next_token" and found.get("top1_accuracy", 1.0) < POOR_TOP1:
@@ -383,58 +310,6 @@ def fit_file(
         holdout_metrics=found,
         notes=notes,
     )
-
-
-@torch.no_grad()
-def holdout_outputs(
-    model: StreamingModel, sequences: KeySequences, cuts: np.ndarray
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Model outputs ``[N, K]`` (and labels) of the held-out tails, each key's state carried from its
-    training part (forward == step)."""
-    outs, ys = [], []
-    for i, x in enumerate(sequences.x):
-        if cuts[i] >= len(x):
-            continue
-        out, _ = model(torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(0))
-        outs.append(out[0, cuts[i] :].numpy())
-        if sequences.y is not None:
-            ys.append(sequences.y[i][cuts[i] :])
-    if not outs:
-        return np.zeros((0, model.output_size), np.float32), None
-    return np.concatenate(outs), (np.concatenate(ys) if ys else None)
-
-
-def holdout_metrics(
-    out: np.ndarray, y: np.ndarray | None, names: list[str], head: str, threshold: AlertThreshold | None
-) -> dict[str, float]:
-    """Quality on the held-out tails: class-balanced for labels (PR-AUC, recall and precision at the stored
-    threshold, the positive rate), never plain accuracy on a rare label."""
-    if out.shape[0] == 0:
-        return {}
-    if head == "next_token":
-        rank = out[:, names.index("rank")]
-        return {"top1_accuracy": float(np.mean(rank < 0.5)), "top5_accuracy": float(np.mean(rank < 4.5))}
-    if head == "forecast":
-        found = {"mean_error_z": float(np.mean(out[:, names.index("error_z")]))}
-        if threshold is not None:
-            found["alert_rate"] = float(np.mean(out[:, 0].astype(np.float64) >= threshold.value))
-        return found
-    if y is None:
-        return {}
-    ok = np.isfinite(y)
-    truth = y[ok].astype(int)
-    if head == "multiclass":
-        pred = out[ok].argmax(1)
-        return {"accuracy": float(np.mean(pred == truth)), "macro_f1": metrics.macro_f1(truth, pred)}
-    score = out[ok, 0].astype(np.float64)
-    found = {"positive_rate": float(truth.mean()) if truth.size else 0.0}
-    if 0 < truth.sum() < truth.size:
-        found["pr_auc"] = metrics.pr_auc(truth, score)
-    if threshold is not None and truth.sum() > 0:
-        flagged = score >= threshold.value
-        found["recall_at_threshold"] = float(flagged[truth == 1].mean())
-        found["precision_at_threshold"] = float(truth[flagged].mean()) if flagged.any() else 0.0
-    return found
 
 
 # ------------------------------------------------------------------------------------------------ save, load

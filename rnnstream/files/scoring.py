@@ -106,13 +106,14 @@ def scores_table(model: StreamingModel, schema: FileSchema, out: np.ndarray) -> 
             "rank": pa.array(np.rint(out[:, idx["rank"]]).astype(np.int64)),
             "prob": pa.array(out[:, idx["prob"]], pa.float64()),
         }
-        if schema.threshold is not None:
-            alert = out[:, idx["score"]].astype(np.float64) >= schema.threshold.value
-            arrays["alert"] = pa.array(alert, pa.bool_())
-        return arrays
-    arrays = {c: pa.array(out[:, i], pa.float64()) for i, c in enumerate(cols)}
-    if schema.threshold is not None:  # the threshold fit-file chose on its held-out part
-        arrays["alert"] = pa.array(out[:, 0].astype(np.float64) >= schema.threshold.value, pa.bool_())
+        return _with_alert(arrays, out[:, idx["score"]], schema)
+    return _with_alert({c: pa.array(out[:, i], pa.float64()) for i, c in enumerate(cols)}, out[:, 0], schema)
+
+
+def _with_alert(arrays: dict[str, pa.Array], score: np.ndarray, schema: FileSchema) -> dict[str, pa.Array]:
+    """``arrays`` plus the ``alert`` column when fit-file stored a threshold (compared in float64)."""
+    if schema.threshold is not None:
+        arrays["alert"] = pa.array(score.astype(np.float64) >= schema.threshold.value, pa.bool_())
     return arrays
 
 

@@ -267,7 +267,7 @@ def test_register_and_score_from_mlflow(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_session_like_data_holds_out_whole_keys_not_their_endings() -> None:
-    from rnnstream.files.fitting import is_session_like, split_tails
+    from rnnstream.files.holdout import is_session_like, split_tails
     from rnnstream.rnn_core.training import KeySequences
 
     rng = np.random.default_rng(0)

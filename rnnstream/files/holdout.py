@@ -1,0 +1,161 @@
+"""What fit-file holds out of a user's file, and what it learns from that part alone.
+
+- :func:`split_tails`: long-lived keys hold out each key's last events (their state carried into them);
+  session-like data (:func:`is_session_like`: many short keys) holds out whole keys, scored from a fresh
+  state as new sessions are, because a session's tail is its ending;
+- :func:`validation_sequences`: what early stopping watches;
+- :func:`holdout_outputs` / :func:`holdout_metrics`: the model's outputs on the held-out part and
+  class-balanced quality figures (never plain accuracy on a rare label);
+- :func:`alert_threshold`: the stored decision threshold (:mod:`rnnstream.files.alert_threshold`), from the
+  held-out part (the training events when nothing is held out), per session for session-like data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rnnstream.files.alert_threshold import AlertThreshold, choose_threshold
+from rnnstream.rnn_core import metrics
+from rnnstream.rnn_core.model import StreamingModel
+from rnnstream.rnn_core.training import KeySequences
+
+MIN_KEY_EVENTS_FOR_HOLDOUT = 5
+SESSION_MIN_KEYS = 20
+SESSION_MAX_MEDIAN_EVENTS = 50
+
+
+def is_session_like(sequences: KeySequences) -> bool:
+    """Many short keys (sessions, jobs, requests): at least ``SESSION_MIN_KEYS`` keys of a median of at most
+    ``SESSION_MAX_MEDIAN_EVENTS`` events. Their tails are their endings, so holding tails out would teach
+    a model never to see how a key ends."""
+    lengths = np.fromiter((len(x) for x in sequences.x), dtype=np.int64, count=len(sequences.x))
+    return lengths.size >= SESSION_MIN_KEYS and float(np.median(lengths)) <= SESSION_MAX_MEDIAN_EVENTS
+
+
+def split_tails(
+    sequences: KeySequences, holdout: float, by_key: bool = False, seed: int = 0
+) -> tuple[KeySequences, np.ndarray]:
+    """The training part and where each key's held-out part starts (``cuts[i]``; ``len`` = none held out).
+
+    Long-lived keys: each key's last ``holdout`` of events is held out (its state carried into it).
+    ``by_key`` (session-like data): a seeded ``holdout`` share of whole keys is held out, scored from a fresh
+    state as a new session would be, and the other keys train whole.
+    """
+    lengths = [len(x) for x in sequences.x]
+    if by_key:
+        held = np.random.default_rng(seed).permutation(len(lengths))[: round(holdout * len(lengths))]
+        cuts = list(lengths)
+        for i in held:
+            cuts[i] = 0
+    else:
+        cuts = [n - (int(n * holdout) if n >= MIN_KEY_EVENTS_FOR_HOLDOUT else 0) for n in lengths]
+    cuts_arr = np.asarray(cuts, dtype=np.int64)
+    keep = [i for i, c in enumerate(cuts) if c > 0]  # a key held out whole has no training part
+    heads = KeySequences(
+        keys=tuple(sequences.keys[i] for i in keep),
+        x=tuple(sequences.x[i][: cuts[i]] for i in keep),
+        y=None if sequences.y is None else tuple(sequences.y[i][: cuts[i]] for i in keep),
+        times_ms=None
+        if sequences.times_ms is None
+        else tuple(sequences.times_ms[i][: cuts[i]] for i in keep),
+    )
+    return heads, cuts_arr
+
+
+def validation_sequences(sequences: KeySequences, cuts: np.ndarray, head: str) -> KeySequences | None:
+    """What early stopping watches: classifiers see whole keys with the training labels hidden (state
+    carried into the tail); forecast/next-token heads (whose loss ignores labels) see the tails alone."""
+    has_tail = [i for i, (x, c) in enumerate(zip(sequences.x, cuts, strict=True)) if c < len(x)]
+    if not has_tail:
+        return None
+    if head in ("binary", "multiclass") and sequences.y is not None:
+        ys = []
+        for i in has_tail:
+            y = sequences.y[i].copy()
+            y[: cuts[i]] = np.nan
+            ys.append(y)
+        return KeySequences(
+            keys=tuple(sequences.keys[i] for i in has_tail),
+            x=tuple(sequences.x[i] for i in has_tail),
+            y=tuple(ys),
+        )
+    return KeySequences(
+        keys=tuple(sequences.keys[i] for i in has_tail),
+        x=tuple(sequences.x[i][cuts[i] :] for i in has_tail),
+    )
+
+
+@torch.no_grad()
+def holdout_outputs(
+    model: StreamingModel, sequences: KeySequences, cuts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Model outputs ``[N, K]`` (and labels) of the held-out tails, each key's state carried from its
+    training part (forward == step)."""
+    outs, ys = [], []
+    for i, x in enumerate(sequences.x):
+        if cuts[i] >= len(x):
+            continue
+        out, _ = model(torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(0))
+        outs.append(out[0, cuts[i] :].numpy())
+        if sequences.y is not None:
+            ys.append(sequences.y[i][cuts[i] :])
+    if not outs:
+        return np.zeros((0, model.output_size), np.float32), None
+    return np.concatenate(outs), (np.concatenate(ys) if ys else None)
+
+
+def holdout_metrics(
+    out: np.ndarray, y: np.ndarray | None, names: list[str], head: str, threshold: AlertThreshold | None
+) -> dict[str, float]:
+    """Quality on the held-out tails: class-balanced for labels (PR-AUC, recall and precision at the stored
+    threshold, the positive rate), never plain accuracy on a rare label."""
+    if out.shape[0] == 0:
+        return {}
+    if head == "next_token":
+        rank = out[:, names.index("rank")]
+        return {"top1_accuracy": float(np.mean(rank < 0.5)), "top5_accuracy": float(np.mean(rank < 4.5))}
+    if head == "forecast":
+        found = {"mean_error_z": float(np.mean(out[:, names.index("error_z")]))}
+        if threshold is not None:
+            found["alert_rate"] = float(np.mean(out[:, 0].astype(np.float64) >= threshold.value))
+        return found
+    if y is None:
+        return {}
+    ok = np.isfinite(y)
+    truth = y[ok].astype(int)
+    if head == "multiclass":
+        pred = out[ok].argmax(1)
+        return {"accuracy": float(np.mean(pred == truth)), "macro_f1": metrics.macro_f1(truth, pred)}
+    score = out[ok, 0].astype(np.float64)
+    found = {"positive_rate": float(truth.mean()) if truth.size else 0.0}
+    if 0 < truth.sum() < truth.size:
+        found["pr_auc"] = metrics.pr_auc(truth, score)
+    if threshold is not None and truth.sum() > 0:
+        flagged = score >= threshold.value
+        found["recall_at_threshold"] = float(flagged[truth == 1].mean())
+        found["precision_at_threshold"] = float(truth[flagged].mean()) if flagged.any() else 0.0
+    return found
+
+
+def alert_threshold(
+    model: StreamingModel,
+    sequences: KeySequences,
+    cuts: np.ndarray,
+    held_out: tuple[np.ndarray, np.ndarray | None],
+    head: str,
+    per_session: bool,
+    target_fpr: float,
+) -> AlertThreshold | None:
+    """The alert threshold from the held-out outputs ``held_out`` (of ``cuts``), or from every event when
+    nothing is held out. ``per_session``: a session alerts when any of its events does, so the share of
+    normal sessions is bounded (over each key's highest score); labelled binary data stays per event."""
+    out, y = held_out
+    if out.shape[0] == 0:
+        cuts = np.zeros_like(cuts)
+        out, y = holdout_outputs(model, sequences, cuts)
+    scores = out[:, 0]
+    if per_session and head != "binary" and scores.size:
+        sizes = np.asarray([len(x) - c for x, c in zip(sequences.x, cuts, strict=True) if c < len(x)])
+        scores = np.maximum.reduceat(scores, np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64))
+    return choose_threshold(head, scores, y if head == "binary" else None, target_fpr)
