@@ -30,14 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
+    from rnnstream.cli.serve import serving_from_args
     from rnnstream.data_dir import DataDir
     from rnnstream.errors import UsageError
     from rnnstream.pipelines.sample_stream import resolve_schema
     from rnnstream.run_config import load_run_config
-    from rnnstream.serving_config import effective_serving
-    from rnnstream.workers.kafka_settings import KafkaSettings
     from rnnstream.workers.worker_config import transactional_id
 
     run = load_run_config(args.config)
@@ -47,19 +44,7 @@ def run_show(args: argparse.Namespace) -> int:
             listed = ", ".join(sorted(run.pipelines)) or "none"
             raise UsageError(f"pass --pipeline (the config {run.source} lists: {listed})")
         (pipeline,) = run.pipelines
-    if args.kafka_config:
-        run = replace(run, kafka=KafkaSettings.load(config_file=args.kafka_config))
-    effective = effective_serving(
-        pipeline,
-        resolve_schema(pipeline),
-        run,
-        flags={
-            "checkpoint_uri": args.checkpoint_uri,
-            "deployment": args.deployment_name,
-            "bootstrap_servers": args.bootstrap_servers,
-        },
-        default_checkpoint_uri=str(DataDir.default().checkpoints),
-    )
+    effective = serving_from_args(args, pipeline, resolve_schema(pipeline), run)
     rows = effective.rows()
     worker = effective.worker
     file = f"file {run.source}"

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rnnstream.errors import UsageError
+from rnnstream.files.alert_threshold import DEFAULT_TARGET_FPR
 from rnnstream.files.columns import DEFAULT_CHUNK_ROWS, TIME_FORMATS, FileColumns
 
 
@@ -53,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument(
         "--target-fpr",
         type=float,
-        default=0.01,
+        default=DEFAULT_TARGET_FPR,
         help="alert threshold: the share of held-out normal events allowed to alert (default %(default)s; "
         "labelled binary data: best F1 on the held-out part instead)",
     )

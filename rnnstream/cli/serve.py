@@ -97,17 +97,38 @@ def _connect(pipeline: str, address: str | None) -> Any:
         raise UsageError(str(exc)) from exc
 
 
+def serving_from_args(args: argparse.Namespace, pipeline: str, schema: Any, run: Any) -> Any:
+    """The :class:`EffectiveServing` of ``pipeline`` (events of ``schema``) from the run config ``run`` and
+    the serve flags in ``args`` (those a command lacks count as not given); ``serve`` and ``config show``
+    share it."""
+    from rnnstream.data_dir import DataDir
+    from rnnstream.serving_config import effective_serving
+    from rnnstream.workers.kafka_settings import KafkaSettings
+
+    if args.kafka_config:  # a separate Kafka client file replaces the run config's kafka: section
+        run = replace(run, kafka=KafkaSettings.load(config_file=args.kafka_config))
+    return effective_serving(
+        pipeline,
+        schema,
+        run,
+        flags={
+            "checkpoint_uri": args.checkpoint_uri,
+            "deployment": args.deployment_name,
+            "transactions": False if getattr(args, "no_transactions", False) else None,
+            "bootstrap_servers": args.bootstrap_servers,
+        },
+        default_checkpoint_uri=str(DataDir.default().checkpoints),
+    )
+
+
 # ------------------------------------------------------------------------------------------------- commands
 def run_serve(args: argparse.Namespace) -> int:
     import ray
 
-    from rnnstream.data_dir import DataDir
     from rnnstream.errors import UsageError
     from rnnstream.pipelines.sample_stream import resolve_schema
     from rnnstream.run_config import load_run_config
-    from rnnstream.serving_config import effective_serving
     from rnnstream.workers.kafka_io import TopicAdmin
-    from rnnstream.workers.kafka_settings import KafkaSettings
     from rnnstream.workers.scoring_partition import feature_mismatch
     from rnnstream.workers.serving import (
         AliasProbe,
@@ -122,21 +143,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UsageError("--workers must be >= 1")
     schema = resolve_schema(args.pipeline)
-    run = load_run_config(args.config)
-    if args.kafka_config:  # a separate Kafka client file replaces the run config's kafka: section
-        run = replace(run, kafka=KafkaSettings.load(config_file=args.kafka_config))
-    effective = effective_serving(
-        args.pipeline,
-        schema,
-        run,
-        flags={
-            "checkpoint_uri": args.checkpoint_uri,
-            "deployment": args.deployment_name,
-            "transactions": False if args.no_transactions else None,
-            "bootstrap_servers": args.bootstrap_servers,
-        },
-        default_checkpoint_uri=str(DataDir.default().checkpoints),
-    )
+    effective = serving_from_args(args, args.pipeline, schema, load_run_config(args.config))
     config = effective.worker
     settings = config.kafka
     check_reachable(settings)
