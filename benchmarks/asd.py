@@ -1,4 +1,4 @@
-"""Real data: the monitoring-metrics model on ASD (12 servers, 19 metrics), scored as one stream.
+"""Real data: the monitoring-metrics model on ASD (12 servers, 19 metrics) or SMD (8 machines, 38 metrics).
 
 Trains the monitoring-metrics pipeline's model (GRU + forecast head; an event's anomaly score is its
 standardized forecast error ``error_z``, of which the calibrated ``score`` is a monotone map) on
@@ -45,7 +45,6 @@ from rnnstream.rnn_core.stream_scorer import StreamScorer
 
 STEP_MS = 60_000
 START_MS = 1_767_225_600_000
-N_METRICS = 19
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / ".." / "shared" / "data" / "asd"
 
 # quick: < 1 minute here; full: a bigger model trained longer (it scored the same, see the closing note)
@@ -55,12 +54,14 @@ SETTINGS = {
 }
 
 
-def asd_schema() -> EventSchema:
-    """ASD events: ``entity`` as the key, metrics ``m0..m18``, the anomaly label (test only)."""
+def metrics_schema(train_csv: Path) -> EventSchema:
+    """Events of the dataset: ``entity`` as the key, its metric columns ``m0..`` (19 for ASD, 38 for SMD,
+    read from the file's header), the anomaly label (test only)."""
+    header = pacsv.open_csv(train_csv).schema.names
     return EventSchema(
-        pipeline="asd",
+        pipeline="server-metrics",
         version=1,
-        numeric=tuple(f"m{i}" for i in range(N_METRICS)),
+        numeric=tuple(n for n in header if n.startswith("m") and n[1:].isdigit()),
         has_label=True,
     )
 
@@ -111,7 +112,7 @@ def per_entity_f1(
 def run(data_dir: Path, quick: bool, seed: int = 0, verbose: bool = True) -> dict:
     settings = SETTINGS["quick" if quick else "full"]
     torch.manual_seed(seed)
-    schema = asd_schema()
+    schema = metrics_schema(data_dir / "train.csv.gz")
     started = time.perf_counter()
     train = load_events(data_dir / "train.csv.gz", schema)
     test = load_events(data_dir / "test.csv.gz", schema)  # t continues where train ends

@@ -12,7 +12,9 @@ recurrent state (so they are checkpointed with it, restored exactly, and equal o
 - ``count`` of events seen (capped, so it stays exact in float32);
 - ``short``: the mean of the last ~``short_window`` errors (exponentially weighted, plain mean at first);
 - ``long`` / ``long_var``: the mean and variance of the last ~``long_window`` errors, starting from the
-  training errors' mean and variance as ``prior_events`` pseudo-events.
+  training errors' mean and variance as ``prior_events`` pseudo-events, updated robustly: an error further
+  than ``clip_sigmas`` from the long mean counts as that far, so a long anomaly is not learned as normal
+  within a few events (a lasting level shift still is, over the long window).
 
 The score of an event is ``Phi((short - long) / sqrt(long_var))`` with ``short`` including the event and
 ``long``/``long_var`` not yet: the probability, under the key's own error history, of a recent mean this
@@ -43,10 +45,11 @@ class LikelihoodWindows:
     short_window: int = 10
     long_window: int = 500
     prior_events: int = 20
+    clip_sigmas: float = 3.0  # an error moves the long statistics by at most this many of their sigmas
 
     def __post_init__(self) -> None:
-        if not 1 <= self.short_window < self.long_window or self.prior_events < 1:
-            raise ValueError("need 1 <= short_window < long_window and prior_events >= 1")
+        if not 1 <= self.short_window < self.long_window or self.prior_events < 1 or self.clip_sigmas <= 0:
+            raise ValueError("need 1 <= short_window < long_window, prior_events >= 1 and clip_sigmas > 0")
 
 
 def likelihood_step(
@@ -82,13 +85,15 @@ def likelihood_sequence(
     zs = np.empty((b, t), np.float32)
     one, min_short, min_long = f32(1.0), f32(1.0 / windows.short_window), f32(1.0 / windows.long_window)
     prior_n, min_var, max_count = f32(windows.prior_events), f32(_MIN_VAR), f32(_MAX_COUNT)
+    clip = f32(windows.clip_sigmas)
     for i in range(t):
         e = e_all[:, i]
         a_short = np.maximum(one / (count + one), min_short)
         short = short + a_short * (e - short)
         zs[:, i] = (short - long) / np.sqrt(np.maximum(var, min_var))
         a_long = np.maximum(one / (count + one + prior_n), min_long)
-        d = e - long
+        spread = clip * np.sqrt(np.maximum(var, min_var))
+        d = np.clip(e - long, -spread, spread)  # an outlier moves the history by at most `clip` sigmas
         long = long + a_long * d
         var = (one - a_long) * (var + a_long * d * d)
         count = np.minimum(count + one, max_count)
