@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pyarrow as pa
@@ -260,15 +259,13 @@ def test_seeded_model_and_fit_repeat_exactly_whatever_the_global_rng_did_before(
     assert (torch.cat([p.detach().flatten() for p in other.parameters()]) - trained_a).abs().max() > 1e-4
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+def _ddp_worker(rank: int, world_size: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    # rendezvous through a file (no port to race for) and gloo's pairs on loopback, whatever the hostname
+    # resolves to: a TCP store on a port picked before the spawn failed now and then on a loaded machine
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    store = os.path.join(out_dir, "rendezvous")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
     try:
         full = cue_task(7, 9, seed=0)
         lengths_differ = KeySequences(  # rank shards get different numbers of chunks
@@ -305,7 +302,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.timeout(120)
 def test_ddp_ranks_with_uneven_shards_stay_in_step(tmp_path):
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, start_method="spawn")
     w0, w1 = np.load(tmp_path / "rank0.npy"), np.load(tmp_path / "rank1.npy")
     calls0, calls1 = np.load(tmp_path / "calls0.npy"), np.load(tmp_path / "calls1.npy")
     assert calls0[0] == calls1[0] and calls0[1] != calls1[1]  # one rank padded its epoch with empty steps
