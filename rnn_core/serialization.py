@@ -8,6 +8,7 @@ metadata carries the config JSON, for passing models through Ray's object store 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -65,6 +66,30 @@ def load_model(directory: str | os.PathLike[str], device: str | torch.device = "
         raise ModelFormatError(f"{path} is not a saved model: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
     doc = json.loads(config_path.read_text())
     return _build(doc, load_file(str(weights_path), device=str(device)))
+
+
+def model_digest(directory: str | os.PathLike[str]) -> str:
+    """A content identity of a saved model: SHA-256 (hex, 16 digits) of its config and weights files.
+
+    Two folders holding the same model have the same digest; retraining into the same folder changes it,
+    so a version named by it never restores one model's states into another.
+    """
+    path = Path(directory)
+    digest = hashlib.sha256()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        digest.update(name.encode())
+        digest.update((path / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def local_model_version(directory: str | os.PathLike[str], meta_version: str | None = None) -> str:
+    """The version of a model served from a folder: the one its meta JSON names (a downloaded registry
+    version), else ``local:<folder name>@<content digest>`` (the name for people, the digest for identity)."""
+    if meta_version:
+        return str(meta_version)
+    path = Path(directory)
+    weights = next((c for c in (path / "artifacts" / "weights", path / "weights") if c.is_dir()), path)
+    return f"local:{path.resolve().name}@{model_digest(weights)}"
 
 
 def model_to_bytes(model: StreamingModel) -> bytes:

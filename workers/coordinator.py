@@ -1,16 +1,23 @@
 """Coordinator: one named Ray actor per pipeline that owns the partition -> worker map and the serving model.
 
 - assigns the events topic's partitions to N :class:`ScoringWorkerActor` slots (manual assignment, never a
-  consumer-group rebalance): slot ``i`` of ``n`` owns the partitions ``p`` with ``p % n == i``;
-- watches health: a worker whose process died comes back (``max_restarts=-1``) owning nothing; the watch
-  thread sees that and hands it its partitions again, which it restores from their newest checkpoints;
-- moves partitions (``scale``) only after the old owner committed and wrote a final checkpoint of them
-  (``set_partitions`` / ``stop`` on the old owner first, then on the new one), or, when the old owner is
-  gone, after fencing its transactional id so nothing it left open can commit;
-- keeps the serving model version and hot-swaps it (``swap_model``): every worker loads the new version as a
-  challenger that warms its own states on live traffic (shadow scoring) while the old one serves; once every
-  worker has seen ``warmup_events`` events, each switches at its next commit boundary and checkpoints the new
-  states there. An optional ``model_probe`` (e.g. the registry's champion alias) is polled to trigger swaps.
+  consumer-group rebalance; the rule is :func:`~rnnstream.workers.control_plan.plan_assignment`);
+- survives its own death: it runs with ``max_restarts=-1`` and keeps what it cannot lose in a
+  :class:`~rnnstream.workers.control_record.ControlRecord` beside the checkpoints. The workers are named,
+  detached actors, so they keep scoring while it is away; a restarted coordinator reads the record, finds
+  the workers by name, takes each partition's owner from the workers' own reports and goes on (finishing a
+  rescale, finishing or abandoning a swap);
+- watches health (:func:`~rnnstream.workers.control_plan.decide_worker`): a dead, stalled or silent worker
+  is restarted, a restarted one gets its partitions again from their newest checkpoints;
+- moves partitions (``scale``) only after the old owner committed and wrote a final checkpoint of them,
+  or, when it cannot (dead, stuck, SIGSTOPped, cut off), after its transactional id was fenced, so nothing
+  it does later can commit;
+- hot-swaps the serving model (``swap_model``): every worker loads the new version as a challenger that
+  warms its own states on live traffic (shadow scoring) while the old one serves; once every worker's
+  challenger saw ``warmup_events`` events, each switches at its next commit boundary and checkpoints the new
+  states there. The lock is held only for each step, never through the warm-up; a failed or timed-out
+  swap drops every challenger and says why. An optional ``model_probe`` (e.g. the registry's champion
+  alias) is polled to trigger swaps.
 
 All public methods are Ray calls; the actor is threaded (``max_concurrency``), one lock serializes changes.
 """
@@ -23,13 +30,24 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rnnstream.workers.control_plan import (
+    SwapStep,
+    WorkerAction,
+    WorkerReport,
+    decide_swap,
+    decide_worker,
+    must_fence_before_handover,
+    ownership_conflicts,
+    plan_handover,
+)
+from rnnstream.workers.control_record import ControlRecord, ControlRecordFile, SwapInProgress
 from rnnstream.workers.scoring_worker_actor import ScoringWorkerActor, fence_slot
+from rnnstream.workers.swap_registry_note import note_swap_in_background
 from rnnstream.workers.worker_config import ModelHandle, WorkerConfig
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "rnnstream"
-_REGISTRY_URI = "models:/"  # a registry locator (rnnstream.workers.serving.MODELS_URI; no import cycle)
 
 
 def coordinator_name(pipeline: str) -> str:
@@ -37,53 +55,13 @@ def coordinator_name(pipeline: str) -> str:
     return f"rnnstream-coordinator-{pipeline}"
 
 
-def plan_assignment(num_partitions: int, num_workers: int) -> dict[int, list[int]]:
-    """Slot -> partitions: partition ``p`` goes to slot ``p % num_workers``."""
-    return {s: [p for p in range(num_partitions) if p % num_workers == s] for s in range(num_workers)}
+def worker_name(config: WorkerConfig, slot: int) -> str:
+    """The Ray actor name of a worker slot (namespace ``rnnstream``): how a restarted coordinator finds it."""
+    return f"rnnstream-worker-{config.deployment}-{config.pipeline}-{slot}"
 
 
-def note_swap_in_registry(old: ModelHandle, new: ModelHandle, record: dict[str, Any]) -> bool:
-    """Tag the registry version that now serves with how it was swapped in (``record_swap``).
-
-    Only for ``models:/`` locators (a folder has no registry entry). Best effort: returns False and logs
-    when MLflow cannot be reached, never raising, so a registry outage cannot fail a swap.
-    """
-    if not new.locator.startswith(_REGISTRY_URI):
-        return False
-    try:
-        from rnnstream.workers.model_registry import parse_model_uri, pipeline_of, record_swap
-        from rnnstream.workers.tracking import resolve_store
-
-        name, _, version = parse_model_uri(new.locator)
-        old_name, _, old_version = (
-            parse_model_uri(old.locator) if old.locator.startswith(_REGISTRY_URI) else ("", None, None)
-        )
-        details = {k: record[k] for k in ("switch_offsets", "warm_from_offsets", "warmup_events", "time")}
-        record_swap(
-            resolve_store(),
-            pipeline_of(name),
-            old_version if old_name == name else old.version,
-            str(version),
-            details,
-        )
-        return True
-    except Exception as exc:
-        log.warning("could not record the swap to %s in MLflow: %s", new.version, exc)
-        return False
-
-
-def _note_swap_in_background(
-    pipeline: str, old: ModelHandle, new: ModelHandle, record: dict[str, Any]
-) -> None:
-    """:func:`note_swap_in_registry` on a daemon thread: a slow or unreachable MLflow never delays a swap."""
-    if not new.locator.startswith(_REGISTRY_URI):
-        return
-    threading.Thread(
-        target=note_swap_in_registry,
-        args=(old, new, dict(record)),
-        name=f"record-swap-{pipeline}",
-        daemon=True,
-    ).start()
+class SwapFailed(RuntimeError):
+    """A hot swap did not happen (every challenger was dropped; the champion serves on); says why."""
 
 
 class Coordinator:
@@ -99,6 +77,7 @@ class Coordinator:
         worker_options: dict[str, Any] | None = None,
         health_every_s: float = 0.25,
         stall_timeout_s: float = 60.0,
+        release_timeout_s: float = 120.0,
         model_probe: Callable[[], ModelHandle | None] | None = None,
         probe_every_s: float = 10.0,
         warmup_events: int = 1000,
@@ -113,6 +92,7 @@ class Coordinator:
         self.worker_options = {"num_cpus": 0, **(worker_options or {})}
         self.health_every_s = health_every_s
         self.stall_timeout_s = stall_timeout_s
+        self.release_timeout_s = release_timeout_s
         self.model_probe = model_probe
         self.probe_every_s = probe_every_s
         self.warmup_events = int(warmup_events)
@@ -122,14 +102,24 @@ class Coordinator:
         self.assignment: dict[int, list[int]] = {}
         self.incarnations: dict[int, str] = {}
         self.restarts: dict[int, int] = {}
+        self.last_answer: dict[int, float] = {}
         self.swaps: list[dict[str, Any]] = []
-        self.swapping = False
+        self.swap: SwapInProgress | None = None
         self.shadow_handle: ModelHandle | None = None
+        self.generation = 0
+        self.resumes = 0
+        self.ownership_conflicts = 0
+        self._refused_version: str | None = None
+        self._armed = False  # every worker got the swap's challenger once (then the watch re-arms restarts)
+        self._warm_from: dict[int, int] = {}  # the swap's challenger start offset per partition
+        self._record_file = ControlRecordFile(config)
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._target = int(num_workers)
         self._started = False
         self._threads: list[threading.Thread] = []
+        if _reconstructed():
+            threading.Thread(target=self._resume, name="coordinator-resume", daemon=True).start()
 
     # ------------------------------------------------------------------------------------------- lifecycle
 
@@ -137,34 +127,136 @@ class Coordinator:
         """Start the workers and hand out the partitions; returns the assignment."""
         with self._lock:
             if not self._started:
+                previous = self._record_file.read()
+                self.generation = previous.generation if previous else 0  # generations only go up
+                self._retire_leftovers()
                 self._scale_locked(self._target)
                 self._started = True
+        self._start_threads()
+        return dict(self.assignment)
+
+    def _start_threads(self) -> None:
         for target, name in ((self._watch, "health"), (self._probe_loop, "model-probe")):
             if name == "model-probe" and self.model_probe is None:
                 continue
             t = threading.Thread(target=target, name=f"coordinator-{name}", daemon=True)
             t.start()
             self._threads.append(t)
-        return dict(self.assignment)
+
+    def _retire_leftovers(self) -> None:
+        """Workers of an earlier run of this deployment (detached actors outlive their coordinator): each
+        stops cleanly (final checkpoints) so this run starts them with its own configuration."""
+        import ray
+
+        for s in range(max(self._target, 64)):
+            try:
+                old = ray.get_actor(worker_name(self.config, s), namespace=NAMESPACE)
+            except ValueError:
+                continue
+            log.warning("stopping worker %d left by an earlier run", s)
+            self._stop_worker(s, old)
+            self._wait_name_free(s)
+
+    def _wait_name_free(self, slot: int, timeout_s: float = 30.0) -> None:
+        """Wait until a killed worker's name is released, so a new actor of that name is not the old one."""
+        import ray
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(worker_name(self.config, slot), namespace=NAMESPACE)
+            except ValueError:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker {slot} of an earlier run did not go away in {timeout_s:.0f} s")
+
+    def _resume(self) -> None:
+        """After Ray restarted this actor: read the record, find the workers, finish what was under way."""
+        import ray
+
+        with self._lock:
+            record = self._record_file.read()
+            if record is None or record.stopped:
+                log.warning("restarted without a control record to resume from; waiting for start()")
+                return
+            self.model, self._target, self.generation = record.serving, record.num_workers, record.generation
+            self.shadow_handle, self.swaps = record.shadow, list(record.swaps)
+            for s in range(max(record.num_workers, 64)):
+                try:
+                    self.workers[s] = ray.get_actor(worker_name(self.config, s), namespace=NAMESPACE)
+                except ValueError:
+                    continue
+            for s, w in self.workers.items():
+                st = _status(w, timeout=30.0)
+                self.assignment[s] = sorted(st["partitions"]) if st else []
+                self.incarnations[s] = st["incarnation"] if st else ""
+                self.restarts.setdefault(s, 0)
+            self.resumes = record.resumes + 1
+            self._persist()
+            log.warning("coordinator resumed: model %s, workers %s", self.model.version, sorted(self.workers))
+            if record.swap is not None:
+                self._finish_interrupted_swap(record.swap)
+            try:
+                self._scale_locked(self._target)  # completes a rescale the restart interrupted
+            except Exception as exc:
+                log.warning("finishing the interrupted rescale failed (the watch retries): %s", exc)
+            self._started = True
+        self._start_threads()
+
+    def _finish_interrupted_swap(self, swap: SwapInProgress) -> None:
+        import ray
+
+        if swap.phase == "switching":  # some workers may have switched: every one switches
+            self.model = swap.to
+            for w in self.workers.values():
+                st = _status(w, timeout=30.0) or {}
+                if st.get("challenger_version") == swap.to.version:
+                    ray.get(w.switch_model.remote(), timeout=120)
+            self._record_swap({"from": None, "to": swap.to.version, "resumed": True, "time": time.time()})
+            return
+        self._drop_challengers()
+        self._record_swap(
+            {"to": swap.to.version, "error": "coordinator restarted during the warm-up", "time": time.time()}
+        )
 
     def stop(self) -> dict[int, int]:
         """Stop every worker cleanly (commit + final checkpoints); returns each partition's next offset."""
-        import ray
-
         self._stop.set()
         out: dict[int, int] = {}
         with self._lock:
-            refs = {s: w.stop.remote() for s, w in self.workers.items()}
-            for s, ref in refs.items():
-                try:
-                    out.update(ray.get(ref, timeout=120))
-                except Exception as exc:
-                    log.warning("worker %d did not stop cleanly: %s", s, exc)
-                    fence_slot(self.config, s)
-                ray.kill(self.workers[s], no_restart=True)
+            for s, w in list(self.workers.items()):
+                out.update(self._stop_worker(s, w))
             self.workers.clear()
             self.assignment.clear()
+            self._persist(stopped=True)
         return out
+
+    def _stop_worker(self, slot: int, worker: Any) -> dict[int, int]:
+        import ray
+
+        out: dict[int, int] = {}
+        try:
+            out = ray.get(worker.stop.remote(), timeout=self.release_timeout_s)
+        except Exception as exc:
+            log.warning("worker %d did not stop cleanly: %s", slot, exc)
+            fence_slot(self.config, slot)
+        ray.kill(worker, no_restart=True)
+        return out
+
+    def _persist(self, stopped: bool = False) -> None:
+        self._record_file.write(
+            ControlRecord(
+                pipeline=self.config.pipeline,
+                num_workers=self._target,
+                serving=self.model,
+                generation=self.generation,
+                shadow=self.shadow_handle,
+                swap=self.swap,
+                swaps=tuple(self.swaps[-20:]),
+                stopped=stopped,
+                resumes=self.resumes,
+            )
+        )
 
     # --------------------------------------------------------------------------------------------- scaling
 
@@ -174,93 +266,135 @@ class Coordinator:
             raise ValueError("num_workers must be >= 1")
         with self._lock:
             self._target = int(num_workers)
+            self._persist()
             self._scale_locked(self._target)
             return dict(self.assignment)
 
     def _scale_locked(self, n: int) -> None:
         import ray
 
-        new = plan_assignment(self.num_partitions, n)
+        plan = plan_handover(self.assignment, sorted(self.workers), self.num_partitions, n)
+        changing = bool(plan.releases or plan.retire or plan.start) or any(
+            sorted(self.assignment.get(s, [])) != plan.target[s] for s in range(n)
+        )
+        if changing:
+            self.generation += 1
+            self._persist()
         # 1. every current owner gives up what it loses (commit + final checkpoint) before anyone takes it
-        refs = {}
-        for s, w in self.workers.items():
-            keep = new.get(s, [])
-            if set(self.assignment.get(s, [])) - set(keep):
-                refs[s] = w.stop.remote() if s >= n else w.set_partitions.remote(keep, self.model)
+        refs = {s: self.workers[s].set_partitions.remote(k, self.model) for s, k in plan.releases.items()}
+        refs.update({s: self.workers[s].stop.remote() for s in plan.retire})
         for s, ref in refs.items():
             try:
-                ray.get(ref, timeout=120)
-            except Exception as exc:  # dead or stuck: its partitions move from their last checkpoints
-                log.warning("worker %d did not release cleanly (%s); replacing it", s, exc)
-                ray.kill(self.workers[s], no_restart=s >= n)  # a restarted slot fences its old producer
-                if s >= n:
-                    fence_slot(self.config, s)
+                ray.get(ref, timeout=self.release_timeout_s)
+                clean = True
+            except Exception as exc:
+                log.warning("worker %d did not release cleanly (%s); fencing and replacing it", s, exc)
+                clean = False
+            if must_fence_before_handover(clean):
+                if not fence_slot(self.config, s):
+                    raise RuntimeError(f"worker {s} could not be fenced; its partitions stay where they are")
+                ray.kill(self.workers[s], no_restart=s >= n)  # a kept slot comes back owning nothing
+                self.assignment[s] = []
+            else:
+                self.assignment[s] = list(plan.target.get(s, []))
         # 2. retire removed slots
-        for s in [s for s in self.workers if s >= n]:
-            try:
-                if s not in refs:
-                    ray.get(self.workers[s].stop.remote(), timeout=120)
-            except Exception:
-                fence_slot(self.config, s)
-            ray.kill(self.workers[s], no_restart=True)
-            del self.workers[s]
+        for s in plan.retire:
+            ray.kill(self.workers.pop(s), no_restart=True)
             self.assignment.pop(s, None)
             self.incarnations.pop(s, None)
+            self._wait_name_free(s)
         # 3. start new slots, then give every slot its partitions
-        for s in range(n):
-            if s not in self.workers:
-                self.workers[s] = self._new_worker(s)
-                self.restarts.setdefault(s, 0)
-        refs = {s: self.workers[s].set_partitions.remote(new[s], self.model) for s in range(n)}
+        for s in plan.start:
+            self.workers[s] = self._new_worker(s)
+            self.restarts.setdefault(s, 0)
+        # (no partition that moves has an owner now; one that fails to take its own is left to the watch,
+        # which sees it own other partitions than assigned and assigns them again)
+        self.assignment = {s: list(plan.target[s]) for s in range(n)}
+        refs = {s: self.workers[s].set_partitions.remote(plan.target[s], self.model) for s in range(n)}
         for s, ref in refs.items():
-            ray.get(ref, timeout=300)
-            self.assignment[s] = list(new[s])
-        for s in range(n):
-            self.incarnations[s] = ray.get(self.workers[s].status.remote(), timeout=60)["incarnation"]
+            try:
+                ray.get(ref, timeout=300)
+                st = ray.get(self.workers[s].status.remote(), timeout=60)
+                self.incarnations[s] = st["incarnation"]
+            except Exception as exc:
+                log.warning("worker %d did not take %s (the watch retries): %s", s, plan.target[s], exc)
+            self.last_answer[s] = time.monotonic()
+        self._persist()
 
     def _new_worker(self, slot: int) -> Any:
         import ray
 
         actor_cls = ray.remote(ScoringWorkerActor)
         return actor_cls.options(
-            max_restarts=-1, max_task_retries=0, max_concurrency=4, **self.worker_options
+            name=worker_name(self.config, slot),
+            namespace=NAMESPACE,
+            lifetime="detached",  # keeps scoring while the coordinator is restarted
+            get_if_exists=True,
+            max_restarts=-1,
+            max_task_retries=0,
+            max_concurrency=4,
+            **self.worker_options,
         ).remote(slot, self.config, self.model_loader)
 
     # ---------------------------------------------------------------------------------------------- health
 
     def _watch(self) -> None:
-        import ray
-
         while not self._stop.wait(self.health_every_s):
             with self._lock:
                 if self._stop.is_set():
                     return
-                for s, w in list(self.workers.items()):
-                    try:
-                        st = ray.get(w.status.remote(), timeout=2.0)
-                    except Exception:
-                        continue  # restarting (or busy): look again next round
-                    stalled = st.get("heartbeat_age_s", 0.0) > self.stall_timeout_s
-                    if not st.get("alive", True) or (st["partitions"] and stalled):
-                        log.warning(
-                            "worker %d loop ended or stalled (%s); restarting it", s, st.get("last_error")
-                        )
-                        ray.kill(w, no_restart=False)
-                        continue
-                    want = self.assignment.get(s, [])
-                    if st["incarnation"] != self.incarnations.get(s) or sorted(st["partitions"]) != sorted(
-                        want
-                    ):
-                        if st["incarnation"] != self.incarnations.get(s):
-                            self.restarts[s] = self.restarts.get(s, 0) + 1
-                            log.warning("worker %d restarted; re-assigning %s", s, want)
-                        try:
-                            ray.get(w.set_partitions.remote(want, self.model), timeout=120)
-                            if self.shadow_handle is not None and st["challenger_version"] is None:
-                                ray.get(w.prepare_model.remote(self.shadow_handle, True), timeout=120)
-                            self.incarnations[s] = st["incarnation"]
-                        except Exception as exc:
-                            log.warning("re-assigning worker %d failed: %s", s, exc)
+                self._health_round()
+
+    def _health_round(self) -> None:
+        import ray
+
+        reports = []
+        now = time.monotonic()
+        for s, w in list(self.workers.items()):
+            st = _status(w, timeout=2.0)
+            if st is not None:
+                self.last_answer[s] = now
+            report = _report(s, st, self.stall_timeout_s)
+            reports.append(report)
+            challenger = self._challenger_version()
+            decision = decide_worker(report, self.assignment.get(s, []), self.incarnations.get(s), challenger)
+            silent_for = now - self.last_answer.setdefault(s, now)
+            if decision.action is WorkerAction.WAIT and silent_for > self.stall_timeout_s:
+                log.warning("worker %d silent for %.0f s; fencing and restarting it", s, silent_for)
+                if fence_slot(self.config, s):
+                    ray.kill(w, no_restart=False)
+                    self.last_answer[s] = now
+                continue
+            if decision.action is WorkerAction.RESTART:
+                log.warning("worker %d %s (%s); restarting it", s, decision.reason, report)
+                ray.kill(w, no_restart=False)
+            elif decision.action is WorkerAction.REASSIGN:
+                want = self.assignment.get(s, [])
+                if decision.reason == "restarted":
+                    self.restarts[s] = self.restarts.get(s, 0) + 1
+                    log.warning("worker %d restarted; re-assigning %s", s, want)
+                try:
+                    ray.get(w.set_partitions.remote(want, self.model), timeout=120)
+                    if decision.rearm_challenger and challenger is not None:
+                        handle = self.swap.to if self.swap is not None else self.shadow_handle
+                        shadow = self.swap.shadow if self.swap is not None else True
+                        start = ray.get(w.prepare_model.remote(handle, shadow), timeout=120)
+                        if self.swap is not None:
+                            self._warm_from.update(start)  # its challenger warms from here
+                    self.incarnations[s] = report.incarnation
+                except Exception as exc:
+                    log.warning("re-assigning worker %d failed: %s", s, exc)
+        conflicts = ownership_conflicts(reports)
+        if conflicts:
+            self.ownership_conflicts += 1
+            log.error("partitions with more than one owner: %s", conflicts)
+
+    def _challenger_version(self) -> str | None:
+        """The version every worker should have as challenger now (None: none, or a swap still loading its
+        challengers for the first time: that is not the watch's to repeat)."""
+        if self.swap is not None:
+            return self.swap.to.version if self._armed else None
+        return self.shadow_handle.version if self.shadow_handle is not None else None
 
     # ---------------------------------------------------------------------------------------- model swap
 
@@ -271,7 +405,11 @@ class Coordinator:
             except Exception as exc:
                 log.warning("model probe failed: %s", exc)
                 continue
-            if handle is not None and handle.version != self.model.version and not self.swapping:
+            if (
+                handle is not None
+                and handle.version not in (self.model.version, self._refused_version)
+                and self.swap is None
+            ):
                 try:
                     self.swap_model(handle)
                 except Exception as exc:
@@ -284,8 +422,9 @@ class Coordinator:
 
         with self._lock:
             self.shadow_handle = handle
+            self._persist()
             if handle is None:
-                ray.get([w.drop_challenger.remote() for w in self.workers.values()])
+                self._drop_challengers()
                 return {}
             start: dict[int, int] = {}
             for part in ray.get([w.prepare_model.remote(handle, True) for w in self.workers.values()]):
@@ -300,47 +439,125 @@ class Coordinator:
         timeout_s: float = 300.0,
     ) -> dict[str, Any]:
         """Hot-swap to ``handle``: warm a challenger on live traffic, then switch every worker at a commit
-        boundary. Returns ``{"from", "to", "switch_offsets": {partition: offset}, "warmup_events"}``."""
+        boundary. Returns ``{"from", "to", "switch_offsets": {partition: offset}, "warmup_events", ...}``;
+        raises (after dropping every challenger; the champion goes on) when the swap fails or times out."""
         import ray
 
         warm = self.warmup_events if warmup_events is None else int(warmup_events)
         shadow = self.shadow if shadow is None else shadow
         with self._lock:
-            self.swapping = True
-            try:
-                old = self.model
-                warm_from: dict[int, int] = {}
-                for part in ray.get([w.prepare_model.remote(handle, shadow) for w in self.workers.values()]):
-                    warm_from.update(part)
-                deadline = time.monotonic() + timeout_s
-                while True:
-                    seen = ray.get([w.challenger_events.remote() for w in self.workers.values()])
-                    if min(seen) >= warm:
-                        break
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"challenger saw only {seen} events in {timeout_s:.0f} s")
-                    time.sleep(0.05)
+            if self.swap is not None:
+                raise RuntimeError(f"a swap to {self.swap.to.version} is under way")
+            self.swap = SwapInProgress(handle, "warming", warm, shadow, time.time())
+            self._persist()
+            old = self.model
+            workers = dict(self.workers)
+        switching = False
+        try:
+            self._warm_from = {}
+            for part in ray.get([w.prepare_model.remote(handle, shadow) for w in workers.values()]):
+                self._warm_from.update(part)
+            self._armed = True
+            started = time.monotonic()
+            while True:  # the lock is free meanwhile: the watch restarts and re-arms workers
+                seen = self._challenger_progress()
+                decision = decide_swap(seen, warm, time.monotonic() - started, timeout_s)
+                if decision.step is SwapStep.SWITCH:
+                    break
+                if decision.step is SwapStep.ABANDON:
+                    raise TimeoutError(decision.reason)
+                time.sleep(0.05)
+            with self._lock:  # from here the swap is committed: every worker switches, or restarts on it
+                switching = True
+                self.swap = SwapInProgress(handle, "switching", warm, shadow, self.swap.started_s)
                 self.model = handle
+                self.generation += 1
+                self._persist()
+                record = self._switch_workers(old, handle)
+                record["warm_from_offsets"] = dict(self._warm_from)
+                record["warmup_events"] = {str(s): n for s, n in seen.items()}
                 if self.shadow_handle is not None and self.shadow_handle.version == handle.version:
                     self.shadow_handle = None  # the shadowed version now serves
-                offsets: dict[int, int] = {}
-                for part in ray.get([w.switch_model.remote() for w in self.workers.values()]):
-                    offsets.update(part)
                 if self.shadow_handle is not None:  # the swap used the challenger slot: shadow again
                     ray.get([w.prepare_model.remote(self.shadow_handle, True) for w in self.workers.values()])
-                record = {
-                    "from": old.version,
-                    "to": handle.version,
-                    "switch_offsets": offsets,
-                    "warm_from_offsets": warm_from,
-                    "warmup_events": seen,
-                    "time": time.time(),
-                }
-                self.swaps.append(record)
-                _note_swap_in_background(self.config.pipeline, old, handle, record)
-                return record
-            finally:
-                self.swapping = False
+                self._record_swap(record)
+            note_swap_in_background(self.config.pipeline, old, handle, record)
+            return record
+        except Exception as exc:
+            if switching:
+                raise
+            reason = _one_line(exc)
+            with self._lock:
+                self._drop_challengers()
+                if "cannot serve" in reason:
+                    self._refused_version = handle.version  # not tried again by the probe until it changes
+                self._record_swap({"to": handle.version, "error": reason, "time": time.time()})
+            raise SwapFailed(
+                f"swap to {handle.version} failed, {self.model.version} serves on: {reason}"
+            ) from None
+        finally:
+            with self._lock:
+                self._armed = False
+                if self.swap is not None:
+                    self.swap = None
+                    self._persist()
+
+    def _switch_workers(self, old: ModelHandle, new: ModelHandle) -> dict[str, Any]:
+        """Every worker makes its challenger champion at its next commit boundary. A worker that fails
+        here restarts on the new model from its checkpoints (the watch re-assigns it)."""
+        import ray
+
+        offsets: dict[int, int] = {}
+        warmed = cold = 0
+        failed = []
+        for s, ref in {s: w.switch_model.remote() for s, w in self.workers.items()}.items():
+            try:
+                switched = ray.get(ref, timeout=120)
+            except Exception as exc:
+                log.warning("worker %d failed to switch (it restarts on %s): %s", s, new.version, exc)
+                failed.append(s)
+                continue
+            offsets.update({int(p): int(o) for p, o in switched["offsets"].items()})
+            warmed += switched["keys_warmed"]
+            cold += switched["keys_cold"]
+        return {
+            "from": old.version,
+            "to": new.version,
+            "switch_offsets": offsets,
+            "keys_warmed": warmed,
+            "keys_cold": cold,
+            "failed_slots": failed,
+            "generation": self.generation,
+            "time": time.time(),
+        }
+
+    def _challenger_progress(self) -> dict[int, int | None]:
+        """Per worker slot, how many events its challenger has scored (a slot owning nothing counts as
+        warm; ``None``: no answer)."""
+        out: dict[int, int | None] = {}
+        for s, w in list(self.workers.items()):
+            st = _status(w, timeout=5.0)
+            if st is None:
+                out[s] = None
+            elif not st["partitions"]:
+                out[s] = self.swap.warmup_events if self.swap else 0
+            else:
+                out[s] = int(st["challenger_events"]) if st["challenger_version"] else 0
+        return out
+
+    def _drop_challengers(self) -> None:
+        import ray
+
+        for s, w in list(self.workers.items()):
+            try:
+                ray.get(w.drop_challenger.remote(), timeout=60)
+            except Exception as exc:
+                log.warning("worker %d could not drop its challenger: %s", s, exc)
+
+    def _record_swap(self, record: dict[str, Any]) -> None:
+        self.swap = None
+        self.swaps.append(record)
+        self._persist()
 
     # ---------------------------------------------------------------------------------------------- status
 
@@ -364,6 +581,11 @@ class Coordinator:
             "num_workers": len(self.workers),
             "num_partitions": self.num_partitions,
             "assignment": dict(self.assignment),
+            "generation": self.generation,
+            "coordinator_resumes": self.resumes,
+            "ready": self._started,
+            "ownership_conflicts": self.ownership_conflicts,
+            "swap_in_progress": None if self.swap is None else self.swap.to.version,
             "swaps": list(self.swaps),
             "workers": workers,
         }
@@ -372,6 +594,11 @@ class Coordinator:
         import ray
 
         return {s: ray.get(w.pid.remote(), timeout=30) for s, w in self.workers.items()}
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
 
     def final_checkpoint(self) -> dict[int, int]:
         """Commit and checkpoint every partition now (workers keep running)."""
@@ -382,3 +609,46 @@ class Coordinator:
             for part in ray.get([w.final_checkpoint.remote() for w in self.workers.values()]):
                 out.update(part)
         return out
+
+
+def _reconstructed() -> bool:
+    """True inside an actor that Ray restarted (its constructor runs again after a crash)."""
+    try:
+        import ray
+
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:
+        return False
+
+
+def _status(worker: Any, timeout: float) -> dict[str, Any] | None:
+    import ray
+
+    try:
+        return ray.get(worker.status.remote(), timeout=timeout)
+    except Exception:
+        return None
+
+
+def _report(slot: int, st: dict[str, Any] | None, stall_timeout_s: float) -> WorkerReport:
+    if st is None:
+        return WorkerReport(slot=slot, reachable=False)
+    return WorkerReport(
+        slot=slot,
+        reachable=True,
+        alive=bool(st.get("alive", True)),
+        stalled=st.get("heartbeat_age_s", 0.0) > stall_timeout_s,
+        incarnation=st.get("incarnation"),
+        partitions=tuple(st.get("partitions", ())),
+        challenger_version=st.get("challenger_version"),
+        fenced=bool(st.get("fenced", False)),
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (a worker's error arrives wrapped by Ray: its cause is what counts)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
+    text = f"{type(exc).__name__}: {exc}".splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

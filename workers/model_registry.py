@@ -34,7 +34,7 @@ from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 from rnnstream.rnn_core.event_schema import KEY_COLUMN, TIME_COLUMN, EventSchema
 from rnnstream.rnn_core.model import StreamingModel
-from rnnstream.rnn_core.serialization import load_model, save_model
+from rnnstream.rnn_core.serialization import load_model, local_model_version, save_model
 from rnnstream.workers.tracking import TrackingStore, resolve_store
 
 MODEL_NAME_PREFIX = "rnnstream-"
@@ -215,7 +215,7 @@ def load_model_version(
 ) -> tuple[StreamingModel, str]:
     """The serving loader: ``(model in eval mode, version string)``; see :func:`load_version` for ``source``.
 
-    A local folder gets the version ``local:<folder name>`` unless its meta JSON names one.
+    A local folder gets the version ``local:<folder name>@<content digest>`` unless its meta JSON names one.
     """
     loaded = load_version(pipeline_or_uri, alias=alias, store=store)
     return loaded.model, loaded.version
@@ -229,7 +229,7 @@ def _load_local(path: Path) -> LoadedVersion:
     meta = json.loads(meta_file.read_text()) if meta_file else {}
     model = load_model(weights)
     model.eval()
-    version = str(meta.get("version") or f"local:{path.name}")
+    version = local_model_version(path, meta.get("version"))
     return LoadedVersion(model=model, version=version, name=str(meta.get("pipeline", "")), meta=meta)
 
 

@@ -313,6 +313,10 @@ class ScoringPartition:
         self.challenger = challenger
         self.challenger_scorer = self._scorer(challenger)
 
+    def key_counts(self) -> tuple[int, int]:
+        """(keys the champion holds a state of, keys the challenger holds a state of)."""
+        return len(self.scorer.store), len(self.challenger_scorer.store) if self.challenger_scorer else 0
+
     def promote_challenger(self) -> None:
         """Make the challenger the champion (its states become the serving states)."""
         if self.challenger is None or self.challenger_scorer is None:

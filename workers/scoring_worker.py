@@ -130,8 +130,10 @@ class ScoringWorker:
         shadow topic too when ``shadow``). Returns each partition's warm-up start offset."""
         return self._on_loop(self._prepare_model, handle, bool(shadow))
 
-    def switch_model(self) -> dict[int, int]:
-        """Make the warmed challenger champion at this commit boundary; returns the switch offsets."""
+    def switch_model(self) -> dict[str, Any]:
+        """Make the warmed challenger champion at this commit boundary. Returns the switch offsets and how
+        many of the champion's keys the challenger had states of (``keys_warmed``) or not (``keys_cold``:
+        they start from an empty state under the new model)."""
         return self._on_loop(self._switch_model)
 
     def drop_challenger(self) -> None:
@@ -396,19 +398,22 @@ class ScoringWorker:
         self.shadow_emit = shadow
         return {p: part.offsets.next_offset for p, part in self.parts.items()}
 
-    def _switch_model(self) -> dict[int, int]:
+    def _switch_model(self) -> dict[str, Any]:
         if self.challenger is None:
             raise RuntimeError("no challenger prepared")
         self._quiesce()
         self.champion, self.challenger = self.challenger, None
         self.shadow_emit = False
-        out = {}
+        offsets, warmed, cold = {}, 0, 0
         for p in sorted(self.parts):
             part = self.parts[p]
+            served, learned = part.key_counts()
+            warmed += learned
+            cold += max(0, served - learned)
             part.promote_challenger()
             self.parts.checkpoint(part)
-            out[p] = part.offsets.next_offset
-        return out
+            offsets[p] = part.offsets.next_offset
+        return {"offsets": offsets, "keys_warmed": warmed, "keys_cold": cold}
 
     def _drop_challenger(self) -> None:
         self.challenger = None

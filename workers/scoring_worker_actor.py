@@ -51,7 +51,7 @@ class ScoringWorkerActor:
     def challenger_events(self) -> int:
         return self.worker.challenger_events
 
-    def switch_model(self) -> dict[int, int]:
+    def switch_model(self) -> dict[str, Any]:
         return self.worker.switch_model()
 
     def drop_challenger(self) -> None:
@@ -64,14 +64,14 @@ class ScoringWorkerActor:
         return os.getpid()
 
 
-def fence_slot(config: WorkerConfig, slot: int) -> None:
-    """Abort whatever transaction a gone worker slot left open, by starting its transactional id once.
-
-    Called when a worker is removed without a clean stop, so its open transaction cannot hold back
-    ``read_committed`` readers of the scores topic until the transaction timeout.
+def fence_slot(config: WorkerConfig, slot: int) -> bool:
+    """Fence a worker slot that did not stop cleanly, by starting its transactional id once: the broker
+    aborts what it left open and refuses every later commit of the old producer (a zombie that wakes up
+    fails with ``ProducerFenced`` and stops). Returns False when the broker could not be reached (then
+    nothing of the slot may be handed over yet).
     """
     if not config.transactions:
-        return
+        return True
     from kafka import KafkaProducer
 
     try:
@@ -80,5 +80,7 @@ def fence_slot(config: WorkerConfig, slot: int) -> None:
         )
         producer.init_transactions()
         producer.close(timeout=5)
-    except Exception as exc:  # best effort: the broker's transaction timeout aborts it otherwise
+        return True
+    except Exception as exc:
         log.warning("could not fence worker slot %d: %s", slot, exc)
+        return False

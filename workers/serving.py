@@ -2,9 +2,10 @@
 coordinator of a pipeline started, found, scaled and stopped.
 
 Models: a folder written by ``save_model`` (or a downloaded MLflow version with ``artifacts/weights``) serves
-as version ``local:<folder name>`` (or the version its ``rnnstream_meta.json`` names); ``models:/name@alias``
-and ``models:/name/3`` resolve through the MLflow registry (:mod:`rnnstream.workers.model_registry`, imported
-only then: MLflow is slow to import and workers loading a local folder should not pay for it). Workers
+as version ``local:<folder name>@<content digest>`` (or the version its ``rnnstream_meta.json`` names);
+``models:/name@alias`` and ``models:/name/3`` resolve through the MLflow registry
+(:mod:`rnnstream.workers.model_registry`, imported only then: MLflow is slow to import and workers loading a
+local folder should not pay for it). Workers
 receive a pinned :class:`ModelHandle` (a version and a locator they load themselves).
 
 Ray: ``init_ray`` connects to ``RAY_ADDRESS``/``address`` when given, else starts a local Ray without the
@@ -39,12 +40,14 @@ def _weights_dir(path: Path) -> Path:
 
 
 def _local_version(path: Path) -> str:
+    from rnnstream.rnn_core.serialization import local_model_version
+
     for meta_file in (path / "artifacts" / META_FILE, path / META_FILE):
         if meta_file.is_file():
             version = json.loads(meta_file.read_text()).get("version")
             if version:
                 return str(version)
-    return f"local:{path.name}"
+    return local_model_version(path)
 
 
 def load_model(locator: str) -> Any:
@@ -143,7 +146,8 @@ def start_coordinator(
             namespace=NAMESPACE,
             max_concurrency=16,
             num_cpus=0,
-            max_restarts=0,
+            max_restarts=-1,  # it resumes from its control record (its workers keep scoring meanwhile)
+            max_task_retries=0,
         )
         .remote(
             config,
@@ -195,8 +199,16 @@ def status_line(status: dict[str, Any]) -> str:
     p99s = f"{max(p99):.0f}ms" if p99 else "-"
     line = (
         f"{status.get('pipeline')} model={status.get('model_version')} workers={len(ws)} scored={scored} "
-        f"dlq={dlq} lag={lag} keys={keys} p99={p99s} restarts={restarts} errors={errors} resets={resets}"
+        f"dlq={dlq} lag={lag} keys={keys} p99={p99s} restarts={restarts} errors={errors} resets={resets} "
+        f"gen={status.get('generation', 0)} coordinator_resumes={status.get('coordinator_resumes', 0)}"
     )
+    if status.get("swap_in_progress"):
+        line += f" swapping_to={status['swap_in_progress']}"
+    last = (status.get("swaps") or [None])[-1]
+    if last and last.get("error"):  # a failed swap says why until the next one
+        line += f" | swap to {last.get('to')} FAILED: {last['error']}"
+    if status.get("ownership_conflicts"):
+        line += f" | OWNERSHIP CONFLICTS seen {status['ownership_conflicts']} times"
     failing = [w for w in ws if w.get("error") or w.get("failing_for_s") is not None or w.get("fenced")]
     for w in failing:  # a worker that keeps failing says so, with its last error
         why = w.get("error") or w.get("last_error") or ("fenced" if w.get("fenced") else "?")
@@ -242,5 +254,9 @@ def status_table(status: dict[str, Any]) -> str:
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
     lines = ["  ".join(cell.rjust(widths[i]) for i, cell in enumerate(r)) for r in rows]
-    head = f"pipeline {status.get('pipeline')}  model {status.get('model_version')}  workers {len(rows) - 1}"
+    head = (
+        f"pipeline {status.get('pipeline')}  model {status.get('model_version')}  workers {len(rows) - 1}  "
+        f"generation {status.get('generation', 0)}  "
+        f"coordinator resumes {status.get('coordinator_resumes', 0)}"
+    )
     return "\n".join([head, *lines])

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 def load_scoring_model(source: str, tracking_uri: str | None = None) -> tuple[Any, str, dict[str, Any]]:
     """(model in eval mode, version string, meta) from a local folder or ``models:/...``; one-line errors.
 
-    A folder written by ``save_model`` is read directly (version ``local:<folder>``); a downloaded MLflow
+    A folder written by ``save_model`` is read directly (version ``local:<folder>@<digest>``); a downloaded MLflow
     model folder or a registry URI goes through :func:`rnnstream.workers.model_registry.load_version`.
     Weights are safetensors and JSON only (never unpickled).
     """
@@ -115,14 +115,14 @@ def load_scoring_model(source: str, tracking_uri: str | None = None) -> tuple[An
 
     path = Path(source)
     if path.is_dir() and (path / "config.json").is_file():
-        from rnnstream.rnn_core.serialization import ModelFormatError, load_model
+        from rnnstream.rnn_core.serialization import ModelFormatError, load_model, local_model_version
 
         try:
             model = load_model(path)
         except (ModelFormatError, ValueError, OSError) as exc:
             raise UsageError(f"cannot load the model in {path}: {exc}") from None
         model.eval()
-        return model, f"local:{path.resolve().name}", {}
+        return model, local_model_version(path), {}
     if not path.is_dir() and not source.startswith(MODELS_URI_SCHEME):
         raise UsageError(
             f"--model {source!r} is neither a model folder nor models:/<name>@<alias> "

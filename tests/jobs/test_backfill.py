@@ -21,7 +21,7 @@ from rnnstream.jobs.score_writer import SUCCESS_FILE
 from rnnstream.pipelines.spec import get_pipeline, model_config_replace
 from rnnstream.rnn_core.evaluation import replay
 from rnnstream.rnn_core.model import StreamingModel
-from rnnstream.rnn_core.serialization import save_model
+from rnnstream.rnn_core.serialization import local_model_version, save_model
 
 PIPELINE = "fraud"
 PARTITIONS = 3
@@ -130,7 +130,8 @@ def test_backfill_of_archive_equals_replay(
     got = read_scores(out)
     assert got.column_names == ["key", "time", "kafka_partition", "kafka_offset", "kafka_event_index",
                                 MODEL_VERSION_COLUMN, "score"]  # fmt: skip
-    assert set(got.column(MODEL_VERSION_COLUMN).to_pylist()) == {"local:fraud-model"}
+    assert set(got.column(MODEL_VERSION_COLUMN).to_pylist()) == {local_model_version(model_dir)}
+    assert local_model_version(model_dir).startswith("local:fraud-model@")
     assert_same_scores(got, events, expected_scores(model_dir, events))
     assert (out / SUCCESS_FILE).is_file()
     # The same through the pipeline folder, as the Helm chart passes it (--data .../pipeline=fraud), read a

@@ -141,8 +141,16 @@ def test_local_folder_loads_with_a_local_version(tmp_path: Path) -> None:
     model = trained_model(toy_events(n_keys=4, per_key=10))
     save_model(model, tmp_path / "m")
     loaded, version = model_registry.load_model_version(tmp_path / "m")
-    assert version == "local:m"
+    name, digest = version.split("@")
+    assert name == "local:m" and len(digest) == 16
     assert loaded.output_names() == model.output_names()
+    # the identity is the content: the same model elsewhere has the same version, a retrained one another
+    save_model(model, tmp_path / "elsewhere" / "m")
+    assert model_registry.load_model_version(tmp_path / "elsewhere" / "m")[1] == version
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    save_model(model, tmp_path / "m")
+    assert model_registry.load_model_version(tmp_path / "m")[1] not in (version, "local:m")
 
 
 def test_promote_and_rollback_move_the_alias(store: tracking.TrackingStore) -> None:

@@ -105,4 +105,58 @@ def test_hot_swap_exactly_once_with_warm_states(kafka_settings, ray_local, tmp_p
     # B shadow-scored (before its promotion, and during the warm-up), never into the scores topic
     shadow = read_topic(settings, config.shadow_topic)
     assert len(shadow) >= 1000
-    assert all(b'"model_version":"local:model-b"' in m.value for m in shadow)
+    assert all(f'"model_version":"{handle_b.version}"'.encode() in m.value for m in shadow)
+
+
+def test_failed_swaps_drop_every_challenger_and_say_why(kafka_settings, ray_local, tmp_path):
+    """A challenger reading features the events lack is refused in one line naming them; a challenger that
+    never warms up is abandoned at the timeout. Either way every worker drops its challenger, the champion
+    keeps scoring (exactly once), and the coordinator takes other calls while the warm-up runs."""
+    from rnnstream.rnn_core.config import FeatureSpec, ModelConfig
+    from rnnstream.rnn_core.model import StreamingModel
+    from rnnstream.rnn_core.serialization import save_model
+    from rnnstream.workers.serving import resolve_model
+
+    settings, _, schema, model_a, handle_a = scoring_stream(kafka_settings, "swapfail", 2, tmp_path / "a")
+    video_like = StreamingModel(ModelConfig(features=FeatureSpec(numeric=("amount", "frame")), hidden_size=8))
+    save_model(video_like, tmp_path / "video-like")
+    _, handle_b = make_model(schema, tmp_path / "b", seed=1)
+    events = make_events(schema, 6000, 200, seed=2)
+    config = worker_config(settings, schema, tmp_path / "ckpt")
+    coord = start_coordinator(config, handle_a, 2, 2)
+    try:
+        produce_paced(settings, schema, events.slice(0, 2000), 500, 0.05)
+        wait_for(lambda: scored_total(coord) >= 2000, 60, "the champion scoring")
+        try:
+            _ray.get(coord.swap_model.remote(resolve_model(tmp_path / "video-like")), timeout=120)
+            raise AssertionError("an incompatible challenger was accepted")
+        except _ray.exceptions.RayTaskError as exc:
+            assert "cannot serve" in str(exc) and "'frame'" in str(exc)
+        refused = _ray.get(coord.status.remote())
+        assert "'frame'" in refused["swaps"][-1]["error"] and "\n" not in refused["swaps"][-1]["error"]
+        assert {w["challenger_version"] for w in refused["workers"]} == {None}
+
+        never_warm = coord.swap_model.remote(handle_b, warmup_events=10**9, timeout_s=5.0)
+        wait_for(
+            lambda: _ray.get(coord.status.remote())["swap_in_progress"] == handle_b.version, 30, "the warm-up"
+        )
+        assert set(_ray.get(coord.final_checkpoint.remote(), timeout=30)) == {0, 1}  # not locked out
+        produce_paced(settings, schema, events.slice(2000, 2000), 500, 0.05)
+        try:
+            _ray.get(never_warm, timeout=120)
+            raise AssertionError("a swap that never warmed up switched")
+        except _ray.exceptions.RayTaskError as exc:
+            assert "not warm after 5 s" in str(exc) and f"{handle_a.version} serves on" in str(exc)
+        gave_up = _ray.get(coord.status.remote())
+        assert gave_up["model_version"] == handle_a.version and gave_up["swap_in_progress"] is None
+        assert "not warm" in gave_up["swaps"][-1]["error"]
+        assert {w["challenger_version"] for w in gave_up["workers"]} == {None}
+        produce_paced(settings, schema, events.slice(4000, 2000), 500, 0.05)
+        wait_for(lambda: committed_all(settings, config), 60, "all events committed")
+    finally:
+        stop_coordinator(coord)
+    scores = read_scores(settings, config.scores_topic)
+    events_log = read_events(settings, config.events_topic, schema)
+    verdict = verify(events_log, scores, offline_reference(events_log, model_a))
+    assert verdict.expected == 6000 and verdict.versions == {handle_a.version: 6000}
+    assert verdict.ok, verdict.line

@@ -20,7 +20,7 @@ import torch
 from rnnstream.rnn_core.config import ModelConfig
 from rnnstream.rnn_core.event_schema import EventSchema
 from rnnstream.rnn_core.model import StreamingModel
-from rnnstream.rnn_core.serialization import save_model
+from rnnstream.rnn_core.serialization import local_model_version, save_model
 from rnnstream.workers.event_producer import EventProducer
 from rnnstream.workers.kafka_io import TopicAdmin
 from rnnstream.workers.kafka_settings import KafkaSettings
@@ -51,7 +51,7 @@ def make_model(
     model = StreamingModel(ModelConfig(features=schema.feature_spec(), cell="gru", hidden_size=hidden))
     model.eval()
     save_model(model, directory)
-    return model, ModelHandle(version=f"local:{directory.name}", locator=str(directory))
+    return model, ModelHandle(version=local_model_version(directory), locator=str(directory))
 
 
 def make_events(

@@ -1,0 +1,63 @@
+"""Fencing holds: an old owner that was paused past its handover and then wakes up can never commit.
+
+Two real workers on the real broker, no Ray: the old owner's loop is frozen mid-stream (as SIGSTOP would,
+between two cycles, with events it has not scored yet), its slot is fenced and a new owner takes its
+partitions from the checkpoints; then the old owner resumes, reads more, scores, sends, and tries to commit.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from rnnstream.workers.score_verifier import read_topic
+from rnnstream.workers.scoring_worker import ScoringWorker
+from rnnstream.workers.scoring_worker_actor import fence_slot
+from rnnstream.workers.worker_config import committed_all
+from tests.workers.worker_harness import make_events, produce, run_verifier, wait_for, worker_config
+
+PARTITIONS = 2
+
+
+def _scored(worker: ScoringWorker) -> int:
+    return sum(c["scored"] for c in worker.metrics_snapshot()["partition_counts"].values())
+
+
+def test_a_woken_old_owner_cannot_commit_after_the_handover(new_stream, tmp_path):
+    settings, _, schema, model, handle = new_stream("fence", PARTITIONS)
+    events = make_events(schema, 6000, 200, seed=11)
+    config = worker_config(settings, schema, tmp_path / "ckpt")
+    old = ScoringWorker(1, config, export_metrics=False)
+    new = None
+    gate = threading.Event()
+    try:
+        old.assign(list(range(PARTITIONS)), handle)
+        produce(settings, schema, events.slice(0, 2000))
+        wait_for(lambda: committed_all(settings, config), 60, "the old owner to commit the first events")
+        frozen = threading.Thread(target=old._calls.call, args=(gate.wait,), kwargs={"timeout": None})
+        frozen.start()  # its loop now hangs between two cycles, like a process under SIGSTOP
+        produce(settings, schema, events.slice(2000, 2000))  # the old owner will see these when it wakes
+
+        assert fence_slot(config, 1)  # the handover rule: fence the silent owner, then hand over
+        new = ScoringWorker(0, config, export_metrics=False)
+        new.assign(list(range(PARTITIONS)), handle)
+        produce(settings, schema, events.slice(4000, 2000))
+        wait_for(lambda: committed_all(settings, config), 60, "the new owner to commit everything")
+        new_scored = _scored(new)
+
+        gate.set()  # SIGCONT: the old owner polls, scores and sends what it missed, then tries to commit
+        frozen.join(timeout=30)
+        wait_for(lambda: old.status()["fenced"], 60, "the old owner to find itself fenced")
+        assert not old.status()["alive"]
+        assert _scored(old) >= 2000  # it scored the first events before it was frozen
+        new.shutdown()
+    finally:
+        gate.set()
+        old.shutdown(timeout=10)
+        if new is not None:
+            new.shutdown()
+    verdict = run_verifier(settings, config, model, handle, PARTITIONS)
+    assert new_scored == 4000  # the new owner scored what the old one had not committed
+    assert verdict.expected == 6000 and verdict.duplicates == 0 and verdict.missing == 0
+    assert verdict.ok, verdict.line
+    # the old owner's late sends never became visible to read_committed readers
+    assert len(read_topic(settings, config.scores_topic)) == verdict.scored

@@ -1,0 +1,149 @@
+"""The coordinator's decisions as pure functions over small values (no Ray, no Kafka): testable alone.
+
+In the spirit of Ray Train v2's ``failure_policy.make_decision``: the coordinator gathers what it observes
+(a :class:`WorkerReport` per slot, the swap's progress) and asks these functions what to do; it then does
+it. Nothing here performs I/O, so every rule (who owns which partition, when a worker is restarted, when a
+partition may move, when a swap switches or is abandoned) is decided the same way after a restart of the
+coordinator as before it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+def plan_assignment(num_partitions: int, num_workers: int) -> dict[int, list[int]]:
+    """Slot -> partitions: partition ``p`` goes to slot ``p % num_workers``."""
+    return {s: [p for p in range(num_partitions) if p % num_workers == s] for s in range(num_workers)}
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    """What one worker slot said when asked for its status (``reachable=False``: it did not answer)."""
+
+    slot: int
+    reachable: bool
+    alive: bool = True
+    stalled: bool = False
+    incarnation: str | None = None
+    partitions: tuple[int, ...] = ()
+    challenger_version: str | None = None
+    fenced: bool = False
+
+
+class WorkerAction(enum.Enum):
+    """What the health watch does with one slot this round."""
+
+    NOTHING = "nothing"
+    WAIT = "wait"  # no answer (restarting, or busy): ask again next round
+    RESTART = "restart"  # its loop ended (fenced, crashed) or it stalled while owning partitions
+    REASSIGN = "reassign"  # it restarted, or owns other partitions than it should
+
+
+@dataclass(frozen=True)
+class WorkerDecision:
+    action: WorkerAction
+    reason: str = ""
+    rearm_challenger: bool = False  # give it the challenger again (it restarted during a swap or shadow)
+
+
+def decide_worker(
+    report: WorkerReport,
+    wanted: Sequence[int],
+    known_incarnation: str | None,
+    challenger_version: str | None,
+) -> WorkerDecision:
+    """The health rule for one slot: restart a dead or stalled loop, re-assign a restarted or drifted one."""
+    if not report.reachable:
+        return WorkerDecision(WorkerAction.WAIT, "no answer")
+    if not report.alive:
+        return WorkerDecision(WorkerAction.RESTART, "fenced" if report.fenced else "loop ended")
+    if report.stalled and report.partitions:
+        return WorkerDecision(WorkerAction.RESTART, "stalled")
+    restarted = report.incarnation != known_incarnation
+    if restarted or sorted(report.partitions) != sorted(wanted):
+        rearm = challenger_version is not None and report.challenger_version != challenger_version
+        return WorkerDecision(WorkerAction.REASSIGN, "restarted" if restarted else "partitions differ", rearm)
+    if challenger_version is not None and report.challenger_version != challenger_version:
+        return WorkerDecision(WorkerAction.REASSIGN, "challenger missing", True)
+    return WorkerDecision(WorkerAction.NOTHING)
+
+
+def ownership_conflicts(reports: Sequence[WorkerReport]) -> dict[int, list[int]]:
+    """Partitions that more than one reachable, live worker says it owns: partition -> slots (a bug if
+    ever non-empty; the coordinator logs and counts it)."""
+    owners: dict[int, list[int]] = {}
+    for r in reports:
+        if r.reachable and r.alive:
+            for p in r.partitions:
+                owners.setdefault(p, []).append(r.slot)
+    return {p: slots for p, slots in owners.items() if len(slots) > 1}
+
+
+@dataclass(frozen=True)
+class Handover:
+    """How to go from one assignment to another (see :func:`plan_handover`)."""
+
+    releases: dict[int, list[int]]  # slot -> the partitions it keeps, for slots that lose some
+    retire: list[int]  # slots that go away
+    start: list[int]  # slots to start
+    target: dict[int, list[int]]  # the assignment once done
+
+
+def plan_handover(
+    current: Mapping[int, Sequence[int]], existing_slots: Sequence[int], num_partitions: int, num_workers: int
+) -> Handover:
+    """Every owner first gives up what it loses (commit + final checkpoint), then new owners take it.
+
+    ``current`` is what each slot owns now (from the workers' own reports); a partition is only ever handed
+    to its new owner after the old owner released it, or, when the old owner cannot, after its
+    transactional id was fenced (:func:`must_fence_before_handover`).
+    """
+    target = plan_assignment(num_partitions, num_workers)
+    releases = {
+        s: target.get(s, [])
+        for s in existing_slots
+        if s < num_workers and set(current.get(s, ())) - set(target.get(s, []))
+    }
+    retire = sorted(s for s in existing_slots if s >= num_workers)
+    start = [s for s in range(num_workers) if s not in set(existing_slots)]
+    return Handover(releases=releases, retire=retire, start=start, target=target)
+
+
+def must_fence_before_handover(released_cleanly: bool) -> bool:
+    """A slot that did not release (dead, stuck, SIGSTOPped, cut off) may still hold an open transaction or
+    wake up later: its transactional id is fenced before anyone else takes its partitions, so the broker
+    refuses any commit it attempts afterwards."""
+    return not released_cleanly
+
+
+class SwapStep(enum.Enum):
+    WAIT = "wait"
+    SWITCH = "switch"
+    ABANDON = "abandon"
+
+
+@dataclass(frozen=True)
+class SwapDecision:
+    step: SwapStep
+    reason: str = ""
+
+
+def decide_swap(
+    challenger_events: Mapping[int, int | None], warmup_events: int, elapsed_s: float, timeout_s: float
+) -> SwapDecision:
+    """The swap rule: switch once every worker's challenger saw ``warmup_events`` events; abandon at the
+    timeout, naming the slots that lagged (``None``: that slot did not answer). A worker with no partitions
+    counts as warm (it has nothing to learn)."""
+    short = {s: n for s, n in challenger_events.items() if n is None or n < warmup_events}
+    if not short:
+        return SwapDecision(SwapStep.SWITCH)
+    if elapsed_s >= timeout_s:
+        seen = ", ".join(f"worker {s}: {'no answer' if n is None else n}" for s, n in sorted(short.items()))
+        return SwapDecision(
+            SwapStep.ABANDON,
+            f"challenger not warm after {timeout_s:.0f} s ({seen}; {warmup_events} events needed)",
+        )
+    return SwapDecision(SwapStep.WAIT)
