@@ -33,7 +33,6 @@ from typing import Any
 from rnnstream.workers.control_plan import (
     SwapStep,
     WorkerAction,
-    WorkerReport,
     decide_swap,
     decide_worker,
     must_fence_before_handover,
@@ -41,27 +40,27 @@ from rnnstream.workers.control_plan import (
     plan_handover,
 )
 from rnnstream.workers.control_record import ControlRecord, ControlRecordFile, SwapInProgress
-from rnnstream.workers.scoring_worker_actor import ScoringWorkerActor, fence_slot
+from rnnstream.workers.model_swap import (
+    SwapFailed,
+    challenger_progress,
+    drop_all,
+    one_line,
+    prepare_all,
+    switch_all,
+)
+from rnnstream.workers.scoring_worker_actor import fence_slot
 from rnnstream.workers.swap_registry_note import note_swap_in_background
 from rnnstream.workers.worker_config import ModelHandle, WorkerConfig
+from rnnstream.workers.worker_slots import NAMESPACE, WorkerSlots, report_of, worker_name
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "rnnstream"
+__all__ = ["NAMESPACE", "Coordinator", "SwapFailed", "coordinator_name", "worker_name"]
 
 
 def coordinator_name(pipeline: str) -> str:
     """The Ray actor name of a pipeline's coordinator (namespace ``rnnstream``)."""
     return f"rnnstream-coordinator-{pipeline}"
-
-
-def worker_name(config: WorkerConfig, slot: int) -> str:
-    """The Ray actor name of a worker slot (namespace ``rnnstream``): how a restarted coordinator finds it."""
-    return f"rnnstream-worker-{config.deployment}-{config.pipeline}-{slot}"
-
-
-class SwapFailed(RuntimeError):
-    """A hot swap did not happen (every challenger was dropped; the champion serves on); says why."""
 
 
 class Coordinator:
@@ -97,8 +96,7 @@ class Coordinator:
         self.probe_every_s = probe_every_s
         self.warmup_events = int(warmup_events)
         self.shadow = shadow
-        self.model_loader = model_loader  # how workers load a locator (None: serving.load_model)
-        self.workers: dict[int, Any] = {}
+        self.workers = WorkerSlots(config, self.worker_options, model_loader, release_timeout_s)
         self.assignment: dict[int, list[int]] = {}
         self.incarnations: dict[int, str] = {}
         self.restarts: dict[int, int] = {}
@@ -129,7 +127,7 @@ class Coordinator:
             if not self._started:
                 previous = self._record_file.read()
                 self.generation = previous.generation if previous else 0  # generations only go up
-                self._retire_leftovers()
+                self.workers.retire_leftovers()
                 self._scale_locked(self._target)
                 self._started = True
         self._start_threads()
@@ -143,37 +141,8 @@ class Coordinator:
             t.start()
             self._threads.append(t)
 
-    def _retire_leftovers(self) -> None:
-        """Workers of an earlier run of this deployment (detached actors outlive their coordinator): each
-        stops cleanly (final checkpoints) so this run starts them with its own configuration."""
-        import ray
-
-        for s in range(max(self._target, 64)):
-            try:
-                old = ray.get_actor(worker_name(self.config, s), namespace=NAMESPACE)
-            except ValueError:
-                continue
-            log.warning("stopping worker %d left by an earlier run", s)
-            self._stop_worker(s, old)
-            self._wait_name_free(s)
-
-    def _wait_name_free(self, slot: int, timeout_s: float = 30.0) -> None:
-        """Wait until a killed worker's name is released, so a new actor of that name is not the old one."""
-        import ray
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                ray.get_actor(worker_name(self.config, slot), namespace=NAMESPACE)
-            except ValueError:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"worker {slot} of an earlier run did not go away in {timeout_s:.0f} s")
-
     def _resume(self) -> None:
         """After Ray restarted this actor: read the record, find the workers, finish what was under way."""
-        import ray
-
         with self._lock:
             record = self._record_file.read()
             if record is None or record.stopped:
@@ -181,13 +150,8 @@ class Coordinator:
                 return
             self.model, self._target, self.generation = record.serving, record.num_workers, record.generation
             self.shadow_handle, self.swaps = record.shadow, list(record.swaps)
-            for s in range(max(record.num_workers, 64)):
-                try:
-                    self.workers[s] = ray.get_actor(worker_name(self.config, s), namespace=NAMESPACE)
-                except ValueError:
-                    continue
-            for s, w in self.workers.items():
-                st = _status(w, timeout=30.0)
+            for s in self.workers.find_running():
+                st = self.workers.status(s, timeout=30.0)
                 self.assignment[s] = sorted(st["partitions"]) if st else []
                 self.incarnations[s] = st["incarnation"] if st else ""
                 self.restarts.setdefault(s, 0)
@@ -208,13 +172,13 @@ class Coordinator:
 
         if swap.phase == "switching":  # some workers may have switched: every one switches
             self.model = swap.to
-            for w in self.workers.values():
-                st = _status(w, timeout=30.0) or {}
+            for s, w in self.workers.items():
+                st = self.workers.status(s, timeout=30.0) or {}
                 if st.get("challenger_version") == swap.to.version:
                     ray.get(w.switch_model.remote(), timeout=120)
             self._record_swap({"from": None, "to": swap.to.version, "resumed": True, "time": time.time()})
             return
-        self._drop_challengers()
+        drop_all(self.workers)
         self._record_swap(
             {"to": swap.to.version, "error": "coordinator restarted during the warm-up", "time": time.time()}
         )
@@ -224,23 +188,10 @@ class Coordinator:
         self._stop.set()
         out: dict[int, int] = {}
         with self._lock:
-            for s, w in list(self.workers.items()):
-                out.update(self._stop_worker(s, w))
-            self.workers.clear()
+            for s in list(self.workers):
+                out.update(self.workers.stop(s))
             self.assignment.clear()
             self._persist(stopped=True)
-        return out
-
-    def _stop_worker(self, slot: int, worker: Any) -> dict[int, int]:
-        import ray
-
-        out: dict[int, int] = {}
-        try:
-            out = ray.get(worker.stop.remote(), timeout=self.release_timeout_s)
-        except Exception as exc:
-            log.warning("worker %d did not stop cleanly: %s", slot, exc)
-            fence_slot(self.config, slot)
-        ray.kill(worker, no_restart=True)
         return out
 
     def _persist(self, stopped: bool = False) -> None:
@@ -293,19 +244,19 @@ class Coordinator:
             if must_fence_before_handover(clean):
                 if not fence_slot(self.config, s):
                     raise RuntimeError(f"worker {s} could not be fenced; its partitions stay where they are")
-                ray.kill(self.workers[s], no_restart=s >= n)  # a kept slot comes back owning nothing
+                if s < n:
+                    self.workers.restart(s)  # it comes back owning nothing
                 self.assignment[s] = []
             else:
                 self.assignment[s] = list(plan.target.get(s, []))
         # 2. retire removed slots
         for s in plan.retire:
-            ray.kill(self.workers.pop(s), no_restart=True)
+            self.workers.remove(s)
             self.assignment.pop(s, None)
             self.incarnations.pop(s, None)
-            self._wait_name_free(s)
         # 3. start new slots, then give every slot its partitions
         for s in plan.start:
-            self.workers[s] = self._new_worker(s)
+            self.workers.start(s)
             self.restarts.setdefault(s, 0)
         # (no partition that moves has an owner now; one that fails to take its own is left to the watch,
         # which sees it own other partitions than assigned and assigns them again)
@@ -314,27 +265,11 @@ class Coordinator:
         for s, ref in refs.items():
             try:
                 ray.get(ref, timeout=300)
-                st = ray.get(self.workers[s].status.remote(), timeout=60)
-                self.incarnations[s] = st["incarnation"]
+                self.incarnations[s] = ray.get(self.workers[s].status.remote(), timeout=60)["incarnation"]
             except Exception as exc:
                 log.warning("worker %d did not take %s (the watch retries): %s", s, plan.target[s], exc)
             self.last_answer[s] = time.monotonic()
         self._persist()
-
-    def _new_worker(self, slot: int) -> Any:
-        import ray
-
-        actor_cls = ray.remote(ScoringWorkerActor)
-        return actor_cls.options(
-            name=worker_name(self.config, slot),
-            namespace=NAMESPACE,
-            lifetime="detached",  # keeps scoring while the coordinator is restarted
-            get_if_exists=True,
-            max_restarts=-1,
-            max_task_retries=0,
-            max_concurrency=4,
-            **self.worker_options,
-        ).remote(slot, self.config, self.model_loader)
 
     # ---------------------------------------------------------------------------------------------- health
 
@@ -350,11 +285,11 @@ class Coordinator:
 
         reports = []
         now = time.monotonic()
-        for s, w in list(self.workers.items()):
-            st = _status(w, timeout=2.0)
+        for s, w in self.workers.items():
+            st = self.workers.status(s, timeout=2.0)
             if st is not None:
                 self.last_answer[s] = now
-            report = _report(s, st, self.stall_timeout_s)
+            report = report_of(s, st, self.stall_timeout_s)
             reports.append(report)
             challenger = self._challenger_version()
             decision = decide_worker(report, self.assignment.get(s, []), self.incarnations.get(s), challenger)
@@ -362,12 +297,12 @@ class Coordinator:
             if decision.action is WorkerAction.WAIT and silent_for > self.stall_timeout_s:
                 log.warning("worker %d silent for %.0f s; fencing and restarting it", s, silent_for)
                 if fence_slot(self.config, s):
-                    ray.kill(w, no_restart=False)
+                    self.workers.restart(s)
                     self.last_answer[s] = now
                 continue
             if decision.action is WorkerAction.RESTART:
                 log.warning("worker %d %s (%s); restarting it", s, decision.reason, report)
-                ray.kill(w, no_restart=False)
+                self.workers.restart(s)
             elif decision.action is WorkerAction.REASSIGN:
                 want = self.assignment.get(s, [])
                 if decision.reason == "restarted":
@@ -418,18 +353,14 @@ class Coordinator:
     def shadow_model(self, handle: ModelHandle | None) -> dict[int, int]:
         """Score ``handle`` beside the champion, with its own states, into ``<pipeline>.scores.shadow``
         (a challenger watched live, never serving); ``None`` stops it. Returns each partition's start."""
-        import ray
 
         with self._lock:
             self.shadow_handle = handle
             self._persist()
             if handle is None:
-                self._drop_challengers()
+                drop_all(self.workers)
                 return {}
-            start: dict[int, int] = {}
-            for part in ray.get([w.prepare_model.remote(handle, True) for w in self.workers.values()]):
-                start.update(part)
-            return start
+            return prepare_all(self.workers, handle, True)
 
     def swap_model(
         self,
@@ -441,7 +372,6 @@ class Coordinator:
         """Hot-swap to ``handle``: warm a challenger on live traffic, then switch every worker at a commit
         boundary. Returns ``{"from", "to", "switch_offsets": {partition: offset}, "warmup_events", ...}``;
         raises (after dropping every challenger; the champion goes on) when the swap fails or times out."""
-        import ray
 
         warm = self.warmup_events if warmup_events is None else int(warmup_events)
         shadow = self.shadow if shadow is None else shadow
@@ -451,16 +381,13 @@ class Coordinator:
             self.swap = SwapInProgress(handle, "warming", warm, shadow, time.time())
             self._persist()
             old = self.model
-            workers = dict(self.workers)
         switching = False
         try:
-            self._warm_from = {}
-            for part in ray.get([w.prepare_model.remote(handle, shadow) for w in workers.values()]):
-                self._warm_from.update(part)
+            self._warm_from = prepare_all(self.workers, handle, shadow)
             self._armed = True
             started = time.monotonic()
             while True:  # the lock is free meanwhile: the watch restarts and re-arms workers
-                seen = self._challenger_progress()
+                seen = challenger_progress(self.workers, warm)
                 decision = decide_swap(seen, warm, time.monotonic() - started, timeout_s)
                 if decision.step is SwapStep.SWITCH:
                     break
@@ -473,22 +400,22 @@ class Coordinator:
                 self.model = handle
                 self.generation += 1
                 self._persist()
-                record = self._switch_workers(old, handle)
+                record = switch_all(self.workers, old, handle, self.generation)
                 record["warm_from_offsets"] = dict(self._warm_from)
                 record["warmup_events"] = {str(s): n for s, n in seen.items()}
                 if self.shadow_handle is not None and self.shadow_handle.version == handle.version:
                     self.shadow_handle = None  # the shadowed version now serves
                 if self.shadow_handle is not None:  # the swap used the challenger slot: shadow again
-                    ray.get([w.prepare_model.remote(self.shadow_handle, True) for w in self.workers.values()])
+                    prepare_all(self.workers, self.shadow_handle, True)
                 self._record_swap(record)
             note_swap_in_background(self.config.pipeline, old, handle, record)
             return record
         except Exception as exc:
             if switching:
                 raise
-            reason = _one_line(exc)
+            reason = one_line(exc)
             with self._lock:
-                self._drop_challengers()
+                drop_all(self.workers)
                 if "cannot serve" in reason:
                     self._refused_version = handle.version  # not tried again by the probe until it changes
                 self._record_swap({"to": handle.version, "error": reason, "time": time.time()})
@@ -502,58 +429,6 @@ class Coordinator:
                     self.swap = None
                     self._persist()
 
-    def _switch_workers(self, old: ModelHandle, new: ModelHandle) -> dict[str, Any]:
-        """Every worker makes its challenger champion at its next commit boundary. A worker that fails
-        here restarts on the new model from its checkpoints (the watch re-assigns it)."""
-        import ray
-
-        offsets: dict[int, int] = {}
-        warmed = cold = 0
-        failed = []
-        for s, ref in {s: w.switch_model.remote() for s, w in self.workers.items()}.items():
-            try:
-                switched = ray.get(ref, timeout=120)
-            except Exception as exc:
-                log.warning("worker %d failed to switch (it restarts on %s): %s", s, new.version, exc)
-                failed.append(s)
-                continue
-            offsets.update({int(p): int(o) for p, o in switched["offsets"].items()})
-            warmed += switched["keys_warmed"]
-            cold += switched["keys_cold"]
-        return {
-            "from": old.version,
-            "to": new.version,
-            "switch_offsets": offsets,
-            "keys_warmed": warmed,
-            "keys_cold": cold,
-            "failed_slots": failed,
-            "generation": self.generation,
-            "time": time.time(),
-        }
-
-    def _challenger_progress(self) -> dict[int, int | None]:
-        """Per worker slot, how many events its challenger has scored (a slot owning nothing counts as
-        warm; ``None``: no answer)."""
-        out: dict[int, int | None] = {}
-        for s, w in list(self.workers.items()):
-            st = _status(w, timeout=5.0)
-            if st is None:
-                out[s] = None
-            elif not st["partitions"]:
-                out[s] = self.swap.warmup_events if self.swap else 0
-            else:
-                out[s] = int(st["challenger_events"]) if st["challenger_version"] else 0
-        return out
-
-    def _drop_challengers(self) -> None:
-        import ray
-
-        for s, w in list(self.workers.items()):
-            try:
-                ray.get(w.drop_challenger.remote(), timeout=60)
-            except Exception as exc:
-                log.warning("worker %d could not drop its challenger: %s", s, exc)
-
     def _record_swap(self, record: dict[str, Any]) -> None:
         self.swap = None
         self.swaps.append(record)
@@ -566,7 +441,7 @@ class Coordinator:
         import ray
 
         workers = []
-        refs = {s: w.metrics.remote() for s, w in list(self.workers.items())}
+        refs = {s: w.metrics.remote() for s, w in self.workers.items()}
         for s, ref in refs.items():
             try:
                 m = ray.get(ref, timeout=5.0)
@@ -606,7 +481,7 @@ class Coordinator:
 
         out: dict[int, int] = {}
         with self._lock:
-            for part in ray.get([w.final_checkpoint.remote() for w in self.workers.values()]):
+            for part in ray.get([w.final_checkpoint.remote() for _, w in self.workers.items()]):
                 out.update(part)
         return out
 
@@ -619,36 +494,3 @@ def _reconstructed() -> bool:
         return bool(ray.get_runtime_context().was_current_actor_reconstructed)
     except Exception:
         return False
-
-
-def _status(worker: Any, timeout: float) -> dict[str, Any] | None:
-    import ray
-
-    try:
-        return ray.get(worker.status.remote(), timeout=timeout)
-    except Exception:
-        return None
-
-
-def _report(slot: int, st: dict[str, Any] | None, stall_timeout_s: float) -> WorkerReport:
-    if st is None:
-        return WorkerReport(slot=slot, reachable=False)
-    return WorkerReport(
-        slot=slot,
-        reachable=True,
-        alive=bool(st.get("alive", True)),
-        stalled=st.get("heartbeat_age_s", 0.0) > stall_timeout_s,
-        incarnation=st.get("incarnation"),
-        partitions=tuple(st.get("partitions", ())),
-        challenger_version=st.get("challenger_version"),
-        fenced=bool(st.get("fenced", False)),
-    )
-
-
-def _one_line(exc: BaseException) -> str:
-    """``Type: message`` on one line (a worker's error arrives wrapped by Ray: its cause is what counts)."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException):
-        exc = cause
-    text = f"{type(exc).__name__}: {exc}".splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
