@@ -97,6 +97,7 @@ def effective_serving(
     for name in SERVING_SETTINGS:
         put(name, getattr(run.serving, name), file)
     put("checkpoint_uri", run.serving.checkpoint_uri, file)
+    put("warmup_archive_uri", run.archive.uri, f"{file} (archive.uri)")  # hot swaps warm keys from it
     put("deployment", env.get(DEPLOYMENT_ENV), f"env {DEPLOYMENT_ENV}")
     put("checkpoint_uri", env.get(CHECKPOINT_ENV), f"env {CHECKPOINT_ENV}")
     for name, value in flags.items():

@@ -30,6 +30,8 @@ def test_the_chart_config_builds_the_worker_config_with_origins():
         w.checkpoint_uri == "s3://elsewhere/ckpt" and eff.origins["checkpoint_uri"] == "flag --checkpoint-uri"
     )
     assert eff.origins["batch_linger_ms"] == f"file {CHART_CONFIG}"
+    # a hot swap's challenger warms each key from the archive the chart's archive job writes
+    assert w.warmup_archive_uri == run.archive.uri and run.archive.uri.startswith("s3://")
     assert w.kafka.bootstrap_servers == "kafka-bootstrap.kafka.svc:9092"
     assert (
         eff.tracking_uri == "sqlite:///x.db"

@@ -65,6 +65,7 @@ def switch_all(workers: WorkerSlots, old: ModelHandle, new: ModelHandle, generat
 
     offsets: dict[int, int] = {}
     warmed = cold = 0
+    archive = {"archive_events": 0, "archive_keys": 0, "archive_gap_messages": 0}
     failed = []
     for s, ref in {s: w.switch_model.remote() for s, w in workers.items()}.items():
         try:
@@ -76,12 +77,15 @@ def switch_all(workers: WorkerSlots, old: ModelHandle, new: ModelHandle, generat
         offsets.update({int(p): int(o) for p, o in switched["offsets"].items()})
         warmed += switched["keys_warmed"]
         cold += switched["keys_cold"]
+        for name in archive:
+            archive[name] += int(switched.get(name, 0))
     return {
         "from": old.version,
         "to": new.version,
         "switch_offsets": offsets,
         "keys_warmed": warmed,
         "keys_cold": cold,
+        **archive,  # of the warmed keys, those warmed from the archive (and what it did not hold yet)
         "failed_slots": failed,
         "generation": generation,
         "time": time.time(),

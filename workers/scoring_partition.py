@@ -313,6 +313,20 @@ class ScoringPartition:
         self.challenger = challenger
         self.challenger_scorer = self._scorer(challenger)
 
+    def warm_challenger_from_archive(self, archive_uri: str, pipeline: str, last_n: int) -> dict[str, int]:
+        """Replay each key's latest ``last_n`` archived events below the next offset through the challenger
+        (see :mod:`rnnstream.workers.archive_warmup`); returns what it replayed and the archive's gap."""
+        from rnnstream.workers.archive_warmup import recent_history, warm_challenger
+
+        start = self.offsets.next_offset
+        history, end = recent_history(archive_uri, pipeline, self.partition, start, last_n)
+        done = warm_challenger(self.challenger_scorer, history, start, end)
+        return {
+            "archive_events": done.events,
+            "archive_keys": done.keys,
+            "archive_gap_messages": done.gap_messages,
+        }
+
     def key_counts(self) -> tuple[int, int]:
         """(keys the champion holds a state of, keys the challenger holds a state of)."""
         return len(self.scorer.store), len(self.challenger_scorer.store) if self.challenger_scorer else 0

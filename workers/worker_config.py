@@ -60,6 +60,8 @@ class WorkerConfig:
     error_backoff_s: float = 0.5
     commit_timeout_ms: int = 15_000
     torch_threads: int = 1
+    warmup_archive_uri: str | None = None  # Parquet archive a hot-swap challenger warms each key from
+    warmup_archive_events: int = 256  # at most this many of a key's latest archived events
 
     def __post_init__(self) -> None:
         p = self.pipeline

@@ -160,3 +160,45 @@ def test_failed_swaps_drop_every_challenger_and_say_why(kafka_settings, ray_loca
     verdict = verify(events_log, scores, offline_reference(events_log, model_a))
     assert verdict.expected == 6000 and verdict.versions == {handle_a.version: 6000}
     assert verdict.ok, verdict.line
+
+
+def test_swap_warms_every_key_from_the_archive(kafka_settings, ray_local, tmp_path):
+    """With the archive caught up, a challenger warmed from each key's archived history switches with every
+    key warm, and the new model's live scores equal its offline run over the whole history: a key that
+    sends nothing during the warm-up does not start cold."""
+    from rnnstream.workers.archive_sink import ArchiveSink
+
+    settings, _, schema, model_a, handle_a = scoring_stream(kafka_settings, "swaparch", 2, tmp_path / "a")
+    model_b, handle_b = make_model(schema, tmp_path / "b", seed=1)
+    events = make_events(schema, 6000, 300, seed=4)
+    config = worker_config(
+        settings,
+        schema,
+        tmp_path / "ckpt",
+        warmup_archive_uri=str(tmp_path / "archive"),
+        warmup_archive_events=10**6,
+    )
+    coord = start_coordinator(config, handle_a, 2, 2)
+    try:
+        produce_paced(settings, schema, events.slice(0, 4000), 1000, 0.05)
+        wait_for(lambda: committed_all(settings, config), 60, "the first events committed")
+        with ArchiveSink(settings, schema, str(tmp_path / "archive"), flush_events=500) as sink:
+            sink.run(until_caught_up=True)
+        swap = _ray.get(coord.swap_model.remote(handle_b, warmup_events=0), timeout=120)
+        produce_paced(settings, schema, events.slice(4000, 2000), 500, 0.05)
+        wait_for(lambda: committed_all(settings, config), 60, "all events committed")
+    finally:
+        stop_coordinator(coord)
+    print("swap:", swap)
+    assert swap["keys_cold"] == 0 and swap["keys_warmed"] == swap["archive_keys"] == 300
+    assert swap["archive_events"] == 4000 and swap["archive_gap_messages"] == 0
+    events_log = read_events(settings, config.events_topic, schema)
+    scores = read_scores(settings, config.scores_topic)
+    assert verify(
+        events_log, scores, offline_reference(events_log, model_a), version_filter=handle_a.version
+    ).ok
+    whole_b = offline_reference(events_log, model_b)  # the new model over the whole history
+    verdict = verify(events_log, scores, whole_b, version_filter=handle_b.version)
+    print(verdict.line)
+    assert verdict.versions == {handle_a.version: 4000, handle_b.version: 2000}
+    assert verdict.ok, verdict.line
