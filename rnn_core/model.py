@@ -40,13 +40,14 @@ therefore run under :func:`exact_numerics`; a serving or evaluation process may 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnstream.rnn_core import forecast_rollout
 from rnnstream.rnn_core.anomaly_likelihood import (
     NUM_STATS,
     LikelihoodWindows,
@@ -55,118 +56,23 @@ from rnnstream.rnn_core.anomaly_likelihood import (
 )
 from rnnstream.rnn_core.config import ConfigError, ModelConfig
 from rnnstream.rnn_core.features import feature_slices
+from rnnstream.rnn_core.numerics import exact_numerics, set_exact_numerics
+from rnnstream.rnn_core.score_calibration import (
+    DEFAULT_CALIBRATION_POINTS,
+    UNCALIBRATED_MAX_Z,
+    calibrated_score,
+    calibrated_score_with_tails,
+    calibration_tails,
+    fit_error_calibration,
+    refresh_score_tails,
+)
+from rnnstream.rnn_core.sequence_loss import sequence_loss
+
+__all__ = ["StreamingModel", "calibrated_score", "calibration_tails", "exact_numerics", "set_exact_numerics"]
 
 _RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-DEFAULT_CALIBRATION_POINTS = 101
-_UNCALIBRATED_MAX_Z = 4.0
-_TAIL_KNOT_FRACTION = 0.1  # the tails' scale = the spread of the outermost 10% of the knots
 _FOLD_MAX_OFFSET = 4.0  # fold the input normalization into the weights while |mean| / std <= this
 _FOLDED_SOURCES = (0, 1, 2, 4)  # norm_mean, norm_std, w_ih_l0, b_ih_l0 in StreamingModel._inference_weights
-
-
-def set_exact_numerics() -> None:
-    """Process-wide: no TF32 in cuDNN (RNNs) or cuBLAS (matmuls), so ``forward`` == ``step`` on CUDA too.
-
-    Sets ``torch.backends.cudnn.allow_tf32 = False`` and ``torch.backends.cuda.matmul.allow_tf32 = False``
-    (the legacy setters: they leave a state that both the legacy and the newer ``fp32_precision`` API can
-    read). Call once at the start of a serving or evaluation process that runs models on a GPU (no effect on
-    CPU); then the per-call :func:`exact_numerics` that the model enters changes nothing, which also makes it
-    safe with several threads. Costs some speed on Ampere+ GPUs; training does not need it.
-    """
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-
-
-# torch >= 2.9 has per-op ``fp32_precision`` flags; once they are used, reading the legacy allow_tf32 flags
-# raises, so the context below reads and restores the new ones where they exist.
-_PER_OP_PRECISION = hasattr(torch.backends, "fp32_precision")
-
-
-def _effective_precision(*chain: str) -> str:
-    """The first set value along an op -> backend -> global ``fp32_precision`` chain ("none" = inherit)."""
-    return next((value for value in chain if value != "none"), "ieee")
-
-
-@contextlib.contextmanager
-def exact_numerics() -> Iterator[None]:
-    """Within the block: cuDNN RNNs and cuBLAS matmuls in full float32 (no TF32); flags restored after.
-
-    :class:`StreamingModel` enters it itself for ``forward``/``step`` in eval mode on CUDA. Flags that are
-    already exact are not touched, so after :func:`set_exact_numerics` it changes nothing.
-    """
-    b = torch.backends
-    restore: list[tuple[object, str, object]] = []
-    if _PER_OP_PRECISION:
-        rnn = b.cudnn.rnn.fp32_precision
-        matmul = b.cuda.matmul.fp32_precision
-        if _effective_precision(rnn, b.cudnn.fp32_precision, b.fp32_precision) != "ieee":
-            restore.append((b.cudnn.rnn, "fp32_precision", rnn))
-        if _effective_precision(matmul, b.fp32_precision) != "ieee":
-            restore.append((b.cuda.matmul, "fp32_precision", matmul))
-        exact: object = "ieee"
-    else:  # older torch: the legacy flags only
-        if b.cudnn.allow_tf32:
-            restore.append((b.cudnn, "allow_tf32", True))
-        if b.cuda.matmul.allow_tf32:
-            restore.append((b.cuda.matmul, "allow_tf32", True))
-        exact = False
-    for owner, name, _ in restore:
-        setattr(owner, name, exact)
-    try:
-        yield
-    finally:
-        for owner, name, value in reversed(restore):
-            setattr(owner, name, value)
-
-
-def calibrated_score(error_z: Tensor, knots: Tensor) -> Tensor:
-    """Strictly increasing map of ``error_z`` into [0, 1) through ``knots`` (sorted training quantiles).
-
-    With ``n`` knots, knot ``i`` scores its plotting position ``(i + 0.5) / n`` (about the fraction of
-    training events with a lower ``error_z``), linear in between. Outside the knots the score keeps rising
-    toward 1 (above) and falling toward 0 (below), each tail holding ``0.5 / n``:
-    ``1 - (0.5 / n) / (1 + log1p((z - z_top) / tail_scale))`` above the top knot, the mirror image below the
-    bottom one, with ``tail_scale`` the spread of the outermost 10% of the knots (their whole range, or 1,
-    if those coincide). The logarithmic tail saturates so slowly that float32 still orders errors 1% apart
-    up to ~1e6 times the top knot and 10% apart up to ``error_z`` ~1e30, so the strongest anomalies do not
-    tie at 1 (only ``error_z = inf`` scores 1; NaN stays NaN).
-    """
-    return _calibrated_score(error_z, knots, calibration_tails(knots))
-
-
-def calibration_tails(knots: Tensor) -> Tensor:
-    """``[z_bottom, z_top, 1 / lower tail_scale, 1 / upper tail_scale]`` of :func:`calibrated_score`.
-
-    Depends on the knots only: :class:`StreamingModel` keeps it in a buffer instead of recomputing it per
-    ``step`` (no ``.item()``, so no GPU sync either way).
-    """
-    n = knots.shape[0]
-    m = max(1, round((n - 1) * _TAIL_KNOT_FRACTION))
-    ends = knots[[0, min(m, n - 1), max(n - 1 - m, 0), n - 1]]
-    spreads = ends[1::2] - ends[0::2]  # (lower, upper)
-    full_range = ends[3] - ends[0]
-    eps = 1e-6
-    scales = torch.where(spreads > eps, spreads, torch.where(full_range > eps, full_range, 1.0))
-    return torch.cat([ends[[0, 3]], 1.0 / scales])
-
-
-def _calibrated_score(error_z: Tensor, knots: Tensor, tails: Tensor) -> Tensor:
-    n = knots.shape[0]
-    z = error_z.contiguous()
-    idx = torch.searchsorted(knots, z).clamp(1, n - 1)
-    lo = knots[idx - 1]
-    hi = knots[idx]
-    frac = ((z - lo) / (hi - lo).clamp_min(1e-12)).clamp(0.0, 1.0)
-    inside = (idx - 1 + frac + 0.5) / n  # clamps to the outermost knots' scores outside them
-    # Tails: ``u`` = how far outside the knots, in tail scales (0 inside); the score moves away from the
-    # outermost knot's score by ``tail_mass * L / (1 + L)``, L = log1p(u): up above the top knot, down below
-    # the bottom one. Branch-free (no data-dependent control flow, no GPU sync).
-    z_bottom, z_top, inv_lower, inv_upper = tails.unbind()
-    above = (z - z_top) * inv_upper  # > 0 above the top knot, < 0 below the bottom one
-    u = torch.maximum(above, (z_bottom - z) * inv_lower).clamp_min(0.0)
-    tail_mass = 0.5 / n
-    shift = tail_mass - tail_mass / (1.0 + torch.log1p(u))
-    return torch.addcmul(inside, shift, above.sign())
 
 
 class StreamingModel(nn.Module):
@@ -221,11 +127,11 @@ class StreamingModel(nn.Module):
         self.head = nn.Linear(config.hidden_size, head_out)
         if config.head == "forecast":
             self.register_buffer("error_scale", torch.ones(self.num_continuous))
-            knots = torch.linspace(0.0, _UNCALIBRATED_MAX_Z, DEFAULT_CALIBRATION_POINTS)
+            knots = torch.linspace(0.0, UNCALIBRATED_MAX_Z, DEFAULT_CALIBRATION_POINTS)
             self.register_buffer("score_knots", knots)
             # Derived from score_knots (not saved): refreshed on fit_score_calibration and load_state_dict.
             self.register_buffer("score_tails", calibration_tails(knots), persistent=False)
-            self.register_load_state_dict_post_hook(_refresh_score_tails)
+            self.register_load_state_dict_post_hook(refresh_score_tails)
 
     # ----------------------------------------------------------------------------------------------- shapes
     @property
@@ -372,7 +278,7 @@ class StreamingModel(nn.Module):
 
     def _calibrated(self, error_z: Tensor) -> Tensor:
         """Strictly increasing map of ``error_z`` into [0, 1) through the stored quantile knots."""
-        return _calibrated_score(error_z, self.score_knots, self.score_tails)
+        return calibrated_score_with_tails(error_z, self.score_knots, self.score_tails)
 
     # -------------------------------------------------------------------------------------------- public API
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -497,38 +403,7 @@ class StreamingModel(nn.Module):
         next_token: cross-entropy of the prediction from the state before each event vs its token (no ``y``).
         ``mask[B, T]`` (bool or 0/1) marks real events; padding is excluded.
         """
-        top_after, top_before, final = self._run(x, state)
-        valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask.bool()
-        kind = self.head_kind
-        if kind in ("binary", "multiclass"):
-            if y is None:
-                raise ValueError(f"a {kind} head needs labels y[B, T]")
-            y = torch.as_tensor(y, device=x.device)
-            y_float = y.to(torch.float32)
-            valid = valid & torch.isfinite(y_float) & (y_float >= 0)
-            logits = self.head(top_after)
-            if kind == "binary":
-                target = torch.where(valid, y_float, 0.0).clamp_max(1.0)
-                per_event = F.binary_cross_entropy_with_logits(logits.squeeze(-1), target, reduction="none")
-            else:
-                valid = valid & (y_float < self.config.num_classes)
-                target = torch.where(valid, y_float, 0.0).long()
-                per_event = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-        elif kind == "forecast":
-            predicted = self.head(top_before)
-            per_event = (predicted - self._normalized(x)).square().mean(-1)
-        else:
-            logits = self.head(top_before)
-            per_event = F.cross_entropy(logits.transpose(1, 2), self._codes(x)[..., 0], reduction="none")
-        weights = valid.to(per_event.dtype)
-        if self.adaptive:  # training leaves the score's statistics as they came (see _adaptive_score)
-            stats = (
-                state[:, self.num_state :]
-                if state is not None
-                else final.new_zeros((x.shape[0], 1, *final.shape[2:]))
-            )
-            final = torch.cat([final[:, : self.num_state], stats], dim=1)
-        return (per_event * weights).sum() / weights.sum().clamp_min(1.0), final
+        return sequence_loss(self, x, y, state, mask)
 
     @torch.no_grad()
     def fit_normalization(self, x: np.ndarray) -> None:
@@ -545,7 +420,6 @@ class StreamingModel(nn.Module):
         self.norm_mean.copy_(torch.from_numpy(np.nan_to_num(mean)).to(self.norm_mean))
         self.norm_std.copy_(torch.from_numpy(std).to(self.norm_std))
 
-    @torch.no_grad()
     def rollout(
         self, state: Tensor, steps: int, step_seconds: float = 1.0, x_last: Tensor | None = None
     ) -> Tensor:
@@ -555,30 +429,7 @@ class StreamingModel(nn.Module):
         categorical inputs repeat those of ``x_last[B, D]`` (the key's last event) or are "unknown" (0).
         The first row equals the ``forecast_*`` columns of the event that produced ``state``.
         """
-        if self.head_kind != "forecast":
-            raise ConfigError(f"rollout needs a forecast head, this model has a {self.head_kind} head")
-        b = state.shape[0]
-        fixed = []
-        if self.num_categorical:
-            codes = (
-                self._codes(x_last)
-                if x_last is not None
-                else torch.zeros((b, self.num_categorical), dtype=torch.long, device=state.device)
-            )
-            fixed.append(self.embedding(codes + self.cat_offsets).flatten(-2))
-        if self._dt is not None:
-            fixed.append(torch.full((b, 1), float(np.log1p(max(step_seconds, 0.0))), device=state.device))
-        out = []
-        with self._numerics(state):
-            for _ in range(steps):
-                predicted = self.head(state[:, 0, -1])
-                out.append(predicted)
-                if self.stateless:
-                    state = torch.zeros_like(state)
-                state = self._cell_step(torch.cat([predicted, *fixed], dim=-1), state)
-        if not out:
-            return state.new_zeros((b, 0, self.num_continuous))
-        return torch.stack(out, dim=1) * self.norm_std + self.norm_mean
+        return forecast_rollout.rollout(self, state, steps, step_seconds, x_last)
 
     @torch.no_grad()
     def fit_score_calibration(
@@ -599,8 +450,6 @@ class StreamingModel(nn.Module):
             raise ConfigError(
                 f"score calibration is for forecast heads, this model has a {self.head_kind} head"
             )
-        if num_points < 2:
-            raise ValueError("num_points must be >= 2")
         was_training = self.training
         self.eval()
         try:
@@ -614,15 +463,10 @@ class StreamingModel(nn.Module):
                 xt = torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
                 m = None if mask is None else torch.as_tensor(np.asarray(mask), device=device).bool()
                 errors.append(self._raw_errors(xt, m, state))
-            err = torch.cat(errors).double()
-            if err.shape[0] == 0:
-                raise ValueError("fit_score_calibration needs at least one event")
-            scale = err.square().mean(0).sqrt().clamp_min(1e-6)
-            z = (err / scale).square().mean(-1).sqrt().cpu().numpy()
-            knots = np.maximum.accumulate(np.quantile(z, np.linspace(0.0, 1.0, num_points)))
+            scale, knots = fit_error_calibration(torch.cat(errors).double(), num_points)
             self.error_scale.copy_(scale.to(self.error_scale))
-            self.score_knots = torch.as_tensor(knots, dtype=torch.float32, device=device)
-            _refresh_score_tails(self)
+            self.score_knots = knots.to(device)
+            refresh_score_tails(self)
         finally:
             self.train(was_training)
 
@@ -634,11 +478,3 @@ class StreamingModel(nn.Module):
         if mask is not None:
             return err[mask]
         return err.reshape(-1, err.shape[-1])
-
-
-def _refresh_score_tails(model: nn.Module, incompatible_keys: object = None) -> None:
-    """Recompute the forecast head's cached :func:`calibration_tails` from its current ``score_knots``."""
-    knots = getattr(model, "score_knots", None)
-    if knots is not None:
-        with torch.no_grad():
-            model.score_tails = calibration_tails(knots).to(knots)

@@ -35,7 +35,6 @@ from rnnstream.rnn_core.event_schema import KEY_COLUMN, LABEL_COLUMN, TIME_COLUM
 from rnnstream.workers.event_validation import Problem, bad_rows, conform_arrow, validate_event
 from rnnstream.workers.event_wire import (
     ARROW,
-    BAD_HEADER,
     DEFAULT_MAX_ARROW_BYTES,
     DEFAULT_MAX_FUTURE_MS,
     DEFAULT_MAX_JSON_BYTES,
@@ -48,7 +47,6 @@ from rnnstream.workers.event_wire import (
     REASONS,
     TOO_LARGE,
     TRUNCATED_ARROW,
-    UNKNOWN_ENCODING,
     VERSION_HEADER,
     WRONG_PIPELINE,
     WRONG_SCHEMA_VERSION,
@@ -58,10 +56,12 @@ from rnnstream.workers.event_wire import (
     Reject,
     encode_arrow,
     event_to_json,
+    header_reject,
     header_value,
     message_encoding,
     message_headers,
     message_timestamps,
+    reject_of,
     table_to_json,
 )
 
@@ -173,14 +173,14 @@ class EventDecoder:
                 value = b""
             if enc is None or enc == b"json":
                 if len(value) > max_json:
-                    rejects.append(self._reject(m, TOO_LARGE, f"{len(value)} bytes > limit {max_json}", JSON))
+                    rejects.append(reject_of(m, TOO_LARGE, f"{len(value)} bytes > limit {max_json}", JSON))
                     continue
                 json_idx.append(i)
                 json_vals.append(value)
             elif enc == b"arrow":
                 arrow_idx.append(i)
             else:
-                rejects.append(self._header_reject(m, enc))
+                rejects.append(header_reject(m, enc, self.schema.version))
         events_in = len(rejects)
         parts: list[tuple[pa.RecordBatch, np.ndarray, np.ndarray]] = []  # (batch, message idx, event idx)
         if json_idx:
@@ -196,7 +196,7 @@ class EventDecoder:
                 n_in, part, arrow_rejects = self._decode_arrow(messages[i], int(now[i]))
             except Exception as exc:  # never raise into a worker: an unforeseen failure is a reject
                 detail = f"cannot decode Arrow message: {type(exc).__name__}: {exc}"[:300]
-                n_in, part, arrow_rejects = 1, None, [self._reject(messages[i], INVALID_EVENT, detail, ARROW)]
+                n_in, part, arrow_rejects = 1, None, [reject_of(messages[i], INVALID_EVENT, detail, ARROW)]
             events_in += n_in
             rejects += arrow_rejects
             if part is not None and part.num_rows:
@@ -247,7 +247,7 @@ class EventDecoder:
             for j in np.flatnonzero(bad):
                 m = messages[idx[j]]
                 reason, detail = self._json_reason(vals[j], int(now[j]))
-                rejects.append(self._reject(m, reason, detail, JSON))
+                rejects.append(reject_of(m, reason, detail, JSON))
             keep = pa.array(~bad)
             cols = {k: pc.filter(c, keep) for k, c in cols.items()}
             idx_arr = idx_arr[~bad]
@@ -268,7 +268,7 @@ class EventDecoder:
                 b, ok, rej = self._decode_json_slow(messages, [i], [v], now[j : j + 1])
             except Exception as exc:
                 detail = f"cannot decode JSON event: {type(exc).__name__}: {exc}"[:300]
-                rejects.append(self._reject(messages[i], INVALID_EVENT, detail, JSON))
+                rejects.append(reject_of(messages[i], INVALID_EVENT, detail, JSON))
                 continue
             rejects += rej
             if b.num_rows:
@@ -299,11 +299,11 @@ class EventDecoder:
             try:
                 event = json.loads(v)
             except (ValueError, UnicodeDecodeError) as exc:
-                rejects.append(self._reject(messages[i], NOT_JSON, f"not JSON: {exc}"[:300], JSON))
+                rejects.append(reject_of(messages[i], NOT_JSON, f"not JSON: {exc}"[:300], JSON))
                 continue
             res = validate_event(event, self.schema, int(now[j]), self.max_future_ms)
             if isinstance(res, tuple):
-                rejects.append(self._reject(messages[i], res[0], res[1], JSON))
+                rejects.append(reject_of(messages[i], res[0], res[1], JSON))
             else:
                 rows.append(res)
                 ok.append(i)
@@ -326,27 +326,27 @@ class EventDecoder:
             return (
                 1,
                 None,
-                [self._reject(m, TOO_LARGE, f"{len(value)} bytes > {self.max_arrow_bytes}", ARROW)],
+                [reject_of(m, TOO_LARGE, f"{len(value)} bytes > {self.max_arrow_bytes}", ARROW)],
             )
         try:
             table = pa.ipc.open_stream(value).read_all()
         except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError) as exc:
             looks_ipc = value[:4] == b"\xff\xff\xff\xff"
             reason = TRUNCATED_ARROW if looks_ipc else NOT_ARROW
-            return 1, None, [self._reject(m, reason, f"cannot read Arrow IPC: {exc}"[:300], ARROW)]
+            return 1, None, [reject_of(m, reason, f"cannot read Arrow IPC: {exc}"[:300], ARROW)]
         meta = table.schema.metadata or {}
         their_pipeline = meta.get(b"rnnstream.pipeline")
         if their_pipeline is not None and their_pipeline != self._pipeline:
             detail = f"batch schema is of pipeline {their_pipeline.decode(errors='replace')!r}"
-            return 1, None, [self._reject(m, WRONG_PIPELINE, detail, ARROW)]
+            return 1, None, [reject_of(m, WRONG_PIPELINE, detail, ARROW)]
         their_version = meta.get(b"rnnstream.schema_version")
         if their_version is not None and their_version != self._version:
             detail = f"batch schema version {their_version.decode(errors='replace')}"
-            return 1, None, [self._reject(m, WRONG_SCHEMA_VERSION, detail, ARROW)]
+            return 1, None, [reject_of(m, WRONG_SCHEMA_VERSION, detail, ARROW)]
         try:
             cols = conform_arrow(table, self._parse_schema, self.schema)
         except Problem as p:
-            return 1, None, [self._reject(m, p.reason, p.detail, ARROW)]
+            return 1, None, [reject_of(m, p.reason, p.detail, ARROW)]
         n = table.num_rows
         bad = bad_rows(cols, self.schema, now, self.max_future_ms)
         rejects: list[Reject] = []
@@ -358,7 +358,7 @@ class EventDecoder:
                 res = validate_event(row, self.schema, now, self.max_future_ms)
                 reason, detail = res if isinstance(res, tuple) else (INVALID_EVENT, "row failed checks")
                 raw = encode_arrow(src.slice(int(j), 1))
-                rejects.append(self._reject(m, reason, detail, ARROW, raw=raw, event_index=int(j)))
+                rejects.append(reject_of(m, reason, detail, ARROW, raw=raw, event_index=int(j)))
             keep = pa.array(~bad)
             cols = {k: pc.filter(c, keep) for k, c in cols.items()}
             positions = pc.filter(positions, keep)
@@ -378,51 +378,6 @@ class EventDecoder:
         if self.schema.has_label:
             arrays.append(cols[LABEL_COLUMN])
         return pa.RecordBatch.from_arrays(arrays, schema=self.arrow_schema)
-
-    # -- rejects
-
-    def _reject(
-        self,
-        m: MessageLike,
-        reason: str,
-        detail: str,
-        encoding: str,
-        raw: bytes | None = None,
-        event_index: int | None = None,
-    ) -> Reject:
-        return Reject(
-            raw=(m.value or b"") if raw is None else raw,
-            reason=reason,
-            detail=detail,
-            topic=m.topic,
-            partition=int(m.partition),
-            offset=int(m.offset),
-            timestamp_ms=int(m.timestamp if m.timestamp is not None else -1),
-            key=m.key,
-            event_index=event_index,
-            encoding=encoding,
-        )
-
-    def _header_reject(self, m: MessageLike, enc: bytes) -> Reject:
-        h = m.headers
-        if enc == b"!pipeline":
-            got = header_value(h, PIPELINE_HEADER) or b""
-            return self._reject(
-                m,
-                WRONG_PIPELINE,
-                f"message of pipeline {got.decode(errors='replace')!r}",
-                message_encoding(h),
-            )
-        if enc == b"!version":
-            got = header_value(h, VERSION_HEADER) or b""
-            try:
-                int(got)
-            except ValueError:
-                return self._reject(m, BAD_HEADER, f"schema version header {got!r} is not an int", JSON)
-            return self._reject(
-                m, WRONG_SCHEMA_VERSION, f"schema version {got.decode()} != {self.schema.version}", JSON
-            )
-        return self._reject(m, UNKNOWN_ENCODING, f"encoding header {enc[:40]!r} is not json or arrow", JSON)
 
 
 def _py(scalar: pa.Scalar) -> Any:

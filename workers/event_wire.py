@@ -272,3 +272,44 @@ def encode_arrow(table: pa.Table | pa.RecordBatch, schema: EventSchema | None = 
         else:
             writer.write_table(table)
     return sink.getvalue().to_pybytes()
+
+
+def reject_of(
+    m: MessageLike,
+    reason: str,
+    detail: str,
+    encoding: str,
+    raw: bytes | None = None,
+    event_index: int | None = None,
+) -> Reject:
+    """The :class:`Reject` of message ``m`` (its value unchanged unless ``raw`` is given: one bad row)."""
+    return Reject(
+        raw=(m.value or b"") if raw is None else raw,
+        reason=reason,
+        detail=detail,
+        topic=m.topic,
+        partition=int(m.partition),
+        offset=int(m.offset),
+        timestamp_ms=int(m.timestamp if m.timestamp is not None else -1),
+        key=m.key,
+        event_index=event_index,
+        encoding=encoding,
+    )
+
+
+def header_reject(m: MessageLike, enc: bytes, schema_version: int) -> Reject:
+    """The reject of a message whose headers rule it out (``enc`` from :func:`message_encoding`)."""
+    h = m.headers
+    if enc == b"!pipeline":
+        got = header_value(h, PIPELINE_HEADER) or b""
+        return reject_of(
+            m, WRONG_PIPELINE, f"message of pipeline {got.decode(errors='replace')!r}", message_encoding(h)
+        )
+    if enc == b"!version":
+        got = header_value(h, VERSION_HEADER) or b""
+        try:
+            int(got)
+        except ValueError:
+            return reject_of(m, BAD_HEADER, f"schema version header {got!r} is not an int", JSON)
+        return reject_of(m, WRONG_SCHEMA_VERSION, f"schema version {got.decode()} != {schema_version}", JSON)
+    return reject_of(m, UNKNOWN_ENCODING, f"encoding header {enc[:40]!r} is not json or arrow", JSON)
