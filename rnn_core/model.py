@@ -395,14 +395,8 @@ class StreamingModel(nn.Module):
         state: Tensor | None = None,
         mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Mean loss over the valid events of ``x[B, T, D]`` and the final state (to carry across chunks).
-
-        binary: BCE on the logit after the event vs ``y`` (``y`` < 0 or NaN = no label);
-        multiclass: cross-entropy vs ``y`` (``y`` < 0 or NaN = no label);
-        forecast: MSE, in normalized units, of the prediction from the state before each event vs the event;
-        next_token: cross-entropy of the prediction from the state before each event vs its token (no ``y``).
-        ``mask[B, T]`` (bool or 0/1) marks real events; padding is excluded.
-        """
+        """Mean loss over the valid events of ``x[B, T, D]`` and the final state, per head: see
+        :func:`~rnnstream.rnn_core.sequence_loss.sequence_loss`."""
         return sequence_loss(self, x, y, state, mask)
 
     @torch.no_grad()
@@ -423,12 +417,8 @@ class StreamingModel(nn.Module):
     def rollout(
         self, state: Tensor, steps: int, step_seconds: float = 1.0, x_last: Tensor | None = None
     ) -> Tensor:
-        """Forecast heads: generate ``steps`` future events from ``state[B, S, L, H]`` -> ``[B, steps, n]``.
-
-        Each forecast (original units) is fed back as the next input, with a time delta of ``step_seconds``;
-        categorical inputs repeat those of ``x_last[B, D]`` (the key's last event) or are "unknown" (0).
-        The first row equals the ``forecast_*`` columns of the event that produced ``state``.
-        """
+        """Forecast heads: ``steps`` future events from ``state`` -> ``[B, steps, n]`` (each forecast fed back
+        as the next input): see :func:`~rnnstream.rnn_core.forecast_rollout.rollout`."""
         return forecast_rollout.rollout(self, state, steps, step_seconds, x_last)
 
     @torch.no_grad()

@@ -107,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
 def load_scoring_model(source: str, tracking_uri: str | None = None) -> tuple[Any, str, dict[str, Any]]:
     """(model in eval mode, version string, meta) from a local folder or ``models:/...``; one-line errors.
 
-    A folder written by ``save_model`` is read directly (version ``local:<folder>@<digest>``); a downloaded MLflow
-    model folder or a registry URI goes through :func:`rnnstream.workers.model_registry.load_version`.
+    A folder written by ``save_model`` is read directly (version ``local:<folder>@<digest>``); a downloaded
+    MLflow model folder or a registry URI goes through :func:`rnnstream.workers.model_registry.load_version`.
     Weights are safetensors and JSON only (never unpickled).
     """
     from rnnstream.errors import UsageError

@@ -36,13 +36,14 @@ from rnnstream.workers.score_verifier import (
     read_scores,
     verify,
 )
-from rnnstream.workers.serving import PointerFileProbe, start_coordinator, stop_coordinator
+from rnnstream.workers.serving import stop_coordinator
 from rnnstream.workers.worker_config import committed_all
 from tests.workers.worker_harness import (
     make_events,
     make_model,
     produce,
     scoring_stream,
+    start_following_pointer,
     wait_for,
     worker_config,
 )
@@ -89,13 +90,11 @@ def run_chaos(
     pointer.write_text(str(workdir / "model-a"))
     events = make_events(schema, n_events, n_keys, seed=seed)
     config = worker_config(settings, schema, workdir / "ckpt")
-    coord = start_coordinator(
+    coord = start_following_pointer(
         config,
         handle_a,
-        2,
+        pointer,
         PARTITIONS,
-        model_probe=PointerFileProbe(str(pointer)),
-        probe_every_s=0.3,
         warmup_events=warmup_events,
         stall_timeout_s=15.0,
         release_timeout_s=5.0,

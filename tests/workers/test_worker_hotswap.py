@@ -23,7 +23,7 @@ from rnnstream.workers.score_verifier import (
     read_topic,
     verify,
 )
-from rnnstream.workers.serving import PointerFileProbe, start_coordinator, stop_coordinator
+from rnnstream.workers.serving import start_coordinator, stop_coordinator
 from rnnstream.workers.worker_config import committed_all
 from tests.workers.worker_harness import (
     make_events,
@@ -31,6 +31,7 @@ from tests.workers.worker_harness import (
     produce_paced,
     scored_total,
     scoring_stream,
+    start_following_pointer,
     wait_for,
     worker_config,
 )
@@ -47,16 +48,7 @@ def test_hot_swap_exactly_once_with_warm_states(kafka_settings, ray_local, tmp_p
     pointer.write_text(str(tmp_path / "model-a"))
     events = make_events(schema, 12_000, 300, seed=7)
     config = worker_config(settings, schema, tmp_path / "ckpt")
-    coord = start_coordinator(
-        config,
-        handle_a,
-        2,
-        PARTITIONS,
-        model_probe=PointerFileProbe(str(pointer)),
-        probe_every_s=0.3,
-        warmup_events=1000,
-        shadow=True,
-    )
+    coord = start_following_pointer(config, handle_a, pointer, PARTITIONS, warmup_events=1000, shadow=True)
 
     t = threading.Thread(target=produce_paced, args=(settings, schema, events, 400))
     t.start()

@@ -149,6 +149,18 @@ def worker_config(
     )
 
 
+def start_following_pointer(
+    config: WorkerConfig, handle: ModelHandle, pointer: Path, partitions: int, **kw: Any
+) -> Any:
+    """Two workers whose coordinator follows a champion pointer file (``pointer`` names a model folder;
+    rewrite it to promote), polled every 0.3 s; ``kw`` go to ``start_coordinator``."""
+    from rnnstream.workers.serving import PointerFileProbe, start_coordinator
+
+    return start_coordinator(
+        config, handle, 2, partitions, model_probe=PointerFileProbe(str(pointer)), probe_every_s=0.3, **kw
+    )
+
+
 def wait_for(cond: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.2) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():
