@@ -207,6 +207,8 @@ def status_line(status: dict[str, Any]) -> str:
     last = (status.get("swaps") or [None])[-1]
     if last and last.get("error"):  # a failed swap says why until the next one
         line += f" | swap to {last.get('to')} FAILED: {last['error']}"
+    elif last and "keys_warmed" in last:
+        line += f" | last swap to {last['to']}: keys warmed {last['keys_warmed']}, cold {last['keys_cold']}"
     if status.get("ownership_conflicts"):
         line += f" | OWNERSHIP CONFLICTS seen {status['ownership_conflicts']} times"
     failing = [w for w in ws if w.get("error") or w.get("failing_for_s") is not None or w.get("fenced")]

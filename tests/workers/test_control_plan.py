@@ -101,3 +101,21 @@ def test_control_record_round_trips_atomically(tmp_path, kafka_settings):
     (tmp_path / "blue" / "rec" / "control.json").write_text('{"format": 99}')
     with pytest.raises(ValueError, match="unknown format"):
         records.read()
+
+
+def test_status_line_tells_the_control_plane_state():
+    from rnnstream.workers.serving import status_line
+
+    base = {"pipeline": "p", "workers": [], "generation": 3, "coordinator_resumes": 1}
+    ok = status_line(
+        {**base, "model_version": "v2", "swaps": [{"to": "v2", "keys_warmed": 5, "keys_cold": 1}]}
+    )
+    assert "gen=3 coordinator_resumes=1" in ok and "keys warmed 5, cold 1" in ok
+    failed = status_line(
+        {**base, "model_version": "v1", "swaps": [{"to": "v2", "error": "TimeoutError: slow"}]}
+    )
+    assert "swap to v2 FAILED: TimeoutError: slow" in failed
+    swapping = status_line(
+        {**base, "model_version": "v1", "swap_in_progress": "v2", "ownership_conflicts": 2}
+    )
+    assert "swapping_to=v2" in swapping and "OWNERSHIP CONFLICTS seen 2 times" in swapping
