@@ -11,7 +11,7 @@ states over the whole history; a shorter N bounds the cost per key. Events the a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -32,11 +32,15 @@ _CHUNK = 8192
 
 @dataclass(frozen=True)
 class ArchiveWarmup:
-    """What warming one partition's challenger did."""
+    """What warming a challenger did: archived events replayed, the keys they belong to, and the messages
+    between the archive's end and the take-over offset (the gap: not replayed). Sums over partitions."""
 
-    events: int  # archived events replayed
-    keys: int  # keys they belong to
-    gap_messages: int  # messages between the archive's end and the take-over offset (not replayed)
+    archive_events: int = 0
+    archive_keys: int = 0
+    archive_gap_messages: int = 0
+
+    def __add__(self, other: ArchiveWarmup) -> ArchiveWarmup:
+        return ArchiveWarmup(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 def recent_history(
@@ -74,7 +78,7 @@ def warm_challenger(
         scorer.score(chunk.column(KEY_COLUMN), times, features_from_arrow(chunk, features))
     keys = len(pc.unique(history.column(KEY_COLUMN))) if history.num_rows else 0
     gap = max(0, take_over_offset - archive_end) if archive_end else take_over_offset
-    return ArchiveWarmup(events=history.num_rows, keys=keys, gap_messages=gap)
+    return ArchiveWarmup(archive_events=history.num_rows, archive_keys=keys, archive_gap_messages=gap)
 
 
 def _rank_from_end(codes: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from rnnstream.workers.worker_config import ModelHandle, WorkerConfig
 
 RECORD_FILE = "control.json"
 RECORD_FORMAT = 1
-KEEP_SWAPS = 20
+KEEP_SWAPS = 20  # the swap history a record (and the coordinator's status) keeps, newest last
 
 
 @dataclass(frozen=True)
@@ -51,14 +51,6 @@ class ControlRecord:
     stopped: bool = False
     resumes: int = 0  # how often a restarted coordinator resumed from this record
     updated_s: float = field(default_factory=time.time)
-
-    def with_(self, **changes: Any) -> ControlRecord:
-        """A copy with ``changes`` and a fresh ``updated_s``."""
-        return dataclasses.replace(self, updated_s=time.time(), **changes)
-
-    def with_swap_done(self, record: dict[str, Any]) -> ControlRecord:
-        """The swap recorded in the history (the newest :data:`KEEP_SWAPS`), nothing in progress."""
-        return self.with_(swap=None, swaps=(*self.swaps, record)[-KEEP_SWAPS:])
 
     def to_json(self) -> bytes:
         doc = {"format": RECORD_FORMAT, **dataclasses.asdict(self)}

@@ -39,23 +39,22 @@ from rnnstream.workers.control_plan import (
     ownership_conflicts,
     plan_handover,
 )
-from rnnstream.workers.control_record import ControlRecord, ControlRecordFile, SwapInProgress
+from rnnstream.workers.control_record import KEEP_SWAPS, ControlRecord, ControlRecordFile, SwapInProgress
 from rnnstream.workers.model_swap import (
     SwapFailed,
     challenger_progress,
     drop_all,
     one_line,
     prepare_all,
+    refused,
     switch_all,
 )
 from rnnstream.workers.scoring_worker_actor import fence_slot
 from rnnstream.workers.swap_registry_note import note_swap_in_background
 from rnnstream.workers.worker_config import ModelHandle, WorkerConfig
-from rnnstream.workers.worker_slots import NAMESPACE, WorkerSlots, report_of, worker_name
+from rnnstream.workers.worker_slots import WorkerSlots, report_of
 
 log = logging.getLogger(__name__)
-
-__all__ = ["NAMESPACE", "Coordinator", "SwapFailed", "coordinator_name", "worker_name"]
 
 
 def coordinator_name(pipeline: str) -> str:
@@ -203,7 +202,7 @@ class Coordinator:
                 generation=self.generation,
                 shadow=self.shadow_handle,
                 swap=self.swap,
-                swaps=tuple(self.swaps[-20:]),
+                swaps=tuple(self.swaps),
                 stopped=stopped,
                 resumes=self.resumes,
             )
@@ -217,8 +216,7 @@ class Coordinator:
             raise ValueError("num_workers must be >= 1")
         with self._lock:
             self._target = int(num_workers)
-            self._persist()
-            self._scale_locked(self._target)
+            self._scale_locked(self._target)  # records the new target before any partition moves
             return dict(self.assignment)
 
     def _scale_locked(self, n: int) -> None:
@@ -285,13 +283,14 @@ class Coordinator:
 
         reports = []
         now = time.monotonic()
+        wanted = self._wanted_challenger()
+        challenger = wanted[0].version if wanted is not None else None
         for s, w in self.workers.items():
             st = self.workers.status(s, timeout=2.0)
             if st is not None:
                 self.last_answer[s] = now
             report = report_of(s, st, self.stall_timeout_s)
             reports.append(report)
-            challenger = self._challenger_version()
             decision = decide_worker(report, self.assignment.get(s, []), self.incarnations.get(s), challenger)
             silent_for = now - self.last_answer.setdefault(s, now)
             if decision.action is WorkerAction.WAIT and silent_for > self.stall_timeout_s:
@@ -310,10 +309,8 @@ class Coordinator:
                     log.warning("worker %d restarted; re-assigning %s", s, want)
                 try:
                     ray.get(w.set_partitions.remote(want, self.model), timeout=120)
-                    if decision.rearm_challenger and challenger is not None:
-                        handle = self.swap.to if self.swap is not None else self.shadow_handle
-                        shadow = self.swap.shadow if self.swap is not None else True
-                        start = ray.get(w.prepare_model.remote(handle, shadow), timeout=120)
+                    if decision.rearm_challenger and wanted is not None:
+                        start = ray.get(w.prepare_model.remote(*wanted), timeout=120)
                         if self.swap is not None:
                             self._warm_from.update(start)  # its challenger warms from here
                     self.incarnations[s] = report.incarnation
@@ -324,12 +321,12 @@ class Coordinator:
             self.ownership_conflicts += 1
             log.error("partitions with more than one owner: %s", conflicts)
 
-    def _challenger_version(self) -> str | None:
-        """The version every worker should have as challenger now (None: none, or a swap still loading its
-        challengers for the first time: that is not the watch's to repeat)."""
+    def _wanted_challenger(self) -> tuple[ModelHandle, bool] | None:
+        """The challenger every worker should have now and whether it writes to the shadow topic (None:
+        none, or a swap still loading its challengers for the first time: that is not the watch's to do)."""
         if self.swap is not None:
-            return self.swap.to.version if self._armed else None
-        return self.shadow_handle.version if self.shadow_handle is not None else None
+            return (self.swap.to, self.swap.shadow) if self._armed else None
+        return (self.shadow_handle, True) if self.shadow_handle is not None else None
 
     # ---------------------------------------------------------------------------------------- model swap
 
@@ -416,9 +413,12 @@ class Coordinator:
             reason = one_line(exc)
             with self._lock:
                 drop_all(self.workers)
-                if "cannot serve" in reason:
+                refusal = refused(exc)
+                if refusal:
                     self._refused_version = handle.version  # not tried again by the probe until it changes
-                self._record_swap({"to": handle.version, "error": reason, "time": time.time()})
+                self._record_swap(
+                    {"to": handle.version, "error": reason, "refused": refusal, "time": time.time()}
+                )
             raise SwapFailed(
                 f"swap to {handle.version} failed, {self.model.version} serves on: {reason}"
             ) from None
@@ -431,7 +431,7 @@ class Coordinator:
 
     def _record_swap(self, record: dict[str, Any]) -> None:
         self.swap = None
-        self.swaps.append(record)
+        self.swaps = [*self.swaps, record][-KEEP_SWAPS:]
         self._persist()
 
     # ---------------------------------------------------------------------------------------------- status

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict, fields
 from typing import Any
 
+from rnnstream.workers.archive_warmup import ArchiveWarmup
 from rnnstream.workers.worker_config import ModelHandle
 from rnnstream.workers.worker_slots import WorkerSlots
 
@@ -31,6 +33,14 @@ def one_line(exc: BaseException) -> str:
         exc = cause
     text = f"{type(exc).__name__}: {exc}".splitlines()
     return (text[0] if text else type(exc).__name__)[:300]
+
+
+def refused(exc: BaseException) -> bool:
+    """True when the worker refused the challenger itself (it reads features the events lack): trying the
+    same version again cannot help."""
+    from rnnstream.workers.scoring_worker import ModelIncompatible
+
+    return isinstance(getattr(exc, "cause", exc), ModelIncompatible)
 
 
 def prepare_all(workers: WorkerSlots, handle: ModelHandle, shadow: bool) -> dict[int, int]:
@@ -65,7 +75,7 @@ def switch_all(workers: WorkerSlots, old: ModelHandle, new: ModelHandle, generat
 
     offsets: dict[int, int] = {}
     warmed = cold = 0
-    archive = {"archive_events": 0, "archive_keys": 0, "archive_gap_messages": 0}
+    archive = ArchiveWarmup()
     failed = []
     for s, ref in {s: w.switch_model.remote() for s, w in workers.items()}.items():
         try:
@@ -77,15 +87,14 @@ def switch_all(workers: WorkerSlots, old: ModelHandle, new: ModelHandle, generat
         offsets.update({int(p): int(o) for p, o in switched["offsets"].items()})
         warmed += switched["keys_warmed"]
         cold += switched["keys_cold"]
-        for name in archive:
-            archive[name] += int(switched.get(name, 0))
+        archive += ArchiveWarmup(*(int(switched[f.name]) for f in fields(ArchiveWarmup)))
     return {
         "from": old.version,
         "to": new.version,
         "switch_offsets": offsets,
         "keys_warmed": warmed,
         "keys_cold": cold,
-        **archive,  # of the warmed keys, those warmed from the archive (and what it did not hold yet)
+        **asdict(archive),  # of the warmed keys, those warmed from the archive (and what it did not hold yet)
         "failed_slots": failed,
         "generation": generation,
         "time": time.time(),

@@ -29,6 +29,7 @@ from rnnstream.rnn_core.event_schema import EventSchema
 from rnnstream.rnn_core.features import features_from_arrow
 from rnnstream.rnn_core.state_store import KeyedStateStore
 from rnnstream.rnn_core.stream_scorer import StreamScorer
+from rnnstream.workers.archive_warmup import ArchiveWarmup, recent_history, warm_challenger
 from rnnstream.workers.event_codec import (
     ARROW,
     JSON,
@@ -313,19 +314,12 @@ class ScoringPartition:
         self.challenger = challenger
         self.challenger_scorer = self._scorer(challenger)
 
-    def warm_challenger_from_archive(self, archive_uri: str, pipeline: str, last_n: int) -> dict[str, int]:
+    def warm_challenger_from_archive(self, archive_uri: str, pipeline: str, last_n: int) -> ArchiveWarmup:
         """Replay each key's latest ``last_n`` archived events below the next offset through the challenger
         (see :mod:`rnnstream.workers.archive_warmup`); returns what it replayed and the archive's gap."""
-        from rnnstream.workers.archive_warmup import recent_history, warm_challenger
-
         start = self.offsets.next_offset
         history, end = recent_history(archive_uri, pipeline, self.partition, start, last_n)
-        done = warm_challenger(self.challenger_scorer, history, start, end)
-        return {
-            "archive_events": done.events,
-            "archive_keys": done.keys,
-            "archive_gap_messages": done.gap_messages,
-        }
+        return warm_challenger(self.challenger_scorer, history, start, end)
 
     def key_counts(self) -> tuple[int, int]:
         """(keys the champion holds a state of, keys the challenger holds a state of)."""

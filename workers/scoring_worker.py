@@ -38,10 +38,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
+from rnnstream.workers.archive_warmup import ArchiveWarmup
 from rnnstream.workers.event_codec import EventDecoder
 from rnnstream.workers.loop_calls import LoopCalls
 from rnnstream.workers.owned_partitions import OwnedPartitions
@@ -87,7 +89,7 @@ class ScoringWorker:
         self.challenger: LoadedModel | None = None
         self.shadow_emit = False
         self.challenger_events = 0
-        self.challenger_warmup: dict[str, int] = {}
+        self.challenger_warmup = ArchiveWarmup()
         self.parts = OwnedPartitions(self.checkpoints, self.metrics, config.key_ttl_ms)
         self.paused = False
         self.fenced = False
@@ -393,15 +395,13 @@ class ScoringWorker:
         challenger = self._loaded(handle)
         self._quiesce()
         self.challenger = challenger
-        self.challenger_warmup = {"archive_events": 0, "archive_keys": 0, "archive_gap_messages": 0}
+        self.challenger_warmup = ArchiveWarmup()
         for part in self.parts.values():
             part.attach_challenger(challenger)
             if self.config.warmup_archive_uri:
-                done = part.warm_challenger_from_archive(
+                self.challenger_warmup += part.warm_challenger_from_archive(
                     self.config.warmup_archive_uri, self.config.pipeline, self.config.warmup_archive_events
                 )
-                for name, n in done.items():
-                    self.challenger_warmup[name] += n
         self.challenger_events = 0
         self.shadow_emit = shadow
         return {p: part.offsets.next_offset for p, part in self.parts.items()}
@@ -421,7 +421,12 @@ class ScoringWorker:
             part.promote_challenger()
             self.parts.checkpoint(part)
             offsets[p] = part.offsets.next_offset
-        return {"offsets": offsets, "keys_warmed": warmed, "keys_cold": cold, **self.challenger_warmup}
+        return {
+            "offsets": offsets,
+            "keys_warmed": warmed,
+            "keys_cold": cold,
+            **asdict(self.challenger_warmup),
+        }
 
     def _drop_challenger(self) -> None:
         self.challenger = None

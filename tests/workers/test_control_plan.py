@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from rnnstream.workers.control_plan import (
@@ -89,11 +91,11 @@ def test_control_record_round_trips_atomically(tmp_path, kafka_settings):
     assert records.read() is None
     v1, v2 = ModelHandle("v1", "/m1"), ModelHandle("v2", "models:/x/2")
     record = ControlRecord(pipeline="rec", num_workers=3, serving=v1, generation=4)
-    record = record.with_(swap=SwapInProgress(v2, "warming", 500, False, 1.5), shadow=v2)
+    record = dataclasses.replace(record, swap=SwapInProgress(v2, "warming", 500, False, 1.5), shadow=v2)
     records.write(record)
     assert records.path == f"{tmp_path}/blue/rec/control.json"
     assert records.read() == record
-    done = record.with_swap_done({"to": "v2", "switch_offsets": {"0": 7}})
+    done = dataclasses.replace(record, swap=None, swaps=({"to": "v2", "switch_offsets": {"0": 7}},))
     records.write(done)
     back = records.read()
     assert back.swap is None and back.swaps == ({"to": "v2", "switch_offsets": {"0": 7}},)

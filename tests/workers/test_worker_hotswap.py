@@ -126,6 +126,7 @@ def test_failed_swaps_drop_every_challenger_and_say_why(kafka_settings, ray_loca
             assert "cannot serve" in str(exc) and "'frame'" in str(exc)
         refused = _ray.get(coord.status.remote())
         assert "'frame'" in refused["swaps"][-1]["error"] and "\n" not in refused["swaps"][-1]["error"]
+        assert refused["swaps"][-1]["refused"] is True  # the probe does not try this version again
         assert {w["challenger_version"] for w in refused["workers"]} == {None}
 
         never_warm = coord.swap_model.remote(handle_b, warmup_events=10**9, timeout_s=5.0)
@@ -141,7 +142,7 @@ def test_failed_swaps_drop_every_challenger_and_say_why(kafka_settings, ray_loca
             assert "not warm after 5 s" in str(exc) and f"{handle_a.version} serves on" in str(exc)
         gave_up = _ray.get(coord.status.remote())
         assert gave_up["model_version"] == handle_a.version and gave_up["swap_in_progress"] is None
-        assert "not warm" in gave_up["swaps"][-1]["error"]
+        assert "not warm" in gave_up["swaps"][-1]["error"] and gave_up["swaps"][-1]["refused"] is False
         assert {w["challenger_version"] for w in gave_up["workers"]} == {None}
         produce_paced(settings, schema, events.slice(4000, 2000), 500, 0.05)
         wait_for(lambda: committed_all(settings, config), 60, "all events committed")
