@@ -82,14 +82,35 @@ def model_digest(directory: str | os.PathLike[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+META_FILE = (
+    "rnnstream_meta.json"  # beside the weights of a registered (MLflow) version: its version, pipeline
+)
+WEIGHTS_FOLDER = (
+    "weights"  # where a registered version keeps the saved model, under ``artifacts/`` once fetched
+)
+
+
+def model_folder(path: str | os.PathLike[str]) -> Path:
+    """The folder holding a saved model's files: ``artifacts/weights`` or ``weights`` inside a downloaded
+    registry version, else ``path`` itself."""
+    root = Path(path)
+    return next((c for c in (root / "artifacts" / WEIGHTS_FOLDER, root / WEIGHTS_FOLDER) if c.is_dir()), root)
+
+
+def model_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The meta JSON of a downloaded registry version (``artifacts/`` or top level); ``{}`` when none."""
+    root = Path(path)
+    found = next((f for f in (root / "artifacts" / META_FILE, root / META_FILE) if f.is_file()), None)
+    return json.loads(found.read_text()) if found else {}
+
+
 def local_model_version(directory: str | os.PathLike[str], meta_version: str | None = None) -> str:
     """The version of a model served from a folder: the one its meta JSON names (a downloaded registry
     version), else ``local:<folder name>@<content digest>`` (the name for people, the digest for identity)."""
     if meta_version:
         return str(meta_version)
     path = Path(directory)
-    weights = next((c for c in (path / "artifacts" / "weights", path / "weights") if c.is_dir()), path)
-    return f"local:{path.resolve().name}@{model_digest(weights)}"
+    return f"local:{path.resolve().name}@{model_digest(model_folder(path))}"
 
 
 def model_to_bytes(model: StreamingModel) -> bytes:

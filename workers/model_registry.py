@@ -34,15 +34,22 @@ from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 from rnnstream.rnn_core.event_schema import KEY_COLUMN, TIME_COLUMN, EventSchema
 from rnnstream.rnn_core.model import StreamingModel
-from rnnstream.rnn_core.serialization import load_model, local_model_version, save_model
+from rnnstream.rnn_core.serialization import (
+    META_FILE,
+    WEIGHTS_FOLDER,
+    load_model,
+    local_model_version,
+    model_folder,
+    model_meta,
+    save_model,
+)
 from rnnstream.workers.tracking import TrackingStore, resolve_store
 
 MODEL_NAME_PREFIX = "rnnstream-"
 ALIASES: tuple[str, ...] = ("champion", "challenger")
 MODELS_URI_SCHEME = "models:/"
-WEIGHTS_ARTIFACT = "weights"
+WEIGHTS_ARTIFACT = WEIGHTS_FOLDER
 META_ARTIFACT = "meta"
-META_FILE = "rnnstream_meta.json"
 _HISTORY_TAG = "rnnstream.alias_history."
 _PYFUNC_CODE = Path(__file__).with_name("registry_pyfunc.py")
 # Written out so MLflow does not spend seconds inferring them (and record a local "+cpu" torch build).
@@ -222,12 +229,8 @@ def load_model_version(
 
 
 def _load_local(path: Path) -> LoadedVersion:
-    weights = path / "artifacts" / WEIGHTS_ARTIFACT
-    if not weights.is_dir():
-        weights = path / WEIGHTS_ARTIFACT if (path / WEIGHTS_ARTIFACT).is_dir() else path
-    meta_file = next((p for p in (path / "artifacts" / META_FILE, path / META_FILE) if p.is_file()), None)
-    meta = json.loads(meta_file.read_text()) if meta_file else {}
-    model = load_model(weights)
+    meta = model_meta(path)
+    model = load_model(model_folder(path))
     model.eval()
     version = local_model_version(path, meta.get("version"))
     return LoadedVersion(model=model, version=version, name=str(meta.get("pipeline", "")), meta=meta)

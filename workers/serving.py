@@ -18,36 +18,23 @@ refused; Ray reads it at import): ``init_ray`` sets it before importing Ray when
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rnnstream.workers.coordinator import NAMESPACE, Coordinator, coordinator_name
+from rnnstream.workers.coordinator import Coordinator, coordinator_name
 from rnnstream.workers.worker_config import ModelHandle, WorkerConfig
+from rnnstream.workers.worker_slots import NAMESPACE
 
-META_FILE = "rnnstream_meta.json"
 MODELS_URI = "models:/"
 
 
-def _weights_dir(path: Path) -> Path:
-    for cand in (path / "artifacts" / "weights", path / "weights"):
-        if cand.is_dir():
-            return cand
-    return path
-
-
 def _local_version(path: Path) -> str:
-    from rnnstream.rnn_core.serialization import local_model_version
+    from rnnstream.rnn_core.serialization import local_model_version, model_meta
 
-    for meta_file in (path / "artifacts" / META_FILE, path / META_FILE):
-        if meta_file.is_file():
-            version = json.loads(meta_file.read_text()).get("version")
-            if version:
-                return str(version)
-    return local_model_version(path)
+    return local_model_version(path, model_meta(path).get("version"))
 
 
 def load_model(locator: str) -> Any:
@@ -58,8 +45,9 @@ def load_model(locator: str) -> Any:
         model, _ = load_model_version(locator)
         return model
     from rnnstream.rnn_core.serialization import load_model as load_folder
+    from rnnstream.rnn_core.serialization import model_folder
 
-    model = load_folder(_weights_dir(Path(locator)))
+    model = load_folder(model_folder(locator))
     model.eval()
     return model
 

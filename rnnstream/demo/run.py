@@ -333,9 +333,9 @@ def _pin_champion(spec: PipelineSpec, paths: DemoPaths, data_dir: DataDir):
     Workers then read safetensors from disk instead of importing MLflow, so a restarted worker is back
     sooner; every score still carries the registry version (``rnnstream-<p>/<n>``).
     """
-    from rnnstream.rnn_core.serialization import save_model
+    from rnnstream.rnn_core.serialization import META_FILE, save_model
     from rnnstream.workers import model_registry as registry
-    from rnnstream.workers.serving import META_FILE, resolve_model
+    from rnnstream.workers.serving import resolve_model
     from rnnstream.workers.tracking import resolve_store
 
     store = resolve_store(data_dir)
