@@ -129,8 +129,12 @@ def run_chaos(
 
         # 2. rescale 2 -> 3, a worker SIGKILLed while partitions move
         pids = ray.get(coord.worker_pids.remote(), timeout=30)
+        generation = _status(coord, 30)["generation"]
         rescale = coord.scale.remote(3)
-        time.sleep(0.2)
+        # the coordinator bumps the generation as the handover starts: kill a worker from then on
+        wait_for(
+            lambda: (_status(coord) or {}).get("generation", 0) > generation, 60, "the rescale under way"
+        )
         _kill(pids[1], signal.SIGKILL)
         t0 = time.monotonic()
         try:
