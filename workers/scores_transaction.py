@@ -14,6 +14,13 @@ reports it as ``ProducerFencedError`` at commit, but a send after it fails with 
 whose cause is the transaction manager's fatal error. :meth:`ScoresTransaction.raise_if_fenced` looks at
 that state and raises :class:`ProducerFenced`, which the worker treats as "stop", not as Kafka trouble.
 
+A stale epoch is fencing too. When a zombie's produce request is refused with ``INVALID_PRODUCER_EPOCH`` (its
+transactional id was initialised again by the handover's fence), kafka-python's default is to recover:
+bump its epoch (KIP-360) and, when the broker refuses that, initialise a fresh producer id for the same
+transactional id, which fences the legitimate holder back and lets the zombie commit again (seen in CI).
+Our transactional ids are only ever initialised again to take them over, so :class:`ScoresTransaction`
+makes that error fatal for its producer (:func:`_stale_epoch_is_fatal`).
+
 kafka-python's private attributes are read here only (and nowhere else in the worker): the transaction
 manager (fatal state; commit and abort with a deadline, since the public calls wait forever when the broker
 never answers EndTxn) and the sender's broker connections (a transaction during which a connection dropped
@@ -25,6 +32,21 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from typing import Any
+
+_FENCING_MARKS = ("Fenced", "InvalidProducerEpoch")  # in the error's type name or text
+
+
+def _stale_epoch_is_fatal(producer: Any) -> None:
+    """For this producer only: ``InvalidProducerEpochError`` fails the producer (fatal) instead of starting
+    kafka-python's epoch bump / fresh-producer-id recovery, which would fence the partitions' new owner."""
+    from kafka import errors
+
+    tm = getattr(producer, "_transaction_manager", None)
+    if tm is None or not hasattr(tm, "_NEEDS_EPOCH_BUMP_ERRORS") or not hasattr(tm, "_FATAL_ERRORS"):
+        return
+    stale = errors.InvalidProducerEpochError
+    tm._NEEDS_EPOCH_BUMP_ERRORS = frozenset(tm._NEEDS_EPOCH_BUMP_ERRORS) - {stale}
+    tm._FATAL_ERRORS = frozenset(tm._FATAL_ERRORS) | {stale}
 
 
 class ProducerFenced(Exception):
@@ -46,6 +68,8 @@ class ScoresTransaction:
         self.started = 0.0  # time.monotonic() of begin()
         self._futures: list[Any] = []
         self._connections: frozenset | None = None
+        if self.transactional:
+            _stale_epoch_is_fatal(producer)
 
     @property
     def max_request_size(self) -> int:
@@ -124,7 +148,7 @@ class ScoresTransaction:
         tm = getattr(self.producer, "_transaction_manager", None)
         causes = [exc, getattr(tm, "last_error", None) if tm is not None and tm.has_fatal_error() else None]
         for cause in causes:
-            if cause is not None and "Fenced" in f"{type(cause).__name__} {cause}":
+            if cause is not None and any(m in f"{type(cause).__name__} {cause}" for m in _FENCING_MARKS):
                 raise ProducerFenced(str(cause)) from exc
 
     # ------------------------------------------------------------------------------------------ internals

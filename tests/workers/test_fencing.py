@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from rnnstream.workers.score_verifier import read_topic
 from rnnstream.workers.scoring_worker import ScoringWorker
 from rnnstream.workers.scoring_worker_actor import fence_slot
@@ -61,3 +63,40 @@ def test_a_woken_old_owner_cannot_commit_after_the_handover(new_stream, tmp_path
     assert verdict.ok, verdict.line
     # the old owner's late sends never became visible to read_committed readers
     assert len(read_topic(settings, config.scores_topic)) == verdict.scored
+
+
+def test_a_fenced_transaction_fails_on_its_stale_epoch_and_never_recovers(kafka_settings, tmp_path):
+    """The zombie's hardest case: fenced while its transaction is open, so its next write is a produce
+    request with the old epoch (refused with INVALID_PRODUCER_EPOCH). kafka-python would recover from that
+    by bumping the epoch or taking a fresh producer id for the same transactional id, fencing the new owner
+    back; ScoresTransaction makes it fatal: the commit raises ProducerFenced and none of it is visible."""
+    from kafka import KafkaProducer
+
+    from rnnstream.workers.kafka_io import TopicAdmin
+    from rnnstream.workers.scores_transaction import ProducerFenced, ScoresTransaction
+
+    topic = f"fenced-{tmp_path.name}"[:60]
+    with TopicAdmin(kafka_settings) as admin:
+        admin.create_topics([topic], 1)
+    txn_id = f"zombie-{tmp_path.name}"[:60]
+    producer = KafkaProducer(**kafka_settings.client_kwargs(), transactional_id=txn_id)
+    producer.init_transactions()
+    zombie = ScoresTransaction(producer, transactional=True, commit_timeout_ms=10_000)
+    try:
+        zombie.begin()
+        zombie.send(topic, b"before the handover", 0)
+        producer.flush(timeout=10)  # the partition is in the transaction: later sends go straight to produce
+        owner = KafkaProducer(**kafka_settings.client_kwargs(), transactional_id=txn_id)
+        owner.init_transactions()  # the handover's fence
+        owner.begin_transaction()
+        owner.send(topic, b"the new owner", partition=0)
+        owner.commit_transaction()
+        owner.close(timeout=5)
+        with pytest.raises(ProducerFenced):
+            zombie.send(topic, b"after the handover", 0)  # refused: stale epoch (asynchronously)
+            producer.flush(timeout=10)
+            zombie.send(topic, b"and again", 0)  # recovered, this would be an IllegalStateError and a reset
+            zombie.commit({}, "unused-group", None)
+    finally:
+        producer.close(timeout=5)
+    assert [m.value for m in read_topic(kafka_settings, topic)] == [b"the new owner"]
