@@ -13,21 +13,7 @@ Input row layout (see :class:`FeatureSpec`): continuous columns (normalized with
 data), categorical codes (embedded; code 0 and any out-of-range code mean "unknown"), and last, when the spec
 uses it, the seconds since the key's previous event (fed as ``log1p(max(dt, 0))``).
 
-Heads and their output columns (``output_names()``):
-
-- ``binary``: ``score`` = P(positive), from the state after the event;
-- ``multiclass``: ``p_0 .. p_{C-1}``, from the state after the event;
-- ``forecast``: the state *before* the event predicts its continuous values; ``error_z`` is the RMS over
-  columns of the prediction error divided by a per-column scale fitted on training errors, ``score`` maps
-  ``error_z`` into [0, 1) through stored quantiles of training ``error_z``: strictly increasing everywhere,
-  so ranking by ``score`` equals ranking by ``error_z``, even far above the largest training error, down
-  to float32 resolution (see :func:`calibrated_score`). Before :meth:`fit_score_calibration` it is about
-  ``error_z / 4`` up to 4, then a slow tail; ``forecast_0..`` = the next event's continuous values
-  predicted from the state *after* the event (original units);
-- ``next_token``: the state before the event gives a distribution over the first categorical column's codes;
-  ``prob`` = probability of the code that came, ``rank`` = how many codes were more likely (0 = top-1),
-  ``score`` = 1 - prob (float32 cannot tell apart tokens with ``prob`` below ~1e-7: their scores tie at or
-  next to 1.0; rank by ``prob`` to separate those).
+Heads and their output columns: see :mod:`~rnnstream.rnn_core.model_heads`.
 
 ``stateless=True`` gives the same-size baseline that forgets: the state is zeroed before every event.
 
@@ -47,15 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnstream.rnn_core import forecast_rollout
-from rnnstream.rnn_core.anomaly_likelihood import (
-    NUM_STATS,
-    LikelihoodWindows,
-    likelihood_sequence,
-    likelihood_step,
-)
+from rnnstream.rnn_core import forecast_rollout, model_heads
+from rnnstream.rnn_core.anomaly_likelihood import LikelihoodWindows
 from rnnstream.rnn_core.config import ConfigError, ModelConfig
 from rnnstream.rnn_core.features import feature_slices
+from rnnstream.rnn_core.folded_weights import CellWeights, inference_weights
 from rnnstream.rnn_core.numerics import exact_numerics, set_exact_numerics
 from rnnstream.rnn_core.score_calibration import (
     DEFAULT_CALIBRATION_POINTS,
@@ -71,8 +53,6 @@ from rnnstream.rnn_core.sequence_loss import sequence_loss
 __all__ = ["StreamingModel", "calibrated_score", "calibration_tails", "exact_numerics", "set_exact_numerics"]
 
 _RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-_FOLD_MAX_OFFSET = 4.0  # fold the input normalization into the weights while |mean| / std <= this
-_FOLDED_SOURCES = (0, 1, 2, 4)  # norm_mean, norm_std, w_ih_l0, b_ih_l0 in StreamingModel._inference_weights
 
 
 class StreamingModel(nn.Module):
@@ -116,15 +96,7 @@ class StreamingModel(nn.Module):
             for i in range(self.num_layers)
         ]
 
-        if config.head == "binary":
-            head_out = 1
-        elif config.head == "multiclass":
-            head_out = config.num_classes
-        elif config.head == "forecast":
-            head_out = self.num_continuous
-        else:
-            head_out = cards[0]
-        self.head = nn.Linear(config.hidden_size, head_out)
+        self.head = nn.Linear(config.hidden_size, model_heads.head_width(config))
         if config.head == "forecast":
             self.register_buffer("error_scale", torch.ones(self.num_continuous))
             knots = torch.linspace(0.0, UNCALIBRATED_MAX_Z, DEFAULT_CALIBRATION_POINTS)
@@ -140,15 +112,8 @@ class StreamingModel(nn.Module):
         return self.config.state_shape
 
     def output_names(self) -> list[str]:
-        """Names of the ``K`` output columns of ``forward``/``step``."""
-        if self.head_kind == "binary":
-            return ["score"]
-        if self.head_kind == "multiclass":
-            return [f"p_{i}" for i in range(self.config.num_classes)]
-        if self.head_kind == "forecast":
-            adaptive = ["score_static", "anomaly_z"] if self.adaptive else []
-            return ["score", "error_z", *(f"forecast_{i}" for i in range(self.num_continuous)), *adaptive]
-        return ["score", "rank", "prob"]
+        """Names of the ``K`` output columns of ``forward``/``step`` (see :mod:`.model_heads`)."""
+        return model_heads.output_names(self.config)
 
     @property
     def output_size(self) -> int:
@@ -186,9 +151,7 @@ class StreamingModel(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     # ------------------------------------------------------------------------------------------ recurrence
-    def _cell_step(
-        self, z: Tensor, state: Tensor, weights: Sequence[tuple[Tensor, Tensor, Tensor, Tensor]] | None = None
-    ) -> Tensor:
+    def _cell_step(self, z: Tensor, state: Tensor, weights: Sequence[CellWeights] | None = None) -> Tensor:
         """One event per key through every layer: ``z[B, I]``, ``state[B, S, L, H]`` -> new state.
 
         ``weights`` (per layer ``w_ih, w_hh, b_ih, b_hh``) defaults to the recurrent module's parameters.
@@ -254,27 +217,10 @@ class StreamingModel(nn.Module):
     # ------------------------------------------------------------------------------------------------ heads
     def _outputs(self, x: Tensor, top_before: Tensor, top_after: Tensor) -> Tensor:
         """Head outputs ``[..., K]`` for events ``x[..., D]`` given the top hidden state before and after."""
-        kind = self.head_kind
-        if kind == "binary":  # F.linear: the same as self.head(...) without the module-call overhead
-            return torch.sigmoid(F.linear(top_after, self.head.weight, self.head.bias))
-        if kind == "multiclass":
-            return torch.softmax(self.head(top_after), dim=-1)
-        if kind == "forecast":
-            error_z = self._error_z(self._normalized(x), self.head(top_before))
-            forecast = self.head(top_after) * self.norm_std + self.norm_mean
-            return torch.cat(
-                [self._calibrated(error_z).unsqueeze(-1), error_z.unsqueeze(-1), forecast], dim=-1
-            )
-        logits = self.head(top_before)
-        token = self._codes(x)[..., :1]
-        token_logit = logits.gather(-1, token)
-        prob = logits.log_softmax(-1).gather(-1, token).exp()
-        rank = (logits > token_logit).sum(-1, keepdim=True).to(prob.dtype)
-        return torch.cat([1.0 - prob, rank, prob], dim=-1)
+        return model_heads.head_outputs(self, x, top_before, top_after)
 
     def _error_z(self, actual: Tensor, predicted: Tensor) -> Tensor:
-        err = (actual - predicted) / self.error_scale
-        return err.square().mean(-1).sqrt()
+        return model_heads.forecast_error_z(self, actual, predicted)
 
     def _calibrated(self, error_z: Tensor) -> Tensor:
         """Strictly increasing map of ``error_z`` into [0, 1) through the stored quantile knots."""
@@ -312,75 +258,12 @@ class StreamingModel(nn.Module):
             return out, new_state
 
     def _adaptive_score(self, out: Tensor, state: Tensor | None, rnn: Tensor) -> tuple[Tensor, Tensor]:
-        """Forecast outputs ``out[B, (T,) K0]`` -> with the key's own anomaly likelihood as ``score`` (the
-        static map moves to ``score_static``, ``anomaly_z`` appended), and the new state (recurrent part
-        ``rnn``) with its statistics slab.
+        """The key's own anomaly likelihood as ``score``: see :func:`.model_heads.adaptive_score`."""
+        return model_heads.adaptive_score(self, out, state, rnn)
 
-        The statistics come from ``state``'s last slab (zeros: a new key) and follow every event in order,
-        in :func:`likelihood_step` for a step and in :func:`likelihood_sequence` for whole sequences (so the
-        two agree). While training they are left as they are (the loss does not use them).
-        """
-        b = out.shape[0]
-        s = self.num_state
-        stats = state[:, s, 0, :NUM_STATS] if state is not None else out.new_zeros((b, NUM_STATS))
-        static, error_z = out[..., 0], out[..., 1]
-        if self.training:
-            score, z, new_stats = static, torch.zeros_like(static), stats
-        else:
-            knots = self.score_knots
-            prior = (float(knots.mean()), max(float(knots.var()), 1e-4))
-            run = likelihood_sequence if out.dim() == 3 else likelihood_step
-            score, z, new_stats = run(error_z, stats, prior, self.windows)
-        out = torch.cat([score.unsqueeze(-1), out[..., 1:], static.unsqueeze(-1), z.unsqueeze(-1)], dim=-1)
-        row = torch.cat([new_stats, new_stats.new_zeros((b, self.hidden_size - NUM_STATS))], dim=-1)
-        slab = torch.cat([row.unsqueeze(1), row.new_zeros((b, self.num_layers - 1, self.hidden_size))], dim=1)
-        return out, torch.cat([rnn[:, :s], slab.unsqueeze(1)], dim=1)
-
-    def _inference_weights(self) -> tuple[bool, list[tuple[Tensor, Tensor, Tensor, Tensor]]]:
-        """(folded, per-layer cell weights) for ``step`` without autograd, cached while the weights hold.
-
-        When ``folded``, layer 0's ``w_ih``/``b_ih`` take the continuous inputs unnormalized:
-        ``W (x - mean) / std + b = (W / std) x + (b - (W / std) mean)``, computed in float64. That saves the
-        per-step slice, subtract and divide. It is only done while ``|mean| / std <= 4`` for every column,
-        where the float32 rounding of the folded sum stays within a few ulps of the unfolded one (far below
-        the 1e-5 of the step == forward law); otherwise the weights are used as they are.
-
-        The cache is used only while every parameter it derives from is the same object, at the same data
-        pointer, with the same version counter: in-place changes (optimizer steps, ``load_state_dict``,
-        ``fit_normalization``, ``copy_`` under ``no_grad``) and ``.to()`` rebuild it. Like autograd, it
-        cannot see writes through ``.data``; tensors without a version counter (made under
-        ``inference_mode``) are compared by value instead.
-        """
-        rnn = self.rnn
-        sources = [self.norm_mean, self.norm_std]
-        for names in self._layer_weight_names:
-            sources.extend(getattr(rnn, n) for n in names)
-        try:
-            stamp: list[object] = [(t._version, t.data_ptr()) for t in sources]
-        except RuntimeError:  # inference tensors have no version counter: compare the folded ones by value
-            stamp = [t.data_ptr() for t in sources]
-            stamp.extend(sources[i].detach().clone() for i in _FOLDED_SOURCES)
-        cache = self.__dict__.get("_inference_cache")
-        if cache is not None and all(a is b for a, b in zip(cache[0], sources, strict=True)):
-            old = cache[1]
-            if len(old) == len(stamp) and all(
-                torch.equal(u, v) if isinstance(u, Tensor) else u == v
-                for u, v in zip(old, stamp, strict=True)
-            ):
-                return cache[2], cache[3]
-        weights = [tuple(sources[2 + 4 * i : 6 + 4 * i]) for i in range(self.num_layers)]
-        mean, std = sources[0].double(), sources[1].double()
-        folded = bool(self.num_continuous) and bool(((mean.abs() / std) <= _FOLD_MAX_OFFSET).all())
-        if folded:
-            w_ih, w_hh, b_ih, b_hh = weights[0]
-            n = self.num_continuous
-            w = w_ih.double()
-            w_cont = w[:, :n] / std
-            bias = b_ih.double() - w_cont @ mean
-            w = torch.cat([w_cont, w[:, n:]], dim=1)
-            weights[0] = (w.to(w_ih.dtype).contiguous(), w_hh, bias.to(b_ih.dtype), b_hh)
-        self.__dict__["_inference_cache"] = (sources, stamp, folded, weights)
-        return folded, weights
+    def _inference_weights(self) -> tuple[bool, list[CellWeights]]:
+        """(folded, per-layer cell weights) for ``step`` without autograd: see :mod:`.folded_weights`."""
+        return inference_weights(self)
 
     def _numerics(self, x: Tensor) -> contextlib.AbstractContextManager[None]:
         """:func:`exact_numerics` in eval mode on CUDA (the law), nothing otherwise (training keeps TF32)."""

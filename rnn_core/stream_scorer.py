@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import torch
 
 from rnnstream.rnn_core.state_store import KeyBatch, KeyedStateStore, as_string_array
+from rnnstream.rnn_core.state_undo import StateUndoLog
 
 DEFAULT_STEP_ROWS = 1024
 SEQUENCE_MIN_EVENTS = 32  # a key this often in one batch runs through forward() at once
@@ -66,14 +67,7 @@ class StreamScorer:
         self.step_rows = int(step_rows)
         self.key_ttl_ms = None if key_ttl_ms is None else int(key_ttl_ms)
         self.last_expired = np.zeros(0, np.bool_)  # which events of the last score() call expired their key
-        # this call's changes, to put back if it raises: (slots or keys, rows, times); by key where a slot
-        # may change hands within the call (a key forgotten, then a new key in its slot)
-        self._undo: list[tuple[np.ndarray, int, np.ndarray]] | None = (
-            None  # (slots or keys, row start, times)
-        )
-        self._undo_by_key = False
-        self._undo_rows = np.zeros((0, int(np.prod(model.config.state_shape))), np.float32)  # reused buffer
-        self._undo_used = 0
+        self._undo = StateUndoLog(model.config.state_shape)  # makes each score() call all or nothing
         config = model.config
         if store is None:
             store = KeyedStateStore(config.state_shape)
@@ -119,49 +113,23 @@ class StreamScorer:
         if n == 0:
             self.last_expired = np.zeros(0, np.bool_)
             return np.zeros((0, len(self._output_names)), np.float32)
-        self._undo, self._undo_by_key, self._undo_used = [], False, 0
+        self._undo.begin()
         try:
             if self.key_ttl_ms is None:
                 out = self._score(keys, times, x)
             else:
                 out = self._score_expiring(keys, times, x)
         except BaseException:
-            self._roll_back()
+            self._undo.roll_back(self.store)
             raise
         finally:
-            self._undo = None
+            self._undo.end()
         self.store.watermark_ms = max(self.store.watermark_ms, int(times.max()))
         return out
 
     def _remember(self, slots: np.ndarray, rows: torch.Tensor | None = None, by_key: bool = False) -> None:
-        """Log the state and time ``slots`` hold now (``rows``: their states, when already gathered)."""
-        if self._undo is None or slots.size == 0:
-            return
-        store = self.store
-        m, start = slots.size, self._undo_used
-        if self._undo_rows.shape[0] < start + m:
-            grown = np.empty(
-                (max(start + m, 2 * self._undo_rows.shape[0]), self._undo_rows.shape[1]), np.float32
-            )
-            grown[:start] = self._undo_rows[:start]
-            self._undo_rows = grown
-        dest = self._undo_rows[start : start + m]
-        if rows is None:
-            store.gather_slots(slots, out=dest.reshape(m, *store.state_shape))
-        else:
-            np.copyto(dest, rows.numpy().reshape(m, -1))
-        self._undo_used = start + m
-        ids = store.slot_keys(slots) if by_key or self._undo_by_key else slots.copy()
-        self._undo.append((ids, start, store.slot_times(slots)))
-
-    def _roll_back(self) -> None:
-        """Put back every state and time logged in this call, newest change first."""
-        store = self.store
-        for ids, start, times in reversed(self._undo or []):
-            if ids.dtype == object:  # by key: the key may have been forgotten (it is created again)
-                ids = store.lookup(pa.array(ids.tolist(), pa.string()), create=True)
-            rows = self._undo_rows[start : start + len(times)]
-            store.scatter_slots(ids, torch.from_numpy(rows.reshape(len(times), *store.state_shape)), times)
+        """Log the state and time ``slots`` hold now, to put back if this call raises."""
+        self._undo.remember(self.store, slots, rows, by_key)
 
     def _score_expiring(self, keys: pa.Array, times: np.ndarray, x: np.ndarray) -> np.ndarray:
         """:meth:`_score` with expiry: expired keys are forgotten just before their expiring event.
@@ -195,7 +163,7 @@ class StreamScorer:
             return self._score(keys, times, x)
         out = np.empty((n, len(self._output_names)), np.float32)
         start = 0
-        self._undo_by_key = True  # slots freed at a cut may be reused by later segments
+        self._undo.by_key = True  # slots freed at a cut may be reused by later segments
         for c in [*cuts.tolist(), n]:
             if c > start:
                 out[start:c] = self._score(keys.slice(start, c - start), times[start:c], x[start:c])

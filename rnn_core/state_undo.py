@@ -1,0 +1,65 @@
+"""The undo log that makes one ``StreamScorer.score`` call all or nothing.
+
+While a call runs, every state and last event time it is about to change is logged first (states copied into
+one reused buffer); when the call raises, :meth:`StateUndoLog.roll_back` puts them back, newest change first.
+Entries are by slot, or by key where a slot may change hands within the call (a key forgotten, then a new
+key in its slot): such a key, if forgotten meanwhile, is created again to take its old state back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from rnnstream.rnn_core.state_store import KeyedStateStore
+
+
+class StateUndoLog:
+    """States and times of a store's slots as they were before the current call changed them."""
+
+    def __init__(self, state_shape: tuple[int, ...]) -> None:
+        self._entries: list[tuple[np.ndarray, int, np.ndarray]] | None = None  # (slots or keys, row, times)
+        self.by_key = False  # log keys instead of slots from now on (slots may be reused within the call)
+        self._rows = np.zeros((0, int(np.prod(state_shape))), np.float32)  # reused buffer
+        self._used = 0
+
+    def begin(self) -> None:
+        """Start logging a call (forgets whatever an earlier call logged)."""
+        self._entries, self.by_key, self._used = [], False, 0
+
+    def end(self) -> None:
+        """Stop logging: the call is over (done or rolled back)."""
+        self._entries = None
+
+    def remember(
+        self,
+        store: KeyedStateStore,
+        slots: np.ndarray,
+        rows: torch.Tensor | None = None,
+        by_key: bool = False,
+    ) -> None:
+        """Log the state and time ``slots`` hold now (``rows``: their states, when already gathered)."""
+        if self._entries is None or slots.size == 0:
+            return
+        m, start = slots.size, self._used
+        if self._rows.shape[0] < start + m:
+            grown = np.empty((max(start + m, 2 * self._rows.shape[0]), self._rows.shape[1]), np.float32)
+            grown[:start] = self._rows[:start]
+            self._rows = grown
+        dest = self._rows[start : start + m]
+        if rows is None:
+            store.gather_slots(slots, out=dest.reshape(m, *store.state_shape))
+        else:
+            np.copyto(dest, rows.numpy().reshape(m, -1))
+        self._used = start + m
+        ids = store.slot_keys(slots) if by_key or self.by_key else slots.copy()
+        self._entries.append((ids, start, store.slot_times(slots)))
+
+    def roll_back(self, store: KeyedStateStore) -> None:
+        """Put back every state and time logged in this call, newest change first."""
+        for ids, start, times in reversed(self._entries or []):
+            if ids.dtype == object:  # by key: the key may have been forgotten (it is created again)
+                ids = store.lookup(pa.array(ids.tolist(), pa.string()), create=True)
+            rows = self._rows[start : start + len(times)]
+            store.scatter_slots(ids, torch.from_numpy(rows.reshape(len(times), *store.state_shape)), times)
