@@ -24,7 +24,7 @@ FORMAT = "keyed-state-v1"
 
 
 def snapshot_table(
-    keys: Sequence[str],
+    keys: Sequence[str] | pa.Array,
     rows: np.ndarray,
     times: np.ndarray,
     state_shape: tuple[int, int, int],
@@ -37,9 +37,10 @@ def snapshot_table(
     meta[STATE_SHAPE_META] = json.dumps(list(state_shape))
     meta[FORMAT_META] = FORMAT
     meta[WATERMARK_META] = str(int(watermark_ms))
+    key_column = keys.cast(pa.string()) if isinstance(keys, pa.Array) else pa.array(list(keys), pa.string())
     return pa.table(
         {
-            "key": pa.array(list(keys), type=pa.string()),
+            "key": key_column,
             "state": pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1), type=pa.float32()), width),
             "last_time": pa.array(times, type=pa.int64()),
         }

@@ -1,23 +1,24 @@
-"""Per-key recurrent state kept in one preallocated tensor slab, with a vectorized key index.
+"""Per-key recurrent state kept in one preallocated tensor slab, with a compiled key index.
 
 Why it looks the way it does: a streaming worker scores micro-batches of a few thousand events for millions
 of keys. A Python ``dict`` from key to slot costs ~0.7 µs a lookup at a million keys (dependent cache misses
-inside the interpreter loop), as much as the recurrent step itself. So the index is numpy, probed for the
-whole batch at once: each key gets a 128-bit fingerprint (:mod:`key_hashing`, secret per-store seeds drawn
-from the OS; ``hash_seed`` fixes them) and a :class:`KeyTable` maps it to a slot. The key strings themselves
-are kept (one Python ``str`` a key) for :meth:`keys`, snapshots and eviction, not for lookups.
+inside the interpreter loop), as much as the recurrent step itself. So the index is one compiled loop over
+the batch (:mod:`key_kernels`): each key gets a 128-bit fingerprint (:mod:`key_hashing`, secret per-store
+seeds drawn from the OS; ``hash_seed`` fixes them), a :class:`KeyTable` maps it to a slot, and new keys get
+slots (freed ones first) in the same pass. The key strings are kept as bytes (:class:`KeyArena`) for
+:meth:`keys`, snapshots and undo, never as one Python object a key.
 
 States live in a float32 slab ``[capacity, S, L, H]`` (S = 2 for LSTM h/c, L layers, H hidden); growth doubles
-the slab (amortized O(1) a key, nothing is copied per event). Freed slots are zeroed and reused, so an unknown
-key's state is always zeros. Last event time per slot (int64 ms, -1 = none yet) drives TTL eviction.
-Snapshots of a chosen set of keys are Arrow IPC files (:mod:`state_snapshot`). The slab and the per-slot
-and table arrays, from 4 MiB on, live in huge-page mappings (:mod:`slab_memory`).
+the slab (amortized O(1) a key, nothing is copied per event); :meth:`reserve` sizes it exactly. Freed slots
+are zeroed and reused, so an unknown key's state is always zeros. Last event time per slot (int64 ms, -1 =
+none yet) drives TTL eviction. Gathers and scatters of state rows are compiled loops too. Snapshots of a
+chosen set of keys are Arrow IPC files (:mod:`state_snapshot`). The slab and the per-slot and table arrays,
+from 4 MiB on, live in huge-page mappings (:mod:`slab_memory`).
 """
 
 from __future__ import annotations
 
 import secrets
-import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,8 +26,17 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
 
-from rnnstream.rnn_core.key_hashing import KeyBatch, as_string_array, fingerprints
-from rnnstream.rnn_core.key_table import KeyTable
+from rnnstream.rnn_core.key_arena import KeyArena
+from rnnstream.rnn_core.key_hashing import KeyBatch, as_string_array, key_buffers
+from rnnstream.rnn_core.key_kernels import (
+    FREE,
+    gather_rows,
+    insert_keys,
+    probe_keys,
+    release_slots,
+    scatter_rows,
+)
+from rnnstream.rnn_core.key_table import MAX_SLOTS, KeyTable
 from rnnstream.rnn_core.slab_memory import filled, zeros
 from rnnstream.rnn_core.state_snapshot import (
     read_snapshot,
@@ -37,13 +47,15 @@ from rnnstream.rnn_core.state_snapshot import (
 
 __all__ = ["KeyBatch", "KeyedStateStore", "as_string_array"]
 
+_NO_TIMES = np.zeros(0, np.int64)
+
 
 class KeyedStateStore:
-    """Recurrent state per stream key: a preallocated float32 slab plus a vectorized key index.
+    """Recurrent state per stream key: a preallocated float32 slab plus a compiled key index.
 
     ``state_shape`` is the per-key state ``(S, L, H)`` (``ModelConfig.state_shape``). All batch methods accept
     keys as a list of ``str``, a numpy array of ``str``, or an Arrow string array (the fastest: no Python
-    objects are touched for keys already present).
+    objects are touched at all).
 
     Hot path for a scorer: ``slots = lookup(keys)``, ``gather_slots(slots)``, step, ``scatter_slots(...)``.
     ``gather``/``scatter`` do the same by key. Within one ``scatter`` the keys must be distinct (apply a
@@ -60,24 +72,22 @@ class KeyedStateStore:
         capacity = max(1, int(capacity))
         rng = np.random.default_rng(secrets.randbits(128) if hash_seed is None else hash_seed)
         self._seeds = rng.integers(0, 2**64, 2, dtype=np.uint64).reshape(2, 1)
-        # per slot
+        self._seed1, self._seed2 = np.uint64(self._seeds[0, 0]), np.uint64(self._seeds[1, 0])
+        # per slot: state row, last time, fingerprint (h1, h2), key bytes (in the arena)
         self._capacity = 0
-        with torch.inference_mode(False):
-            self._slab = torch.zeros((0, *self._state_shape), dtype=torch.float32)
+        self._rows = np.zeros((0, int(np.prod(self._state_shape))), np.float32)
         self._times = np.empty(0, np.int64)
-        self._h1 = np.empty(0, np.uint64)
-        self._h2 = np.empty(0, np.uint64)
-        self._live = np.empty(0, np.bool_)
-        self._slot_keys = np.empty(0, object)
+        self._fp = np.zeros((0, 2), np.uint64)
+        self._keys = KeyArena()
         self._next_fresh = 0  # slots >= this were never used
-        self._free = np.empty(0, np.int64)  # stack of freed (zeroed) slots
+        self._free = np.empty(64, np.int64)  # stack of freed (zeroed) slots
         self._num_free = 0
         self._num_keys = 0
-        self._key_bytes = 0  # sys.getsizeof of the stored key strings
+        self._hashes = np.empty((0, 2), np.uint64)  # scratch: the batch's fingerprints
         self._table = KeyTable(16)
         self.watermark_ms = -1  # newest event time applied (the scorer's event-time clock; -1 = none yet)
         self._grow_slots(capacity)
-        self._rebuild_table(max(16, capacity * 4))
+        self._table.rebuild(2 * capacity, self._fp, np.empty(0, np.int64))
 
     # ------------------------------------------------------------------ properties
     @property
@@ -102,11 +112,9 @@ class KeyedStateStore:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: slab, per-slot arrays, hash table, free list, key strings and their pointers."""
-        arrays = (self._times, self._h1, self._h2, self._live, self._slot_keys, self._free)
-        table = self._table.nbytes
-        slab = self._slab.element_size() * self._slab.nelement()
-        return int(slab + sum(a.nbytes for a in arrays) + table + self._key_bytes)
+        """Bytes held: slab, per-slot arrays, hash table, free list, key bytes and their offsets."""
+        arrays = (self._rows, self._times, self._fp, self._free, self._hashes)
+        return int(sum(a.nbytes for a in arrays) + self._table.nbytes + self._keys.nbytes)
 
     @property
     def raw_bytes_per_key(self) -> int:
@@ -114,125 +122,100 @@ class KeyedStateStore:
         s, n, h = self._state_shape
         return s * n * h * 4
 
+    def _live_slots(self) -> np.ndarray:
+        return np.flatnonzero(self._keys.length[: self._next_fresh] != FREE)
+
     def keys(self) -> list[str]:
         """All keys holding a slot, in slot order."""
-        return self._slot_keys[: self._next_fresh][self._live[: self._next_fresh]].tolist()
+        return self._keys.strings(self._live_slots()).to_pylist()
 
     # ------------------------------------------------------------------ key index
     def lookup(self, keys: KeyBatch, create: bool = True) -> np.ndarray:
         """Slot of each key (int64 [N]); unknown keys get a fresh zeroed slot, or -1 when ``create=False``.
 
-        Repeated keys in the batch get the same slot.
+        Repeated keys in the batch get the same slot; new keys get slots in the order they first appear.
         """
         arr = as_string_array(keys)
-        if len(arr) == 0:
+        n = len(arr)
+        if n == 0:
             return np.empty(0, np.int64)
-        h1, h2 = fingerprints(arr, self._seeds)
-        slots, _ = self._table.probe(h1, h2, self._h2)
-        if create:
-            missing = np.flatnonzero(slots < 0)
-            if missing.size:
-                slots[missing] = self._insert(arr, missing, h1[missing], h2[missing])
+        data, offsets = key_buffers(arr)
+        if self._hashes.shape[0] < n:
+            self._hashes = np.empty((max(n, 2 * self._hashes.shape[0]), 2), np.uint64)
+        hashes = self._hashes[:n]
+        slots = np.empty(n, np.int64)
+        table = self._table
+        args = (data, offsets, self._seed1, self._seed2, table.tab, table.shift, self._fp, slots, hashes)
+        missing = probe_keys(*args)
+        if create and missing:
+            self._insert(np.flatnonzero(slots < 0), hashes, data, offsets, slots)
         return slots
 
-    def _insert(self, arr: pa.Array, missing: np.ndarray, h1: np.ndarray, h2: np.ndarray) -> np.ndarray:
-        """Give the missing events' keys new slots (one per distinct key); returns each event's slot."""
-        if missing.size == 1:
-            first, inverse = np.zeros(1, np.int64), np.zeros(1, np.int64)
-        else:  # one new slot per distinct key (both fingerprints equal)
-            pair = np.empty(missing.size, dtype=[("a", np.uint64), ("b", np.uint64)])
-            pair["a"], pair["b"] = h1, h2
-            _, first, inverse = np.unique(pair, return_index=True, return_inverse=True)
-            inverse = inverse.reshape(-1)
-        m = first.size
-        new_slots = self._allocate(m)
-        key_objs = arr.take(pa.array(missing[first])).to_pylist()
-        self._slot_keys[new_slots] = key_objs
-        self._key_bytes += sum(map(sys.getsizeof, key_objs))
-        self._h1[new_slots] = h1[first]
-        self._h2[new_slots] = h2[first]
-        self._times[new_slots] = -1
-        self._live[new_slots] = True
-        self._num_keys += m
+    def _insert(
+        self, todo: np.ndarray, hashes: np.ndarray, data: np.ndarray, offsets: np.ndarray, slots: np.ndarray
+    ) -> None:
+        """Give the keys of events ``todo`` (not in the index) slots, one per distinct key."""
+        m = todo.size  # at most this many new keys (fewer when one repeats)
+        fresh_needed = self._next_fresh + max(0, m - self._num_free)
+        if fresh_needed > self._capacity:
+            cap = self._capacity
+            while cap < fresh_needed:
+                cap *= 2
+            self._grow_slots(cap)
         if not self._table.fits(m):
-            self._rebuild_table(4 * (self._num_keys))
-        else:
-            self._table.insert(h1[first], new_slots)
-        return new_slots[inverse]
-
-    def _allocate(self, m: int) -> np.ndarray:
-        take = min(m, self._num_free)
-        reused = self._free[self._num_free - take : self._num_free][::-1].copy()
-        self._num_free -= take
-        fresh_n = m - take
-        if self._next_fresh + fresh_n > self._capacity:
-            new_cap = self._capacity
-            while self._next_fresh + fresh_n > new_cap:
-                new_cap *= 2
-            self._grow_slots(new_cap)
-        fresh = np.arange(self._next_fresh, self._next_fresh + fresh_n, dtype=np.int64)
-        self._next_fresh += fresh_n
-        return np.concatenate([reused, fresh]) if take else fresh
+            self._table.rebuild(4 * (self._num_keys + m), self._fp, self._live_slots())
+        self._keys.make_room(int((offsets[todo + 1] - offsets[todo]).sum(dtype=np.int64)))
+        table, arena = self._table, self._keys
+        self._num_free, self._next_fresh, arena.used, added = insert_keys(
+            todo, hashes, data, offsets, table.tab, table.shift, self._fp, self._times, arena.start,
+            arena.length, arena.buf, arena.used, self._free, self._num_free, self._next_fresh, slots,
+        )  # fmt: skip
+        self._num_keys += added
+        table.count += added
 
     def _grow_slots(self, new_cap: int) -> None:
+        if new_cap > MAX_SLOTS:
+            raise MemoryError(f"a store holds at most {MAX_SLOTS} keys, {new_cap} asked for")
         old = self._capacity
-        # the slab's memory as numpy rows [capacity, S*L*H]: row take/assign on a 2-D array are 2-4x
-        # faster than torch index_select/index_copy_ (or numpy on the 4-D view) for rows this small
-        rows = zeros((new_cap, int(np.prod(self._state_shape))), np.float32)
-        if old:
-            rows[:old] = self._rows[:old]
+        # the slab's memory as numpy rows [capacity, S*L*H]; torch sees the same memory (see gather_slots)
+        rows = zeros((new_cap, self._rows.shape[1]), np.float32)
+        rows[:old] = self._rows[:old]
         self._rows = rows
-        with torch.inference_mode(False):
-            self._slab = torch.from_numpy(rows).view(new_cap, *self._state_shape)
-
-        def grown(a: np.ndarray, fill: object) -> np.ndarray:
-            if a.dtype == object:
-                out = np.empty(new_cap, a.dtype)
-                out[old:] = fill
-            else:
-                out = filled(new_cap, a.dtype, fill)
-            out[:old] = a
-            return out
-
-        self._times = grown(self._times, -1)
-        self._h1 = grown(self._h1, 0)
-        self._h2 = grown(self._h2, 0)
-        self._live = grown(self._live, False)
-        self._slot_keys = grown(self._slot_keys, None)
+        times = filled(new_cap, np.int64, -1)
+        times[:old] = self._times
+        self._times = times
+        fp = zeros((new_cap, 2), np.uint64)
+        fp[:old] = self._fp
+        self._fp = fp
+        self._keys.grow_slots(new_cap)
         self._capacity = new_cap
 
-    def _rebuild_table(self, min_size: int) -> None:
-        live = np.flatnonzero(self._live[: self._next_fresh])
-        self._table.rebuild(min_size, self._h1[live], live)
-
-    def _release(self, slots: np.ndarray, tpos: np.ndarray) -> None:
-        """Forget keys: tombstone their table entries, zero and free their slots."""
+    def _release(self, slots: np.ndarray) -> None:
+        """Forget the keys of distinct live slots: index entries removed, slots zeroed and freed."""
         if slots.size == 0:
             return
-        self._table.remove(tpos)
-        self._key_bytes -= sum(map(sys.getsizeof, self._slot_keys[slots].tolist()))
-        self._slot_keys[slots] = None
-        self._live[slots] = False
-        self._times[slots] = -1
-        self._rows[slots] = 0.0
         need = self._num_free + slots.size
         if need > self._free.size:
-            grown = np.empty(max(need, 2 * self._free.size, 64), np.int64)
+            grown = np.empty(max(need, 2 * self._free.size), np.int64)
             grown[: self._num_free] = self._free[: self._num_free]
             self._free = grown
-        self._free[self._num_free : need] = slots
-        self._num_free = need
+        table = self._table
+        self._num_free, key_bytes = release_slots(
+            np.ascontiguousarray(slots, np.int64), table.tab, table.shift, self._fp, self._rows,
+            self._times, self._keys.length, self._free, self._num_free,
+        )  # fmt: skip
         self._num_keys -= slots.size
-        if self._table.mostly_tombstones(self._num_keys):
-            self._rebuild_table(4 * max(self._num_keys, 4))
+        table.count -= slots.size
+        self._keys.released(int(key_bytes), self._live_slots())
 
     # ------------------------------------------------------------------ states
     def gather_slots(self, slots: np.ndarray, out: np.ndarray | None = None) -> torch.Tensor:
         """States of the given slots, a new float32 tensor ``[B, S, L, H]``; with ``out`` (a C-contiguous
         float32 array ``[B, S, L, H]`` to reuse), written there and returned as a tensor sharing it."""
+        slots = np.asarray(slots, np.int64)
         if out is None:
-            return torch.from_numpy(self._rows.take(slots, axis=0)).view(-1, *self._state_shape)
-        self._rows.take(slots, axis=0, out=out.reshape(len(slots), -1))
+            out = np.empty((slots.size, *self._state_shape), np.float32)
+        gather_rows(self._rows, slots, out.reshape(slots.size, -1))
         return torch.from_numpy(out)
 
     def scatter_slots(
@@ -243,13 +226,15 @@ class KeyedStateStore:
             states = states.detach()
         if states.dtype != torch.float32 or states.device.type != "cpu":
             states = states.to("cpu", torch.float32)
-        self._rows[slots] = states.numpy().reshape(len(slots), -1)  # ~2x faster than index_copy_
-        if times_ms is not None:
-            self._times[slots] = times_ms
+        slots = np.asarray(slots, np.int64)
+        times = _NO_TIMES if times_ms is None else np.asarray(times_ms, np.int64)
+        if times.size not in (0, slots.size):
+            raise ValueError(f"{times.size} times for {slots.size} slots")
+        scatter_rows(self._rows, slots, states.numpy().reshape(slots.size, -1), self._times, times)
 
     def slot_keys(self, slots: np.ndarray) -> np.ndarray:
         """The key (str) held by each slot, an object array."""
-        return self._slot_keys[slots]
+        return self._keys.strings(slots).to_numpy(zero_copy_only=False)
 
     def slot_times(self, slots: np.ndarray) -> np.ndarray:
         """Last event time (int64 ms, -1 = none yet) of each slot."""
@@ -266,8 +251,7 @@ class KeyedStateStore:
             raise ValueError(f"states must be {(slots.size, *self._state_shape)}, got {tuple(states.shape)}")
         if np.unique(slots).size != slots.size:
             raise ValueError("scatter: a key appears twice in one call; apply repeated keys in waves")
-        times = None if times_ms is None else np.asarray(times_ms, np.int64)
-        self.scatter_slots(slots, states, times)
+        self.scatter_slots(slots, states, times_ms)
 
     def last_times(self, keys: KeyBatch) -> np.ndarray:
         """Last event time (int64 ms) of each key, -1 for keys never seen or without an event yet."""
@@ -280,28 +264,22 @@ class KeyedStateStore:
     # ------------------------------------------------------------------ forgetting
     def remove(self, keys: KeyBatch) -> int:
         """Forget the keys (unknown ones are ignored); returns how many were removed."""
-        arr = as_string_array(keys)
-        if len(arr) == 0:
-            return 0
-        slots, tpos = self._table.probe(*fingerprints(arr, self._seeds), self._h2)
-        found = slots >= 0
-        slots, first = np.unique(slots[found], return_index=True)
-        self._release(slots, tpos[found][first])
+        slots = self.lookup(keys, create=False)
+        slots = np.unique(slots[slots >= 0])
+        self._release(slots)
         return int(slots.size)
 
     def evict_idle(self, now_ms: int, ttl_ms: int) -> int:
         """Forget keys whose last event is older than ``now_ms - ttl_ms`` (event time); returns how many."""
         n = self._next_fresh
-        idle = np.flatnonzero(self._live[:n] & (self._times[:n] < int(now_ms) - int(ttl_ms)))
-        if idle.size == 0:
-            return 0
-        slots, tpos = self._table.probe(self._h1[idle], self._h2[idle], self._h2)
-        self._release(slots, tpos)
+        live = self._keys.length[:n] != FREE
+        idle = np.flatnonzero(live & (self._times[:n] < int(now_ms) - int(ttl_ms)))
+        self._release(idle)
         return int(idle.size)
 
     def clear(self) -> None:
         """Forget every key (keeps the allocated capacity)."""
-        self.remove(self.keys())
+        self._release(self._live_slots())
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(
@@ -325,12 +303,12 @@ class KeyedStateStore:
     def snapshot_table(self, keys: KeyBatch | None, metadata: dict[str, str] | None = None) -> pa.Table:
         """The snapshot as an in-memory Arrow table (see :meth:`snapshot`)."""
         if keys is None:
-            slots = np.flatnonzero(self._live[: self._next_fresh])
+            slots = self._live_slots()
         else:
             slots = self.lookup(keys, create=False)
             slots = np.unique(slots[slots >= 0])
         return snapshot_table(
-            self._slot_keys[slots].tolist(),
+            self._keys.strings(slots),
             self._rows.take(slots, axis=0),
             self._times[slots],
             self.state_shape,
@@ -356,11 +334,9 @@ class KeyedStateStore:
         return meta
 
     def reserve(self, n: int) -> None:
-        """Make room for ``n`` keys in all (grows the slab and the table once instead of step by step)."""
+        """Make room for ``n`` keys in all: the slab grows to exactly ``n`` slots and the table once, instead
+        of doubling step by step."""
         if n > self._capacity:
-            cap = self._capacity
-            while cap < n:
-                cap *= 2
-            self._grow_slots(cap)
+            self._grow_slots(n)
         if not self._table.fits(n - self._num_keys):
-            self._rebuild_table(4 * n)
+            self._table.rebuild(4 * n, self._fp, self._live_slots())

@@ -29,6 +29,16 @@ DEFAULT_DEPLOYMENT = "rnnstream"
 _DEPLOYMENT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,51}[a-z0-9])?$")
 
 
+def release_topic(pipeline: str, deployment: str, kind: str) -> str:
+    """The topic of ``kind`` (``scores``, ``dlq``, ``scores.shadow``) that release ``deployment`` writes for
+    ``pipeline``: ``<pipeline>.<kind>`` for the default release, ``<pipeline>.<deployment>.<kind>`` for any
+    other. Every release reads the same ``<pipeline>.events``; what each writes stays its own (pipeline and
+    deployment names hold no dots, so the two forms never meet)."""
+    if deployment == DEFAULT_DEPLOYMENT:
+        return f"{pipeline}.{kind}"
+    return f"{pipeline}.{deployment}.{kind}"
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     """Everything a scoring worker needs as data (frozen, picklable): pipeline, Kafka, checkpoints, knobs."""
@@ -64,13 +74,13 @@ class WorkerConfig:
     warmup_archive_events: int = 256  # at most this many of a key's latest archived events
 
     def __post_init__(self) -> None:
-        p = self.pipeline
+        p, d = self.pipeline, self.deployment
         defaults = {
             "events_topic": f"{p}.events",
-            "scores_topic": f"{p}.scores",
-            "dlq_topic": f"{p}.dlq",
-            "shadow_topic": f"{p}.scores.shadow",
-            "group_id": f"{self.deployment}-{p}-scoring",
+            "scores_topic": release_topic(p, d, "scores"),
+            "dlq_topic": release_topic(p, d, "dlq"),
+            "shadow_topic": release_topic(p, d, "scores.shadow"),
+            "group_id": f"{d}-{p}-scoring",
         }
         for name, value in defaults.items():
             if not getattr(self, name):

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 
 from rnnstream.rnn_core.key_hashing import as_string_array, fingerprints
+from rnnstream.rnn_core.key_kernels import FREE, release_slots
 from rnnstream.rnn_core.key_table import KeyTable
 from rnnstream.rnn_core.state_snapshot import read_snapshot_table, snapshot_table
 
@@ -23,22 +24,49 @@ def test_fingerprints_are_per_key_and_seeded() -> None:
     assert not np.array_equal(other[0], h1)  # another store's seeds: other fingerprints
 
 
-def test_table_finds_what_was_inserted_and_forgets_removed() -> None:
+def test_table_finds_what_was_placed_and_forgets_released_slots() -> None:
+    """Removal shifts later entries of a probe run back: every other key stays findable, also in a small,
+    crowded table (long runs that wrap around its end)."""
     rng = np.random.default_rng(0)
-    h1 = rng.integers(0, 2**63, 5000, dtype=np.int64).astype(np.uint64)
-    h2 = rng.integers(0, 2**63, 5000, dtype=np.int64).astype(np.uint64)
-    slots = np.arange(5000, dtype=np.int64)
+    n = 5000
+    fp = rng.integers(0, 2**63, (n, 2), dtype=np.int64).astype(np.uint64)
+    fp[:40, 0] = fp[0, 0]  # one long collision run
+    slots = np.arange(n, dtype=np.int64)
     table = KeyTable(16)
-    table.rebuild(4 * 5000, h1, slots)
-    found, tpos = table.probe(h1, h2, h2)
-    np.testing.assert_array_equal(found, slots)
-    table.remove(tpos[:100])
-    again, _ = table.probe(h1, h2, h2)
-    assert (again[:100] == -1).all() and np.array_equal(again[100:], slots[100:])
-    stored_h2 = h2.copy()
-    stored_h2[200] ^= np.uint64(1)  # first half matches, the stored second half differs: another key
-    assert table.probe(h1[200:201], h2[200:201], stored_h2)[0][0] == -1
+    table.rebuild(16, fp, slots)
+    assert table.size == 16384 and table.count == n
+    np.testing.assert_array_equal(table.probe(fp, fp), slots)
+    gone = np.r_[0:20, rng.choice(np.arange(40, n), 1000, replace=False)]
+    rows = np.zeros((n, 1), np.float32)
+    times = np.zeros(n, np.int64)
+    key_len = np.ones(n, np.int32)
+    free = np.empty(n, np.int64)
+    queried = fp.copy()
+    num_free, released = release_slots(gone, table.tab, table.shift, fp, rows, times, key_len, free, 0)
+    assert (num_free, released) == (gone.size, gone.size) and (key_len[gone] == FREE).all()
+    again = table.probe(queried, fp)
+    kept = np.setdiff1d(slots, gone)
+    assert (again[gone] == -1).all() and np.array_equal(again[kept], kept)
+    other = queried[kept[:1]].copy()
+    other[0, 1] ^= np.uint64(1)  # first half matches, the second differs: another key
+    assert table.probe(other, fp)[0] == -1
     assert table.fits(1) and not table.fits(table.size)
+
+
+def test_small_table_wrapping_around_its_end() -> None:
+    fp = np.zeros((12, 2), np.uint64)
+    fp[:, 0] = np.uint64(0xF) << np.uint64(60)  # every home is the last position: the run wraps to 0, 1, ...
+    fp[:, 1] = np.arange(12, dtype=np.uint64)
+    table = KeyTable(16)
+    table.rebuild(16, fp[:6], np.arange(6))
+    args = (
+        np.zeros((12, 1), np.float32),
+        np.zeros(12, np.int64),
+        np.ones(12, np.int32),
+        np.empty(12, np.int64),
+    )
+    release_slots(np.array([0, 3]), table.tab, table.shift, fp, *args, 0)
+    assert table.probe(fp[:6], fp).tolist() == [-1, 1, 2, -1, 4, 5]
 
 
 def test_snapshot_format_round_trips_and_refuses_other_shapes() -> None:
