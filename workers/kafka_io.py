@@ -28,6 +28,7 @@ from rnnstream.workers.event_codec import (
     EventDecoder,
 )
 from rnnstream.workers.kafka_settings import KafkaSettings
+from rnnstream.workers.worker_config import DEFAULT_DEPLOYMENT, release_topic
 
 PREFETCH_MIN_MESSAGES = 256  # poll_decoded overlaps decode with the next poll from this many messages on
 
@@ -44,9 +45,14 @@ class TopicNames:
         return (self.events, self.scores, self.dlq)
 
 
-def topic_names(pipeline: str) -> TopicNames:
-    """``<pipeline>.events``, ``<pipeline>.scores``, ``<pipeline>.dlq``."""
-    return TopicNames(f"{pipeline}.events", f"{pipeline}.scores", f"{pipeline}.dlq")
+def topic_names(pipeline: str, deployment: str = DEFAULT_DEPLOYMENT) -> TopicNames:
+    """``<pipeline>.events``, and the scores and DLQ topics release ``deployment`` writes:
+    ``<pipeline>.scores``, ``<pipeline>.dlq`` for the default release (see :func:`release_topic`)."""
+    return TopicNames(
+        f"{pipeline}.events",
+        release_topic(pipeline, deployment, "scores"),
+        release_topic(pipeline, deployment, "dlq"),
+    )
 
 
 def partition_for_key(key: str | bytes, num_partitions: int) -> int:

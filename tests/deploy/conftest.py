@@ -58,23 +58,25 @@ def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=120, check=False)
 
 
-def template_args(values_file: Path | None, extra: tuple[str, ...] = ()) -> list[str]:
-    args = ["template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE]
+def template_args(values_file: Path | None, extra: tuple[str, ...] = (), release: str = RELEASE) -> list[str]:
+    args = ["template", release, str(CHART_DIR), "--namespace", NAMESPACE]
     if values_file is not None:
         args += ["-f", str(values_file)]
     return args + list(extra)
 
 
 @pytest.fixture(scope="session")
-def render(helm: Path) -> Callable[[str], list[dict]]:
-    """render(profile) -> the rendered objects of that profile (cached per session)."""
-    cache: dict[str, list[dict]] = {}
+def render(helm: Path) -> Callable[..., list[dict]]:
+    """render(profile, release=RELEASE, extra=()) -> the rendered objects of that profile installed as
+    ``release``, with extra helm arguments such as ``--set k=v`` (cached per session)."""
+    cache: dict[tuple, list[dict]] = {}
 
-    def _render(profile: str) -> list[dict]:
-        if profile not in cache:
-            result = run_helm(helm, *template_args(PROFILES[profile]))
+    def _render(profile: str, release: str = RELEASE, extra: tuple[str, ...] = ()) -> list[dict]:
+        key = (profile, release, extra)
+        if key not in cache:
+            result = run_helm(helm, *template_args(PROFILES[profile], extra, release))
             assert result.returncode == 0, f"helm template ({profile}) failed:\n{result.stderr}"
-            cache[profile] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-        return cache[profile]
+            cache[key] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+        return cache[key]
 
     return _render
