@@ -6,9 +6,10 @@
   :class:`~rnnstream.workers.control_record.ControlRecord` beside the checkpoints. The workers are named,
   detached actors, so they keep scoring while it is away; a restarted coordinator reads the record, finds
   the workers by name, takes each partition's owner from the workers' own reports and goes on (finishing a
-  rescale, finishing or abandoning a swap);
+  rescale, finishing or abandoning a swap: :mod:`~rnnstream.workers.coordinator_resume`);
 - watches health (:func:`~rnnstream.workers.control_plan.decide_worker`): a dead, stalled or silent worker
-  is restarted, a restarted one gets its partitions again from their newest checkpoints;
+  is restarted, a restarted one gets its partitions again from their newest checkpoints
+  (:mod:`~rnnstream.workers.health_round`);
 - moves partitions (``scale``) only after the old owner committed and wrote a final checkpoint of them,
   or, when it cannot (dead, stuck, SIGSTOPped, cut off), after its transactional id was fenced, so nothing
   it does later can commit;
@@ -30,16 +31,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rnnstream.workers.control_plan import (
-    SwapStep,
-    WorkerAction,
-    decide_swap,
-    decide_worker,
-    must_fence_before_handover,
-    ownership_conflicts,
-    plan_handover,
-)
+from rnnstream.workers.control_plan import SwapStep, decide_swap, must_fence_before_handover, plan_handover
 from rnnstream.workers.control_record import KEEP_SWAPS, ControlRecord, ControlRecordFile, SwapInProgress
+from rnnstream.workers.coordinator_resume import reconstructed, resume_from_record
+from rnnstream.workers.health_round import health_round
 from rnnstream.workers.model_swap import (
     SwapFailed,
     challenger_progress,
@@ -52,7 +47,7 @@ from rnnstream.workers.model_swap import (
 from rnnstream.workers.scoring_worker_actor import fence_slot
 from rnnstream.workers.swap_registry_note import note_swap_in_background
 from rnnstream.workers.worker_config import ModelHandle, WorkerConfig
-from rnnstream.workers.worker_slots import WorkerSlots, report_of
+from rnnstream.workers.worker_slots import WorkerSlots
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +110,10 @@ class Coordinator:
         self._target = int(num_workers)
         self._started = False
         self._threads: list[threading.Thread] = []
-        if _reconstructed():
-            threading.Thread(target=self._resume, name="coordinator-resume", daemon=True).start()
+        if reconstructed():
+            resume = threading.Thread(target=resume_from_record, args=(self,), name="coordinator-resume")
+            resume.daemon = True
+            resume.start()
 
     # ------------------------------------------------------------------------------------------- lifecycle
 
@@ -139,48 +136,6 @@ class Coordinator:
             t = threading.Thread(target=target, name=f"coordinator-{name}", daemon=True)
             t.start()
             self._threads.append(t)
-
-    def _resume(self) -> None:
-        """After Ray restarted this actor: read the record, find the workers, finish what was under way."""
-        with self._lock:
-            record = self._record_file.read()
-            if record is None or record.stopped:
-                log.warning("restarted without a control record to resume from; waiting for start()")
-                return
-            self.model, self._target, self.generation = record.serving, record.num_workers, record.generation
-            self.shadow_handle, self.swaps = record.shadow, list(record.swaps)
-            for s in self.workers.find_running():
-                st = self.workers.status(s, timeout=30.0)
-                self.assignment[s] = sorted(st["partitions"]) if st else []
-                self.incarnations[s] = st["incarnation"] if st else ""
-                self.restarts.setdefault(s, 0)
-            self.resumes = record.resumes + 1
-            self._persist()
-            log.warning("coordinator resumed: model %s, workers %s", self.model.version, sorted(self.workers))
-            if record.swap is not None:
-                self._finish_interrupted_swap(record.swap)
-            try:
-                self._scale_locked(self._target)  # completes a rescale the restart interrupted
-            except Exception as exc:
-                log.warning("finishing the interrupted rescale failed (the watch retries): %s", exc)
-            self._started = True
-        self._start_threads()
-
-    def _finish_interrupted_swap(self, swap: SwapInProgress) -> None:
-        import ray
-
-        if swap.phase == "switching":  # some workers may have switched: every one switches
-            self.model = swap.to
-            for s, w in self.workers.items():
-                st = self.workers.status(s, timeout=30.0) or {}
-                if st.get("challenger_version") == swap.to.version:
-                    ray.get(w.switch_model.remote(), timeout=120)
-            self._record_swap({"from": None, "to": swap.to.version, "resumed": True, "time": time.time()})
-            return
-        drop_all(self.workers)
-        self._record_swap(
-            {"to": swap.to.version, "error": "coordinator restarted during the warm-up", "time": time.time()}
-        )
 
     def stop(self) -> dict[int, int]:
         """Stop every worker cleanly (commit + final checkpoints); returns each partition's next offset."""
@@ -276,57 +231,7 @@ class Coordinator:
             with self._lock:
                 if self._stop.is_set():
                     return
-                self._health_round()
-
-    def _health_round(self) -> None:
-        import ray
-
-        reports = []
-        now = time.monotonic()
-        wanted = self._wanted_challenger()
-        challenger = wanted[0].version if wanted is not None else None
-        for s, w in self.workers.items():
-            st = self.workers.status(s, timeout=2.0)
-            if st is not None:
-                self.last_answer[s] = now
-            report = report_of(s, st, self.stall_timeout_s)
-            reports.append(report)
-            decision = decide_worker(report, self.assignment.get(s, []), self.incarnations.get(s), challenger)
-            silent_for = now - self.last_answer.setdefault(s, now)
-            if decision.action is WorkerAction.WAIT and silent_for > self.stall_timeout_s:
-                log.warning("worker %d silent for %.0f s; fencing and restarting it", s, silent_for)
-                if fence_slot(self.config, s):
-                    self.workers.restart(s)
-                    self.last_answer[s] = now
-                continue
-            if decision.action is WorkerAction.RESTART:
-                log.warning("worker %d %s (%s); restarting it", s, decision.reason, report)
-                self.workers.restart(s)
-            elif decision.action is WorkerAction.REASSIGN:
-                want = self.assignment.get(s, [])
-                if decision.reason == "restarted":
-                    self.restarts[s] = self.restarts.get(s, 0) + 1
-                    log.warning("worker %d restarted; re-assigning %s", s, want)
-                try:
-                    ray.get(w.set_partitions.remote(want, self.model), timeout=120)
-                    if decision.rearm_challenger and wanted is not None:
-                        start = ray.get(w.prepare_model.remote(*wanted), timeout=120)
-                        if self.swap is not None:
-                            self._warm_from.update(start)  # its challenger warms from here
-                    self.incarnations[s] = report.incarnation
-                except Exception as exc:
-                    log.warning("re-assigning worker %d failed: %s", s, exc)
-        conflicts = ownership_conflicts(reports)
-        if conflicts:
-            self.ownership_conflicts += 1
-            log.error("partitions with more than one owner: %s", conflicts)
-
-    def _wanted_challenger(self) -> tuple[ModelHandle, bool] | None:
-        """The challenger every worker should have now and whether it writes to the shadow topic (None:
-        none, or a swap still loading its challengers for the first time: that is not the watch's to do)."""
-        if self.swap is not None:
-            return (self.swap.to, self.swap.shadow) if self._armed else None
-        return (self.shadow_handle, True) if self.shadow_handle is not None else None
+                health_round(self)
 
     # ---------------------------------------------------------------------------------------- model swap
 
@@ -484,13 +389,3 @@ class Coordinator:
             for part in ray.get([w.final_checkpoint.remote() for _, w in self.workers.items()]):
                 out.update(part)
         return out
-
-
-def _reconstructed() -> bool:
-    """True inside an actor that Ray restarted (its constructor runs again after a crash)."""
-    try:
-        import ray
-
-        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
-    except Exception:
-        return False
