@@ -100,6 +100,7 @@ class ModelConfig:
     embedding_dim: int = 16
     stateless: bool = False
     adaptive_score: bool = True
+    adaptive_inputs: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -117,10 +118,6 @@ class ModelConfig:
             raise ConfigError("a multiclass head needs num_classes >= 2")
         if self.head == "forecast" and self.features.num_continuous == 0:
             raise ConfigError("a forecast head needs numeric or vector feature columns to forecast")
-        if self.adaptive_likelihood and self.hidden_size < 4:
-            raise ConfigError(
-                "an adaptive forecast score keeps 4 statistics per key: hidden_size must be >= 4"
-            )
         if self.head == "next_token" and not self.features.categorical:
             raise ConfigError("a next_token head needs a categorical token column (the first categorical)")
 
@@ -135,10 +132,24 @@ class ModelConfig:
         return self.head == "forecast" and self.adaptive_score and not self.stateless
 
     @property
+    def adaptive_drift(self) -> bool:
+        """Whether each key normalizes its inputs with its own running level and scale (follows drift)."""
+        return self.adaptive_likelihood and self.adaptive_inputs
+
+    @property
+    def statistics_slabs(self) -> int:
+        """State slabs after the recurrent ones for the per-key statistics: 4 error statistics, and with
+        ``adaptive_inputs`` a count and a level and a variance per continuous column."""
+        if not self.adaptive_likelihood:
+            return 0
+        values = 4 + (1 + 2 * self.features.num_continuous if self.adaptive_inputs else 0)
+        return -(-values // (self.num_layers * self.hidden_size))
+
+    @property
     def state_shape(self) -> tuple[int, int, int]:
         """Per-key state shape ``(S, num_layers, hidden_size)``: ``S`` = the recurrent state tensors, plus one
         slab holding the adaptive score's statistics (its first layer's first 4 values) when there is one."""
-        return (self.state_tensors + int(self.adaptive_likelihood), self.num_layers, self.hidden_size)
+        return (self.state_tensors + self.statistics_slabs, self.num_layers, self.hidden_size)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

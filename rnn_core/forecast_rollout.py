@@ -38,6 +38,9 @@ def rollout(
         fixed.append(model.embedding(codes + model.cat_offsets).flatten(-2))
     if model._dt is not None:
         fixed.append(torch.full((b, 1), float(np.log1p(max(step_seconds, 0.0))), device=state.device))
+    from rnnstream.rnn_core.adaptive_state import key_level_scale_of
+
+    level, scale = key_level_scale_of(model, state)
     out = []
     with model._numerics(state):
         for _ in range(steps):
@@ -48,4 +51,4 @@ def rollout(
             state = model._cell_step(torch.cat([predicted, *fixed], dim=-1), state)
     if not out:
         return state.new_zeros((b, 0, model.num_continuous))
-    return torch.stack(out, dim=1) * model.norm_std + model.norm_mean
+    return torch.stack(out, dim=1) * scale.unsqueeze(1) + level.unsqueeze(1)

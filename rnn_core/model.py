@@ -34,10 +34,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnstream.rnn_core import forecast_rollout, model_heads
+from rnnstream.rnn_core.adaptive_state import KeyInputs, drift_slice, extra_row, key_inputs, with_extra_row
 from rnnstream.rnn_core.anomaly_likelihood import LikelihoodWindows
 from rnnstream.rnn_core.config import ConfigError, ModelConfig
 from rnnstream.rnn_core.features import feature_slices
 from rnnstream.rnn_core.folded_weights import CellWeights, inference_weights
+from rnnstream.rnn_core.input_drift import DriftWindow
 from rnnstream.rnn_core.numerics import exact_numerics, set_exact_numerics
 from rnnstream.rnn_core.score_calibration import (
     DEFAULT_CALIBRATION_POINTS,
@@ -70,6 +72,8 @@ class StreamingModel(nn.Module):
         self.stateless = config.stateless
         self.adaptive = config.adaptive_likelihood
         self.windows = LikelihoodWindows()
+        self.drift_inputs = config.adaptive_drift
+        self.drift = DriftWindow()
         self.num_continuous = spec.num_continuous
         self.input_size = spec.input_size
         self._cont, self._cat, self._dt = feature_slices(spec)
@@ -132,12 +136,15 @@ class StreamingModel(nn.Module):
         codes = x[..., self._cat].round().long()
         return torch.where((codes >= 0) & (codes < self.cat_cards), codes, 0)
 
-    def _rnn_inputs(self, x: Tensor, normalized: bool = True) -> Tensor:
+    def _rnn_inputs(self, x: Tensor, normalized: bool = True, cont: Tensor | None = None) -> Tensor:
         """Model input rows ``[..., D]`` -> recurrent cell inputs ``[..., I]`` (continuous columns left
-        unnormalized when ``normalized`` is False: weights with the normalization folded in take them)."""
+        unnormalized when ``normalized`` is False: weights with the normalization folded in take them;
+        ``cont``: the continuous columns already normalized, by each key's own statistics)."""
         parts = []
         if self.num_continuous:
-            if normalized:
+            if cont is not None:
+                parts.append(cont)
+            elif normalized:
                 parts.append(self._normalized(x))
             elif self.num_continuous == x.shape[-1]:
                 parts.append(x)
@@ -180,12 +187,31 @@ class StreamingModel(nn.Module):
             return hs[0].view(b, 1, 1, self.hidden_size)
         return torch.stack(hs + cs, dim=1).view(b, self.num_state, self.num_layers, self.hidden_size)
 
-    def _run(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Whole sequences -> (top hidden after each event [B,T,H], top hidden before each, final state)."""
-        b, t, _ = x.shape
+    def _run(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor, Tensor, KeyInputs | None]:
+        """Whole sequences -> (top hidden after each event [B,T,H], top hidden before each, final state,
+        the keys' drift-following inputs when the model has them). The final state's statistics slabs carry
+        the input statistics forward and the error statistics as they came (see :meth:`_adaptive_score`)."""
+        b = x.shape[0]
         if state is None or self.stateless:
             state = self.init_state(b)
-        z = self._rnn_inputs(x)
+        if not self.drift_inputs:
+            top_after, top_before, final = self._recur(self._rnn_inputs(x), state)
+            if self.adaptive:
+                final = with_extra_row(self, final, extra_row(self, state))
+            return top_after, top_before, final, None
+        inputs = key_inputs(self, x, state)
+        top_after, top_before, final = self._recur(self._rnn_inputs(x, cont=inputs.normalized), state)
+        return top_after, top_before, self._with_input_stats(final, state, inputs.stats), inputs
+
+    def _with_input_stats(self, rnn: Tensor, state: Tensor, stats: Tensor) -> Tensor:
+        """The recurrent state ``rnn`` with ``state``'s statistics, the input statistics set to ``stats``."""
+        row = extra_row(self, state).clone()
+        row[:, drift_slice(self)] = stats
+        return with_extra_row(self, rnn, row)
+
+    def _recur(self, z: Tensor, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Cell inputs ``z[B, T, I]`` from ``state`` -> (top after, top before, final recurrent state)."""
+        b, t = z.shape[:2]
         if self.stateless:
             # Each event alone from a zero state: one batch of B*T one-step sequences.
             z1 = z.reshape(b * t, 1, z.shape[-1])
@@ -197,8 +223,8 @@ class StreamingModel(nn.Module):
             final = final.view(b, t, *self.state_shape)[:, -1] if t else state
             return top_after, top_before, final
         if t == 0:
-            empty = x.new_zeros((b, 0, self.hidden_size))
-            return empty, empty, state
+            empty = z.new_zeros((b, 0, self.hidden_size))
+            return empty, empty, state[:, : self.num_state]
         top_after, hn = self.rnn(z, self._to_rnn_state(state))
         top_before = torch.cat([state[:, 0, -1].unsqueeze(1), top_after[:, :-1]], dim=1)
         return top_after, top_before, self._from_rnn_state(hn)
@@ -215,9 +241,11 @@ class StreamingModel(nn.Module):
         return hn.transpose(0, 1).unsqueeze(1).contiguous()
 
     # ------------------------------------------------------------------------------------------------ heads
-    def _outputs(self, x: Tensor, top_before: Tensor, top_after: Tensor) -> Tensor:
+    def _outputs(
+        self, x: Tensor, top_before: Tensor, top_after: Tensor, inputs: KeyInputs | None = None
+    ) -> Tensor:
         """Head outputs ``[..., K]`` for events ``x[..., D]`` given the top hidden state before and after."""
-        return model_heads.head_outputs(self, x, top_before, top_after)
+        return model_heads.head_outputs(self, x, top_before, top_after, inputs)
 
     def _error_z(self, actual: Tensor, predicted: Tensor) -> Tensor:
         return model_heads.forecast_error_z(self, actual, predicted)
@@ -230,8 +258,8 @@ class StreamingModel(nn.Module):
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Sequences ``x[B, T, D]`` from ``state[B, S, L, H]`` (zeros when None) -> (out[B, T, K], state)."""
         with self._numerics(x):
-            top_after, top_before, final = self._run(x, state)
-            out = self._outputs(x, top_before, top_after)
+            top_after, top_before, final, inputs = self._run(x, state)
+            out = self._outputs(x, top_before, top_after, inputs)
             if self.adaptive:
                 return self._adaptive_score(out, state, final)
             return out, final
@@ -244,6 +272,13 @@ class StreamingModel(nn.Module):
         if self.stateless:
             state = torch.zeros_like(state)
         with self._numerics(x):
+            if self.drift_inputs:  # each key's own input normalization: nothing to fold into the weights
+                seq = key_inputs(self, x.unsqueeze(1), state)
+                inputs = KeyInputs(seq.normalized[:, 0], seq.level[:, 0], seq.scale[:, 0], seq.stats)
+                rnn = self._cell_step(self._rnn_inputs(x, cont=inputs.normalized), state)
+                top = self.num_layers - 1
+                out = self._outputs(x, state[:, 0, top], rnn[:, 0, top], inputs)
+                return self._adaptive_score(out, state, self._with_input_stats(rnn, state, inputs.stats))
             if self.training or torch.is_grad_enabled():
                 new_state = self._cell_step(self._rnn_inputs(x), state)
             else:  # inference: the first layer's weights have the input normalization folded in (cached)
@@ -254,12 +289,14 @@ class StreamingModel(nn.Module):
             top_before = state.select(1, 0).select(1, top)
             out = self._outputs(x, top_before, new_state.select(1, 0).select(1, top))
             if self.adaptive:
-                return self._adaptive_score(out, state, new_state)
+                return self._adaptive_score(
+                    out, state, with_extra_row(self, new_state, extra_row(self, state))
+                )
             return out, new_state
 
-    def _adaptive_score(self, out: Tensor, state: Tensor | None, rnn: Tensor) -> tuple[Tensor, Tensor]:
+    def _adaptive_score(self, out: Tensor, state: Tensor | None, full: Tensor) -> tuple[Tensor, Tensor]:
         """The key's own anomaly likelihood as ``score``: see :func:`.model_heads.adaptive_score`."""
-        return model_heads.adaptive_score(self, out, state, rnn)
+        return model_heads.adaptive_score(self, out, state, full)
 
     def _inference_weights(self) -> tuple[bool, list[CellWeights]]:
         """(folded, per-layer cell weights) for ``step`` without autograd: see :mod:`.folded_weights`."""
@@ -346,8 +383,9 @@ class StreamingModel(nn.Module):
     def _raw_errors(self, x: Tensor, mask: Tensor | None, state: Tensor | None) -> Tensor:
         """Normalized forecast errors ``[N, n]`` of valid events: actual - forecast from the state before."""
         with self._numerics(x):  # the errors that calibrate must be those that step will see
-            _, top_before, _ = self._run(x, state)
-            err = self._normalized(x) - self.head(top_before)
+            _, top_before, _, inputs = self._run(x, state)
+            actual = self._normalized(x) if inputs is None else inputs.normalized
+            err = actual - self.head(top_before)
         if mask is not None:
             return err[mask]
         return err.reshape(-1, err.shape[-1])

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnnstream.rnn_core.adaptive_state import KeyInputs, extra_row, with_extra_row
 from rnnstream.rnn_core.anomaly_likelihood import NUM_STATS, likelihood_sequence, likelihood_step
 from rnnstream.rnn_core.config import ModelConfig
 
@@ -57,8 +58,11 @@ def output_names(config: ModelConfig) -> list[str]:
     return ["score", "rank", "prob"]
 
 
-def head_outputs(model: StreamingModel, x: Tensor, top_before: Tensor, top_after: Tensor) -> Tensor:
-    """Head outputs ``[..., K]`` for events ``x[..., D]`` given the top hidden state before and after."""
+def head_outputs(
+    model: StreamingModel, x: Tensor, top_before: Tensor, top_after: Tensor, inputs: KeyInputs | None = None
+) -> Tensor:
+    """Head outputs ``[..., K]`` for events ``x[..., D]`` given the top hidden state before and after
+    (forecast heads with ``inputs``: each key's own normalization, see :mod:`.input_drift`)."""
     kind = model.head_kind
     head = model.head
     if kind == "binary":  # F.linear: the same as head(...) without the module-call overhead
@@ -66,8 +70,12 @@ def head_outputs(model: StreamingModel, x: Tensor, top_before: Tensor, top_after
     if kind == "multiclass":
         return torch.softmax(head(top_after), dim=-1)
     if kind == "forecast":
-        error_z = forecast_error_z(model, model._normalized(x), head(top_before))
-        forecast = head(top_after) * model.norm_std + model.norm_mean
+        if inputs is None:
+            error_z = forecast_error_z(model, model._normalized(x), head(top_before))
+            forecast = head(top_after) * model.norm_std + model.norm_mean
+        else:
+            error_z = forecast_error_z(model, inputs.normalized, head(top_before))
+            forecast = head(top_after) * inputs.scale + inputs.level
         return torch.cat([model._calibrated(error_z).unsqueeze(-1), error_z.unsqueeze(-1), forecast], dim=-1)
     logits = head(top_before)
     token = model._codes(x)[..., :1]
@@ -84,20 +92,18 @@ def forecast_error_z(model: StreamingModel, actual: Tensor, predicted: Tensor) -
 
 
 def adaptive_score(
-    model: StreamingModel, out: Tensor, state: Tensor | None, rnn: Tensor
+    model: StreamingModel, out: Tensor, state: Tensor | None, full: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Forecast outputs ``out[B, (T,) K0]`` -> with the key's own anomaly likelihood as ``score`` (the
-    static map moves to ``score_static``, ``anomaly_z`` appended), and the new state (recurrent part
-    ``rnn``) with its statistics slab.
+    static map moves to ``score_static``, ``anomaly_z`` appended), and the new state ``full`` with the
+    new error statistics in its statistics row (:mod:`.adaptive_state`).
 
-    The statistics come from ``state``'s last slab (zeros: a new key) and follow every event in order,
+    The statistics come from ``state`` (None: new keys) and follow every event in order,
     in :func:`likelihood_step` for a step and in :func:`likelihood_sequence` for whole sequences (so the
     two agree). While training they are left as they are (the loss does not use them).
     """
     b = out.shape[0]
-    s = model.num_state
-    hidden = model.hidden_size
-    stats = state[:, s, 0, :NUM_STATS] if state is not None else out.new_zeros((b, NUM_STATS))
+    stats = extra_row(model, state)[:, :NUM_STATS] if state is not None else out.new_zeros((b, NUM_STATS))
     static, error_z = out[..., 0], out[..., 1]
     if model.training:
         score, z, new_stats = static, torch.zeros_like(static), stats
@@ -107,6 +113,6 @@ def adaptive_score(
         run = likelihood_sequence if out.dim() == 3 else likelihood_step
         score, z, new_stats = run(error_z, stats, prior, model.windows)
     out = torch.cat([score.unsqueeze(-1), out[..., 1:], static.unsqueeze(-1), z.unsqueeze(-1)], dim=-1)
-    row = torch.cat([new_stats, new_stats.new_zeros((b, hidden - NUM_STATS))], dim=-1)
-    slab = torch.cat([row.unsqueeze(1), row.new_zeros((b, model.num_layers - 1, hidden))], dim=1)
-    return out, torch.cat([rnn[:, :s], slab.unsqueeze(1)], dim=1)
+    row = extra_row(model, full).clone()
+    row[:, :NUM_STATS] = new_stats
+    return out, with_extra_row(model, full, row)

@@ -28,7 +28,7 @@ def sequence_loss(
     next_token: cross-entropy of the prediction from the state before each event vs its token (no ``y``).
     ``mask[B, T]`` (bool or 0/1) marks real events; padding is excluded.
     """
-    top_after, top_before, final = model._run(x, state)
+    top_after, top_before, final, inputs = model._run(x, state)
     valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask.bool()
     kind = model.head_kind
     if kind in ("binary", "multiclass"):
@@ -47,16 +47,10 @@ def sequence_loss(
             per_event = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
     elif kind == "forecast":
         predicted = model.head(top_before)
-        per_event = (predicted - model._normalized(x)).square().mean(-1)
+        actual = model._normalized(x) if inputs is None else inputs.normalized  # each key's own, if so
+        per_event = (predicted - actual).square().mean(-1)
     else:
         logits = model.head(top_before)
         per_event = F.cross_entropy(logits.transpose(1, 2), model._codes(x)[..., 0], reduction="none")
     weights = valid.to(per_event.dtype)
-    if model.adaptive:  # training leaves the score's statistics as they came (see _adaptive_score)
-        stats = (
-            state[:, model.num_state :]
-            if state is not None
-            else final.new_zeros((x.shape[0], 1, *final.shape[2:]))
-        )
-        final = torch.cat([final[:, : model.num_state], stats], dim=1)
     return (per_event * weights).sum() / weights.sum().clamp_min(1.0), final

@@ -7,6 +7,8 @@ What it decides for the user (each overridable from the CLI):
 - the model size from the number of events (hidden 16 up to ~2k events, 32 up to ~20k, 64 up to ~200k,
   else 96; one GRU layer), and the most epochs (fewer for more data);
 - input normalization (fitted on the training part), the time since a key's previous event as an input;
+- rows with an empty label (one not known yet, or history before the labelled period) feed their key's
+  state and are not learned from;
 - early stopping on a held-out tail of each key (the last ``holdout`` of its events; keys with fewer than
   five events train only): classifiers are validated with each key's state carried from its training part
   (labels hidden there), forecast and next-token heads on the tails themselves.
@@ -159,7 +161,7 @@ def read_file_events(
     label_counts: Counter[str] = Counter()
     token_counts: Counter[str] = Counter()
     time_format: str | None = None
-    rows = 0
+    rows = unlabelled = 0
     require_columns(Path(path), columns.used)
     bar = tqdm(desc="reading", unit="ev", unit_scale=True, disable=not options.progress, file=sys.stderr)
     with bar:
@@ -172,15 +174,10 @@ def read_file_events(
                 time_format = resolve_time_format(
                     table.column(columns.time), options.time_format, columns.time
                 )
-            if columns.label:
+            if columns.label:  # an empty label: the event feeds its key's state only (e.g. not known yet)
                 label = text_values(table.column(columns.label))
-                if label.null_count:
-                    first = int(np.flatnonzero(label.is_null().to_numpy(zero_copy_only=False))[0])
-                    raise UsageError(
-                        f"label column {columns.label!r} is empty at row {rows + first + 1}; "
-                        "fill or drop unlabelled rows"
-                    )
-                label_counts.update(label.to_pylist())
+                unlabelled += label.null_count
+                label_counts.update(v for v in label.to_pylist() if v is not None)
             if columns.token:
                 token_counts.update(
                     t for t in text_values(table.column(columns.token)).to_pylist() if t is not None
@@ -192,6 +189,11 @@ def read_file_events(
                 break
     if rows == 0 or time_format is None:
         raise UsageError(f"{path} has no rows")
+    if unlabelled:
+        notes.append(
+            f"{unlabelled:,} rows have no label: they feed their key's state (the history a stream would "
+            "have seen) but are not learned from"
+        )
     head = choose_head(columns, len(label_counts))
     schema = FileSchema(
         pipeline=options.pipeline or _pipeline_name(Path(path)),
@@ -241,6 +243,7 @@ def fit_file(
         num_layers=options.num_layers or 1,
         num_classes=max(2, len(schema.classes)),
         embedding_dim=min(16, max(4, round(len(schema.vocabulary) ** 0.5) + 1)) if columns.token else 16,
+        adaptive_inputs=True,  # forecast heads: each key's inputs normalized by its own level and scale
     )
     torch.manual_seed(options.seed)
     model = StreamingModel(config)

@@ -54,7 +54,8 @@ def test_a_level_shift_alarms_at_the_shift_and_then_settles(tmp_path: Path) -> N
     assert (s[SHIFT : SHIFT + 20] > ALARM).any(), "the level shift raised no alarm"
     settled = s[SHIFT + 400 :]
     assert (settled > ALARM).mean() < 0.005, "the new level never became normal"
-    assert (static[SHIFT + 400 :] > ALARM).mean() > 0.5  # what the frozen raw-error map does instead
+    # the key's inputs follow its new level (adaptive_inputs), so even the raw-error map settles
+    assert (static[SHIFT + 400 :] > ALARM).mean() < 0.05
     # the alert column: fit-file's threshold (at most 1% of its held-out events), no test labels involved
     alert = out["alert"].to_numpy()
     assert alert[SHIFT : SHIFT + 20].any()

@@ -1,6 +1,7 @@
 """The contract every cell x head must keep (in the spirit of river's ``checks``).
 
-For each of rnn/lstm/gru x binary/forecast/multiclass/next_token, on a small two-layer model whose inputs
+For each of rnn/lstm/gru x binary/forecast/multiclass/next_token (and forecast with per-key input
+normalization, ``adaptive_inputs``), on a small two-layer model whose inputs
 have continuous columns, a token column and the time delta, with irregular gaps between events:
 
 - streaming == offline: events streamed through ``StreamScorer`` give ``forward``'s outputs (abs tol 1e-5);
@@ -25,7 +26,8 @@ from rnnstream.rnn_core.serialization import load_model, save_model
 from rnnstream.rnn_core.state_store import KeyedStateStore
 from rnnstream.rnn_core.stream_scorer import StreamScorer
 
-COMBOS = list(itertools.product(CELLS, HEADS))
+DRIFT = "forecast+inputs"  # a forecast head whose keys normalize their inputs with their own level and scale
+COMBOS = list(itertools.product(CELLS, (*HEADS, DRIFT)))
 IDS = [f"{cell}-{head}" for cell, head in COMBOS]
 SPEC = FeatureSpec(
     numeric=("a", "b"), categorical=("token",), vocabularies=(("x", "y", "z"),), use_time_delta=True
@@ -35,7 +37,15 @@ ATOL = 1e-5
 
 def build(cell: str, head: str, seed: int = 0) -> StreamingModel:
     torch.manual_seed(seed)
-    config = ModelConfig(features=SPEC, cell=cell, head=head, hidden_size=8, num_layers=2, num_classes=3)
+    config = ModelConfig(
+        features=SPEC,
+        cell=cell,
+        head="forecast" if head == DRIFT else head,
+        hidden_size=8,
+        num_layers=2,
+        num_classes=3,
+        adaptive_inputs=head == DRIFT,
+    )
     model = StreamingModel(config)
     model.fit_normalization(np.array([[1.0, -2.0, 0, 0], [3.0, 2.0, 0, 0]], np.float32))
     return model.eval()

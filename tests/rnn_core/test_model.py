@@ -77,7 +77,9 @@ def test_step_equals_forward_and_final_states_equal(cell, head, layers):
         out_step, state_step = step_through(model, x, start)
     assert out_fwd.shape == (3, 9, len(model.output_names()))
     assert state_fwd.shape == state_step.shape == (3, *model.state_shape)
-    torch.testing.assert_close(out_step, out_fwd, atol=1e-5, rtol=0)
+    # rtol: anomaly_z is unbounded (~100 from this random statistics slab), where 1e-5 is below one float32
+    # ulp; every bounded output is held to the law's 1e-5
+    torch.testing.assert_close(out_step, out_fwd, atol=1e-5, rtol=1e-6)
     torch.testing.assert_close(state_step, state_fwd, atol=1e-5, rtol=0)
     # The outputs depend on the start state (the law is not vacuous) ...
     out_zero, _ = model(x, model.init_state(3))

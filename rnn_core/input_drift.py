@@ -1,0 +1,132 @@
+"""Per-key input normalization that follows drift (forecast heads with an adaptive score).
+
+Why: a forecaster whose inputs are normalized with statistics frozen at the end of training sees, after a
+level shift, a slow drift or a change of variance, inputs it was never trained on; its errors then stay
+large for the rest of the series and no score built on them settles. So each key normalizes its continuous
+inputs with its *own* running level and scale, kept beside the recurrent state (checkpointed, restored, equal
+offline and online like the rest of the state):
+
+- ``count``: events seen (capped, exact in float32);
+- per column ``level`` / ``var``: exponentially weighted mean and variance over the last ~``window`` events
+  (a plain mean at first), starting from the training data's mean and variance as ``prior_events``
+  pseudo-events, so a new key starts where the training data was;
+- updated robustly: a value further than ``clip_sigmas`` from the level counts as that far, so one spike
+  does not blow up the scale; a lasting change still moves it (the variance grows with every clipped
+  deviation, which widens the clip), over about the window.
+
+An event is normalized with the statistics *before* it (``(x - level) / sqrt(var)``): what the model sees
+and what its forecast is compared with. The statistics *after* it turn the forecast of the next event back
+into original units. A change alarms while the statistics have not caught up, and then the new level or
+scale becomes normal for that key.
+
+The recursion is one compiled loop (numba, no fastmath: the same float32 operations in the same order for
+one event and for a whole sequence, so stepping equals the full sequence bit for bit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import torch
+from torch import Tensor
+
+_MAX_COUNT = 1.0e6
+_MIN_VAR_FRACTION = 1e-4  # a key's variance stays at least this share of the training variance
+
+
+@dataclass(frozen=True)
+class DriftWindow:
+    """How fast a key's input level and scale follow it (events), and the weight of the training prior."""
+
+    window: int = 200
+    prior_events: int = 20
+    clip_sigmas: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.window < 2 or self.prior_events < 1 or self.clip_sigmas <= 0:
+            raise ValueError("need window >= 2, prior_events >= 1 and clip_sigmas > 0")
+
+
+def drift_stats_size(num_columns: int) -> int:
+    """Values one key keeps: its count, and a level and a variance per continuous column."""
+    return 1 + 2 * num_columns
+
+
+def normalize_sequence(
+    cont: Tensor, stats: Tensor, mean: Tensor, var: Tensor, window: DriftWindow
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Continuous inputs ``cont[B, T, n]`` of each key in order, from its ``stats[B, 1 + 2n]`` (count 0: a
+    new key, starting from the training ``mean[n]`` / ``var[n]``) ->
+    (normalized ``[B, T, n]`` with the statistics before each event, level and scale after each event
+    ``[B, T, n]`` each, final stats ``[B, 1 + 2n]``). Data only: nothing here carries a gradient."""
+    b, t, n = cont.shape
+    device = cont.device
+    x = np.ascontiguousarray(cont.detach().cpu().float().numpy())
+    st = np.ascontiguousarray(stats.detach().cpu().float().numpy()).copy()
+    m0 = mean.detach().cpu().float().numpy()
+    v0 = var.detach().cpu().float().numpy()
+    normalized = np.empty((b, t, n), np.float32)
+    level = np.empty((b, t, n), np.float32)
+    scale = np.empty((b, t, n), np.float32)
+    _recursion(
+        x,
+        st,
+        m0,
+        v0,
+        np.float32(window.window),
+        np.float32(window.prior_events),
+        np.float32(window.clip_sigmas),
+        normalized,
+        level,
+        scale,
+    )
+
+    def back(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(a).to(device)
+
+    return back(normalized), back(level), back(scale), back(st)
+
+
+def key_level_scale(stats: Tensor, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+    """Each key's current input (level ``[B, n]``, scale ``[B, n]``) from ``stats[B, 1 + 2n]`` (a new key:
+    the training mean and standard deviation)."""
+    n = mean.shape[0]
+    fresh = stats[:, :1] <= 0
+    level = torch.where(fresh, mean, stats[:, 1 : 1 + n])
+    v = torch.where(fresh, var, stats[:, 1 + n : 1 + 2 * n])
+    return level, torch.maximum(v, var * _MIN_VAR_FRACTION).sqrt()
+
+
+@numba.njit(cache=True, nogil=True)
+def _recursion(x, st, m0, v0, window, prior, clip, normalized, level_out, scale_out):  # pragma: no cover
+    b, t, n = x.shape
+    one = np.float32(1.0)
+    min_a = one / window
+    max_count = np.float32(_MAX_COUNT)
+    min_frac = np.float32(_MIN_VAR_FRACTION)
+    for k in range(b):
+        count = st[k, 0]
+        if count <= 0:
+            for j in range(n):
+                st[k, 1 + j] = m0[j]
+                st[k, 1 + n + j] = v0[j]
+        for i in range(t):
+            a = max(one / (count + one + prior), min_a)
+            for j in range(n):
+                lv = st[k, 1 + j]
+                var = max(st[k, 1 + n + j], min_frac * v0[j])
+                s = np.float32(np.sqrt(var))
+                d = x[k, i, j] - lv
+                normalized[k, i, j] = d / s
+                spread = clip * s
+                d = min(max(d, -spread), spread)
+                lv = lv + a * d
+                var = (one - a) * (var + a * d * d)
+                st[k, 1 + j] = lv
+                st[k, 1 + n + j] = var
+                level_out[k, i, j] = lv
+                scale_out[k, i, j] = np.float32(np.sqrt(max(var, min_frac * v0[j])))
+            count = min(count + one, max_count)
+        st[k, 0] = count
