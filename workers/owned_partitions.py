@@ -1,8 +1,8 @@
-"""OwnedPartitions: the partitions a scoring worker owns, with their checkpoints and gauges.
+"""OwnedPartitions: the partitions a scoring worker owns, with their checkpoints and state gauges.
 
 Opened from their newest checkpoints (the restore is counted), checkpointed when due (after freeing expired
-keys) or when released, each with its :class:`PartitionOffsets`; the keys, state-bytes and lag gauges follow
-what is owned now (a released partition's lag series is dropped from the worker's numbers).
+keys) or when released, each with its :class:`PartitionOffsets`; the keys and state-bytes gauges follow what
+is owned now. (Lag is read from the broker apart from the worker's clients: :mod:`partition_lag`.)
 """
 
 from __future__ import annotations
@@ -101,9 +101,6 @@ class OwnedPartitions:
     def apply(self, clients: WorkerClients) -> None:
         """Make the consumer read exactly the owned partitions, each from its next offset."""
         clients.assign(self.next_offsets())
-        for p in list(self.metrics.lag):
-            if p not in self._parts:
-                self.metrics.forget_partition(p)
         self.update_state_gauges()
 
     def release(self, partitions: list[int]) -> dict[int, int]:
@@ -144,16 +141,6 @@ class OwnedPartitions:
                 self.checkpoint(part)
 
     # ------------------------------------------------------------------------------------------ gauges
-
-    def update_lag(self, clients: WorkerClients) -> None:
-        """Lag per owned partition from the broker's end offsets."""
-        if not self._parts:
-            return
-        for p, end in clients.end_offsets(sorted(self._parts)).items():
-            part = self._parts.get(p)
-            if part is not None:
-                self.metrics.set_lag(p, max(0, end - part.offsets.next_offset))
-        self.update_state_gauges()
 
     def update_state_gauges(self) -> None:
         stores = [part.store for part in self._parts.values()]

@@ -19,48 +19,45 @@ transactions the offsets are committed only after every send of the batch succee
 
 Failures: bad input never raises (rejects and scoring failures go to the dead-letter topic, see
 :mod:`scoring_partition`); only Kafka errors reset the partitions to their checkpoints, with a bounded
-exponential backoff. ``status()`` says so: errors, resets, the last error and since when it keeps failing.
+exponential backoff. ``status()`` says so (:mod:`failure_record`): errors, resets, the last error and since
+when it keeps failing. Lag is read from the broker by a watcher of its own (:mod:`partition_lag`), so it
+stays true while the loop fails; the per-partition series are served on the worker's own Prometheus
+endpoint (:mod:`partition_metrics_endpoint`), where a released partition's series disappears.
 
 Backpressure: at most ``max_in_flight`` events are scored but not committed; then the worker pauses its
 partitions and commits. The consumer's fetch buffer is bounded, so a slow sink grows the lag, not memory.
 
-Hot swap: :meth:`ScoringWorker.prepare_model` attaches a challenger that scores the same events with its own
-states (shadow, optionally into ``<pipeline>.scores.shadow``); :meth:`ScoringWorker.switch_model` makes it
-the champion at a commit boundary and checkpoints its states there.
+Hot swap (:mod:`served_models`): :meth:`ScoringWorker.prepare_model` attaches a challenger that scores the
+same events with its own states (shadow, optionally into ``<pipeline>.scores.shadow``);
+:meth:`ScoringWorker.switch_model` makes it the champion at a commit boundary and checkpoints its states
+there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
-import numpy as np
-
-from rnnstream.workers.archive_warmup import ArchiveWarmup
 from rnnstream.workers.event_codec import EventDecoder
+from rnnstream.workers.failure_record import FailureRecord, backoff_delays
 from rnnstream.workers.loop_calls import LoopCalls
 from rnnstream.workers.owned_partitions import OwnedPartitions
 from rnnstream.workers.partition_checkpoint import PartitionCheckpoints
 from rnnstream.workers.scores_transaction import ProducerFenced
-from rnnstream.workers.scoring_partition import LoadedModel, ScoringPartition, feature_mismatch
+from rnnstream.workers.scoring_partition import ScoringPartition
+from rnnstream.workers.served_models import ModelIncompatible, ServedModels
 from rnnstream.workers.worker_clients import WorkerClients
 from rnnstream.workers.worker_config import ModelHandle, WorkerConfig
 from rnnstream.workers.worker_metrics import WorkerMetrics
+from rnnstream.workers.worker_report import WorkerReport
+
+__all__ = ["ModelIncompatible", "ScoringWorker"]
 
 log = logging.getLogger(__name__)
-
-MAX_BACKOFF_S = 10.0
-
-
-class ModelIncompatible(ValueError):
-    """The model reads features the pipeline's events do not carry (one line says which)."""
 
 
 class ScoringWorker:
@@ -77,37 +74,27 @@ class ScoringWorker:
 
         self.slot = int(slot)
         self.config = config
-        self.incarnation = uuid.uuid4().hex[:12]
         self.name = f"worker-{slot}"
-        self._load_model = model_loader or load_model
         self.metrics = WorkerMetrics(config.pipeline, self.name, export=export_metrics)
         self.checkpoints = PartitionCheckpoints(
             config.checkpoint_uri, config.pipeline, deployment=config.deployment
         )
         self.decoder = EventDecoder(config.schema)
-        self.champion: LoadedModel | None = None
-        self.challenger: LoadedModel | None = None
-        self.shadow_emit = False
-        self.challenger_events = 0
-        self.challenger_warmup = ArchiveWarmup()
+        self.models = ServedModels(config, model_loader or load_model)
         self.parts = OwnedPartitions(self.checkpoints, self.metrics, config.key_ttl_ms)
+        self.health = FailureRecord()
         self.paused = False
-        self.fenced = False
-        self.last_error: str | None = None
-        self.failing_since: float | None = None  # wall time of the first of the current run of failures
-        self.resets = 0
         self._calls = LoopCalls()
         self._stop = threading.Event()
         self._clients: WorkerClients | None = None
         self._in_flight = 0
-        self._pending_latency: list[tuple[np.ndarray, np.ndarray]] = []
-        self._last_lag = 0.0
-        self._heartbeat = time.time()
         with contextlib.suppress(Exception):
             import torch
 
             torch.set_num_threads(max(1, config.torch_threads))
         self._thread = threading.Thread(target=self._run, name=f"rnnstream-{self.name}", daemon=True)
+        alive = self._thread.is_alive
+        self.report = WorkerReport(self.slot, config, self.models, self.health, self.metrics, alive)
         self._thread.start()
 
     # ---------------------------------------------------------------------------------------- control API
@@ -149,39 +136,27 @@ class ScoringWorker:
         return self._on_loop(self._stop_loop, timeout=timeout)
 
     def shutdown(self, timeout: float = 60.0) -> None:
-        """:meth:`stop`, then wait for the loop thread."""
-        if self._thread.is_alive():
-            try:
-                self.stop(timeout=timeout)
-            finally:
-                self._thread.join(timeout=timeout)
+        """:meth:`stop`, then wait for the loop thread; the lag watcher and the endpoint end too."""
+        try:
+            if self._thread.is_alive():
+                try:
+                    self.stop(timeout=timeout)
+                finally:
+                    self._thread.join(timeout=timeout)
+        finally:
+            self.report.close()
 
     def status(self) -> dict[str, Any]:
-        """Cheap, lock-free status (answered from the caller's thread)."""
-        return {
-            "slot": self.slot,
-            "incarnation": self.incarnation,
-            "pid": os.getpid(),
-            "partitions": sorted(self.parts),
-            "model_version": self.champion.version if self.champion else None,
-            "challenger_version": self.challenger.version if self.challenger else None,
-            "challenger_events": self.challenger_events,
-            "alive": self._thread.is_alive(),
-            "fenced": self.fenced,
-            "heartbeat_age_s": time.time() - self._heartbeat,
-            "last_error": self.last_error,
-            "failing_for_s": None if self.failing_since is None else time.time() - self.failing_since,
-            "resets": self.resets,
-        }
+        """Cheap, lock-free status (answered from the caller's thread, see :class:`WorkerReport`)."""
+        return self.report.status()
 
     def metrics_snapshot(self) -> dict[str, Any]:
-        counts = {p: dict(part.counts) for p, part in self.parts.items()}
-        return {**self.metrics.snapshot(), **self.status(), "partition_counts": counts}
+        return self.report.metrics_snapshot()
 
     def _on_loop(self, fn: Callable[..., Any], *args: Any, timeout: float | None = 120.0) -> Any:
         """Run ``fn(*args)`` on the loop thread between cycles and return its result."""
         if not self._thread.is_alive():
-            raise RuntimeError(f"{self.name} loop is not running ({self.last_error})")
+            raise RuntimeError(f"{self.name} loop is not running ({self.health.last_error})")
         return self._calls.call(fn, *args, timeout=timeout)
 
     # ---------------------------------------------------------------------------------------- Kafka clients
@@ -204,8 +179,8 @@ class ScoringWorker:
             self._fenced(exc)
         except Exception as exc:
             self._recover_from_error(exc)
-        while not self._stop.is_set() and not self.fenced:
-            self._heartbeat = time.time()
+        while not self._stop.is_set() and not self.health.fenced:
+            self.report.beat()
             try:
                 self._calls.run_pending(reraise=(ProducerFenced,))
                 if self._stop.is_set():
@@ -214,16 +189,15 @@ class ScoringWorker:
                     self._calls.run_pending(wait_s=0.05, reraise=(ProducerFenced,))
                     continue
                 self._cycle()
-                self.failing_since = None
+                self.health.cycle_ok()
             except ProducerFenced as exc:
                 self._fenced(exc)
             except Exception as exc:  # Kafka trouble (bad input never raises): reset to checkpoints, retry
                 self._recover_from_error(exc)
-        self._calls.refuse(f"{self.name} loop ended: {self.last_error}", self._stop_loop, dict)
+        self._calls.refuse(f"{self.name} loop ended: {self.health.last_error}", self._stop_loop, dict)
 
     def _fenced(self, exc: Exception) -> None:
-        self.fenced = True
-        self.last_error = f"fenced: {exc}"[:500]
+        self.health.fence(exc)
         log.error("%s fenced by a newer incarnation; stopping without writing again", self.name)
         self._close_clients()
 
@@ -252,9 +226,6 @@ class ScoringWorker:
             self._commit()  # replay-only progress past the committed offset (e.g. all rejects)
         if not tx.open:
             self.parts.checkpoint_due(cfg.checkpoint_interval_events, cfg.checkpoint_interval_seconds)
-        if time.monotonic() - self._last_lag >= cfg.lag_every_s:
-            self._last_lag = time.monotonic()
-            self.parts.update_lag(self._clients)
 
     def _poll_batch(self) -> dict[int, list]:
         """Poll until ``max_batch_events`` events or ``batch_linger_ms`` after the first message."""
@@ -276,21 +247,21 @@ class ScoringWorker:
         m.count("events", d.events_in)
         for line in scored.errors:
             log.warning("%s: %s", self.name, line)
-            self.last_error = line[:500]
+            self.health.note(line)
             m.count("scoring_errors")
-        if part.challenger is None and self.challenger is not None:  # it failed on this partition: drop it
+        if part.challenger is None and self.models.challenger is not None:  # it failed here: drop it
             self._drop_challenger()
         if scored.rows.size:
             m.batch(int(scored.rows.size))
             if scored.shadow is not None:
-                self.challenger_events += int(scored.rows.size)
+                self.models.challenger_events += int(scored.rows.size)
         m.count("replayed", scored.replayed)
         n_emit = int(scored.emit.sum())
         too_large: list = []
         if n_emit:
             self._clients.tx.begin()
-            too_large, rows = self._clients.emitter.emit_scored(part, scored, msgs, self.shadow_emit)
-            self._pending_latency.append((rows.times, rows.timestamps))
+            too_large, rows = self._clients.emitter.emit_scored(part, scored, msgs, self.models.shadow_emit)
+            self.metrics.scores_sent(rows.times, rows.timestamps)
         rejects = [*scored.rejects, *too_large]
         if rejects:
             self._clients.tx.begin()
@@ -303,7 +274,7 @@ class ScoringWorker:
         problem = part.check_counts()
         if problem:
             log.error("%s: %s", self.name, problem)
-            self.last_error = problem
+            self.health.note(problem)
 
     # ----------------------------------------------------------------------------------- commit and lag
 
@@ -313,12 +284,7 @@ class ScoringWorker:
         self._clients.commit(self.parts.uncommitted_offsets())
         self._in_flight = 0
         self.parts.mark_committed()
-        if self._pending_latency:
-            now_ms = time.time() * 1000
-            ev = np.concatenate([t for t, _ in self._pending_latency])
-            ap = np.concatenate([a for _, a in self._pending_latency])
-            self._pending_latency.clear()
-            self.metrics.latencies(now_ms - ev, now_ms - ap)
+        self.metrics.scores_committed()
 
     def _pause(self) -> None:
         if not self.paused and self.parts:
@@ -333,21 +299,6 @@ class ScoringWorker:
             self.paused = False
             self.metrics.set_gauge("paused", 0)
 
-    def _loaded(self, handle: ModelHandle) -> LoadedModel:
-        """Load ``handle`` and check that the pipeline's events carry every feature it reads."""
-        run = LoadedModel.of(handle, self._load_model(handle.locator))
-        problem = feature_mismatch(run.model.config.features, self.config.schema)
-        if problem:
-            raise ModelIncompatible(f"model {handle.version} cannot serve {self.config.pipeline}: {problem}")
-        return run
-
-    def _ensure_model(self, handle: ModelHandle) -> None:
-        if self.champion is not None and self.champion.handle == handle:
-            return
-        if self.parts:
-            raise RuntimeError("release all partitions before changing the model without a hot swap")
-        self.champion = self._loaded(handle)
-
     # ------------------------------------------------------------------------------------------- commands
 
     def _quiesce(self) -> None:
@@ -357,10 +308,11 @@ class ScoringWorker:
 
     def _assign(self, partitions: list[int], handle: ModelHandle) -> list[int]:
         self._quiesce()
-        self._ensure_model(handle)
+        self.models.ensure_champion(handle, self.parts)
         for p in sorted(set(partitions) - set(self.parts)):
-            self.parts.open(p, self.champion, self.challenger, self._clients)
+            self.parts.open(p, self.models.champion, self.models.challenger, self._clients)
         self.parts.apply(self._clients)
+        self.report.publish(self.parts)
         return sorted(self.parts)
 
     def _set_partitions(self, partitions: list[int], handle: ModelHandle) -> list[int]:
@@ -373,6 +325,7 @@ class ScoringWorker:
         self._quiesce()
         out = self.parts.release(partitions)
         self.parts.apply(self._clients)
+        self.report.publish(self.parts)
         return out
 
     def _final_checkpoint(self) -> dict[int, int]:
@@ -392,80 +345,49 @@ class ScoringWorker:
         return out
 
     def _prepare_model(self, handle: ModelHandle, shadow: bool) -> dict[int, int]:
-        challenger = self._loaded(handle)
+        challenger = self.models.load(handle)
         self._quiesce()
-        self.challenger = challenger
-        self.challenger_warmup = ArchiveWarmup()
-        for part in self.parts.values():
-            part.attach_challenger(challenger)
-            if self.config.warmup_archive_uri:
-                self.challenger_warmup += part.warm_challenger_from_archive(
-                    self.config.warmup_archive_uri, self.config.pipeline, self.config.warmup_archive_events
-                )
-        self.challenger_events = 0
-        self.shadow_emit = shadow
-        return {p: part.offsets.next_offset for p, part in self.parts.items()}
+        return self.models.prepare(challenger, shadow, self.parts)
 
     def _switch_model(self) -> dict[str, Any]:
-        if self.challenger is None:
+        if self.models.challenger is None:
             raise RuntimeError("no challenger prepared")
         self._quiesce()
-        self.champion, self.challenger = self.challenger, None
-        self.shadow_emit = False
-        offsets, warmed, cold = {}, 0, 0
-        for p in sorted(self.parts):
-            part = self.parts[p]
-            served, learned = part.key_counts()
-            warmed += learned
-            cold += max(0, served - learned)
-            part.promote_challenger()
-            self.parts.checkpoint(part)
-            offsets[p] = part.offsets.next_offset
-        return {
-            "offsets": offsets,
-            "keys_warmed": warmed,
-            "keys_cold": cold,
-            **asdict(self.challenger_warmup),
-        }
+        return self.models.switch(self.parts)
 
     def _drop_challenger(self) -> None:
-        self.challenger = None
-        self.shadow_emit = False
-        self.challenger_events = 0
-        for part in self.parts.values():
-            part.drop_challenger()
+        self.models.drop(self.parts)
 
     # ----------------------------------------------------------------------------------------- recovery
 
     def _recover_from_error(self, exc: Exception) -> None:
         """Abort, drop the clients, and reconnect with a bounded exponential backoff; then every partition
         starts again from its checkpoint (replaying what was not committed)."""
-        self.last_error = f"{type(exc).__name__}: {exc}"[:500]
-        self.failing_since = self.failing_since or time.time()
+        self.health.failed(exc)
         self.metrics.count("kafka_errors")
-        log.warning("%s: %s; resetting to checkpoints", self.name, self.last_error)
+        log.warning("%s: %s; resetting to checkpoints", self.name, self.health.last_error)
         if self._clients is not None:
             with contextlib.suppress(Exception):
                 self._clients.tx.abort()
-        self._pending_latency.clear()
+        self.metrics.scores_aborted()
         self._close_clients()
         self.paused = False
-        backoff = self.config.error_backoff_s
-        while not self._stop.is_set():
-            self._stop.wait(backoff)
-            backoff = min(MAX_BACKOFF_S, backoff * 2)
-            self._heartbeat = time.time()
+        for delay in backoff_delays(self.config.error_backoff_s):
+            if self._stop.wait(delay):
+                return
+            self.report.beat()
             self._calls.refuse(
-                f"{self.name} cannot reach Kafka: {self.last_error}", self._stop_loop, self._stop_now
+                f"{self.name} cannot reach Kafka: {self.health.last_error}", self._stop_loop, self._stop_now
             )
             try:
                 self._connect()
                 self._clients.tx.abort_dangling(
                     sorted(self.parts), [self.config.scores_topic, self.config.shadow_topic]
                 )
-                self.challenger_events = 0
-                self.parts.reopen_all(self.champion, self.challenger, self._clients)
-                self.resets += 1
+                self.models.challenger_events = 0
+                self.parts.reopen_all(self.models.champion, self.models.challenger, self._clients)
+                self.report.publish(self.parts)
+                self.health.resets += 1
                 self.metrics.count("resets")
                 return
             except ProducerFenced as again:
@@ -473,6 +395,6 @@ class ScoringWorker:
                 self._stop.set()
                 return
             except Exception as again:
-                self.last_error = f"{type(again).__name__}: {again}"[:500]
+                self.health.failed(again)
                 self.metrics.count("kafka_errors")
                 self._close_clients()

@@ -49,7 +49,7 @@ class ScoringWorkerActor:
         return self.worker.prepare_model(handle, shadow)
 
     def challenger_events(self) -> int:
-        return self.worker.challenger_events
+        return self.worker.models.challenger_events
 
     def switch_model(self) -> dict[str, Any]:
         return self.worker.switch_model()

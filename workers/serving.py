@@ -178,7 +178,9 @@ def status_line(status: dict[str, Any]) -> str:
     ws = status.get("workers", [])
     scored = sum(int(w.get("scored", 0)) for w in ws)
     dlq = sum(int(w.get("dead_lettered", 0)) for w in ws)
-    lag = sum(int(w.get("lag_total", 0)) for w in ws)
+    lag: int | str = sum(int(w.get("lag_total", 0)) for w in ws)
+    if any(w.get("lag_error") for w in ws):  # the broker did not answer: no number rather than a stale one
+        lag = "?"
     keys = sum(int(w.get("keys", 0)) for w in ws)
     restarts = sum(int(w.get("restarts", 0)) for w in ws)
     errors = sum(int(w.get("kafka_errors", 0)) + int(w.get("scoring_errors", 0)) for w in ws)
@@ -197,6 +199,9 @@ def status_line(status: dict[str, Any]) -> str:
         line += f" | swap to {last.get('to')} FAILED: {last['error']}"
     elif last and "keys_warmed" in last:
         line += f" | last swap to {last['to']}: keys warmed {last['keys_warmed']}, cold {last['keys_cold']}"
+    for w in ws:
+        if w.get("lag_error"):
+            line += f" | worker {w.get('slot')} LAG UNKNOWN: {w['lag_error']}"
     if status.get("ownership_conflicts"):
         line += f" | OWNERSHIP CONFLICTS seen {status['ownership_conflicts']} times"
     failing = [w for w in ws if w.get("error") or w.get("failing_for_s") is not None or w.get("fenced")]

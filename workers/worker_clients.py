@@ -129,8 +129,3 @@ class WorkerClients:
 
     def resume(self, partitions: Iterable[int]) -> None:
         self.consumer.resume(*[self._tp(p) for p in partitions])
-
-    def end_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
-        """The broker's end offset of each partition (a network call)."""
-        ends = self.consumer.end_offsets([self._tp(p) for p in partitions])
-        return {tp.partition: int(end) for tp, end in ends.items() if end is not None}

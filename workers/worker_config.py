@@ -66,7 +66,8 @@ class WorkerConfig:
     max_poll_records: int = 4096
     fetch_max_bytes: int = 8 * 1024 * 1024
     max_partition_fetch_bytes: int = 2 * 1024 * 1024
-    lag_every_s: float = 1.0
+    lag_every_s: float = 1.0  # how often lag is read from the broker (apart from the worker's clients)
+    metrics_port: int | None = 0  # per-partition Prometheus series on this port + slot (0: any free port)
     error_backoff_s: float = 0.5
     commit_timeout_ms: int = 15_000
     torch_threads: int = 1

@@ -2,10 +2,11 @@
 as plain numbers too, so ``rnnstream status`` can print them per worker without a Prometheus.
 
 Counters: events, dead-lettered, scored, replayed (state updated, nothing emitted), evicted keys, restores,
-checkpoints, Kafka errors, resets to checkpoints, scoring errors, pauses. Gauges: keys held, state bytes, lag
-per partition, paused. Histograms: batch size, checkpoint duration, latency event time -> score written and
-broker append -> score written. The local copy keeps the latest latencies in a fixed ring (no growth) for
-p50/p99.
+checkpoints, Kafka errors, resets to checkpoints, scoring errors, pauses. Gauges: keys held, state bytes,
+paused. Per-partition series (lag, counts) are not here: a Ray gauge cannot drop the series of a released
+partition, so the worker serves them itself (:mod:`partition_metrics_endpoint`). Histograms: batch size,
+checkpoint duration, latency event time -> score written and broker append -> score written. The local copy
+keeps the latest latencies in a fixed ring (no growth) for p50/p99.
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ class _RayMetrics:
             "keys": gauge("keys", "stream keys held in state"),
             "state_bytes": gauge("state_bytes", "bytes of recurrent state held"),
             "paused": gauge("paused", "1 while the worker holds its partitions paused (backpressure)"),
-            "lag": gauge("lag", "events behind the partition's end", ("partition",)),
         }
         self.hists = {
             "batch_size": hist("batch_size", "events per scored micro-batch", BATCH_BOUNDARIES),
@@ -96,7 +96,7 @@ class WorkerMetrics:
         self.tags = {"pipeline": pipeline, "worker": worker}
         self.counts: dict[str, int] = dict.fromkeys(self.COUNTERS, 0)
         self.gauges: dict[str, float] = {"keys": 0, "state_bytes": 0, "paused": 0}
-        self.lag: dict[int, int] = {}
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # (event, append) times of sent scores
         self.batches = 0
         self.batch_events = 0
         self.last_checkpoint_ms = 0.0
@@ -123,14 +123,6 @@ class WorkerMetrics:
         if self._ray is not None:
             self._ray.gauges[name].set(float(value), tags=self.tags)
 
-    def set_lag(self, partition: int, lag: int) -> None:
-        self.lag[int(partition)] = int(lag)
-        if self._ray is not None:
-            self._ray.gauges["lag"].set(float(lag), tags={**self.tags, "partition": str(partition)})
-
-    def forget_partition(self, partition: int) -> None:
-        self.lag.pop(int(partition), None)
-
     def batch(self, size: int) -> None:
         self.batches += 1
         self.batch_events += int(size)
@@ -142,6 +134,21 @@ class WorkerMetrics:
         self.count("checkpoints")
         if self._ray is not None:
             self._ray.hists["checkpoint_ms"].observe(float(duration_ms), tags=self.tags)
+
+    def scores_sent(self, event_times_ms: np.ndarray, append_times_ms: np.ndarray) -> None:
+        """Scores were sent into the open transaction; their latencies count once it commits."""
+        self._pending.append((event_times_ms, append_times_ms))
+
+    def scores_committed(self) -> None:
+        if self._pending:
+            now_ms = time.time() * 1000
+            ev = np.concatenate([t for t, _ in self._pending])
+            ap = np.concatenate([a for _, a in self._pending])
+            self._pending.clear()
+            self.latencies(now_ms - ev, now_ms - ap)
+
+    def scores_aborted(self) -> None:
+        self._pending.clear()
 
     def latencies(self, event_ms: np.ndarray, append_ms: np.ndarray) -> None:
         """Record latencies (ms) of scores just committed; the Ray histograms get a bounded sample."""
@@ -177,8 +184,6 @@ class WorkerMetrics:
             **self.tags,
             **self.counts,
             **self.gauges,
-            "lag": dict(self.lag),
-            "lag_total": int(sum(self.lag.values())),
             "batches": self.batches,
             "mean_batch": (self.batch_events / self.batches) if self.batches else 0.0,
             "last_checkpoint_ms": self.last_checkpoint_ms,

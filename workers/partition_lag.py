@@ -1,0 +1,151 @@
+"""Lag of a worker's partitions, read from the broker by a watcher of its own, apart from the worker's loop.
+
+The worker's loop thread does everything Kafka with its own clients; while those fail (reset to checkpoints,
+backing off) or the loop is stuck between cycles, it cannot read end offsets. So a :class:`LagWatch` thread
+reads them every ``lag_every_s`` with a short-lived consumer of its own (no group membership, no assignment;
+it only asks the broker): each owned partition's end offset (the last stable offset, as ``read_committed``
+sees it) and the group's committed offset.
+
+Lag of a partition = end offset - the worker's position, where the position is the larger of the worker's
+next offset and the committed offset while its loop runs, and the committed offset while it fails (what it
+did not commit it will do again). When the broker does not answer, the reading says so (``error``) and holds
+no numbers: a stale lag is never shown as fresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rnnstream.workers.worker_config import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+READ_TIMEOUT_MS = 5_000
+
+
+@dataclass(frozen=True)
+class LagReading:
+    """One read of the broker: lag per partition (only partitions read now), when, and why not."""
+
+    lag: dict[int, int] = field(default_factory=dict)
+    at: float | None = None  # wall time of the read (None: never read)
+    error: str | None = None  # the broker did not answer this time: ``lag`` is empty
+
+    def status(self) -> dict[str, object]:
+        """``lag_error`` (why the last read failed, or None) and ``lag_age_s`` (seconds since the last
+        successful read; None: never read)."""
+        return {"lag_error": self.error, "lag_age_s": None if self.at is None else time.time() - self.at}
+
+
+class BrokerOffsets:
+    """End and committed offsets of the events topic's partitions, from a consumer of its own."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self._consumer = None
+
+    def read(self, partitions: list[int]) -> tuple[dict[int, int], dict[int, int | None]]:
+        """(end offset, the group's committed offset or None) of each partition; raises when the broker
+        does not answer (the consumer is dropped then and made again next time)."""
+        from kafka import TopicPartition
+
+        try:
+            consumer = self._connect()
+            tps = [TopicPartition(self.config.events_topic, p) for p in partitions]
+            ends = consumer.end_offsets(tps, timeout_ms=READ_TIMEOUT_MS)
+            committed = {tp.partition: consumer.committed(tp, timeout_ms=READ_TIMEOUT_MS) for tp in tps}
+        except Exception:
+            self.close()
+            raise
+        return {tp.partition: int(end) for tp, end in ends.items() if end is not None}, committed
+
+    def _connect(self) -> Any:
+        if self._consumer is None:
+            from kafka import KafkaConsumer
+
+            kw = {**self.config.kafka.client_kwargs(), "request_timeout_ms": READ_TIMEOUT_MS + 1_000}
+            self._consumer = KafkaConsumer(
+                **kw,
+                group_id=self.config.group_id,  # to read the group's committed offsets; never joins it
+                enable_auto_commit=False,
+                isolation_level="read_committed",
+            )
+        return self._consumer
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                self._consumer.close(autocommit=False)
+        self._consumer = None
+
+
+def lag_of(
+    ends: dict[int, int], committed: dict[int, int | None], next_offsets: dict[int, int], healthy: bool
+) -> dict[int, int]:
+    """Lag per partition of ``next_offsets`` that the broker reported an end for (see the module doc)."""
+    out = {}
+    for p, nxt in next_offsets.items():
+        if p not in ends:
+            continue
+        done = committed.get(p) or 0
+        position = max(done, nxt) if healthy else done
+        out[p] = max(0, ends[p] - position)
+    return out
+
+
+class LagWatch:
+    """A daemon thread that reads the lag of what ``positions()`` names every ``every_s`` seconds.
+
+    ``positions()`` returns ``(next offset per owned partition, whether the worker's loop is healthy)``;
+    it is called from this thread, so it must only read a snapshot the loop publishes.
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        positions: Callable[[], tuple[dict[int, int], bool]],
+        every_s: float,
+        name: str = "lag",
+    ) -> None:
+        self.reading = LagReading()
+        self._offsets = BrokerOffsets(config)
+        self._positions = positions
+        self._every_s = max(0.05, float(every_s))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"rnnstream-{name}-lag", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> LagReading:
+        """Read once (only from this watcher's thread: the consumer is not thread safe)."""
+        next_offsets, healthy = self._positions()
+        if not next_offsets:
+            self.reading = LagReading(at=time.time())
+            return self.reading
+        try:
+            ends, committed = self._offsets.read(sorted(next_offsets))
+        except Exception as exc:
+            error = f"broker unreachable for lag: {type(exc).__name__}: {exc}"[:300]
+            if error != self.reading.error:
+                log.warning("%s", error)
+            self.reading = LagReading(at=self.reading.at, error=error)
+            return self.reading
+        self.reading = LagReading(lag_of(ends, committed, next_offsets, healthy), at=time.time())
+        return self.reading
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):  # never let the watcher die; _read reports errors
+                self._read()
+            self._stop.wait(self._every_s)
+        self._offsets.close()
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=timeout)
