@@ -52,6 +52,21 @@ def test_dockerfile_pins_the_ray_base_and_selects_cuda_by_build_arg():
     assert runs.count("-c constraints.txt") >= 2, "every pip install must use the pinned constraints"
 
 
+def test_the_image_can_run_mlflows_basic_auth_app():
+    """The chart starts `mlflow server --app-name basic-auth`, which imports Flask-WTF: the image installs it,
+    at the version constraints.txt pins (the version the tests start the server with)."""
+    from importlib.metadata import version
+
+    args = {
+        rest.split("=", 1)[0]: rest.split("=", 1)[1].strip('"')
+        for word, rest in _instructions()
+        if word == "ARG" and "=" in rest
+    }
+    pinned = f"Flask-WTF=={version('Flask-WTF')}"
+    assert pinned in args["MLFLOW_SERVER_EXTRAS"].split()
+    assert pinned in (REPO_ROOT / "constraints.txt").read_text().splitlines()
+
+
 def test_dockerfile_runs_as_non_root_and_bakes_in_no_secrets():
     instructions = _instructions()
     users = [rest for word, rest in instructions if word == "USER"]

@@ -237,7 +237,7 @@ def test_network_policies_cover_every_pod(render, profile):
     policies = by_kind(docs, "NetworkPolicy")
     assert policies
     for policy in policies:
-        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        assert "Ingress" in policy["spec"]["policyTypes"]
         for rule in policy["spec"]["ingress"]:
             assert rule.get("from"), (
                 f"{policy['metadata']['name']}: an ingress rule without `from` admits all"
@@ -324,7 +324,7 @@ def _merge(base: dict, override: dict) -> None:
 
 
 def _config(docs: list[dict]) -> dict:
-    (cm,) = by_kind(docs, "ConfigMap")
+    (cm,) = [c for c in by_kind(docs, "ConfigMap") if c["metadata"]["name"].endswith("-config")]
     return yaml.safe_load(cm["data"]["config.yaml"])
 
 

@@ -95,6 +95,18 @@ rnnstream.io/ray: "true"
 {{- end -}}
 {{- end -}}
 
+{{- define "rnnstream.mlflowAuthSecretName" -}}
+{{- default (printf "%s-mlflow-auth" (include "rnnstream.fullname" .)) .Values.mlflow.auth.existingSecret -}}
+{{- end -}}
+
+{{/* The rnnstream pods log in to MLflow: to the release's own server when its basic-auth is on, to an
+external one when mlflow.auth.existingSecret names its credentials. */}}
+{{- define "rnnstream.mlflowCredentials" -}}
+{{- if .Values.mlflow.auth.enabled -}}
+{{- if or (include "rnnstream.mlflowDeployed" .) (and .Values.mlflow.external.uri .Values.mlflow.auth.existingSecret) -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Pod pieces -------------------------------------------------------------------------------------------- */}}
 
 {{- define "rnnstream.image" -}}
@@ -166,6 +178,18 @@ injects the same variables from authOptions; setting them here as well covers th
 {{- with (include "rnnstream.mlflowTrackingUri" .) }}
 - name: MLFLOW_TRACKING_URI
   value: {{ . | quote }}
+{{- end }}
+{{- if include "rnnstream.mlflowCredentials" . }}
+- name: MLFLOW_TRACKING_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "rnnstream.mlflowAuthSecretName" . }}
+      key: {{ .Values.mlflow.auth.usernameKey }}
+- name: MLFLOW_TRACKING_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "rnnstream.mlflowAuthSecretName" . }}
+      key: {{ .Values.mlflow.auth.passwordKey }}
 {{- end }}
 {{- with .Values.objectStore.endpointUrl }}
 - name: AWS_ENDPOINT_URL
