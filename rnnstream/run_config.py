@@ -11,7 +11,8 @@ The Helm chart renders it into a ConfigMap and points ``--config`` and ``$RNNSTR
       sasl_mechanism: SCRAM-SHA-512
       ssl_cafile: /etc/rnnstream-kafka/ca.crt
     serving: {checkpoint_uri: s3://..., key_ttl_seconds: 86400, max_batch_events: 4096, batch_linger_ms: 20,
-              checkpoint_interval_events: 50000, checkpoint_interval_seconds: 30}   # each optional
+              checkpoint_interval_events: 50000, checkpoint_interval_seconds: 30,
+              warmup_archive_events: 256}   # each optional
     archive: {uri: s3://rnnstream-archive/events}
     mlflow: {tracking_uri: http://rnnstream-mlflow:5000}
 
@@ -97,6 +98,7 @@ class ServingSection:
     batch_linger_ms: int | None = None
     checkpoint_interval_events: int | None = None
     checkpoint_interval_seconds: float | None = None
+    warmup_archive_events: int | None = None  # a hot swap warms each key from this many archived events
 
     def apply_to(self, defaults: ServingDefaults, partitions: int | None = None) -> ServingDefaults:
         """``defaults`` with every value this section sets (and ``partitions``, e.g. from the pipeline's
@@ -310,6 +312,7 @@ def _check_serving(s: ServingSection, source: str) -> None:
         "max_batch_events": 1,
         "checkpoint_interval_events": 1,
         "batch_linger_ms": 0,
+        "warmup_archive_events": 0,
     }
     for key, low in minimum.items():
         value = getattr(s, key)

@@ -11,6 +11,7 @@ what it runs with.
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -27,9 +28,33 @@ SERVING_SETTINGS = (
     "key_ttl_seconds",
     "checkpoint_interval_events",
     "checkpoint_interval_seconds",
+    "warmup_archive_events",
 )
+# The flag of each serving setting: its type and what it does (the file key is the setting's name).
+_SERVING_FLAG_HELP: dict[str, tuple[type, str]] = {
+    "max_batch_events": (int, "largest micro-batch a worker scores at once"),
+    "batch_linger_ms": (int, "how long a worker waits to fill a micro-batch"),
+    "key_ttl_seconds": (float, "event time a key may be idle before its state is dropped"),
+    "checkpoint_interval_events": (int, "checkpoint a partition after this many events ..."),
+    "checkpoint_interval_seconds": (float, "... or after this many seconds"),
+    "warmup_archive_events": (int, "a hot-swap challenger warms each key from this many archived events"),
+}
 DEPLOYMENT_ENV = "RNNSTREAM_DEPLOYMENT_NAME"
 CHECKPOINT_ENV = "RNNSTREAM_CHECKPOINT_URI"
+
+
+def add_serving_flags(parser: argparse.ArgumentParser) -> None:
+    """``--name-with-dashes`` for every serving setting (default: the file, then the pipeline's default)."""
+    for name in SERVING_SETTINGS:
+        kind, text = _SERVING_FLAG_HELP[name]
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=kind, default=None, help=f"{text} (serving.{name})"
+        )
+
+
+def serving_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The serving settings given on the command line (None: not given; flags a command lacks too)."""
+    return {name: getattr(args, name, None) for name in SERVING_SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -72,7 +97,8 @@ def effective_serving(
     """The settings ``serve --pipeline pipeline`` runs with (see the module doc for the precedence).
 
     ``flags``: the command line's values by setting name (None: not given) among ``checkpoint_uri``,
-    ``deployment``, ``transactions``, ``bootstrap_servers``, ``tracking_uri`` and the serving settings.
+    ``deployment``, ``transactions``, ``bootstrap_servers``, ``tracking_uri`` and the serving settings
+    (:data:`SERVING_SETTINGS`).
     """
     env = os.environ if env is None else env
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
@@ -89,7 +115,7 @@ def effective_serving(
     for name in SERVING_SETTINGS:
         put(name, getattr(base, name), "default")
         if defaults is not None:
-            put(name, getattr(defaults, name), f"pipeline {pipeline} default")
+            put(name, getattr(defaults, name, None), f"pipeline {pipeline} default")
     put("deployment", DEFAULT_DEPLOYMENT, "default")
     put("checkpoint_uri", default_checkpoint_uri, "default")
     put("transactions", True, "default")

@@ -68,6 +68,7 @@ def test_rendered_copy_parses_into_typed_sections() -> None:
         batch_linger_ms=20,
         checkpoint_interval_events=50_000,
         checkpoint_interval_seconds=30.0,
+        warmup_archive_events=256,
     )
     fraud = get_pipeline("fraud").serving
     serving = config.serving.apply_to(fraud, partitions=config.pipeline("fraud").partitions)

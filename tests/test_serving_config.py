@@ -30,6 +30,7 @@ def test_the_chart_config_builds_the_worker_config_with_origins():
         w.checkpoint_uri == "s3://elsewhere/ckpt" and eff.origins["checkpoint_uri"] == "flag --checkpoint-uri"
     )
     assert eff.origins["batch_linger_ms"] == f"file {CHART_CONFIG}"
+    assert w.warmup_archive_events == 256 and eff.origins["warmup_archive_events"] == f"file {CHART_CONFIG}"
     # a hot swap's challenger warms each key from the archive the chart's archive job writes
     assert w.warmup_archive_uri == run.archive.uri and run.archive.uri.startswith("s3://")
     assert w.kafka.bootstrap_servers == "kafka-bootstrap.kafka.svc:9092"
@@ -72,6 +73,34 @@ def test_config_show_prints_every_setting_with_its_origin_and_masks_secrets(monk
     assert rows["mlflow.tracking_uri"] == ("http://rs-rnnstream-mlflow:5000", f"file {CHART_CONFIG}")
     assert rows["group_id"][0] == "blue-fraud-scoring"
     assert rows["transactions"] == ("True", "default")
+    assert rows["warmup_archive_events"] == ("256", f"file {CHART_CONFIG}")
+
+
+def test_every_serving_setting_is_a_file_key_a_flag_and_a_worker_field(monkeypatch, capsys):
+    """One name everywhere: each setting of the file's ``serving:`` section has a flag of the same name that
+    wins over the file, and lands in the WorkerConfig field of that name."""
+    import json
+    from dataclasses import fields
+
+    from rnnstream.cli.main import main
+    from rnnstream.run_config import ServingSection
+    from rnnstream.serving_config import SERVING_SETTINGS
+    from rnnstream.workers.worker_config import WorkerConfig
+
+    assert set(SERVING_SETTINGS) == {f.name for f in fields(ServingSection)} - {"checkpoint_uri"}
+    assert set(SERVING_SETTINGS) <= {f.name for f in fields(WorkerConfig)}
+    monkeypatch.delenv("RNNSTREAM_CONFIG", raising=False)
+    given = {"max_batch_events": "77", "batch_linger_ms": "3", "key_ttl_seconds": "9.5",
+             "checkpoint_interval_events": "11", "checkpoint_interval_seconds": "2.5",
+             "warmup_archive_events": "12"}  # fmt: skip
+    assert set(given) == set(SERVING_SETTINGS)
+    argv = ["config", "show", "--config", str(CHART_CONFIG), "--json"]
+    for name, value in given.items():
+        argv += [f"--{name.replace('_', '-')}", value]
+    assert main(argv) == 0
+    rows = {r["setting"]: (r["value"], r["origin"]) for r in json.loads(capsys.readouterr().out)}
+    for name, value in given.items():
+        assert rows[name] == (value, f"flag --{name.replace('_', '-')}"), name
 
 
 def test_config_show_names_the_pipelines_when_it_cannot_choose(tmp_path, capsys):

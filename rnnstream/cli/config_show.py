@@ -12,6 +12,7 @@ import argparse
 import json
 
 from rnnstream.cli.topics import add_kafka_args
+from rnnstream.serving_config import add_serving_flags
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--deployment-name", default=None, help="as `serve --deployment-name`")
     s.add_argument("--json", action="store_true", help="print a JSON list of {setting, value, origin}")
     add_kafka_args(s)
+    add_serving_flags(s)
     s.set_defaults(func=run_show)
 
 

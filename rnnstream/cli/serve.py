@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnstream.cli.topics import add_kafka_args, check_reachable
+from rnnstream.serving_config import add_serving_flags
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--duration", type=float, default=None, help="stop cleanly after this many seconds")
     s.add_argument("--status-every", type=float, default=1.0, help="seconds between status lines")
     add_kafka_args(s)
+    add_serving_flags(s)
     s.set_defaults(func=run_serve)
 
     c = subparsers.add_parser("scale", help="change the number of workers of a running pipeline")
@@ -102,7 +104,7 @@ def serving_from_args(args: argparse.Namespace, pipeline: str, schema: Any, run:
     the serve flags in ``args`` (those a command lacks count as not given); ``serve`` and ``config show``
     share it."""
     from rnnstream.data_dir import DataDir
-    from rnnstream.serving_config import effective_serving
+    from rnnstream.serving_config import effective_serving, serving_flags
     from rnnstream.workers.kafka_settings import KafkaSettings
 
     if args.kafka_config:  # a separate Kafka client file replaces the run config's kafka: section
@@ -116,6 +118,7 @@ def serving_from_args(args: argparse.Namespace, pipeline: str, schema: Any, run:
             "deployment": args.deployment_name,
             "transactions": False if getattr(args, "no_transactions", False) else None,
             "bootstrap_servers": args.bootstrap_servers,
+            **serving_flags(args),
         },
         default_checkpoint_uri=str(DataDir.default().checkpoints),
     )
