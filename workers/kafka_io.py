@@ -219,14 +219,10 @@ class PartitionConsumer:
         self._consumer.seek(self._tp(partition), int(offset))
 
     def seek_to_beginning(self, partitions: Iterable[int] | None = None) -> None:
-        tps = [self._tp(p) for p in (self._tps if partitions is None else partitions)]
-        self._drop_prefetched([tp.partition for tp in tps])
-        self._consumer.seek_to_beginning(*tps)
+        self._consumer.seek_to_beginning(*self._without_prefetched(partitions))
 
     def seek_to_end(self, partitions: Iterable[int] | None = None) -> None:
-        tps = [self._tp(p) for p in (self._tps if partitions is None else partitions)]
-        self._drop_prefetched([tp.partition for tp in tps])
-        self._consumer.seek_to_end(*tps)
+        self._consumer.seek_to_end(*self._without_prefetched(partitions))
 
     def position(self, partition: int) -> int:
         """Offset of the next message poll will return for ``partition``."""
@@ -273,6 +269,13 @@ class PartitionConsumer:
         self._prefetched = nxt or None
         return future.result()
 
+    def _without_prefetched(self, partitions: Iterable[int] | None) -> list[TopicPartition]:
+        """The topic-partitions of ``partitions`` (all assigned when None), their prefetched messages
+        dropped (see :meth:`_drop_prefetched`): before a seek or pause, nothing read ahead may come out."""
+        tps = [self._tp(p) for p in (self._tps if partitions is None else partitions)]
+        self._drop_prefetched([tp.partition for tp in tps])
+        return tps
+
     def _drop_prefetched(self, partitions: Iterable[int]) -> None:
         """Forget prefetched messages of ``partitions`` and rewind them to the first one dropped."""
         if not self._prefetched:
@@ -288,9 +291,7 @@ class PartitionConsumer:
 
     def pause(self, partitions: Iterable[int] | None = None) -> None:
         """Stop fetching these partitions (all assigned when None) until resumed: backpressure."""
-        tps = [self._tp(p) for p in (self._tps if partitions is None else partitions)]
-        self._drop_prefetched([tp.partition for tp in tps])
-        self._consumer.pause(*tps)
+        self._consumer.pause(*self._without_prefetched(partitions))
 
     def resume(self, partitions: Iterable[int] | None = None) -> None:
         tps = [self._tp(p) for p in (self._tps if partitions is None else partitions)]
