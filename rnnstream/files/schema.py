@@ -66,7 +66,9 @@ class FileSchema:
     def events(self, chunk: RawChunk, with_labels: bool = False) -> pa.Table:
         """A chunk of the file as events: key (str), time (timestamp ms), values, token (str), label (int64).
 
-        With ``with_labels`` the label column is mapped to class indices (an unknown label is an error).
+        With ``with_labels`` the label column is mapped to class indices (an unknown label is an error; an
+        empty one stays null: that event feeds its key's state but teaches nothing, e.g. a label not known
+        yet).
         """
         c = self.columns
         t = chunk.table
@@ -165,14 +167,17 @@ def learn_vocabulary(counts: Counter[str], max_size: int) -> tuple[str, ...]:
 def label_codes(
     arr: pa.Array | pa.ChunkedArray, classes: tuple[str, ...], column: str, first_row: int
 ) -> pa.Array:
-    """Label values -> int64 class indices in ``classes`` order; an empty or unseen label is an error."""
+    """Label values -> int64 class indices in ``classes`` order; an empty label stays null (no label for that
+    event), an unseen one is an error."""
     text = text_values(arr)
     codes = pc.index_in(text, value_set=pa.array(classes, pa.string()))
-    if codes.null_count:
-        bad = int(np.flatnonzero(codes.is_null().to_numpy(zero_copy_only=False))[0])
-        value = text[bad].as_py()
-        what = "is empty" if value is None else f"has the value {value!r}, not one of {list(classes)}"
-        raise UsageError(f"label column {column!r} {what} at row {first_row + bad + 1}")
+    unknown = pc.and_(codes.is_null(), text.is_valid()).to_numpy(zero_copy_only=False)
+    if unknown.any():
+        bad = int(np.flatnonzero(unknown)[0])
+        raise UsageError(
+            f"label column {column!r} has the value {text[bad].as_py()!r}, not one of {list(classes)}, "
+            f"at row {first_row + bad + 1}"
+        )
     return pc.cast(codes, pa.int64())
 
 

@@ -286,3 +286,39 @@ def test_session_like_data_holds_out_whole_keys_not_their_endings() -> None:
     assert split_tails(sessions, 0.2, by_key=True, seed=1)[1].tolist() == cuts.tolist()  # seeded
     _, tail_cuts = split_tails(long_lived, 0.2)
     assert tail_cuts.tolist() == [400, 320]  # long-lived keys keep the tail rule
+
+
+def test_rows_without_a_label_feed_the_state_and_are_not_learned_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Delayed labels: each key's first half has an empty label (history before the labelled period). fit-file
+    accepts it, says how many rows only feed their key's state, and learns from the labelled rest; the same
+    file with those rows' labels all set to one class fits a different model (a blank is not a class)."""
+    df = event_frame(keys=3, events_per_key=100, label_classes=2)
+    first_half = df.groupby("device").cumcount() < 50
+    blank = df.copy()
+    blank.loc[first_half, "y"] = None
+    src = write(blank, tmp_path / "blank.parquet")
+    flags = {"value_columns": "v0,v1", "label_column": "y"}
+    assert main([*fit_args(src, tmp_path / "m", **flags), "--epochs", "2"]) == 0
+    assert "150 rows have no label: they feed their key's state" in capsys.readouterr().out
+    model, schema = load_fitted(tmp_path / "m")
+    assert schema.classes == ("ok", "alert")
+    assert schema.threshold is not None
+    ones = df.copy()
+    ones.loc[first_half, "y"] = "alert"
+    src_ones = write(ones, tmp_path / "ones.parquet")
+    assert main([*fit_args(src_ones, tmp_path / "m1", **flags), "--epochs", "2"]) == 0
+    other, _ = load_fitted(tmp_path / "m1")
+    w, w1 = model.state_dict(), other.state_dict()
+    assert any(not torch.equal(w[k], w1[k]) for k in w)
+
+
+def test_an_unknown_label_value_is_still_an_error() -> None:
+    from rnnstream.errors import UsageError
+    from rnnstream.files.schema import label_codes
+
+    codes = label_codes(pa.array(["ok", None, "alert"]), ("ok", "alert"), "y", 0)
+    assert codes.to_pylist() == [0, None, 1]
+    with pytest.raises(UsageError, match="label column 'y' has the value 'maybe', not one of"):
+        label_codes(pa.array(["ok", "maybe"]), ("ok", "alert"), "y", 0)
