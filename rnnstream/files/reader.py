@@ -13,7 +13,7 @@ parse as numbers are numbers; numbers >= 1e11 are epoch ms, >= 1e8 epoch s, anyt
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,7 +123,7 @@ def resolve_time_format(arr: pa.Array | pa.ChunkedArray, requested: str, column:
         return "native"
     if requested != "auto":
         return requested
-    numbers = _as_numbers(arr) if (pa.types.is_string(t) or pa.types.is_large_string(t)) else arr
+    numbers = _as_numbers(arr) if _is_text(t) else arr
     if numbers is None:
         return "iso"
     if not (pa.types.is_integer(numbers.type) or pa.types.is_floating(numbers.type)):
@@ -160,15 +160,15 @@ def parse_times(arr: pa.Array | pa.ChunkedArray, fmt: str, column: str, first_ro
         return counts // {"ms": 1, "us": 1000, "ns": 1_000_000}[unit]
     if fmt in ("iso", "native"):  # native: the model was fitted on Arrow timestamps; text here is ISO
         return _parse_iso(arr, column, first_row)
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        numbers = _as_numbers(arr)
-        if numbers is None:
-            bad = _first_non_number(arr)
-            raise UsageError(
-                f"time column {column!r}: cannot read {arr[bad].as_py()!r} (row {_row(first_row, bad)}) "
-                f"as a {fmt} number; use --time-format iso for date strings"
-            )
-        arr = numbers
+    if _is_text(t):
+        arr = _numbers_of_text(
+            arr,
+            first_row,
+            lambda cell, row: (
+                f"time column {column!r}: cannot read {cell!r} (row {row}) as a {fmt} number; "
+                "use --time-format iso for date strings"
+            ),
+        )
     elif not (pa.types.is_integer(t) or pa.types.is_floating(t)):
         raise UsageError(
             f"time column {column!r} has type {t}; use times (ISO strings), epoch numbers or steps"
@@ -184,7 +184,7 @@ def parse_times(arr: pa.Array | pa.ChunkedArray, fmt: str, column: str, first_ro
 
 
 def _parse_iso(arr: pa.Array, column: str, first_row: int) -> np.ndarray:
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+    if not _is_text(arr.type):
         raise UsageError(
             f"time column {column!r} holds {arr.type} values, not ISO strings; drop --time-format iso"
         )
@@ -216,15 +216,12 @@ def numeric_values(arr: pa.Array | pa.ChunkedArray, column: str, first_row: int)
             "fill or drop missing values"
         )
     t = arr.type
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        numbers = _as_numbers(arr)
-        if numbers is None:
-            bad = _first_non_number(arr)
-            raise UsageError(
-                f"value column {column!r} has a non-numeric value {arr[bad].as_py()!r} "
-                f"at row {_row(first_row, bad)}"
-            )
-        arr = numbers
+    if _is_text(t):
+        arr = _numbers_of_text(
+            arr,
+            first_row,
+            lambda cell, row: f"value column {column!r} has a non-numeric value {cell!r} at row {row}",
+        )
     elif pa.types.is_boolean(t):
         arr = pc.cast(arr, pa.int8())
     elif not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
@@ -273,6 +270,19 @@ def _as_numbers(arr: pa.Array) -> pa.Array | None:
         return pc.cast(pc.utf8_trim_whitespace(arr), pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _numbers_of_text(arr: pa.Array, first_row: int, error: Callable[[object, int], str]) -> pa.Array:
+    """A text column as float64; ``UsageError(error(cell, row))`` at its first cell that is no number."""
+    numbers = _as_numbers(arr)
+    if numbers is None:
+        bad = _first_non_number(arr)
+        raise UsageError(error(arr[bad].as_py(), _row(first_row, bad)))
+    return numbers
 
 
 def _first_non_number(arr: pa.Array) -> int:
