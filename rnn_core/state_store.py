@@ -37,7 +37,7 @@ from rnnstream.rnn_core.key_kernels import (
     scatter_rows,
 )
 from rnnstream.rnn_core.key_table import MAX_SLOTS, KeyTable
-from rnnstream.rnn_core.slab_memory import filled, zeros
+from rnnstream.rnn_core.slab_memory import zeros
 from rnnstream.rnn_core.state_snapshot import (
     read_snapshot,
     read_snapshot_table,
@@ -73,11 +73,12 @@ class KeyedStateStore:
         rng = np.random.default_rng(secrets.randbits(128) if hash_seed is None else hash_seed)
         self._seeds = rng.integers(0, 2**64, 2, dtype=np.uint64).reshape(2, 1)
         self._seed1, self._seed2 = np.uint64(self._seeds[0, 0]), np.uint64(self._seeds[1, 0])
-        # per slot: state row, last time, fingerprint (h1, h2), key bytes (in the arena)
+        # per slot: state row, key bytes (in the arena), and one 24-byte row [h1, h2, last time]: the
+        # fingerprint check of a lookup brings the slot's time into the cache for the step that follows
         self._capacity = 0
         self._rows = np.zeros((0, int(np.prod(self._state_shape))), np.float32)
-        self._times = np.empty(0, np.int64)
-        self._fp = np.zeros((0, 2), np.uint64)
+        self._fp = np.zeros((0, 3), np.uint64)
+        self._times = self._fp.view(np.int64)[:, 2]
         self._keys = KeyArena()
         self._next_fresh = 0  # slots >= this were never used
         self._free = np.empty(64, np.int64)  # stack of freed (zeroed) slots
@@ -113,7 +114,7 @@ class KeyedStateStore:
     @property
     def nbytes(self) -> int:
         """Bytes held: slab, per-slot arrays, hash table, free list, key bytes and their offsets."""
-        arrays = (self._rows, self._times, self._fp, self._free, self._hashes)
+        arrays = (self._rows, self._fp, self._free, self._hashes)
         return int(sum(a.nbytes for a in arrays) + self._table.nbytes + self._keys.nbytes)
 
     @property
@@ -163,7 +164,7 @@ class KeyedStateStore:
                 cap *= 2
             self._grow_slots(cap)
         if not self._table.fits(m):
-            self._table.rebuild(4 * (self._num_keys + m), self._fp, self._live_slots())
+            self._table.rebuild(3 * (self._num_keys + m), self._fp, self._live_slots())
         self._keys.make_room(int((offsets[todo + 1] - offsets[todo]).sum(dtype=np.int64)))
         table, arena = self._table, self._keys
         self._num_free, self._next_fresh, arena.used, added = insert_keys(
@@ -181,12 +182,10 @@ class KeyedStateStore:
         rows = zeros((new_cap, self._rows.shape[1]), np.float32)
         rows[:old] = self._rows[:old]
         self._rows = rows
-        times = filled(new_cap, np.int64, -1)
-        times[:old] = self._times
-        self._times = times
-        fp = zeros((new_cap, 2), np.uint64)
+        fp = zeros((new_cap, 3), np.uint64)
         fp[:old] = self._fp
-        self._fp = fp
+        self._fp, self._times = fp, fp.view(np.int64)[:, 2]
+        self._times[old:] = -1
         self._keys.grow_slots(new_cap)
         self._capacity = new_cap
 
@@ -339,4 +338,4 @@ class KeyedStateStore:
         if n > self._capacity:
             self._grow_slots(n)
         if not self._table.fits(n - self._num_keys):
-            self._table.rebuild(4 * n, self._fp, self._live_slots())
+            self._table.rebuild(3 * n, self._fp, self._live_slots())
