@@ -16,25 +16,28 @@ The Helm chart renders it into a ConfigMap and points ``--config`` and ``$RNNSTR
     archive: {uri: s3://rnnstream-archive/events}
     mlflow: {tracking_uri: http://rnnstream-mlflow:5000}
 
-:func:`load_run_config` checks every key and type and raises :class:`ConfigError` with one line naming the
-file, the key and what is wrong; the result is a frozen :class:`RunConfig` whose sections are typed
-dataclasses. Kafka security is not parsed here: the file's ``kafka`` section is handed to
-:meth:`KafkaSettings.load`, which layers the ``RNNSTREAM_KAFKA_*`` environment (SASL credentials from
-Secrets) on top, so the file never needs to hold a secret.
+:func:`load_run_config` reads the file with the one reader (:mod:`rnnstream.workers.config_document`),
+validates every key and type with pydantic (each section is a strict pydantic dataclass) and turns the first
+problem into one :class:`ConfigError` line naming the file, the key and what is allowed; the result is a
+frozen :class:`RunConfig` whose sections are those dataclasses. The file's ``kafka`` section is checked
+against KafkaSettings' field names and handed to :meth:`KafkaSettings.load`, which layers the
+``RNNSTREAM_KAFKA_*`` environment (SASL credentials from Secrets) on top, so the file never holds a secret.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
+from pydantic.dataclasses import dataclass as section
 
 from rnnstream.rnn_core.config import ConfigError
+from rnnstream.workers.config_document import read_config_mapping, validated
 from rnnstream.workers.kafka_settings import KafkaSettings
 
 if TYPE_CHECKING:
@@ -43,94 +46,104 @@ if TYPE_CHECKING:
 CONFIG_ENV = "RNNSTREAM_CONFIG"
 SECTIONS: tuple[str, ...] = ("pipelines", "kafka", "serving", "archive", "mlflow")
 _PIPELINE_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
-_KAFKA_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "bootstrap_servers": (str, list),
-    "client_id": str,
-    "security_protocol": str,
-    "sasl_mechanism": str,
-    "sasl_plain_username": str,
-    "sasl_plain_password": str,
-    "sasl_kerberos_service_name": str,
-    "ssl_cafile": str,
-    "ssl_certfile": str,
-    "ssl_keyfile": str,
-    "ssl_password": str,
-    "ssl_check_hostname": bool,
-    "bootstrap_timeout_ms": int,
-    "request_timeout_ms": int,
-    "extra": dict,
-}
-_KIND_NAMES: dict[type, str] = {
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    bool: "true/false",
-    dict: "a mapping",
-    list: "a list",
-}
-_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_FORBID = ConfigDict(extra="forbid")
+# Strict scalars: "5" is not an integer and true is not a number; an integer is a number.
+AtLeastOne = Annotated[StrictInt, Field(ge=1)]
+Seconds = Annotated[float, Field(gt=0, strict=True)]
 
 
-@dataclass(frozen=True)
+@section(frozen=True, config=_FORBID)
 class PipelineDeployment:
     """One deployed pipeline: topic partitions, scoring workers, and the model it serves."""
 
-    name: str
-    partitions: int
-    workers: int
-    model_alias: str = "champion"
-    model_uri: str = ""
+    name: StrictStr
+    partitions: AtLeastOne
+    workers: AtLeastOne
+    model_alias: StrictStr = "champion"
+    model_uri: StrictStr = ""
 
     def __post_init__(self) -> None:
         if not self.model_uri:
             object.__setattr__(self, "model_uri", f"models:/rnnstream-{self.name}@{self.model_alias}")
+        if self.workers > self.partitions:
+            raise ValueError(
+                f"{self.workers} workers for {self.partitions} partitions "
+                "(each worker needs at least one partition)"
+            )
 
 
-@dataclass(frozen=True)
+@section(frozen=True, config=_FORBID)
 class ServingSection:
-    """How scoring workers batch, forget and checkpoint. None: not set in the file, so the pipeline's own
-    default (:class:`rnnstream.pipelines.spec.ServingDefaults`) holds; ``checkpoint_uri`` None: the local
-    data dir. :meth:`apply_to` merges the two."""
+    """How scoring workers batch, forget, checkpoint and warm up. None: not set in the file, so the
+    pipeline's own default (:class:`rnnstream.pipelines.spec.ServingDefaults`, else WorkerConfig's) holds;
+    ``checkpoint_uri`` None: the local data dir. :meth:`apply_to` merges the two."""
 
-    checkpoint_uri: str | None = None
-    key_ttl_seconds: int | None = None
-    max_batch_events: int | None = None
-    batch_linger_ms: int | None = None
-    checkpoint_interval_events: int | None = None
-    checkpoint_interval_seconds: float | None = None
-    warmup_archive_events: int | None = None  # a hot swap warms each key from this many archived events
+    checkpoint_uri: StrictStr | None = None
+    key_ttl_seconds: AtLeastOne | None = None
+    max_batch_events: AtLeastOne | None = None
+    batch_linger_ms: Annotated[StrictInt, Field(ge=0)] | None = None
+    checkpoint_interval_events: AtLeastOne | None = None
+    checkpoint_interval_seconds: Seconds | None = None
+    warmup_archive_events: Annotated[StrictInt, Field(ge=0)] | None = None  # per key, from archive.uri
 
     def apply_to(self, defaults: ServingDefaults, partitions: int | None = None) -> ServingDefaults:
-        """``defaults`` with every value this section sets (and ``partitions``, e.g. from the pipeline's
-        entry) put in its place."""
-        changes: dict[str, Any] = {}
-        if partitions is not None:
-            changes["partitions"] = partitions
-        if self.key_ttl_seconds is not None:
-            changes["key_ttl_seconds"] = self.key_ttl_seconds
-        if self.max_batch_events is not None:
-            changes["max_batch_events"] = self.max_batch_events
-        if self.batch_linger_ms is not None:
-            changes["batch_linger_ms"] = self.batch_linger_ms
-        if self.checkpoint_interval_events is not None:
-            changes["checkpoint_interval_events"] = self.checkpoint_interval_events
-        if self.checkpoint_interval_seconds is not None:
-            changes["checkpoint_interval_seconds"] = float(self.checkpoint_interval_seconds)
+        """``defaults`` with every value this section sets that ``defaults`` has (and ``partitions``, e.g.
+        from the pipeline's entry) put in its place."""
+        changes: dict[str, Any] = {} if partitions is None else {"partitions": partitions}
+        for f in fields(defaults):
+            value = getattr(self, f.name, None)
+            if value is not None:
+                changes[f.name] = value
         return replace(defaults, **changes)
 
 
-@dataclass(frozen=True)
+@section(frozen=True, config=_FORBID)
 class ArchiveSection:
     """Root of the Parquet event archive (``uri`` None: the local data dir's ``archive/``)."""
 
-    uri: str | None = None
+    uri: StrictStr | None = None
 
 
-@dataclass(frozen=True)
+@section(frozen=True, config=_FORBID)
 class MlflowSection:
     """Where the MLflow tracking server / model registry is (None: ``$MLFLOW_TRACKING_URI`` or local)."""
 
-    tracking_uri: str | None = None
+    tracking_uri: StrictStr | None = None
+
+
+def _servers(value: Any) -> Any:
+    return ",".join(str(v) for v in value) if isinstance(value, list) else value
+
+
+@section(frozen=True, config=_FORBID)
+class _KafkaSection:
+    """What the file's ``kafka:`` section may hold (checked here; :meth:`KafkaSettings.from_mapping` builds
+    the settings, then the environment is layered on): KafkaSettings' own field names."""
+
+    bootstrap_servers: Annotated[StrictStr, BeforeValidator(_servers)] | None = None
+    client_id: StrictStr | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
+    sasl_mechanism: StrictStr | None = None
+    sasl_plain_username: StrictStr | None = None
+    sasl_plain_password: StrictStr | None = None
+    sasl_kerberos_service_name: StrictStr | None = None
+    ssl_cafile: StrictStr | None = None
+    ssl_certfile: StrictStr | None = None
+    ssl_keyfile: StrictStr | None = None
+    ssl_password: StrictStr | None = None
+    ssl_check_hostname: Annotated[bool, Field(strict=True)] | None = None
+    bootstrap_timeout_ms: StrictInt | None = None
+    request_timeout_ms: StrictInt | None = None
+    extra: dict[str, Any] | None = None  # any other kafka-python option, passed through
+
+
+@section(frozen=True, config=_FORBID)
+class _Document:
+    pipelines: dict[str, PipelineDeployment] | None = None
+    kafka: _KafkaSection | None = None
+    serving: ServingSection | None = None
+    archive: ArchiveSection | None = None
+    mlflow: MlflowSection | None = None
 
 
 @dataclass(frozen=True)
@@ -164,23 +177,28 @@ class RunConfig:
             data = {}
         if not isinstance(data, Mapping):
             raise ConfigError(f"{source}: the config must be a mapping with keys {', '.join(SECTIONS)}")
-        _reject_unknown(data, SECTIONS, "", source)
-        pipelines = _pipelines(data.get("pipelines"), source)
-        kafka_section = _section_mapping(data, "kafka", source)
-        _check_kafka(kafka_section, source)
+        data = dict(data)
+        pipelines = data.get("pipelines")
+        if pipelines is not None and not isinstance(pipelines, Mapping):
+            raise ConfigError(
+                f"{source}: `pipelines` must map a pipeline name to its settings, "
+                f"got {pipelines!r} ({type(pipelines).__name__})"
+            )
+        if pipelines is not None:
+            data["pipelines"] = _named_pipelines(pipelines, source)
+        doc = validated(_Document, data, source, _ALLOWED)
         try:
-            kafka = KafkaSettings.from_mapping(kafka_section)
+            kafka = KafkaSettings.from_mapping(dict(data.get("kafka") or {}))
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{source}: kafka: {exc}") from exc
-        serving = _dataclass_section(
-            ServingSection, _section_mapping(data, "serving", source), "serving", source
+            raise ConfigError(f"{source}: kafka: {exc}") from None
+        return cls(
+            MappingProxyType(dict(doc.pipelines or {})),
+            kafka,
+            doc.serving or ServingSection(),
+            doc.archive or ArchiveSection(),
+            doc.mlflow or MlflowSection(),
+            source,
         )
-        _check_serving(serving, source)
-        archive = _dataclass_section(
-            ArchiveSection, _section_mapping(data, "archive", source), "archive", source
-        )
-        mlflow = _dataclass_section(MlflowSection, _section_mapping(data, "mlflow", source), "mlflow", source)
-        return cls(MappingProxyType(pipelines), kafka, serving, archive, mlflow, source)
 
 
 def config_path(
@@ -205,33 +223,10 @@ def load_run_config(
     chosen = config_path(path, env)
     if chosen is None:
         return replace(RunConfig(), kafka=_kafka_from_env(None, env))
-    config = RunConfig.from_mapping(read_config_document(chosen), source=chosen)
+    expected = f"the config must be a mapping with keys {', '.join(SECTIONS)}"
+    document = read_config_mapping(chosen, expected, missing_hint=f"set --config or ${CONFIG_ENV}")
+    config = RunConfig.from_mapping(document, source=chosen)
     return replace(config, kafka=_kafka_from_env(chosen, env))
-
-
-def read_config_document(path: str | os.PathLike[str]) -> Any:
-    """The parsed YAML (``.yaml``/``.yml``) or JSON document of ``path``; one-line errors."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist (set --config or ${CONFIG_ENV})") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {p}: {exc.strerror or exc}") from None
-    if p.suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or type(exc).__name__
-            raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from None
-    try:
-        return json.loads(text) if text.strip() else None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{p}: not valid JSON at line {exc.lineno}: {exc.msg}") from None
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -242,117 +237,12 @@ def _kafka_from_env(path: str | None, env: Mapping[str, str]) -> KafkaSettings:
         raise ConfigError(f"{path or 'environment'}: kafka: {exc}") from None
 
 
-def _reject_unknown(
-    d: Mapping[str, Any], allowed: tuple[str, ...] | set[str], where: str, source: str
-) -> None:
-    for key in d:
-        if key not in allowed:
-            hint = f" (allowed: {', '.join(sorted(allowed))})"
-            raise ConfigError(f"{source}: unknown key {where}{key!r}{hint}")
-
-
-def _section_mapping(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any]:
-    value = data.get(name)
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{source}: `{name}` must be a mapping, got {_describe(value)}")
-    bad = [k for k in value if not isinstance(k, str)]
-    if bad:
-        raise ConfigError(f"{source}: `{name}` keys must be strings, got {bad[0]!r}")
-    return dict(value)
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
-def _check_type(value: Any, expected: type | tuple[type, ...], where: str, source: str) -> Any:
-    """``value`` if it is of ``expected`` (bool is not an int; an int is a float); else ConfigError."""
-    kinds = expected if isinstance(expected, tuple) else (expected,)
-    ok = any(_is_kind(value, k) for k in kinds)
-    if not ok:
-        names = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
-        raise ConfigError(f"{source}: {where} must be {names}, got {_describe(value)}")
-    return float(value) if kinds == (float,) else value
-
-
-def _is_kind(value: Any, kind: type) -> bool:
-    if kind is bool:
-        return isinstance(value, bool)
-    if isinstance(value, bool):
-        return False
-    if kind is float:
-        return isinstance(value, (int, float))
-    return isinstance(value, kind)
-
-
-def _dataclass_section(cls: type, d: dict[str, Any], name: str, source: str) -> Any:
-    """Build frozen dataclass ``cls`` from section ``d``: unknown keys and wrong types are errors."""
-    specs = {f.name: f for f in fields(cls)}
-    _reject_unknown(d, set(specs), f"{name}.", source)
-    kw: dict[str, Any] = {}
-    for key, value in d.items():
-        default = specs[key].default
-        hint = str(specs[key].type)
-        optional = "None" in hint or default is None
-        if value is None:
-            if not optional:
-                raise ConfigError(f"{source}: {name}.{key} needs a value")
-            kw[key] = None
-            continue
-        expected = int if hint.startswith("int") else float if hint.startswith("float") else str
-        kw[key] = _check_type(value, expected, f"{name}.{key}", source)
-    return cls(**kw)
-
-
-def _check_serving(s: ServingSection, source: str) -> None:
-    minimum = {
-        "key_ttl_seconds": 1,
-        "max_batch_events": 1,
-        "checkpoint_interval_events": 1,
-        "batch_linger_ms": 0,
-        "warmup_archive_events": 0,
-    }
-    for key, low in minimum.items():
-        value = getattr(s, key)
-        if value is not None and value < low:
-            raise ConfigError(f"{source}: serving.{key} must be >= {low}, got {value}")
-    if s.checkpoint_interval_seconds is not None and s.checkpoint_interval_seconds <= 0:
-        raise ConfigError(
-            f"{source}: serving.checkpoint_interval_seconds must be > 0, got {s.checkpoint_interval_seconds}"
-        )
-
-
-def _check_kafka(d: dict[str, Any], source: str) -> None:
-    for key, value in d.items():
-        if key not in _KAFKA_FIELDS:
-            raise ConfigError(
-                f"{source}: unknown key kafka.{key!r} (KafkaSettings fields: "
-                f"{', '.join(sorted(_KAFKA_FIELDS))}; put other kafka-python options under kafka.extra)"
-            )
-        if value is not None:
-            _check_type(value, _KAFKA_FIELDS[key], f"kafka.{key}", source)
-    protocol = d.get("security_protocol")
-    if protocol is not None and protocol not in _SECURITY_PROTOCOLS:
-        raise ConfigError(
-            f"{source}: kafka.security_protocol must be one of {', '.join(_SECURITY_PROTOCOLS)}, "
-            f"got {protocol!r}"
-        )
-
-
-def _pipelines(value: Any, source: str) -> dict[str, PipelineDeployment]:
+def _named_pipelines(entries: Mapping[Any, Any], source: str) -> dict[str, Any]:
+    """``pipelines:`` with each entry's name put in (the key); names checked against the known pipelines."""
     from rnnstream.pipelines.spec import PIPELINE_NAMES
 
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(
-            f"{source}: `pipelines` must map a pipeline name to its settings, got {_describe(value)}"
-        )
-    out: dict[str, PipelineDeployment] = {}
-    allowed = {f.name for f in fields(PipelineDeployment)} - {"name"}
-    for name, entry in value.items():
+    out: dict[str, Any] = {}
+    for name, entry in entries.items():
         if not isinstance(name, str) or not _PIPELINE_NAME.match(name):
             raise ConfigError(f"{source}: pipeline name {name!r} must match {_PIPELINE_NAME.pattern}")
         if name.replace("_", "-") not in PIPELINE_NAMES:
@@ -360,24 +250,18 @@ def _pipelines(value: Any, source: str) -> dict[str, PipelineDeployment]:
                 f"{source}: unknown pipeline {name!r} under `pipelines`; "
                 f"choose from {', '.join(PIPELINE_NAMES)}"
             )
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{source}: pipelines.{name} must be a mapping, got {_describe(entry)}")
-        _reject_unknown(entry, allowed, f"pipelines.{name}.", source)
-        for required in ("partitions", "workers"):
-            if required not in entry:
-                raise ConfigError(f"{source}: pipelines.{name}.{required} is missing")
-        partitions = _check_type(entry["partitions"], int, f"pipelines.{name}.partitions", source)
-        workers = _check_type(entry["workers"], int, f"pipelines.{name}.workers", source)
-        if partitions < 1 or workers < 1:
-            raise ConfigError(f"{source}: pipelines.{name}: partitions and workers must be >= 1")
-        if workers > partitions:
-            raise ConfigError(
-                f"{source}: pipelines.{name}: {workers} workers for {partitions} partitions "
-                "(each worker needs at least one partition)"
-            )
-        alias = _check_type(
-            entry.get("model_alias", "champion"), str, f"pipelines.{name}.model_alias", source
-        )
-        uri = _check_type(entry.get("model_uri", ""), str, f"pipelines.{name}.model_uri", source)
-        out[name] = PipelineDeployment(name, partitions, workers, alias, uri)
+        if isinstance(entry, Mapping) and "name" in entry:
+            raise ConfigError(f"{source}: unknown key pipelines.{name}.'name' (the key above is the name)")
+        out[name] = {**entry, "name": name} if isinstance(entry, Mapping) else entry
     return out
+
+
+# What each place of the document allows, for "unknown key" lines (pipelines.<name> is one place).
+_ALLOWED: dict[str, tuple[str, ...]] = {
+    "": SECTIONS,
+    "pipelines.*": tuple(f.name for f in fields(PipelineDeployment) if f.name != "name"),
+    "kafka": tuple(f.name for f in fields(_KafkaSection)),  # other kafka-python options: under kafka.extra
+    "serving": tuple(f.name for f in fields(ServingSection)),
+    "archive": tuple(f.name for f in fields(ArchiveSection)),
+    "mlflow": tuple(f.name for f in fields(MlflowSection)),
+}

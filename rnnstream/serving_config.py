@@ -15,12 +15,14 @@ import argparse
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rnnstream.rnn_core.event_schema import EventSchema
-from rnnstream.run_config import RunConfig
 from rnnstream.workers.kafka_settings import ENV_PREFIX, SECRET_FIELDS, KafkaSettings
 from rnnstream.workers.worker_config import DEFAULT_DEPLOYMENT, WorkerConfig
+
+if TYPE_CHECKING:  # run_config loads pydantic: not for building the CLI's parser
+    from rnnstream.run_config import RunConfig
 
 SERVING_SETTINGS = (
     "max_batch_events",
@@ -39,6 +41,7 @@ _SERVING_FLAG_HELP: dict[str, tuple[type, str]] = {
     "checkpoint_interval_seconds": (float, "... or after this many seconds"),
     "warmup_archive_events": (int, "a hot-swap challenger warms each key from this many archived events"),
 }
+DEFAULT_WORKERS = 2
 DEPLOYMENT_ENV = "RNNSTREAM_DEPLOYMENT_NAME"
 CHECKPOINT_ENV = "RNNSTREAM_CHECKPOINT_URI"
 
@@ -59,11 +62,14 @@ def serving_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class EffectiveServing:
-    """The worker configuration, the MLflow URI, and the origin of every value (setting -> source)."""
+    """The worker configuration, the MLflow URI, the model and number of workers (None: no model named
+    anywhere), and the origin of every value (setting -> source)."""
 
     worker: WorkerConfig
     tracking_uri: str | None
     origins: Mapping[str, str]
+    model: str | None = None
+    workers: int = DEFAULT_WORKERS
 
     def rows(self) -> list[tuple[str, str, str]]:
         """(setting, value, origin) for display; secrets masked."""
@@ -82,6 +88,8 @@ class EffectiveServing:
         out.append(
             ("mlflow.tracking_uri", str(self.tracking_uri), self.origins.get("mlflow.tracking_uri", "-"))
         )
+        out.append(("model", str(self.model), self.origins.get("model", "-")))
+        out.append(("workers", str(self.workers), self.origins.get("workers", "-")))
         return out
 
 
@@ -97,8 +105,9 @@ def effective_serving(
     """The settings ``serve --pipeline pipeline`` runs with (see the module doc for the precedence).
 
     ``flags``: the command line's values by setting name (None: not given) among ``checkpoint_uri``,
-    ``deployment``, ``transactions``, ``bootstrap_servers``, ``tracking_uri`` and the serving settings
-    (:data:`SERVING_SETTINGS`).
+    ``deployment``, ``transactions``, ``bootstrap_servers``, ``tracking_uri``, ``model``, ``workers`` and
+    the serving settings (:data:`SERVING_SETTINGS`). The file's ``pipelines.<pipeline>`` entry gives the
+    model and the number of workers when the flags do not.
     """
     env = os.environ if env is None else env
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
@@ -127,7 +136,7 @@ def effective_serving(
     put("deployment", env.get(DEPLOYMENT_ENV), f"env {DEPLOYMENT_ENV}")
     put("checkpoint_uri", env.get(CHECKPOINT_ENV), f"env {CHECKPOINT_ENV}")
     for name, value in flags.items():
-        if name not in ("bootstrap_servers", "tracking_uri"):
+        if name not in ("bootstrap_servers", "tracking_uri", "model", "workers"):
             put(name, value, f"flag --{name.replace('_', '-')}")
     kafka = run.kafka
     if "bootstrap_servers" in flags:
@@ -152,8 +161,15 @@ def effective_serving(
         origins["mlflow.tracking_uri"] = file
     else:
         origins["mlflow.tracking_uri"] = "default (local store)"
+    deployed = run.pipelines.get(pipeline) or run.pipelines.get(pipeline.replace("_", "-"))
+    model, workers = (deployed.model_uri, deployed.workers) if deployed else (None, DEFAULT_WORKERS)
+    origins["model"] = origins["workers"] = f"{file} (pipelines.{pipeline})" if deployed else "default"
+    for name in ("model", "workers"):
+        if name in flags:
+            origins[name] = f"flag --{name}"
+    model, workers = flags.get("model", model), flags.get("workers", workers)
     worker = WorkerConfig(pipeline=pipeline, schema=schema, kafka=kafka, **values)
-    return EffectiveServing(worker, tracking, origins)
+    return EffectiveServing(worker, tracking, origins, model, workers)
 
 
 def _pipeline_defaults(pipeline: str) -> Any:

@@ -15,10 +15,9 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
-from rnnstream.config_file import read_mapping_file
+from rnnstream.workers.config_document import read_config_mapping
 
 ENV_PREFIX = "RNNSTREAM_KAFKA_"
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -151,7 +150,7 @@ class KafkaSettings:
         merged: dict[str, Any] = {}
         path = config_file or env.get(ENV_PREFIX + "CONFIG")
         if path:
-            merged.update(_read_config_file(Path(path)))
+            merged.update(_read_config_file(path))
         for k, v in env.items():
             if k.startswith(ENV_PREFIX) and k != ENV_PREFIX + "CONFIG":
                 merged[k[len(ENV_PREFIX) :].lower()] = v
@@ -174,8 +173,9 @@ def _coerce(cls: type, name: str, value: Any) -> Any:
     return value
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
-    data = read_mapping_file(path, f"Kafka config file {path}", "of settings", ValueError)
+def _read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A Kafka client file's settings: the whole mapping, or its ``kafka:`` section (a run-config file)."""
+    data = read_config_mapping(path, "a Kafka client file must be a mapping of settings")
     if isinstance(data.get("kafka"), dict):
         data = data["kafka"]
     return data

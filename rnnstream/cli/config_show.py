@@ -3,13 +3,14 @@
 What an operator runs first when a pod misbehaves: it reads the same file, environment and flags ``serve``
 reads, through the same function (:func:`rnnstream.serving_config.effective_serving`), and prints one line a
 setting with its origin (default, pipeline default, file, env, flag), as ``git config --show-origin`` does.
-Secrets (Kafka passwords) are masked.
+Secrets (Kafka passwords, the MLflow login's password) are masked.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from rnnstream.cli.topics import add_kafka_args
 from rnnstream.serving_config import add_serving_flags
@@ -25,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--checkpoint-uri", default=None, help="as `serve --checkpoint-uri`")
     s.add_argument("--deployment-name", default=None, help="as `serve --deployment-name`")
+    s.add_argument("--model", default=None, help="as `serve --model`")
+    s.add_argument("--workers", type=int, default=None, help="as `serve --workers`")
     s.add_argument("--json", action="store_true", help="print a JSON list of {setting, value, origin}")
     add_kafka_args(s)
     add_serving_flags(s)
@@ -59,6 +62,10 @@ def run_show(args: argparse.Namespace) -> int:
             file if run.archive.uri else "default",
         ),
     ]
+    for name, masked in (("MLFLOW_TRACKING_USERNAME", False), ("MLFLOW_TRACKING_PASSWORD", True)):
+        if os.environ.get(name):  # the chart's pods log in to MLflow with these (from a Secret)
+            value = "*****" if masked else os.environ[name]
+            rows.append((f"mlflow.{name.removeprefix('MLFLOW_').lower()}", value, f"env {name}"))
     deployed = run.pipelines.get(pipeline) or run.pipelines.get(pipeline.replace("_", "-"))
     if deployed is not None:
         rows += [(f"pipelines.{pipeline}.{k}", str(v), file) for k, v in vars(deployed).items()]

@@ -26,8 +26,18 @@ from rnnstream.serving_config import add_serving_flags
 def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser("serve", help="score a pipeline's events with N workers until Ctrl-C")
     s.add_argument("--pipeline", required=True)
-    s.add_argument("--model", required=True, help="a model folder or models:/<name>@<alias> (or /<version>)")
-    s.add_argument("--workers", type=int, default=2, help="scoring workers (default %(default)s)")
+    s.add_argument(
+        "--model",
+        default=None,
+        help="a model folder or models:/<name>@<alias> (or /<version>); default: the config's "
+        "pipelines.<pipeline>.model_uri",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="scoring workers (default: the config's pipelines.<pipeline>.workers, else 2)",
+    )
     s.add_argument(
         "--checkpoint-uri", default=None, help="pyarrow.fs location (default <data dir>/checkpoints)"
     )
@@ -118,6 +128,8 @@ def serving_from_args(args: argparse.Namespace, pipeline: str, schema: Any, run:
             "deployment": args.deployment_name,
             "transactions": False if getattr(args, "no_transactions", False) else None,
             "bootstrap_servers": args.bootstrap_servers,
+            "model": getattr(args, "model", None),
+            "workers": getattr(args, "workers", None),
             **serving_flags(args),
         },
         default_checkpoint_uri=str(DataDir.default().checkpoints),
@@ -143,10 +155,13 @@ def run_serve(args: argparse.Namespace) -> int:
         stop_coordinator,
     )
 
-    if args.workers < 1:
-        raise UsageError("--workers must be >= 1")
     schema = resolve_schema(args.pipeline)
     effective = serving_from_args(args, args.pipeline, schema, load_run_config(args.config))
+    if effective.workers < 1:
+        raise UsageError("--workers must be >= 1")
+    if effective.model is None:
+        raise UsageError(f"pass --model, or list {args.pipeline} under `pipelines` in the run config")
+    args.model, args.workers = effective.model, effective.workers  # from the file when not given
     config = effective.worker
     settings = config.kafka
     check_reachable(settings)

@@ -32,7 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default: the pipeline's)")
     parser.add_argument(
-        "--config", type=Path, default=None, help="YAML/JSON with model:, training:, tracking_uri:"
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML/JSON with model:, training:, tracking_uri: (the deployment's run config, "
+        "$RNNSTREAM_CONFIG, gives the MLflow server and the archive to train on)",
     )
     parser.add_argument(
         "--resume",
@@ -62,9 +66,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from rnnstream.jobs import training as training_run
     from rnnstream.pipelines.spec import get_pipeline
+    from rnnstream.run_config import load_run_config
 
     spec = get_pipeline(args.pipeline)
     doc = training_run.load_config_file(args.config) if args.config else {}
+    deployment = load_run_config()  # $RNNSTREAM_CONFIG: its mlflow: and archive: sections apply here
     training = dict(doc.get("training") or {})
     cli = {
         "epochs": args.epochs,
@@ -83,11 +89,11 @@ def run_train(args: argparse.Namespace) -> int:
     request = training_run.TrainRequest(
         pipeline=spec.name,
         settings=settings,
-        data=args.data,
+        data=args.data if args.data is not None or args.generate else deployment.archive.uri,
         generate=args.generate,
         model_overrides=dict(doc.get("model") or {}),
         resume=args.resume,
-        tracking_uri=args.tracking_uri or doc.get("tracking_uri"),
+        tracking_uri=args.tracking_uri or doc.get("tracking_uri") or deployment.tracking_uri(),
         register=not args.no_register,
         storage=args.storage_path,
     )

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic.dataclasses import dataclass as section
 
 from rnnstream.data_dir import DataDir
 from rnnstream.jobs.holdout import evaluate_on_holdout
@@ -41,6 +43,7 @@ from rnnstream.rnn_core.config import ConfigError
 from rnnstream.rnn_core.evaluation import fit_model, stateless_config
 from rnnstream.rnn_core.event_schema import KEY_COLUMN, TIME_COLUMN
 from rnnstream.rnn_core.training import sequences_from_table
+from rnnstream.run_config import AtLeastOne
 
 
 @dataclass(frozen=True)
@@ -85,21 +88,49 @@ def default_settings(spec: PipelineSpec, **overrides: Any) -> TrainSettings:
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
-    """A YAML/JSON run config: ``model:`` (ModelConfig fields), ``training:`` (TrainSettings fields),
-    ``tracking_uri:``."""
-    import yaml
+    """``train --config``: a YAML/JSON file of ``model:`` (ModelConfig fields), ``training:`` (TrainSettings
+    fields) and ``tracking_uri:``, read by the one reader and checked by pydantic (one-line ConfigError)."""
+    from dataclasses import asdict
 
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    doc = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(doc, dict):
-        raise ConfigError(f"config file {path} must hold a mapping (model:, training:, tracking_uri:)")
-    unknown = set(doc) - {"model", "training", "tracking_uri"}
-    if unknown:
-        raise ConfigError(
-            f"config file {path}: unknown sections {sorted(unknown)} (use model, training, tracking_uri)"
-        )
-    return doc
+    from rnnstream.workers.config_document import read_config_mapping, validated
+
+    doc = read_config_mapping(path, "a training file must be a mapping of model:, training:, tracking_uri:")
+    checked = validated(_TrainingFile, doc, str(path), _TRAINING_FILE_KEYS)
+    training = asdict(checked.training) if checked.training is not None else {}
+    return {
+        "model": dict(checked.model or {}),
+        "training": {k: v for k, v in training.items() if v is not None},
+        "tracking_uri": checked.tracking_uri,
+    }
+
+
+@section(frozen=True, config=ConfigDict(extra="forbid"))
+class _TrainingSection:
+    """What ``training:`` may set: :class:`TrainSettings` fields, each optional (the pipeline's default)."""
+
+    epochs: AtLeastOne | None = None
+    chunk_len: AtLeastOne | None = None
+    batch_keys: AtLeastOne | None = None
+    learning_rate: Annotated[float, Field(gt=0, strict=True)] | None = None
+    workers: AtLeastOne | None = None
+    use_gpu: StrictBool | None = None
+    holdout_fraction: Annotated[float, Field(gt=0, lt=1, strict=True)] | None = None
+    seed: StrictInt | None = None
+    baseline: StrictBool | None = None
+    threads_per_worker: AtLeastOne | None = None
+
+
+@section(frozen=True, config=ConfigDict(extra="forbid"))
+class _TrainingFile:
+    model: dict[str, Any] | None = None  # checked against ModelConfig when the model is built
+    training: _TrainingSection | None = None
+    tracking_uri: StrictStr | None = None
+
+
+_TRAINING_FILE_KEYS = {
+    "": ("model", "training", "tracking_uri"),
+    "training": tuple(f.name for f in fields(_TrainingSection)),
+}
 
 
 @dataclass(frozen=True)
