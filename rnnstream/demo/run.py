@@ -302,8 +302,8 @@ def _find_version(store, pipeline: str, fp: str) -> tuple[str, str] | None:
 
 def _baseline(spec: PipelineSpec, settings: DemoSettings, train_settings, paths: DemoPaths, history):
     """The stateless twin of the champion, trained on the same events (kept on disk across runs)."""
+    from rnnstream.jobs.stateless_baseline import fit_stateless_baseline
     from rnnstream.jobs.training_data import split_by_time
-    from rnnstream.rnn_core.evaluation import fit_model, stateless_config
     from rnnstream.rnn_core.serialization import load_model, save_model
 
     folder = paths.baselines / f"{spec.name}-{fingerprint(spec, settings, train_settings)}"
@@ -312,17 +312,7 @@ def _baseline(spec: PipelineSpec, settings: DemoSettings, train_settings, paths:
     split_ms = split_by_time(history.table, train_settings.holdout_fraction)
     times = history.times_ms()
     train = history.table.take(pa.array(np.flatnonzero(times < split_ms)))
-    model = fit_model(
-        stateless_config(spec.model_config),
-        train,
-        spec.label_column,
-        train_settings.epochs,
-        chunk_len=train_settings.chunk_len,
-        batch_keys=train_settings.batch_keys,
-        lr=train_settings.learning_rate,
-        seed=train_settings.seed,
-        patience=None,
-    )
+    model = fit_stateless_baseline(spec.model_config, train, spec.label_column, train_settings)
     save_model(model, folder)
     return model
 
