@@ -238,3 +238,20 @@ def test_gather_slots_into_a_reused_buffer_and_huge_page_backed_growth() -> None
     torch.testing.assert_close(got, states_for(len(keys))[::1000])
     torch.testing.assert_close(store.gather_slots(slots), got)
     assert store.last_times(keys[-3:]).tolist() == [299_997, 299_998, 299_999]
+
+
+def test_forgotten_key_bytes_are_compacted_away() -> None:
+    """Keys are kept as bytes; once forgotten keys' bytes outweigh the live ones, the buffer is compacted and
+    every remaining key still reads back and finds its slot and state."""
+    store = KeyedStateStore((1, 1, 2), hash_seed=4)
+    keys = [f"{i:08d}-" + "x" * 90 for i in range(30_000)]  # ~3 MB of key bytes
+    store.scatter(keys, torch.arange(60_000, dtype=torch.float32).reshape(-1, 1, 1, 2), np.arange(30_000))
+    before = store._keys.used
+    assert store.remove(keys[:20_000]) == 20_000
+    assert store._keys.used < before / 2 and store._keys.garbage == 0  # compacted
+    assert sorted(store.keys()) == keys[20_000:]
+    got = store.gather(keys[20_000:])[:, 0, 0, 0]
+    assert got.tolist() == [float(2 * i) for i in range(20_000, 30_000)]
+    assert store.last_times(keys[29_998:]).tolist() == [29_998, 29_999]
+    fresh = store.lookup(["new-key"])
+    assert store.slot_keys(fresh).tolist() == ["new-key"]
