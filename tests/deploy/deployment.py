@@ -247,14 +247,15 @@ class Deployment:
 
     def wait_scored(
         self, job: RenderedJob, proc: subprocess.Popen, log: Path, count: int, timeout_s: float = 300
-    ) -> None:
-        """Wait until the running serve ``job`` committed at least ``count`` scores."""
+    ):
+        """Wait until the running serve ``job`` committed at least ``count`` scores; the scores read."""
         deadline = time.monotonic() + timeout_s
         while True:
             assert proc.poll() is None, f"{job.name} exited with {proc.returncode}:\n{log.read_text()}"
-            scored = len(self.scores(job).positions)
+            scores = self.scores(job)
+            scored = len(scores.positions)
             if scored >= count:
-                return
+                return scores
             assert time.monotonic() < deadline, f"{job.name} scored {scored} of {count}:\n{log.read_text()}"
             time.sleep(1.0)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.deploy.deployment import EVENTS_START_MS, RNNSTREAM, Deployment, running
+from tests.deploy.deployment import RNNSTREAM, Deployment, running
 from tests.deploy.stand_ins import stop_process
 
 PIPELINE = "fraud"
@@ -27,7 +27,11 @@ KEYS = 40
 BEFORE = 1000  # events scored by v1 before the promotion
 SLICE = 100  # events produced at a time while the swap is under way
 AFTER = 600  # events produced once v2 scores
+MAX_SLICES = 60
 WARMUP_EVENTS = 150  # per worker: the challenger's live warm-up before the switch
+# 2025-01-01T00:00Z: the whole generated stream (about half a year of event time) lies in the past, so no
+# event is dead-lettered as coming from the future
+STREAM_START_MS = 1_735_689_600_000
 FAST_SWAP = (
     "--set",
     "serving.probeEverySeconds=1",
@@ -76,7 +80,7 @@ def test_promoting_a_version_swaps_the_rendered_serve_job(render, tmp_path: Path
     job = dep.job("serve", PIPELINE)
     assert "--follow-alias" in job.argv and job.flag("--probe-every-s") == "1", job.argv
     spec = get_pipeline(PIPELINE)
-    stream = spec.generate(BEFORE + 60 * SLICE + AFTER, KEYS, seed=7, start_ms=EVENTS_START_MS).table
+    stream = spec.generate(BEFORE + MAX_SLICES * SLICE + AFTER, KEYS, seed=7, start_ms=STREAM_START_MS).table
     with running(dep):
         dep.seed_models()  # v1, @champion: what the rendered --model names
         store = dep.tracking_store()
@@ -90,9 +94,9 @@ def test_promoting_a_version_swaps_the_rendered_serve_job(render, tmp_path: Path
             dep.wait_scored(job, proc, log, BEFORE)
             v2 = f"{name}/{_register_version(dep, seed=1)}"
             _promote(dep, v2.rsplit("/", 1)[1])
-            # keep the stream coming until v2 serves (the challenger warms up on live traffic)
-            while v2 not in set(dep.scores(job).versions):
-                assert proc.poll() is None, f"{job.name} exited with {proc.returncode}:\n{log.read_text()}"
+            # keep the stream coming until v2 serves (the challenger warms up on live traffic): a slice
+            # each time the one before is scored
+            while v2 not in set(dep.wait_scored(job, proc, log, sent).versions):
                 assert sent + SLICE + AFTER <= stream.num_rows, (
                     f"{sent - BEFORE} events since the promotion, no score of {v2}:\n{log.read_text()}"
                 )
