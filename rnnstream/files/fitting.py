@@ -58,6 +58,7 @@ from rnnstream.files.schema import (
     learn_vocabulary,
     order_classes,
 )
+from rnnstream.files.session_end import with_end_events, with_end_token
 from rnnstream.pipelines.spec import PIPELINE_NAMES
 from rnnstream.rnn_core.config import ModelConfig
 from rnnstream.rnn_core.event_schema import LABEL_COLUMN
@@ -235,6 +236,12 @@ def fit_file(
     label = LABEL_COLUMN if schema.head in ("binary", "multiclass") else None
     sequences = sequences_from_table(events, spec, label_column=label)
     n_events = sequences.num_events
+    session_like = is_session_like(sequences)
+    if session_like and schema.head == "next_token":  # learn how sessions end (see files/session_end)
+        schema = with_end_token(schema)
+        spec = schema.event_schema().feature_spec(use_time_delta=True)
+        sequences = with_end_events(sequences, spec)
+        notes.append("session-like data: the model learns each session's end (score-file writes end_score)")
     config = ModelConfig(
         features=spec,
         cell=options.cell,
@@ -247,7 +254,7 @@ def fit_file(
     )
     torch.manual_seed(options.seed)
     model = StreamingModel(config)
-    by_key = options.holdout > 0 and is_session_like(sequences)
+    by_key = options.holdout > 0 and session_like
     if by_key:
         median = int(np.median([len(x) for x in sequences.x]))
         notes.append(

@@ -41,6 +41,7 @@ from rnnstream.files.reader import (
     require_columns,
 )
 from rnnstream.files.schema import FileSchema
+from rnnstream.files.session_end import end_rows, has_end_token
 from rnnstream.rnn_core.config import FeatureSpec
 from rnnstream.rnn_core.event_schema import KEY_COLUMN, TIME_COLUMN
 from rnnstream.rnn_core.features import features_from_arrow
@@ -60,6 +61,7 @@ class FileOrder:
     keys: int
     in_time_order_per_key: bool
     globally_sorted: bool
+    last_rows: np.ndarray | None = None  # each key's last row (sorted), when asked for
 
 
 @dataclass(frozen=True)
@@ -117,10 +119,23 @@ def _with_alert(arrays: dict[str, pa.Array], score: np.ndarray, schema: FileSche
     return arrays
 
 
-def check_order(path: Path, schema: FileSchema, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> FileOrder:
-    """First pass (key and time columns only): validates every time and checks per-key time order."""
+def _with_end_score(arrays: dict[str, pa.Array], end: np.ndarray, schema: FileSchema) -> dict[str, pa.Array]:
+    """``arrays`` plus ``end_score`` (NaN: not a key's last row); a last row also alerts on its end score."""
+    arrays["end_score"] = pa.array(end.astype(np.float64), pa.float64(), from_pandas=True)
+    if schema.threshold is not None:
+        ends = np.nan_to_num(end.astype(np.float64), nan=-np.inf) >= schema.threshold.value
+        arrays["alert"] = pa.array(arrays["alert"].to_numpy(zero_copy_only=False) | ends, pa.bool_())
+    return arrays
+
+
+def check_order(
+    path: Path, schema: FileSchema, chunk_rows: int = DEFAULT_CHUNK_ROWS, last_rows: bool = False
+) -> FileOrder:
+    """First pass (key and time columns only): validates every time and checks per-key time order; with
+    ``last_rows``, also where each key's last event is (its row in the file)."""
     c = schema.columns
     last: dict[str, int] = {}
+    last_row: dict[str, int] = {}
     per_key_ok = True
     global_ok = True
     prev_max = np.iinfo(np.int64).min
@@ -134,7 +149,17 @@ def check_order(path: Path, schema: FileSchema, chunk_rows: int = DEFAULT_CHUNK_
         prev_max = max(prev_max, int(times.max()))
         if per_key_ok:
             per_key_ok = _update_last_times(last, keys, times)
-    return FileOrder(rows=rows, keys=len(last), in_time_order_per_key=per_key_ok, globally_sorted=global_ok)
+        if last_rows:
+            first = chunk.first_row
+            last_row.update(zip(keys.to_pylist(), range(first, first + len(times)), strict=True))
+    ends = np.sort(np.fromiter(last_row.values(), np.int64, len(last_row))) if last_rows else None
+    return FileOrder(
+        rows=rows,
+        keys=len(last),
+        in_time_order_per_key=per_key_ok,
+        globally_sorted=global_ok,
+        last_rows=ends,
+    )
 
 
 def _update_last_times(last: dict[str, int], keys: pa.Array, times: np.ndarray) -> bool:
@@ -175,7 +200,8 @@ def score_file(
     output_path = Path(output_path)
     out_format = file_format(output_path)
     require_columns(input_path, schema.model_columns, what="this model")
-    order = check_order(input_path, schema, chunk_rows)
+    ending = has_end_token(schema)  # the model learned session endings: score each key's end too
+    order = check_order(input_path, schema, chunk_rows, last_rows=ending)
     passthrough = _passthrough_columns(input_path, schema)
     read_cols = tuple(dict.fromkeys((*schema.model_columns, *passthrough)))
 
@@ -194,7 +220,8 @@ def score_file(
             for chunk in chunks:
                 events = schema.events(chunk)
                 out = _score_events(scorer, events, spec)
-                writer.write(_output_table(model, schema, chunk.table, passthrough, out))
+                end = _end_scores(scorer, events, spec, order.last_rows, chunk.first_row) if ending else None
+                writer.write(_output_table(model, schema, chunk.table, passthrough, out, end))
                 bar.update(chunk.table.num_rows)
         else:
             if order.rows > max_sort_rows:
@@ -218,7 +245,8 @@ def score_file(
                 idx = perm[start : start + chunk_rows]
                 out[idx] = _score_events(scorer, events.take(pa.array(idx)), spec)
                 bar.update(len(idx))
-            writer.write(_output_table(model, schema, whole, passthrough, out))
+            end = _end_scores(scorer, events, spec, order.last_rows, 0) if ending else None
+            writer.write(_output_table(model, schema, whole, passthrough, out, end))
     seconds = time.perf_counter() - started
     return ScoreFileResult(
         rows=order.rows,
@@ -245,6 +273,26 @@ def _score_events(scorer: StreamScorer, events: pa.Table, spec: FeatureSpec) -> 
     return out
 
 
+def _end_scores(
+    scorer: StreamScorer, events: pa.Table, spec: FeatureSpec, last_rows: np.ndarray, first_row: int
+) -> np.ndarray:
+    """``end_score`` of the events of a chunk starting at file row ``first_row`` (NaN but on each key's last
+    row): the end token scored from the key's state after its last event (see :mod:`.session_end`)."""
+    n = events.num_rows
+    lo, hi = np.searchsorted(last_rows, [first_row, first_row + n])
+    rows = last_rows[lo:hi] - first_row
+    end = np.full(n, np.nan, np.float32)
+    if rows.size:
+        ending = events.take(pa.array(rows))
+        x = end_rows(features_from_arrow(ending, spec), spec)
+        keys = ending.column(KEY_COLUMN).combine_chunks()
+        times = ending.column(TIME_COLUMN).cast(pa.int64()).to_numpy()
+        for start in range(0, rows.size, SCORE_BATCH):
+            stop = start + SCORE_BATCH
+            end[rows[start:stop]] = scorer.score(keys[start:stop], times[start:stop], x[start:stop])[:, 0]
+    return end
+
+
 def _passthrough_columns(path: Path, schema: FileSchema) -> tuple[str, ...]:
     """Input columns copied to the output beside the scores: key, time and the label when the file has it."""
     c = schema.columns
@@ -255,10 +303,18 @@ def _passthrough_columns(path: Path, schema: FileSchema) -> tuple[str, ...]:
 
 
 def _output_table(
-    model: StreamingModel, schema: FileSchema, raw: pa.Table, passthrough: tuple[str, ...], out: np.ndarray
+    model: StreamingModel,
+    schema: FileSchema,
+    raw: pa.Table,
+    passthrough: tuple[str, ...],
+    out: np.ndarray,
+    end: np.ndarray | None = None,
 ) -> pa.Table:
     arrays: dict[str, pa.Array | pa.ChunkedArray] = {c: raw.column(c) for c in passthrough}
-    for name, arr in scores_table(model, schema, out).items():
+    scores = scores_table(model, schema, out)
+    if end is not None:
+        scores = _with_end_score(scores, end, schema)
+    for name, arr in scores.items():
         arrays[name if name not in arrays else f"{name}_"] = arr
     return pa.table(arrays)
 

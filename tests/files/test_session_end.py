@@ -1,0 +1,86 @@
+"""Sessions: truncated and reordered sessions, short ones included, are caught through fit-file's defaults.
+
+One key a session (as log-template sessions of a storage system are): ``open``, an optional ``auth``, a
+number of ``read``/``write`` blocks (some with a ``verify``), ``commit``, ``close``; 3 to 25 events. A
+truncated session stops anywhere before its end (after one event, too): each of its events is one a normal
+session has, so only a model that learned how sessions end (the end-of-key token) sees it. A reordered
+session has two neighbouring events swapped. A session counts as caught when any of its rows alerts (its
+events' scores and, on its last row, the end score), and no more than 1% of normal sessions may be flagged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rnnstream.cli.main import main
+from rnnstream.files.fitting import load_fitted
+from rnnstream.files.session_end import END_TOKEN, has_end_token
+
+
+def _normal(rng: np.random.Generator) -> list[str]:
+    s = ["open"] + (["auth"] if rng.random() < 0.5 else [])
+    for _ in range(int(rng.integers(0, 9))):
+        s += ["read", "write"] if rng.random() < 0.7 else ["read", "verify", "write"]
+    return [*s, "commit", "close"]
+
+
+def _truncated(rng: np.random.Generator) -> list[str]:
+    s = _normal(rng)
+    return s[: int(rng.integers(1, len(s) - 1))]
+
+
+def _reordered(rng: np.random.Generator) -> list[str]:
+    s = _normal(rng)
+    while True:
+        p = int(rng.integers(0, len(s) - 1))
+        if s[p] != s[p + 1]:
+            s[p], s[p + 1] = s[p + 1], s[p]
+            return s
+
+
+KINDS = {"normal": _normal, "truncated": _truncated, "reordered": _reordered}
+
+
+def _sessions(kinds: list[str], rng: np.random.Generator, prefix: str) -> pd.DataFrame:
+    rows = []
+    for i, kind in enumerate(kinds):
+        for j, token in enumerate(KINDS[kind](rng)):
+            rows.append((f"{prefix}{i}", 1000 * (10 * i + j), token, kind))
+    return pd.DataFrame(rows, columns=["session", "ts", "event", "kind"])
+
+
+def test_truncated_and_reordered_sessions_are_caught_at_one_percent_of_normal(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    train = _sessions(["normal"] * 600, rng, "t")
+    kinds = ["normal"] * 600 + ["truncated"] * 80 + ["reordered"] * 80
+    rng.shuffle(kinds)
+    test = _sessions(kinds, rng, "x")
+    train.drop(columns="kind").to_csv(tmp_path / "train.csv", index=False)
+    test.drop(columns="kind").to_csv(tmp_path / "test.csv", index=False)
+    fit = ["fit-file", "--input", str(tmp_path / "train.csv"), "--key-column", "session"]
+    fit += ["--time-column", "ts", "--token-column", "event", "--model-out", str(tmp_path / "model")]
+    assert main(fit) == 0
+    _, schema = load_fitted(tmp_path / "model")
+    assert has_end_token(schema) and schema.vocabulary[-1] == END_TOKEN
+    score = ["score-file", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "test.csv")]
+    assert main([*score, "--output", str(tmp_path / "scores.csv")]) == 0
+
+    out = pd.read_csv(tmp_path / "scores.csv")
+    assert len(out) == len(test) and out["session"].tolist() == test["session"].tolist()
+    # end_score: on each session's last row only
+    last = ~out["session"].duplicated(keep="last")
+    assert out.loc[last, "end_score"].notna().all() and out.loc[~last, "end_score"].isna().all()
+    out["kind"] = test["kind"].to_numpy()
+    per = out.groupby("session").agg(alert=("alert", "max"), kind=("kind", "first"), n=("alert", "size"))
+    caught = per.groupby("kind")["alert"].mean()
+    assert caught["normal"] <= 0.01, caught
+    assert caught["truncated"] >= 0.9 and caught["reordered"] >= 0.9, caught
+    short = per[(per.kind == "truncated") & (per.n <= 3)]
+    assert len(short) >= 10 and short["alert"].mean() >= 0.9  # sessions of 1-3 events are caught too
+    # what catches a truncated session is its end: without end_score its rows look like a normal start
+    ends = out[last & (out["kind"] == "truncated")]
+    assert (ends["end_score"] >= schema.threshold.value).mean() >= 0.9
+    assert (out.loc[out["kind"] == "truncated", "score"] >= schema.threshold.value).mean() < 0.05
