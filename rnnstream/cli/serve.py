@@ -49,8 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--deployment-name",
         default=None,
-        help="release name carried by the consumer group and transactional ids, so two releases on one "
-        "Kafka never collide (default $RNNSTREAM_DEPLOYMENT_NAME, else rnnstream)",
+        help="release name carried by the consumer group, transactional ids, checkpoints and output topics "
+        "(<pipeline>.<name>.scores/.dlq unless the name is rnnstream), so two releases on one Kafka never "
+        "collide (default $RNNSTREAM_DEPLOYMENT_NAME, else rnnstream)",
     )
     s.add_argument("--ray-address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or local)")
     s.add_argument("--no-transactions", action="store_true", help="at-least-once scores (no Kafka txns)")
@@ -211,8 +212,9 @@ def run_serve(args: argparse.Namespace) -> int:
         ray.get(coord.shadow_model.remote(shadow_handle), timeout=300)
         print(f"shadow-scoring {shadow_handle.version} into {config.shadow_topic}", flush=True)
     print(
-        f"serving {args.pipeline} with {args.workers} workers over {partitions} partitions, model "
-        f"{handle.version}, checkpoints in {checkpoint_uri} (Ctrl-C stops cleanly)",
+        f"serving {args.pipeline} ({config.deployment}) with {args.workers} workers over {partitions} "
+        f"partitions, model {handle.version}, scores into {config.scores_topic} (rejects into "
+        f"{config.dlq_topic}), checkpoints in {checkpoint_uri} (Ctrl-C stops cleanly)",
         flush=True,
     )
     stop = threading.Event()

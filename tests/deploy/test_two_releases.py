@@ -77,8 +77,9 @@ def test_two_releases_serve_one_pipeline_on_one_kafka_apart(render, tmp_path: Pa
         finally:
             codes = [stop_process(proc, timeout_s=120) for proc, _ in runs]
         logs = [log.read_text() for _, log in runs]
-        for job, rc, log in zip(jobs, codes, logs, strict=True):
+        for job, config, rc, log in zip(jobs, configs, codes, logs, strict=True):
             assert rc == 0, f"{job.name} did not stop cleanly on SIGTERM (exit {rc}):\n{log}"
+            assert f"scores into {config.scores_topic} " in log, log  # the job says where its scores go
             status = _last_status(log)
             assert re.search(r" restarts=0 ", status) and "FAILING" not in status, status
         loaded = model_registry.load_version(jobs[0].flag("--model"), store=first.tracking_store())
