@@ -47,11 +47,14 @@ class KeyArena:
         grown[: self.used] = self.buf[: self.used]
         self.buf = grown
 
-    def released(self, nbytes: int, live: np.ndarray) -> None:
-        """``nbytes`` of keys were forgotten; compact the buffer when garbage outweighs the ``live`` keys'."""
+    def released(self, nbytes: int) -> bool:
+        """``nbytes`` of keys were forgotten; True when their garbage now outweighs the live keys' bytes (time
+        to :meth:`compact`)."""
         self.garbage += nbytes
-        if self.garbage < max(_MIN_COMPACT, self.used - self.garbage):
-            return
+        return self.garbage >= max(_MIN_COMPACT, self.used - self.garbage)
+
+    def compact(self, live: np.ndarray) -> None:
+        """Copy the keys of the ``live`` slots (all that hold one) into a fresh buffer without garbage."""
         offsets = np.empty(live.size + 1, np.int64)
         size = self.used - self.garbage
         buf = zeros(max(1024, size + size // 2), np.uint8)

@@ -178,7 +178,7 @@ class KeyedStateStore:
         if new_cap > MAX_SLOTS:
             raise MemoryError(f"a store holds at most {MAX_SLOTS} keys, {new_cap} asked for")
         old = self._capacity
-        # the slab's memory as numpy rows [capacity, S*L*H]; torch sees the same memory (see gather_slots)
+        # the slab as numpy rows [capacity, S*L*H]: the compiled loops copy whole rows in and out
         rows = zeros((new_cap, self._rows.shape[1]), np.float32)
         rows[:old] = self._rows[:old]
         self._rows = rows
@@ -205,7 +205,8 @@ class KeyedStateStore:
         )  # fmt: skip
         self._num_keys -= slots.size
         table.count -= slots.size
-        self._keys.released(int(key_bytes), self._live_slots())
+        if self._keys.released(int(key_bytes)):
+            self._keys.compact(self._live_slots())
 
     # ------------------------------------------------------------------ states
     def gather_slots(self, slots: np.ndarray, out: np.ndarray | None = None) -> torch.Tensor:
