@@ -45,6 +45,7 @@ from typing import Any
 from rnnstream.workers.event_codec import EventDecoder
 from rnnstream.workers.failure_record import FailureRecord, backoff_delays
 from rnnstream.workers.loop_calls import LoopCalls
+from rnnstream.workers.model_loading import load_model
 from rnnstream.workers.owned_partitions import OwnedPartitions
 from rnnstream.workers.partition_checkpoint import PartitionCheckpoints
 from rnnstream.workers.scores_transaction import ProducerFenced
@@ -70,8 +71,6 @@ class ScoringWorker:
         model_loader: Callable[[str], Any] | None = None,
         export_metrics: bool = True,
     ) -> None:
-        from rnnstream.workers.serving import load_model
-
         self.slot = int(slot)
         self.config = config
         self.name = f"worker-{slot}"

@@ -25,31 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from rnnstream.workers.coordinator import Coordinator, coordinator_name
+from rnnstream.workers.model_loading import MODELS_URI
+from rnnstream.workers.model_loading import load_model as load_model  # re-exported (its home)
 from rnnstream.workers.worker_config import ModelHandle, WorkerConfig
 from rnnstream.workers.worker_slots import NAMESPACE
-
-MODELS_URI = "models:/"
 
 
 def _local_version(path: Path) -> str:
     from rnnstream.rnn_core.serialization import local_model_version, model_meta
 
     return local_model_version(path, model_meta(path).get("version"))
-
-
-def load_model(locator: str) -> Any:
-    """Load the model a locator names (a folder, or ``models:/name/<version>``), in eval mode, no pickles."""
-    if locator.startswith(MODELS_URI):
-        from rnnstream.workers.model_registry import load_model_version
-
-        model, _ = load_model_version(locator)
-        return model
-    from rnnstream.rnn_core.serialization import load_model as load_folder
-    from rnnstream.rnn_core.serialization import model_folder
-
-    model = load_folder(model_folder(locator))
-    model.eval()
-    return model
 
 
 def resolve_model(source: str | os.PathLike[str], alias: str = "champion") -> ModelHandle:

@@ -18,7 +18,7 @@ class ModelHandle:
     """Which model to serve: a version name (carried by every score and checkpoint) and where to load it.
 
     ``locator`` is a model directory (``save_model`` layout) or a registry URI (``models:/name/3``); the
-    worker loads it itself with :func:`rnnstream.workers.serving.load_model`.
+    worker loads it itself with :func:`rnnstream.workers.model_loading.load_model`.
     """
 
     version: str
