@@ -70,10 +70,10 @@ class Deployment:
 
     # ---------------------------------------------------------------------------------------- stand-ins
     def start(self) -> None:
+        text = self.config_text + "\n".join(" ".join(j.argv) for j in self.jobs)
         if self.owns_stand_ins:
             self.broker.start()
-            self.stores.start()
-        text = self.config_text + "\n".join(" ".join(j.argv) for j in self.jobs)
+            self.stores.start(gcs=bool(uris_of(text, "gs")))
         self.stores.create_buckets(uris_of(text, "s3") | uris_of(text, "gs"))
         self.ray = RayHead(self.job_env(self.jobs[0]), self.root / "ray-head.log").start()
 

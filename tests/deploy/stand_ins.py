@@ -116,23 +116,25 @@ class ObjectStores:
     procs: list[subprocess.Popen] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 
-    def start(self) -> ObjectStores:
-        s3_port, gcs_port = free_port(), free_port()
+    def start(self, gcs: bool = True) -> ObjectStores:
+        """Start the S3 server, and the GCS one when ``gcs`` (a profile that names no ``gs://`` URI needs
+        none)."""
+        s3_port = free_port()
         self._spawn([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], "s3")
         _wait_http(f"http://127.0.0.1:{s3_port}/", self.procs[-1])
-        self._spawn(
-            [str(BIN / "gcp-storage-emulator"), "start", "-H", "127.0.0.1", "--port", str(gcs_port), "-M"],
-            "gcs",
-        )
-        _wait_http(f"http://127.0.0.1:{gcs_port}/", self.procs[-1])
         self.env = {
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
             "AWS_ACCESS_KEY_ID": "stand-in",
             "AWS_SECRET_ACCESS_KEY": "stand-in",
             "AWS_EC2_METADATA_DISABLED": "true",
-            "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{gcs_port}",
-            "GOOGLE_CLOUD_PROJECT": "rnnstream-tests",
         }
+        if gcs:
+            gcs_port = free_port()
+            argv = [str(BIN / "gcp-storage-emulator"), "start", "-H", "127.0.0.1", "--port", str(gcs_port)]
+            self._spawn([*argv, "-M"], "gcs")
+            _wait_http(f"http://127.0.0.1:{gcs_port}/", self.procs[-1])
+            self.env["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{gcs_port}"
+            self.env["GOOGLE_CLOUD_PROJECT"] = "rnnstream-tests"
         return self
 
     def _spawn(self, argv: list[str], name: str) -> None:

@@ -21,6 +21,9 @@ from tests.deploy.stand_ins import stop_process
 
 PIPELINE = "fraud"
 RELEASES = ("blue", "green")
+# One scoring worker per release (the chart's pipelines[].workers): both use worker slot 0, the one
+# transactional id they would share without the release name; and half the processes on a small machine.
+ONE_WORKER = ("--set-json", 'pipelines=[{"name": "fraud", "partitions": 12, "workers": 1}]')
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -45,11 +48,13 @@ def test_two_releases_serve_one_pipeline_on_one_kafka_apart(render, tmp_path: Pa
     )
     from rnnstream.workers.worker_config import WorkerConfig, committed_all, transactional_id
 
-    first = Deployment(render("default", release=RELEASES[0]), tmp_path / RELEASES[0])
-    second = Deployment(render("default", release=RELEASES[1]), tmp_path / RELEASES[1], share=first)
+    docs = [render("default", release=r, extra=ONE_WORKER) for r in RELEASES]
+    first = Deployment(docs[0], tmp_path / RELEASES[0])
+    second = Deployment(docs[1], tmp_path / RELEASES[1], share=first)
     deps = (first, second)
     jobs = [dep.job("serve", PIPELINE) for dep in deps]
     assert [job.flag("--deployment-name") for job in jobs] == list(RELEASES)
+    assert [job.flag("--workers") for job in jobs] == ["1", "1"]
     assert len({job.flag("--checkpoint-uri") for job in jobs}) == 1, "the releases share one bucket"
     spec = get_pipeline(PIPELINE)
     configs = [
