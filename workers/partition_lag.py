@@ -100,10 +100,11 @@ def lag_of(
 
 
 class LagWatch:
-    """A daemon thread that reads the lag of what ``positions()`` names every ``every_s`` seconds.
+    """A daemon thread that reads the lag of what ``positions()`` names every ``every_s`` seconds (and
+    hands each reading to ``on_read``).
 
-    ``positions()`` returns ``(next offset per owned partition, whether the worker's loop is healthy)``;
-    it is called from this thread, so it must only read a snapshot the loop publishes.
+        ``positions()`` returns ``(next offset per owned partition, whether the worker's loop is healthy)``;
+        it is called from this thread, so it must only read a snapshot the loop publishes.
     """
 
     def __init__(
@@ -112,8 +113,10 @@ class LagWatch:
         positions: Callable[[], tuple[dict[int, int], bool]],
         every_s: float,
         name: str = "lag",
+        on_read: Callable[[LagReading], None] | None = None,
     ) -> None:
         self.reading = LagReading()
+        self._on_read = on_read
         self._offsets = BrokerOffsets(config)
         self._positions = positions
         self._every_s = max(0.05, float(every_s))
@@ -141,7 +144,9 @@ class LagWatch:
     def _run(self) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(Exception):  # never let the watcher die; _read reports errors
-                self._read()
+                reading = self._read()
+                if self._on_read is not None:
+                    self._on_read(reading)
             self._stop.wait(self._every_s)
         self._offsets.close()
 

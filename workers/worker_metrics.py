@@ -3,8 +3,9 @@ as plain numbers too, so ``rnnstream status`` can print them per worker without 
 
 Counters: events, dead-lettered, scored, replayed (state updated, nothing emitted), evicted keys, restores,
 checkpoints, Kafka errors, resets to checkpoints, scoring errors, pauses. Gauges: keys held, state bytes,
-paused. Per-partition series (lag, counts) are not here: a Ray gauge cannot drop the series of a released
-partition, so the worker serves them itself (:mod:`partition_metrics_endpoint`). Histograms: batch size,
+paused, lag of all owned partitions and its age (seconds since the broker last answered). Per-partition
+series (lag, counts) are not here: a Ray gauge cannot drop the series of a released partition, so the worker
+serves them itself (:mod:`partition_metrics_endpoint`). Histograms: batch size,
 checkpoint duration, latency event time -> score written and broker append -> score written. The local copy
 keeps the latest latencies in a fixed ring (no growth) for p50/p99.
 """
@@ -61,6 +62,8 @@ class _RayMetrics:
             "keys": gauge("keys", "stream keys held in state"),
             "state_bytes": gauge("state_bytes", "bytes of recurrent state held"),
             "paused": gauge("paused", "1 while the worker holds its partitions paused (backpressure)"),
+            "lag_total": gauge("lag_total", "events behind the owned partitions' ends (last broker read)"),
+            "lag_age_s": gauge("lag_age_seconds", "seconds since lag was last read from the broker"),
         }
         self.hists = {
             "batch_size": hist("batch_size", "events per scored micro-batch", BATCH_BOUNDARIES),

@@ -25,7 +25,7 @@ from typing import Any
 
 from rnnstream.workers.failure_record import FailureRecord
 from rnnstream.workers.owned_partitions import OwnedPartitions
-from rnnstream.workers.partition_lag import LagWatch
+from rnnstream.workers.partition_lag import LagReading, LagWatch
 from rnnstream.workers.partition_metrics_endpoint import PartitionMetricsEndpoint, PartitionNumbers
 from rnnstream.workers.scoring_partition import ScoringPartition
 from rnnstream.workers.served_models import ServedModels
@@ -55,7 +55,7 @@ class WorkerReport:
         self._metrics = metrics
         self._loop_alive = loop_alive
         self._owned: dict[int, ScoringPartition] = {}
-        self.lag = LagWatch(config, self.positions, config.lag_every_s, self.name)
+        self.lag = LagWatch(config, self.positions, config.lag_every_s, self.name, self._export_lag)
         self.endpoint: PartitionMetricsEndpoint | None = None
         if config.metrics_port is not None:
             port = config.metrics_port + slot if config.metrics_port > 0 else 0
@@ -72,6 +72,15 @@ class WorkerReport:
         """Next offset of each owned partition, and whether the loop runs without failing."""
         healthy = self._loop_alive() and not self._health.failing
         return {p: part.offsets.next_offset for p, part in self._owned.items()}, healthy
+
+    def _export_lag(self, reading: LagReading) -> None:
+        """Worker-wide lag gauges on Ray's endpoint: the total of the owned partitions (kept while the broker
+        does not answer) and its age, which grows then."""
+        st = self.status()
+        if reading.error is None:
+            self._metrics.set_gauge("lag_total", st["lag_total"])
+        if st["lag_age_s"] is not None:
+            self._metrics.set_gauge("lag_age_s", st["lag_age_s"])
 
     def status(self) -> dict[str, Any]:
         owned = self._owned

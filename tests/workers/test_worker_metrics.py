@@ -64,6 +64,7 @@ def test_prometheus_series_carry_the_worker_counts(new_stream, ray_local, tmp_pa
             return (
                 sum(s.get("rnnstream_scored_total", {}).values()) == 1200
                 and sum(s.get("rnnstream_dead_lettered_total", {}).values()) == 3
+                and s.get("rnnstream_lag_total", {}).get(("worker-0", None)) == 0
             )
 
         wait_for(exported, 60, "the worker's series in the Prometheus endpoint", every_s=1.0)
@@ -91,7 +92,8 @@ def test_prometheus_series_carry_the_worker_counts(new_stream, ray_local, tmp_pa
     assert sum(series["rnnstream_events_total"].values()) == 1203 == worker["events"]
     assert sum(series["rnnstream_evicted_keys_total"].values()) == worker["evicted"] > 0
     assert sum(series["rnnstream_keys"].values()) == worker["keys"] > 0
-    assert "rnnstream_lag" not in series  # no Ray gauge for lag: it could never drop a released partition
+    assert "rnnstream_lag" not in series  # no Ray gauge per partition: it could never drop a released one
+    assert series["rnnstream_lag_age_seconds"][("worker-0", None)] < 30
     counts = worker["partition_counts"]
     for p in ("0", "1"):
         assert own["rnnstream_partition_events_total"][p] == counts[int(p)]["in"]
