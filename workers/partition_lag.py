@@ -100,11 +100,11 @@ def lag_of(
 
 
 class LagWatch:
-    """A daemon thread that reads the lag of what ``positions()`` names every ``every_s`` seconds (and
-    hands each reading to ``on_read``).
+    """A daemon thread that reads the lag of what ``positions()`` names every ``every_s`` seconds and hands
+    each reading to ``on_read``.
 
-        ``positions()`` returns ``(next offset per owned partition, whether the worker's loop is healthy)``;
-        it is called from this thread, so it must only read a snapshot the loop publishes.
+    ``positions()`` returns ``(next offset per owned partition, whether the worker's loop is healthy)``; it
+    is called from this thread, so it must only read a snapshot the loop publishes.
     """
 
     def __init__(
@@ -133,7 +133,7 @@ class LagWatch:
         try:
             ends, committed = self._offsets.read(sorted(next_offsets))
         except Exception as exc:
-            error = f"broker unreachable for lag: {type(exc).__name__}: {exc}"[:300]
+            error = f"lag unknown, the broker did not answer: {type(exc).__name__}: {exc}"[:300]
             if error != self.reading.error:
                 log.warning("%s", error)
             self.reading = LagReading(at=self.reading.at, error=error)

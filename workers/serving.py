@@ -27,7 +27,7 @@ from typing import Any
 from rnnstream.workers.coordinator import Coordinator, coordinator_name
 from rnnstream.workers.model_loading import MODELS_URI
 from rnnstream.workers.model_loading import load_model as load_model  # re-exported (its home)
-from rnnstream.workers.worker_config import ModelHandle, WorkerConfig
+from rnnstream.workers.worker_config import DEFAULT_DEPLOYMENT, ModelHandle, WorkerConfig
 from rnnstream.workers.worker_slots import NAMESPACE
 
 
@@ -115,7 +115,7 @@ def start_coordinator(
     actor = (
         ray.remote(Coordinator)
         .options(
-            name=coordinator_name(config.pipeline),
+            name=coordinator_name(config.pipeline, config.deployment),
             namespace=NAMESPACE,
             max_concurrency=16,
             num_cpus=0,
@@ -136,15 +136,17 @@ def start_coordinator(
     return actor
 
 
-def find_coordinator(pipeline: str) -> Any:
-    """The running coordinator of ``pipeline`` (raises ValueError when none runs in this Ray)."""
+def find_coordinator(pipeline: str, deployment: str = DEFAULT_DEPLOYMENT) -> Any:
+    """The running coordinator of release ``deployment`` of ``pipeline`` (ValueError when none runs in this
+    Ray)."""
     import ray
 
     try:
-        return ray.get_actor(coordinator_name(pipeline), namespace=NAMESPACE)
+        return ray.get_actor(coordinator_name(pipeline, deployment), namespace=NAMESPACE)
     except ValueError as exc:
         raise ValueError(
-            f"no scoring is running for pipeline {pipeline!r} (start it with `rnnstream serve`)"
+            f"no scoring of release {deployment!r} is running for pipeline {pipeline!r} (start it with "
+            f"`rnnstream serve --deployment-name {deployment}`)"
         ) from exc
 
 
@@ -186,7 +188,7 @@ def status_line(status: dict[str, Any]) -> str:
         line += f" | last swap to {last['to']}: keys warmed {last['keys_warmed']}, cold {last['keys_cold']}"
     for w in ws:
         if w.get("lag_error"):
-            line += f" | worker {w.get('slot')} LAG UNKNOWN: {w['lag_error']}"
+            line += f" | worker {w.get('slot')}: {w['lag_error']}"
     if status.get("ownership_conflicts"):
         line += f" | OWNERSHIP CONFLICTS seen {status['ownership_conflicts']} times"
     failing = [w for w in ws if w.get("error") or w.get("failing_for_s") is not None or w.get("fenced")]
