@@ -6,10 +6,12 @@ own temporaries; here each is one loop over the batch, so a key costs one finger
 fingerprint check, and a state row one copy. The loops hold no Python objects and keep no state: the caller
 (:class:`~rnnstream.rnn_core.state_store.KeyedStateStore`) owns every array and checks sizes before a call.
 
-Compiled once per machine: ``cache=True`` keeps the machine code beside this file (or, where that folder is
-read-only, in numba's per-user cache; ``NUMBA_CACHE_DIR`` moves it), so a new process loads it instead of
-compiling. All kernels live in this one file because numba's cache is keyed on the file of the function
-called: a kernel calling into another file would not see that file change.
+Compiled once per machine: numba's cache keeps the machine code beside this file (or, where that folder is
+read-only, in the per-user cache under ``$XDG_CACHE_HOME``; ``NUMBA_CACHE_DIR`` moves it), so a new process
+loads it (~0.3-0.5 s CPU once, numba's own start) instead of compiling (~2 s). Where no folder is writable at
+all, the kernels compile in each process instead of failing the import. All kernels live in this one file
+because numba's cache is keyed on the file of the function called: a kernel calling into another file would
+not see that file change.
 
 Index layout: ``tab`` (int32, a power of two long) holds slot numbers, ``EMPTY`` where free; a key's home
 position is the top bits of the first fingerprint half, collisions probe linearly, and removal shifts the
@@ -19,8 +21,24 @@ reads one table entry and one 16-byte fingerprint row per key.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from numba import njit
+
+
+def _kernel(inline: str = "never") -> Callable[[Callable[..., Any]], Any]:
+    """``numba.njit`` with the on-disk cache, or without it where numba finds no writable cache folder."""
+
+    def compile_(fn: Callable[..., Any]) -> Any:
+        try:
+            return njit(cache=True, inline=inline)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return njit(inline=inline)(fn)
+
+    return compile_
+
 
 EMPTY = -1  # table position holding no slot
 FREE = -1  # key length of a slot holding no key
@@ -35,7 +53,7 @@ _S27, _S30, _S31, _S33 = np.uint64(27), np.uint64(30), np.uint64(31), np.uint64(
 _ZERO, _EIGHT, _BYTE = np.uint64(0), np.uint64(8), np.uint64(0xFF)
 
 
-@njit(cache=True, inline="always")
+@_kernel(inline="always")
 def _fingerprint(data, start, end, seed1, seed2):
     """Two 64-bit hashes of ``data[start:end]``: chains ``h = mix(h ^ word)`` over its little-endian 8-byte
     words (the last one zero-padded), from a seed and the length; splitmix64's and murmur3's finalizers."""
@@ -64,14 +82,14 @@ def _fingerprint(data, start, end, seed1, seed2):
     return a, b
 
 
-@njit(cache=True)
+@_kernel()
 def fingerprint_batch(data, offsets, seed1, seed2, out):
     """``out[i] = (h1, h2)`` of key ``i`` (bytes ``data[offsets[i]:offsets[i + 1]]``)."""
     for i in range(offsets.size - 1):
         out[i, 0], out[i, 1] = _fingerprint(data, offsets[i], offsets[i + 1], seed1, seed2)
 
 
-@njit(cache=True, inline="always")
+@_kernel(inline="always")
 def _find(tab, shift, fp, h1, h2):
     """(slot or EMPTY, the position where it is or where it would go)."""
     mask = tab.size - 1
@@ -83,7 +101,7 @@ def _find(tab, shift, fp, h1, h2):
         pos = (pos + 1) & mask
 
 
-@njit(cache=True)
+@_kernel()
 def probe_hashes(hashes, tab, shift, fp, slots):
     """``slots[i]``: the slot of fingerprint ``hashes[i]``, or -1; returns how many were not found.
 
@@ -106,7 +124,7 @@ def probe_hashes(hashes, tab, shift, fp, slots):
     return missing
 
 
-@njit(cache=True)
+@_kernel()
 def probe_keys(data, offsets, seed1, seed2, tab, shift, fp, slots, hashes):
     """Fingerprint and find every key of a batch: ``hashes[i]`` its fingerprint, ``slots[i]`` its slot or
     -1; returns how many were not found."""
@@ -115,7 +133,7 @@ def probe_keys(data, offsets, seed1, seed2, tab, shift, fp, slots, hashes):
     return probe_hashes(hashes, tab, shift, fp, slots)
 
 
-@njit(cache=True)
+@_kernel()
 def insert_keys(
     todo, hashes, data, offsets, tab, shift, fp, times, key_start, key_len, arena, arena_used, free, num_free,
     next_fresh, slots,
@@ -150,7 +168,7 @@ def insert_keys(
     return num_free, next_fresh, arena_used, added
 
 
-@njit(cache=True)
+@_kernel()
 def place_slots(live, tab, shift, fp):
     """Put slots (known absent from the table) into it, each at the first free position from its home."""
     mask = tab.size - 1
@@ -161,7 +179,7 @@ def place_slots(live, tab, shift, fp):
         tab[pos] = s
 
 
-@njit(cache=True)
+@_kernel()
 def release_slots(slots, tab, shift, fp, rows, times, key_len, free, num_free):
     """Forget the keys of distinct live ``slots``: their table entries removed (later entries of the probe
     run shifted back into the gap), rows zeroed, times -1, slots pushed on the ``free`` stack (which has
@@ -196,7 +214,7 @@ def release_slots(slots, tab, shift, fp, rows, times, key_len, free, num_free):
     return num_free, released
 
 
-@njit(cache=True)
+@_kernel()
 def gather_rows(rows, slots, out):
     """``out[i] = rows[slots[i]]`` (an IndexError for a slot outside the slab)."""
     n, w = rows.shape
@@ -208,7 +226,7 @@ def gather_rows(rows, slots, out):
             out[i, k] = rows[s, k]
 
 
-@njit(cache=True)
+@_kernel()
 def scatter_rows(rows, slots, src, times, src_times):
     """``rows[slots[i]] = src[i]``, and ``times[slots[i]] = src_times[i]`` when ``src_times`` is not empty."""
     n, w = rows.shape
@@ -223,7 +241,7 @@ def scatter_rows(rows, slots, src, times, src_times):
             times[s] = src_times[i]
 
 
-@njit(cache=True)
+@_kernel()
 def copy_keys(slots, key_start, key_len, arena, offsets, out):
     """The key bytes of ``slots`` one after another into ``out``, ``offsets`` (n + 1) marking each."""
     at = 0

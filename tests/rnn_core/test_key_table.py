@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -79,3 +83,17 @@ def test_snapshot_format_round_trips_and_refuses_other_shapes() -> None:
     with pytest.raises(ValueError, match="does not match"):
         read_snapshot_table(table, (2, 1, 8))
     assert isinstance(keys, pa.ChunkedArray)
+
+
+def test_store_works_where_numba_can_cache_nowhere() -> None:
+    """A read-only install without a writable user cache (numba finds no cache folder): the kernels compile
+    in the process instead of failing the import."""
+    probe = (
+        "from rnnstream.rnn_core.state_store import KeyedStateStore\n"
+        "print(KeyedStateStore((1, 1, 2)).lookup(['a', 'b', 'a']).tolist())\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "IPythonCacheLocator"}  # none outside IPython
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[0, 1, 0]"
