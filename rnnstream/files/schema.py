@@ -131,8 +131,9 @@ def choose_head(columns: FileColumns, num_classes: int) -> str:
     """Label -> binary (2 classes) or multiclass (more); no label: token -> next_token, values -> forecast."""
     if columns.label:
         if num_classes < 2:
+            what = "no value in any row" if num_classes == 0 else "only one class"
             raise UsageError(
-                f"label column {columns.label!r} has only one class; a classifier needs at least two "
+                f"label column {columns.label!r} has {what}; a classifier needs at least two classes "
                 "(drop --label-column to learn to forecast the stream instead)"
             )
         return "binary" if num_classes == 2 else "multiclass"

@@ -322,3 +322,15 @@ def test_an_unknown_label_value_is_still_an_error() -> None:
     assert codes.to_pylist() == [0, None, 1]
     with pytest.raises(UsageError, match="label column 'y' has the value 'maybe', not one of"):
         label_codes(pa.array(["ok", "maybe"]), ("ok", "alert"), "y", 0)
+
+
+def test_a_label_column_empty_in_every_row_says_so() -> None:
+    from rnnstream.errors import UsageError
+    from rnnstream.files.columns import FileColumns
+    from rnnstream.files.schema import choose_head
+
+    columns = FileColumns(key="device", time="time", values=("v0",), label="y")
+    with pytest.raises(UsageError, match="label column 'y' has no value in any row"):
+        choose_head(columns, 0)
+    with pytest.raises(UsageError, match="label column 'y' has only one class"):
+        choose_head(columns, 1)
