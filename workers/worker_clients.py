@@ -18,6 +18,8 @@ from rnnstream.workers.score_emitter import ScoreEmitter
 from rnnstream.workers.scores_transaction import ScoresTransaction
 from rnnstream.workers.worker_config import WorkerConfig, transactional_id
 
+DEAD_LETTER_HEADROOM = 16 * 1024  # a dead letter's key (<= 1 KiB) and headers (detail <= 1,000 bytes)
+
 
 class WorkerClients:
     """Consumer, transaction, score emitter and dead-letter writer of one worker incarnation."""
@@ -41,7 +43,7 @@ class WorkerClients:
         pkw: dict[str, Any] = {
             "linger_ms": 2,
             "batch_size": 256 * 1024,
-            "max_request_size": 16 * 1024 * 1024,
+            "max_request_size": config.max_record_bytes,  # what the broker takes, else a send fails late
             "max_block_ms": 20_000,
         }
         if config.transactions:
@@ -54,7 +56,11 @@ class WorkerClients:
         self.tx = ScoresTransaction(producer, config.transactions, config.commit_timeout_ms)
         self.emitter = ScoreEmitter(self.tx, config)
         self.dead_letters = DeadLetterWriter(
-            config.schema, producer=producer, topic=config.dlq_topic, send=self.tx.send
+            config.schema,
+            producer=producer,
+            topic=config.dlq_topic,
+            send=self.tx.send,
+            max_payload_bytes=config.max_record_bytes - DEAD_LETTER_HEADROOM,
         )
         if config.transactions:
             try:

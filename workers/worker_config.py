@@ -70,6 +70,9 @@ class WorkerConfig:
     metrics_port: int | None = 0  # per-partition Prometheus series on this port + slot (0: any free port)
     error_backoff_s: float = 0.5
     commit_timeout_ms: int = 15_000
+    # the largest score or dead-letter record written; keep it under the output topics' max.message.bytes
+    # (Kafka's default 1,048,588): bigger score chunks are split, a bigger single score is dead-lettered
+    max_record_bytes: int = 1_000_000
     torch_threads: int = 1
     warmup_archive_uri: str | None = None  # Parquet archive a hot-swap challenger warms each key from
     warmup_archive_events: int = 256  # at most this many of a key's latest archived events

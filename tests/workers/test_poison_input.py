@@ -106,3 +106,59 @@ def test_serve_refuses_a_model_for_other_events_in_one_line(kafka_bootstrap, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0
     assert len(err) == 1 and "'frame'" in err[0] and "cannot serve" in err[0], err
+
+
+def test_score_chunks_over_the_brokers_message_limit_are_split_not_a_reset_loop(new_stream, tmp_path):
+    """Arrow events with long keys: 8,192 scores with their keys make a record over the broker's message
+    limit (~1 MB by default). It was sent (the producer allowed 16 MiB), the broker refused it, the commit
+    failed, and the worker reset and replayed into the same refusal without end. Records are now kept under
+    ``max_record_bytes``: the chunk is split and every event is scored, with no Kafka error."""
+    import pyarrow.compute as pc
+
+    settings, _, schema, model, handle = new_stream("bigkeys", 1)
+    events = make_events(schema, 12_000, 12_000, seed=12)
+    long_keys = pc.binary_join_element_wise(events.column("key"), pa.scalar("-" + "k" * 120), "")
+    events = events.set_column(events.schema.get_field_index("key"), "key", long_keys)
+    with EventProducer(settings, schema) as producer:
+        producer.send_arrow(events, events_per_message=4000)  # ~0.6 MB each: the broker takes them
+        producer.flush()
+    config = worker_config(
+        settings, schema, tmp_path / "ckpt", max_batch_events=16_384, max_poll_records=16_384
+    )
+    worker = ScoringWorker(0, config, export_metrics=False)
+    try:
+        worker.assign([0], handle)
+        wait_for(lambda: committed_all(settings, config), 60, "all events committed")
+        snap = worker.metrics_snapshot()
+    finally:
+        worker.shutdown()
+    assert snap["kafka_errors"] == 0 and snap["resets"] == 0, snap["last_error"]
+    assert snap["scored"] == 12_000 and snap["dead_lettered"] == 0
+    assert max(len(m.value) for m in read_topic(settings, config.scores_topic)) <= config.max_record_bytes
+    evs = read_events(settings, config.events_topic, schema)
+    verdict = verify(evs, read_scores(settings, config.scores_topic), offline_reference(evs, model))
+    assert verdict.ok and verdict.expected == 12_000, verdict.line
+
+
+def test_a_score_too_large_to_write_is_dead_lettered_with_a_bounded_record(new_stream, tmp_path):
+    settings, _, schema, _, handle = new_stream("hugekey", 1)
+    events = make_events(schema, 400, 20, seed=13)
+    keys = events.column("key").to_pylist()
+    keys[123] = "h" * 80_000  # its score record (which carries the key) is over max_record_bytes
+    events = events.set_column(events.schema.get_field_index("key"), "key", pa.array(keys, pa.string()))
+    with EventProducer(settings, schema) as producer:
+        producer.send_arrow(events, events_per_message=100)
+        producer.flush()
+    config = worker_config(settings, schema, tmp_path / "ckpt", max_record_bytes=60_000)
+    worker = ScoringWorker(0, config, export_metrics=False)
+    try:
+        worker.assign([0], handle)
+        wait_for(lambda: committed_all(settings, config), 60, "all events committed")
+        snap = worker.metrics_snapshot()
+    finally:
+        worker.shutdown()
+    assert snap["kafka_errors"] == 0 and snap["resets"] == 0, snap["last_error"]
+    assert snap["scored"] == 399 and snap["dead_lettered"] == 1
+    (dead,) = [parse_dead_letter(m) for m in read_topic(settings, config.dlq_topic)]
+    assert dead.reason == "score_too_large" and dead.source_offset is not None and dead.event_index == 23
+    assert len(dead.key or b"") <= 1024
