@@ -46,15 +46,16 @@ from rnnstream.workers.model_swap import (
 )
 from rnnstream.workers.scoring_worker_actor import fence_slot
 from rnnstream.workers.swap_registry_note import note_swap_in_background
-from rnnstream.workers.worker_config import ModelHandle, WorkerConfig
+from rnnstream.workers.worker_config import DEFAULT_DEPLOYMENT, ModelHandle, WorkerConfig
 from rnnstream.workers.worker_slots import WorkerSlots
 
 log = logging.getLogger(__name__)
 
 
-def coordinator_name(pipeline: str) -> str:
-    """The Ray actor name of a pipeline's coordinator (namespace ``rnnstream``)."""
-    return f"rnnstream-coordinator-{pipeline}"
+def coordinator_name(pipeline: str, deployment: str = DEFAULT_DEPLOYMENT) -> str:
+    """The Ray actor name of a release's coordinator of ``pipeline`` (namespace ``rnnstream``): two releases
+    (deployment names) may serve one pipeline on one Ray cluster."""
+    return f"rnnstream-coordinator-{deployment}-{pipeline}"
 
 
 class Coordinator:

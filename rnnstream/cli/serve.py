@@ -3,7 +3,8 @@
 ``serve`` starts (or joins) Ray, the pipeline's coordinator and N scoring workers, prints a live one-line
 status, and on Ctrl-C (or SIGTERM, or after ``--duration``) stops cleanly: every worker commits and writes a
 final checkpoint of its partitions. It records where its Ray runs in ``<data dir>/serving/<pipeline>.json``
-so ``scale`` and ``status`` (other processes) find the coordinator.
+(``<deployment>.<pipeline>.json`` for a release other than the default) so ``scale`` and ``status`` (other
+processes) find the coordinator of that release.
 """
 
 from __future__ import annotations
@@ -76,36 +77,61 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--pipeline", required=True)
     c.add_argument("--workers", type=int, required=True)
     c.add_argument("--ray-address", default=None)
+    _add_release_flag(c)
     c.set_defaults(func=run_scale)
 
     t = subparsers.add_parser("status", help="per-worker metrics of a running pipeline")
     t.add_argument("--pipeline", required=True)
     t.add_argument("--ray-address", default=None)
     t.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    _add_release_flag(t)
     t.set_defaults(func=run_status)
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-def _address_file(pipeline: str) -> Path:
+def _add_release_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--deployment-name",
+        default=None,
+        help="the release, as given to `serve` (default $RNNSTREAM_DEPLOYMENT_NAME, else rnnstream)",
+    )
+
+
+def _release(args: argparse.Namespace) -> str:
+    from rnnstream.serving_config import DEPLOYMENT_ENV
+    from rnnstream.workers.worker_config import DEFAULT_DEPLOYMENT
+
+    return args.deployment_name or os.environ.get(DEPLOYMENT_ENV) or DEFAULT_DEPLOYMENT
+
+
+def _address_file(pipeline: str, deployment: str) -> Path:
+    """Where ``serve`` notes its Ray: ``serving/<pipeline>.json`` for the default release, else
+    ``serving/<deployment>.<pipeline>.json``."""
     from rnnstream.data_dir import DataDir
+    from rnnstream.workers.worker_config import DEFAULT_DEPLOYMENT
 
-    return DataDir.default().root / "serving" / f"{pipeline}.json"
+    name = pipeline if deployment == DEFAULT_DEPLOYMENT else f"{deployment}.{pipeline}"
+    return DataDir.default().root / "serving" / f"{name}.json"
 
 
-def _connect(pipeline: str, address: str | None) -> Any:
-    """Join the Ray that serves ``pipeline`` and return its coordinator (UsageError when none runs)."""
+def _connect(pipeline: str, address: str | None, deployment: str) -> Any:
+    """Join the Ray that serves release ``deployment`` of ``pipeline`` and return its coordinator
+    (UsageError when none runs)."""
     from rnnstream.errors import UsageError
     from rnnstream.workers.serving import find_coordinator, init_ray
 
     if address is None and not os.environ.get("RAY_ADDRESS"):
-        f = _address_file(pipeline)
+        f = _address_file(pipeline, deployment)
         if f.is_file():
             address = json.loads(f.read_text()).get("ray_address")
     if address is None and not os.environ.get("RAY_ADDRESS"):
-        raise UsageError(f"no `rnnstream serve --pipeline {pipeline}` is running here (pass --ray-address)")
+        raise UsageError(
+            f"no `rnnstream serve --pipeline {pipeline} --deployment-name {deployment}` is running here "
+            "(pass --ray-address)"
+        )
     try:
         init_ray(address=address)
-        return find_coordinator(pipeline)
+        return find_coordinator(pipeline, deployment)
     except (ValueError, ConnectionError) as exc:
         raise UsageError(str(exc)) from exc
 
@@ -189,7 +215,7 @@ def run_serve(args: argparse.Namespace) -> int:
             f"for {args.pipeline} (rnnstream train --pipeline {args.pipeline})"
         )
     init_ray(address=args.ray_address)
-    address_file = _address_file(args.pipeline)
+    address_file = _address_file(args.pipeline, config.deployment)
     address_file.parent.mkdir(parents=True, exist_ok=True)
     address_file.write_text(json.dumps({"ray_address": ray.get_runtime_context().gcs_address}))
     probe = AliasProbe(args.model) if args.follow_alias else None
@@ -250,7 +276,7 @@ def run_scale(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise UsageError("--workers must be >= 1")
-    coord = _connect(args.pipeline, args.ray_address)  # imports Ray (after setting its auth mode)
+    coord = _connect(args.pipeline, args.ray_address, _release(args))  # imports Ray (after its auth mode)
     import ray
 
     assignment = ray.get(coord.scale.remote(args.workers), timeout=600)
@@ -261,7 +287,7 @@ def run_scale(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     from rnnstream.workers.serving import status_table
 
-    coord = _connect(args.pipeline, args.ray_address)  # imports Ray (after setting its auth mode)
+    coord = _connect(args.pipeline, args.ray_address, _release(args))  # imports Ray (after its auth mode)
     import ray
 
     status = ray.get(coord.status.remote(), timeout=60)
