@@ -50,6 +50,25 @@ from rnnstream.workers.worker_config import ModelHandle
 log = logging.getLogger(__name__)
 
 SCORING_ERROR = "scoring_error"
+_kernels_loaded = False  # see load_kernels_once
+
+
+def load_kernels_once(model: Any) -> None:
+    """Score two made-up events through a throwaway store and scorer of ``model``, once per process.
+
+    The state store's compiled kernels are loaded by numba on their first call (0.3-0.5 s of CPU on an idle
+    machine, seconds on a busy one: numba's own start); without this that pause lands in the first batch a
+    worker scores, after every start and every restart. Nothing of the real partitions is touched.
+    """
+    global _kernels_loaded
+    if _kernels_loaded:
+        return
+    store = KeyedStateStore(tuple(model.state_shape), capacity=4)
+    scorer = StreamScorer(model, store)
+    x = np.zeros((2, scorer.input_size), np.float32)
+    scorer.score(pa.array(["a", "b"]), np.array([0, 1], np.int64), x)
+    store.clear()
+    _kernels_loaded = True
 
 
 @dataclass(frozen=True)
@@ -150,6 +169,7 @@ class ScoringPartition:
         When checkpoints exist but none is readable, starting empty is exact only if the log still holds
         every event (``log_start`` 0); otherwise :class:`CheckpointsUnreadable`, never a silent zero state.
         """
+        load_kernels_once(champion.model)
         shape = tuple(champion.model.state_shape)
         restored = checkpoints.restore_newest(
             partition, champion.version, lambda: KeyedStateStore(shape, capacity=1024)
