@@ -3,8 +3,8 @@
 A key's state is ``[S + E, L, H]``: ``S`` recurrent tensors, then ``E`` statistics slabs
 (:attr:`ModelConfig.statistics_slabs`) read as one flat row of ``E * L * H`` values per key:
 
-- ``[0, 4)``: the adaptive score's error statistics (:mod:`rnnstream.rnn_core.anomaly_likelihood`);
-- ``[4, 4 + 1 + 2n)``, with ``adaptive_inputs``: the key's input level and scale
+- ``[0, 5)``: the adaptive score's error statistics (:mod:`rnnstream.rnn_core.anomaly_likelihood`);
+- ``[5, 5 + 1 + 2n)``, with ``adaptive_inputs``: the key's input level and scale
   (:mod:`rnnstream.rnn_core.input_drift`); the rest is zero.
 """
 
@@ -69,4 +69,4 @@ def key_level_scale_of(model: StreamingModel, state: Tensor) -> tuple[Tensor, Te
         b = state.shape[0]
         return model.norm_mean.expand(b, -1), model.norm_std.expand(b, -1)
     stats = extra_row(model, state)[:, drift_slice(model)]
-    return key_level_scale(stats, model.norm_mean, model.norm_std.square())
+    return key_level_scale(stats, model.norm_mean, model.norm_std.square(), model.drift)

@@ -6,7 +6,7 @@ scale differs from series to series, so one threshold cannot serve many. The det
 monitoring data keep learning while they score: an anomaly *likelihood* of each stream's recent errors
 against that stream's own error history (Numenta's HTM likelihood is the best-known form).
 
-Per key, four running statistics of the standardized forecast error ``e`` (``error_z``) are kept beside the
+Per key, five running statistics of the standardized forecast error ``e`` (``error_z``) are kept beside the
 recurrent state (so they are checkpointed with it, restored exactly, and equal offline and online):
 
 - ``count`` of events seen (capped, so it stays exact in float32);
@@ -14,7 +14,13 @@ recurrent state (so they are checkpointed with it, restored exactly, and equal o
 - ``long`` / ``long_var``: the mean and variance of the last ~``long_window`` errors, starting from the
   training errors' mean and variance as ``prior_events`` pseudo-events, updated robustly: an error further
   than ``clip_sigmas`` from the long mean counts as that far, so a long anomaly is not learned as normal
-  within a few events (a lasting level shift still is, over the long window).
+  within a few events (a lasting level shift still is, over the long window);
+- ``frozen``: how long the key has been in an anomaly episode (it starts when ``z`` passes ``freeze_z`` and
+  lasts while the recent errors stay above the history). The long statistics do not learn during the first
+  ``max_frozen`` events of an episode, so a long anomaly keeps its score instead of settling inside it
+  (SMD's anomalies are segments of ~100 events); after that a lasting change is learned as the new normal.
+  With inputs that follow the key (:mod:`rnnstream.rnn_core.input_drift`) a level shift ends its episode by
+  itself, once the inputs have followed it.
 
 The score of an event is ``Phi((short - long) / sqrt(long_var))`` with ``short`` including the event and
 ``long``/``long_var`` not yet: the probability, under the key's own error history, of a recent mean this
@@ -32,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-NUM_STATS = 4  # count, short mean, long mean, long variance
+NUM_STATS = 5  # count, short mean, long mean, long variance, events frozen in a row
 _MAX_COUNT = 1.0e6  # float32 counts are exact far beyond this; past it the weights are at their floor anyway
 _MIN_VAR = 1e-4  # a key whose errors never vary still gets a finite z
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
@@ -46,6 +52,8 @@ class LikelihoodWindows:
     long_window: int = 500
     prior_events: int = 20
     clip_sigmas: float = 3.0  # an error moves the long statistics by at most this many of their sigmas
+    freeze_z: float = 1.0  # the long statistics do not learn from an event whose z is above this ...
+    max_frozen: int = 250  # ... for at most this many events in a row (then a lasting change is learned)
 
     def __post_init__(self) -> None:
         if not 1 <= self.short_window < self.long_window or self.prior_events < 1 or self.clip_sigmas <= 0:
@@ -55,7 +63,7 @@ class LikelihoodWindows:
 def likelihood_step(
     error_z: Tensor, stats: Tensor, prior: tuple[float, float], windows: LikelihoodWindows
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """One event per key: ``error_z[B]``, ``stats[B, 4]`` -> (score[B], z[B], new stats[B, 4]).
+    """One event per key: ``error_z[B]``, ``stats[B, 5]`` -> (score[B], z[B], new stats[B, 5]).
 
     The one-event case of :func:`likelihood_sequence` (one recursion, so stepping equals the full sequence).
     """
@@ -66,7 +74,7 @@ def likelihood_step(
 def likelihood_sequence(
     error_z: Tensor, stats: Tensor, prior: tuple[float, float], windows: LikelihoodWindows
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Whole sequences: ``error_z[B, T]`` from ``stats[B, 4]`` -> (score[B, T], z[B, T], final stats).
+    """Whole sequences: ``error_z[B, T]`` from ``stats[B, 5]`` -> (score[B, T], z[B, T], final stats).
 
     Keys with ``count`` 0 (new or expired) start from ``prior`` = (mean, variance) of the training errors.
     The recursion runs event after event on float32 NumPy rows (a long series costs microseconds an event
@@ -77,7 +85,8 @@ def likelihood_sequence(
         return error_z.new_zeros((b, 0)), error_z.new_zeros((b, 0)), stats
     f32 = np.float32
     e_all = np.nan_to_num(error_z.detach().cpu().float().numpy(), nan=0.0, posinf=1e30)
-    count, short, long, var = (np.ascontiguousarray(c) for c in stats.detach().cpu().float().numpy().T)
+    cols = stats.detach().cpu().float().numpy().T
+    count, short, long, var, frozen = (np.ascontiguousarray(c) for c in cols)
     fresh = count <= 0
     short = np.where(fresh, f32(prior[0]), short)
     long = np.where(fresh, f32(prior[0]), long)
@@ -86,12 +95,19 @@ def likelihood_sequence(
     one, min_short, min_long = f32(1.0), f32(1.0 / windows.short_window), f32(1.0 / windows.long_window)
     prior_n, min_var, max_count = f32(windows.prior_events), f32(_MIN_VAR), f32(_MAX_COUNT)
     clip = f32(windows.clip_sigmas)
+    freeze, max_frozen, zero = f32(windows.freeze_z), f32(windows.max_frozen), f32(0.0)
     for i in range(t):
         e = e_all[:, i]
         a_short = np.maximum(one / (count + one), min_short)
         short = short + a_short * (e - short)
         zs[:, i] = (short - long) / np.sqrt(np.maximum(var, min_var))
         a_long = np.maximum(one / (count + one + prior_n), min_long)
+        # an episode starts when z passes freeze_z and lasts while the recent errors stay above the history
+        z_i = zs[:, i]
+        going = (z_i > freeze) | ((frozen > zero) & (z_i > zero))
+        frozen = np.where(going, np.minimum(frozen + one, max_count), zero)
+        # a flagged stretch is not learned as normal, unless it lasts: then it is the new normal
+        a_long = np.where((frozen > zero) & (frozen <= max_frozen), zero, a_long)
         spread = clip * np.sqrt(np.maximum(var, min_var))
         d = np.clip(e - long, -spread, spread)  # an outlier moves the history by at most `clip` sigmas
         long = long + a_long * d
@@ -99,5 +115,5 @@ def likelihood_sequence(
         count = np.minimum(count + one, max_count)
     z = torch.from_numpy(zs).to(error_z.device)
     score = 0.5 * torch.erfc(-z * _SQRT1_2)
-    final = torch.from_numpy(np.stack([count, short, long, var], axis=-1)).to(stats.device)
+    final = torch.from_numpy(np.stack([count, short, long, var, frozen], axis=-1)).to(stats.device)
     return score, z, final

@@ -87,7 +87,9 @@ class ModelConfig:
 
     ``adaptive_score`` (forecast heads, not stateless): ``score`` is the key's own anomaly likelihood of its
     recent errors (:mod:`rnnstream.rnn_core.anomaly_likelihood`), kept per key in one more state slab; the
-    static calibrated map of the raw error is ``score_static``.
+    static calibrated map of the raw error is ``score_static``. ``adaptive_inputs`` (with it): each key
+    normalizes its continuous inputs with its own running level and scale, which follow drift
+    (:mod:`rnnstream.rnn_core.input_drift`); fit-file turns it on.
     """
 
     features: FeatureSpec
@@ -138,17 +140,17 @@ class ModelConfig:
 
     @property
     def statistics_slabs(self) -> int:
-        """State slabs after the recurrent ones for the per-key statistics: 4 error statistics, and with
+        """State slabs after the recurrent ones for the per-key statistics: 5 error statistics, and with
         ``adaptive_inputs`` a count and a level and a variance per continuous column."""
         if not self.adaptive_likelihood:
             return 0
-        values = 4 + (1 + 2 * self.features.num_continuous if self.adaptive_inputs else 0)
+        values = 5 + (1 + 2 * self.features.num_continuous if self.adaptive_inputs else 0)
         return -(-values // (self.num_layers * self.hidden_size))
 
     @property
     def state_shape(self) -> tuple[int, int, int]:
-        """Per-key state shape ``(S, num_layers, hidden_size)``: ``S`` = the recurrent state tensors, plus one
-        slab holding the adaptive score's statistics (its first layer's first 4 values) when there is one."""
+        """Per-key state shape ``(S, num_layers, hidden_size)``: ``S`` = the recurrent state tensors, plus the
+        :attr:`statistics_slabs` (see :mod:`rnnstream.rnn_core.adaptive_state`)."""
         return (self.state_tensors + self.statistics_slabs, self.num_layers, self.hidden_size)
 
     def to_dict(self) -> dict[str, Any]:
