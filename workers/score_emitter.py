@@ -1,7 +1,8 @@
 """ScoreEmitter: turns a partition's scored batch into score records and sends them in the open transaction.
 
-JSON events get one JSON score each, Arrow events Arrow score messages of up to ``MAX_ARROW_SCORE_ROWS``
-rows (the encoding follows the input unless the worker is told otherwise). A score record the producer would
+JSON events get one JSON score record each (no header; a partition's records go to the producer in one
+call), Arrow events Arrow score messages of up to ``MAX_ARROW_SCORE_ROWS`` rows (the encoding follows the
+input unless the worker is told otherwise). A score record the producer would
 refuse (bigger than its ``max_request_size``, e.g. from a huge key) is never sent: an Arrow chunk is split
 until it fits, and a single event whose score cannot fit goes to the dead-letter topic instead, with the
 reason, so it cannot stall the worker.
@@ -15,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from rnnstream.workers.event_codec import ARROW, JSON, Reject, message_encoding
-from rnnstream.workers.score_codec import ARROW_HEADERS, JSON_HEADERS, scores_to_arrow, scores_to_json
+from rnnstream.workers.score_codec import ARROW_HEADERS, scores_to_arrow, scores_to_json
 from rnnstream.workers.scores_transaction import ScoresTransaction
 from rnnstream.workers.scoring_partition import ScoredBatch, ScoringPartition
 from rnnstream.workers.worker_config import WorkerConfig
@@ -108,12 +109,13 @@ class ScoreEmitter:
         arrow: bool,
     ) -> list[Reject]:
         """Send the scores of ``rows``; returns rejects for events whose score record cannot be written."""
+        if not len(rows):
+            return []
         limit = self.tx.max_request_size - RECORD_OVERHEAD_BYTES
         if arrow:
             return self._emit_arrow(topic, partition, rows, output_names, version, limit)
-        keys = rows.keys.to_pylist()
         values = scores_to_json(
-            keys,
+            rows.keys,
             rows.times,
             rows.outputs,
             output_names,
@@ -123,13 +125,18 @@ class ScoreEmitter:
             rows.offsets,
             rows.indexes,
         )
+        keys = rows.keys.cast(pa.binary()).to_pylist()
+        if max(map(len, values)) + max(map(len, keys)) <= limit:  # the common case: every record fits
+            self.tx.send_many(topic, partition, values, keys)
+            return []
         too_large: list[Reject] = []
+        fit: list[int] = []
         for i, (key, value) in enumerate(zip(keys, values, strict=True)):
-            kb = key.encode()
-            if len(value) + len(kb) > limit:
-                too_large.append(self._reject(rows, i, partition, len(value) + len(kb), JSON))
-                continue
-            self.tx.send(topic, value, partition, key=kb, headers=JSON_HEADERS)
+            if len(value) + len(key) > limit:
+                too_large.append(self._reject(rows, i, partition, len(value) + len(key), JSON))
+            else:
+                fit.append(i)
+        self.tx.send_many(topic, partition, [values[i] for i in fit], [keys[i] for i in fit])
         return too_large
 
     def _emit_arrow(
