@@ -103,7 +103,6 @@ def key_level_scale(stats: Tensor, mean: Tensor, var: Tensor, window: DriftWindo
     return level, torch.maximum(v, var * window.min_scale**2).sqrt()
 
 
-@numba.njit(cache=True, nogil=True)
 def _recursion(  # pragma: no cover
     x, st, m0, v0, window, prior, clip, min_frac, normalized, level_out, scale_out
 ):
@@ -135,3 +134,9 @@ def _recursion(  # pragma: no cover
                 scale_out[k, i, j] = np.float32(np.sqrt(max(var, min_frac * v0[j])))
             count = min(count + one, max_count)
         st[k, 0] = count
+
+
+try:  # the on-disk cache, or per-process compiling where numba finds no writable cache folder
+    _recursion = numba.njit(cache=True, nogil=True)(_recursion)
+except RuntimeError:  # "cannot cache function ...: no locator available"
+    _recursion = numba.njit(nogil=True)(_recursion)
