@@ -15,8 +15,9 @@ One run, one broker, one GRU(32->64) model (31 float features + the time delta),
   with its restored state;
 - ``json_vs_raw`` = json_eps / raw_eps.
 
-Throughput runs commit every 250 ms; the latency runs every 50 ms (a score is visible to ``read_committed``
-readers only once its transaction commits, so the commit interval bounds latency from below).
+The two floors (raw pass-through, broker round trip) are measured by :mod:`io_floor`. Throughput runs commit
+every 250 ms; the latency runs every 50 ms (a score is visible to ``read_committed`` readers only once its
+transaction commits, so the commit interval bounds latency from below).
 
 Targets (issue 15): json_vs_raw >= 0.8, arrow_eps >= 250000, p99_ms <= broker_p99_ms + 25, recovery_s < 10
 with 1M keys.
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import multiprocessing as mp
 import os
 import signal
 import sys
@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from io_floor import broker_round_trip_ms, partition_counts, raw_eps, send_paced
 
 PARTITIONS = 4
 FEATURES = 31
@@ -161,56 +162,6 @@ def wait_committed(settings, group: str, topic: str, timeout_s: float = 600.0) -
         c.close()
 
 
-# ------------------------------------------------------------------------------------------------ raw floor
-def _raw_passthrough(bootstrap: str, topic: str, out_topic: str, parts: list[int], expect: int, q) -> None:
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
-    c = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=5000,
-    )
-    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=256 * 1024)
-    tps = [TopicPartition(topic, x) for x in parts]
-    c.assign(tps)
-    c.seek_to_beginning(*tps)
-    n = 0
-    t0 = None
-    while n < expect:
-        for tp, msgs in c.poll(timeout_ms=200).items():
-            if t0 is None:
-                t0 = time.monotonic()
-            for m in msgs:
-                p.send(out_topic, value=m.value, key=m.key, partition=tp.partition)
-            n += len(msgs)
-    p.flush()
-    q.put((n, t0, time.monotonic()))
-    c.close()
-    p.close()
-
-
-def raw_eps(settings, pipeline: str, counts: dict[int, int]) -> float:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    bootstrap = settings.bootstrap_servers
-    groups = [[0, 2], [1, 3]]
-    procs = [
-        ctx.Process(
-            target=_raw_passthrough,
-            args=(bootstrap, f"{pipeline}.events", f"{pipeline}.raw", g, sum(counts[p] for p in g), q),
-        )
-        for g in groups
-    ]
-    for pr in procs:
-        pr.start()
-    res = [q.get(timeout=600) for _ in procs]
-    for pr in procs:
-        pr.join()
-    n = sum(r[0] for r in res)
-    return n / (max(r[2] for r in res) - min(r[1] for r in res))
-
-
 # ------------------------------------------------------------------------------------------------ rnnstream
 def run_workers(settings, schema, handle, ckpt: Path, workers: int = 2, **kw):
     from rnnstream.workers.serving import start_coordinator
@@ -251,7 +202,6 @@ def end_to_end_eps(settings, schema, handle, table, encoding: str, tmp: Path) ->
 def latency_at_rate(settings, schema, handle, rate: float, seconds: float, tmp: Path) -> tuple[float, float]:
     import ray
 
-    from rnnstream.workers.event_producer import EventProducer
     from rnnstream.workers.serving import stop_coordinator
 
     create_topics(settings, schema.pipeline)
@@ -266,83 +216,14 @@ def latency_at_rate(settings, schema, handle, rate: float, seconds: float, tmp: 
         batch_linger_ms=2,
         commit_interval_ms=50,
     )
-    n = int(rate * seconds)
-    table = make_events(schema, n, 20_000, seed=3, start_ms=int(time.time() * 1000))
-    chunk = max(100, int(rate / 50))  # 50 sends a second
-    with EventProducer(settings, schema, events_per_message=min(chunk, 1000)) as p:
-        t0 = time.monotonic()
-        for i in range(0, n, chunk):
-            p.send_arrow(table.slice(i, chunk))
-            p.flush()
-            ahead = (i + chunk) / rate - (time.monotonic() - t0)
-            if ahead > 0:
-                time.sleep(ahead)
+    table = make_events(schema, int(rate * seconds), 20_000, seed=3, start_ms=int(time.time() * 1000))
+    send_paced(settings, schema, table, rate)
     wait_committed(settings, config.group_id, config.events_topic)
     st = ray.get(coord.status.remote())
     stop_coordinator(coord)
     p50 = float(np.mean([w["latency_append_p50_ms"] for w in st["workers"] if w["latency_append_p50_ms"]]))
     p99 = float(np.max([w["latency_append_p99_ms"] for w in st["workers"] if w["latency_append_p99_ms"]]))
     return p50, p99
-
-
-def _round_trip_consumer(bootstrap: str, topic: str, fetch_wait_ms: int, ready, expect, out) -> None:
-    """Fetch every message of ``topic`` as it arrives; put each one's ms from its create time to here."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    c = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=fetch_wait_ms,
-        max_poll_records=8192,
-    )
-    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-    c.assign(tps)
-    for tp in tps:
-        c.position(tp)  # offsets resolved before anything is produced
-    ready.put(True)
-    lat: list[float] = []
-    total = None
-    while total is None or len(lat) < total:
-        for msgs in c.poll(timeout_ms=50).values():
-            now = time.time() * 1000.0
-            lat.extend(now - m.timestamp for m in msgs)
-        if total is None and not expect.empty():
-            total = expect.get()
-    c.close()
-    out.put(lat)
-
-
-def broker_round_trip_ms(settings, schema, rate: float, seconds: float, fetch_wait_ms: int = 2):
-    """(p50, p99) ms of the bare broker's round trip: Arrow messages produced as in :func:`latency_at_rate`
-    (same rate, chunks and message size), fetched by a plain consumer in its own process."""
-    from rnnstream.workers.event_producer import EventProducer
-
-    create_topics(settings, schema.pipeline)
-    topic = f"{schema.pipeline}.events"
-    ctx = mp.get_context("spawn")
-    ready, expect, out = ctx.Queue(), ctx.Queue(), ctx.Queue()
-    args = (settings.bootstrap_servers, topic, fetch_wait_ms, ready, expect, out)
-    proc = ctx.Process(target=_round_trip_consumer, args=args)
-    proc.start()
-    try:
-        ready.get(timeout=120)
-        n = int(rate * seconds)
-        table = make_events(schema, n, 20_000, seed=3, start_ms=int(time.time() * 1000))
-        chunk = max(100, int(rate / 50))
-        with EventProducer(settings, schema, events_per_message=min(chunk, 1000)) as p:
-            t0 = time.monotonic()
-            for i in range(0, n, chunk):
-                p.send_arrow(table.slice(i, chunk))
-                p.flush()
-                ahead = (i + chunk) / rate - (time.monotonic() - t0)
-                if ahead > 0:
-                    time.sleep(ahead)
-        expect.put(sum(_partition_counts(settings, topic).values()))
-        lat = np.asarray(out.get(timeout=300))
-    finally:
-        proc.join(timeout=30)
-    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
 
 
 def recovery_seconds(settings, schema, handle, n_keys: int, tmp: Path) -> float:
@@ -393,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         table = make_events(schema, n_json, 10_000, seed=1, start_ms=start)
         log(f"json: {n_json} events ...")
         json_eps = end_to_end_eps(settings, schema, handle, table, "json", tmp)
-        counts = _partition_counts(settings, f"{schema.pipeline}.events")
+        counts = partition_counts(settings, f"{schema.pipeline}.events", PARTITIONS)
         log(f"raw pass-through over the same {n_json} JSON messages ...")
         raw = raw_eps(settings, schema.pipeline, counts)
 
@@ -408,8 +289,16 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         log(f"bare broker round trip at {arrow_eps / 2:.0f} events/s ...")
+        rtt = make_schema("bench-broker-rtt")
+        create_topics(settings, rtt.pipeline)
+        table = make_events(
+            rtt, int(arrow_eps / 2 * lat_seconds), 20_000, seed=3, start_ms=int(time.time() * 1000)
+        )
         broker_p50, broker_p99 = broker_round_trip_ms(
-            settings, make_schema("bench-broker-rtt"), arrow_eps / 2, lat_seconds
+            settings,
+            f"{rtt.pipeline}.events",
+            PARTITIONS,
+            lambda: send_paced(settings, rtt, table, arrow_eps / 2),
         )
 
         log("latency at 10000 events/s ...")
@@ -446,17 +335,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     print_result(result, args.json, width=14)
     return 0
-
-
-def _partition_counts(settings, topic: str) -> dict[int, int]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    c = KafkaConsumer(**settings.client_kwargs())
-    try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        return {tp.partition: int(v) for tp, v in c.end_offsets(tps).items()}
-    finally:
-        c.close()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,142 @@
+"""The I/O floors the end-to-end benchmark measures rnnstream against, on the same broker in the same run.
+
+- :func:`raw_eps`: a bare kafka-python pass-through (2 processes, each consuming 2 partitions and producing
+  one output message per input message: no decoding, no model, no state, no transactions);
+- :func:`broker_round_trip_ms`: the bare broker's round trip, messages sent at a given pace -> fetched by a
+  plain consumer in its own process with the workers' fetch wait.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+
+
+def partition_counts(settings, topic: str, partitions: int) -> dict[int, int]:
+    """Messages in each partition of ``topic`` (its end offsets)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(**settings.client_kwargs())
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return {tp.partition: int(v) for tp, v in c.end_offsets(tps).items()}
+    finally:
+        c.close()
+
+
+def send_paced(settings, schema, table: pa.Table, rate: float) -> None:
+    """Send ``table`` as Arrow messages at ``rate`` events/s: 50 sends a second, each flushed."""
+    from rnnstream.workers.event_producer import EventProducer
+
+    chunk = max(100, int(rate / 50))
+    with EventProducer(settings, schema, events_per_message=min(chunk, 1000)) as p:
+        t0 = time.monotonic()
+        for i in range(0, table.num_rows, chunk):
+            p.send_arrow(table.slice(i, chunk))
+            p.flush()
+            ahead = (i + chunk) / rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+def _raw_passthrough(bootstrap: str, topic: str, out_topic: str, parts: list[int], expect: int, q) -> None:
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=5000,
+    )
+    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=256 * 1024)
+    tps = [TopicPartition(topic, x) for x in parts]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    n = 0
+    t0 = None
+    while n < expect:
+        for tp, msgs in c.poll(timeout_ms=200).items():
+            if t0 is None:
+                t0 = time.monotonic()
+            for m in msgs:
+                p.send(out_topic, value=m.value, key=m.key, partition=tp.partition)
+            n += len(msgs)
+    p.flush()
+    q.put((n, t0, time.monotonic()))
+    c.close()
+    p.close()
+
+
+def raw_eps(settings, pipeline: str, counts: dict[int, int]) -> float:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    bootstrap = settings.bootstrap_servers
+    groups = [[0, 2], [1, 3]]
+    procs = [
+        ctx.Process(
+            target=_raw_passthrough,
+            args=(bootstrap, f"{pipeline}.events", f"{pipeline}.raw", g, sum(counts[p] for p in g), q),
+        )
+        for g in groups
+    ]
+    for pr in procs:
+        pr.start()
+    res = [q.get(timeout=600) for _ in procs]
+    for pr in procs:
+        pr.join()
+    n = sum(r[0] for r in res)
+    return n / (max(r[2] for r in res) - min(r[1] for r in res))
+
+
+def _round_trip_consumer(
+    bootstrap: str, topic: str, partitions: int, fetch_wait_ms: int, ready, expect, out
+) -> None:
+    """Fetch every message of ``topic`` as it arrives; put each one's ms from its create time to here."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=fetch_wait_ms,
+        max_poll_records=8192,
+    )
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    c.assign(tps)
+    for tp in tps:
+        c.position(tp)  # offsets resolved before anything is produced
+    ready.put(True)
+    lat: list[float] = []
+    total = None
+    while total is None or len(lat) < total:
+        for msgs in c.poll(timeout_ms=50).values():
+            now = time.time() * 1000.0
+            lat.extend(now - m.timestamp for m in msgs)
+        if total is None and not expect.empty():
+            total = expect.get()
+    c.close()
+    out.put(lat)
+
+
+def broker_round_trip_ms(
+    settings, topic: str, partitions: int, send: Callable[[], None], fetch_wait_ms: int = 2
+) -> tuple[float, float]:
+    """(p50, p99) ms from each message's create time until a plain consumer in its own process fetched it,
+    while ``send()`` produces to ``topic`` (the messages and pace of the latency run)."""
+    ctx = mp.get_context("spawn")
+    ready, expect, out = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    args = (settings.bootstrap_servers, topic, partitions, fetch_wait_ms, ready, expect, out)
+    proc = ctx.Process(target=_round_trip_consumer, args=args)
+    proc.start()
+    try:
+        ready.get(timeout=120)
+        send()
+        expect.put(sum(partition_counts(settings, topic, partitions).values()))
+        lat = np.asarray(out.get(timeout=300))
+    finally:
+        proc.join(timeout=30)
+    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
