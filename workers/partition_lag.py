@@ -2,9 +2,9 @@
 
 The worker's loop thread does everything Kafka with its own clients; while those fail (reset to checkpoints,
 backing off) or the loop is stuck between cycles, it cannot read end offsets. So a :class:`LagWatch` thread
-reads them every ``lag_every_s`` with a short-lived consumer of its own (no group membership, no assignment;
-it only asks the broker): each owned partition's end offset (the last stable offset, as ``read_committed``
-sees it) and the group's committed offset.
+reads them every ``lag_every_s`` with a consumer of its own (no group membership, no assignment; it only asks
+the broker, and is made again after a failed read): each owned partition's end offset (its high watermark;
+events topics are written without transactions) and the group's last committed offset.
 
 Lag of a partition = end offset - the worker's position, where the position is the larger of the worker's
 next offset and the committed offset while its loop runs, and the committed offset while it fails (what it
@@ -74,7 +74,10 @@ class BrokerOffsets:
                 **kw,
                 group_id=self.config.group_id,  # to read the group's committed offsets; never joins it
                 enable_auto_commit=False,
-                isolation_level="read_committed",
+                # read_committed would ask for *stable* offsets (KIP-447): while the worker's transaction
+                # holds offsets, the broker answers UNSTABLE_OFFSET_COMMIT and the client retries until it
+                # commits, every lag round. The last committed offset is what lag needs.
+                isolation_level="read_uncommitted",
             )
         return self._consumer
 
