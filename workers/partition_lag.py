@@ -2,14 +2,15 @@
 
 The worker's loop thread does everything Kafka with its own clients; while those fail (reset to checkpoints,
 backing off) or the loop is stuck between cycles, it cannot read end offsets. So a :class:`LagWatch` thread
-reads them every ``lag_every_s`` with a consumer of its own (no group membership, no assignment; it only asks
-the broker, and is made again after a failed read): each owned partition's end offset (its high watermark;
-events topics are written without transactions) and the group's last committed offset.
+reads them every ``lag_every_s`` with a consumer of its own (no group, no assignment: one ListOffsets request
+a round, made again after a failed read): each owned partition's end offset (its high watermark; events
+topics are written without transactions).
 
 Lag of a partition = end offset - the worker's position, where the position is the larger of the worker's
-next offset and the committed offset while its loop runs, and the committed offset while it fails (what it
-did not commit it will do again). When the broker does not answer, the reading says so (``error``) and holds
-no numbers: a stale lag is never shown as fresh.
+next offset and its committed offset while its loop runs, and the committed offset while it fails (what it
+did not commit it will do again). (Not the group's offsets from the broker: an OffsetFetch a round, beside a
+transaction that commits offsets every few ms, measurably slowed scoring.) When the broker does not
+answer, the reading says so (``error``) and holds no numbers: a stale lag is never shown as fresh.
 """
 
 from __future__ import annotations
@@ -50,35 +51,26 @@ class BrokerOffsets:
         self.config = config
         self._consumer = None
 
-    def read(self, partitions: list[int]) -> tuple[dict[int, int], dict[int, int | None]]:
-        """(end offset, the group's committed offset or None) of each partition; raises when the broker
-        does not answer (the consumer is dropped then and made again next time)."""
+    def read(self, partitions: list[int]) -> dict[int, int]:
+        """The end offset of each partition; raises when the broker does not answer (the consumer is
+        dropped then and made again next time)."""
         from kafka import TopicPartition
 
         try:
             consumer = self._connect()
             tps = [TopicPartition(self.config.events_topic, p) for p in partitions]
             ends = consumer.end_offsets(tps, timeout_ms=READ_TIMEOUT_MS)
-            committed = {tp.partition: consumer.committed(tp, timeout_ms=READ_TIMEOUT_MS) for tp in tps}
         except Exception:
             self.close()
             raise
-        return {tp.partition: int(end) for tp, end in ends.items() if end is not None}, committed
+        return {tp.partition: int(end) for tp, end in ends.items() if end is not None}
 
     def _connect(self) -> Any:
         if self._consumer is None:
             from kafka import KafkaConsumer
 
             kw = {**self.config.kafka.client_kwargs(), "request_timeout_ms": READ_TIMEOUT_MS + 1_000}
-            self._consumer = KafkaConsumer(
-                **kw,
-                group_id=self.config.group_id,  # to read the group's committed offsets; never joins it
-                enable_auto_commit=False,
-                # read_committed would ask for *stable* offsets (KIP-447): while the worker's transaction
-                # holds offsets, the broker answers UNSTABLE_OFFSET_COMMIT and the client retries until it
-                # commits, every lag round. The last committed offset is what lag needs.
-                isolation_level="read_uncommitted",
-            )
+            self._consumer = KafkaConsumer(**kw, group_id=None, enable_auto_commit=False)
         return self._consumer
 
     def close(self) -> None:
@@ -88,17 +80,16 @@ class BrokerOffsets:
         self._consumer = None
 
 
-def lag_of(
-    ends: dict[int, int], committed: dict[int, int | None], next_offsets: dict[int, int], healthy: bool
-) -> dict[int, int]:
-    """Lag per partition of ``next_offsets`` that the broker reported an end for (see the module doc)."""
+Positions = dict[int, tuple[int, int]]  # partition -> (next offset, committed offset) of the worker
+
+
+def lag_of(ends: dict[int, int], positions: Positions, healthy: bool) -> dict[int, int]:
+    """Lag per partition of ``positions`` that the broker reported an end for (see the module doc)."""
     out = {}
-    for p, nxt in next_offsets.items():
-        if p not in ends:
-            continue
-        done = committed.get(p) or 0
-        position = max(done, nxt) if healthy else done
-        out[p] = max(0, ends[p] - position)
+    for p, (nxt, committed) in positions.items():
+        if p in ends:
+            position = max(committed, nxt) if healthy else committed
+            out[p] = max(0, ends[p] - position)
     return out
 
 
@@ -106,14 +97,14 @@ class LagWatch:
     """A daemon thread that reads the lag of what ``positions()`` names every ``every_s`` seconds and hands
     each reading to ``on_read``.
 
-    ``positions()`` returns ``(next offset per owned partition, whether the worker's loop is healthy)``; it
-    is called from this thread, so it must only read a snapshot the loop publishes.
+    ``positions()`` returns ``((next offset, committed offset) per owned partition, whether the worker's loop
+    is healthy)``; it is called from this thread, so it must only read a snapshot the loop publishes.
     """
 
     def __init__(
         self,
         config: WorkerConfig,
-        positions: Callable[[], tuple[dict[int, int], bool]],
+        positions: Callable[[], tuple[Positions, bool]],
         every_s: float,
         name: str = "lag",
         on_read: Callable[[LagReading], None] | None = None,
@@ -129,19 +120,19 @@ class LagWatch:
 
     def _read(self) -> LagReading:
         """Read once (only from this watcher's thread: the consumer is not thread safe)."""
-        next_offsets, healthy = self._positions()
-        if not next_offsets:
+        positions, healthy = self._positions()
+        if not positions:
             self.reading = LagReading(at=time.time())
             return self.reading
         try:
-            ends, committed = self._offsets.read(sorted(next_offsets))
+            ends = self._offsets.read(sorted(positions))
         except Exception as exc:
             error = f"lag unknown, the broker did not answer: {type(exc).__name__}: {exc}"[:300]
             if error != self.reading.error:
                 log.warning("%s", error)
             self.reading = LagReading(at=self.reading.at, error=error)
             return self.reading
-        self.reading = LagReading(lag_of(ends, committed, next_offsets, healthy), at=time.time())
+        self.reading = LagReading(lag_of(ends, positions, healthy), at=time.time())
         return self.reading
 
     def _run(self) -> None:

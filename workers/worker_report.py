@@ -25,7 +25,7 @@ from typing import Any
 
 from rnnstream.workers.failure_record import FailureRecord
 from rnnstream.workers.owned_partitions import OwnedPartitions
-from rnnstream.workers.partition_lag import LagReading, LagWatch
+from rnnstream.workers.partition_lag import LagReading, LagWatch, Positions
 from rnnstream.workers.partition_metrics_endpoint import PartitionMetricsEndpoint, PartitionNumbers
 from rnnstream.workers.scoring_partition import ScoringPartition
 from rnnstream.workers.served_models import ServedModels
@@ -68,10 +68,11 @@ class WorkerReport:
         """The loop owns ``parts`` now (call from the loop thread after every change)."""
         self._owned = dict(parts.items())
 
-    def positions(self) -> tuple[dict[int, int], bool]:
-        """Next offset of each owned partition, and whether the loop runs without failing."""
+    def positions(self) -> tuple[Positions, bool]:
+        """(Next, committed) offset of each owned partition, and whether the loop runs without failing."""
         healthy = self._loop_alive() and not self._health.failing
-        return {p: part.offsets.next_offset for p, part in self._owned.items()}, healthy
+        owned = self._owned.items()
+        return {p: (part.offsets.next_offset, part.offsets.committed) for p, part in owned}, healthy
 
     def _export_lag(self, reading: LagReading) -> None:
         """Worker-wide lag gauges on Ray's endpoint: the total of the owned partitions (kept while the broker

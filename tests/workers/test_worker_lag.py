@@ -41,13 +41,13 @@ def endpoint_lag(worker: ScoringWorker) -> dict[str, float]:
 
 
 def test_lag_is_the_distance_from_the_position_the_worker_will_go_on_from():
-    ends, committed = {0: 100, 1: 50, 2: 9}, {0: 40, 1: None, 2: 9}
-    nxt = {0: 70, 1: 20, 2: 9, 3: 5}  # partition 3: the broker did not report it
-    assert lag_of(ends, committed, nxt, healthy=True) == {0: 30, 1: 30, 2: 0}
+    ends = {0: 100, 1: 50, 2: 9}
+    positions = {0: (70, 40), 1: (20, 0), 2: (9, 9), 3: (5, 5)}  # partition 3: the broker did not report it
+    assert lag_of(ends, positions, healthy=True) == {0: 30, 1: 30, 2: 0}
     # failing: what is not committed will be done again
-    assert lag_of(ends, committed, nxt, healthy=False) == {0: 60, 1: 50, 2: 0}
+    assert lag_of(ends, positions, healthy=False) == {0: 60, 1: 50, 2: 0}
     # replaying below the committed offset: those events are not scored again
-    assert lag_of({0: 100}, {0: 80}, {0: 10}, healthy=True) == {0: 20}
+    assert lag_of({0: 100}, {0: (10, 80)}, healthy=True) == {0: 20}
 
 
 def test_lag_keeps_growing_while_the_loop_is_stuck(new_stream, tmp_path):
