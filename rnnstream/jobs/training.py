@@ -30,6 +30,7 @@ from pydantic.dataclasses import dataclass as section
 
 from rnnstream.data_dir import DataDir
 from rnnstream.jobs.holdout import evaluate_on_holdout
+from rnnstream.jobs.stateless_baseline import fit_stateless_baseline
 from rnnstream.jobs.training_data import (
     NoTrainingData,
     generate_events,
@@ -40,7 +41,6 @@ from rnnstream.jobs.training_data import (
 from rnnstream.jobs.training_record import log_training_run
 from rnnstream.pipelines.spec import PipelineSpec, model_config_replace
 from rnnstream.rnn_core.config import ConfigError
-from rnnstream.rnn_core.evaluation import fit_model, stateless_config
 from rnnstream.rnn_core.event_schema import KEY_COLUMN, TIME_COLUMN
 from rnnstream.rnn_core.training import sequences_from_table
 from rnnstream.run_config import AtLeastOne
@@ -213,17 +213,7 @@ def run_training(
     baseline_eval = None
     if settings.baseline:
         progress("training the stateless baseline (same size, one event at a time)")
-        baseline = fit_model(
-            stateless_config(config),
-            train_seqs,
-            spec.label_column,
-            settings.epochs,
-            chunk_len=settings.chunk_len,
-            batch_keys=settings.batch_keys,
-            lr=settings.learning_rate,
-            seed=settings.seed,
-            patience=None,
-        )
+        baseline = fit_stateless_baseline(config, train_seqs, spec.label_column, settings)
         baseline_eval = evaluate_on_holdout(spec, baseline, table, truth, split_ms)
     primary = spec.primary_metric
     line = f"held-out {primary}: model {evaluation.metrics.get(primary, math.nan):.4f}"
