@@ -68,8 +68,18 @@ def test_prometheus_series_carry_the_worker_counts(new_stream, ray_local, tmp_pa
             )
 
         wait_for(exported, 60, "the worker's series in the Prometheus endpoint", every_s=1.0)
-        series = scrape(pipeline)
-        worker = workers_by_slot(coord)[0]
+        seen: dict[str, Any] = {}
+
+        def agree() -> bool:  # Ray exports every few seconds, and idle keys keep expiring: wait for a match
+            seen["series"], seen["worker"] = scrape(pipeline), workers_by_slot(coord)[0]
+            s, w = seen["series"], seen["worker"]
+            return (
+                sum(s["rnnstream_evicted_keys_total"].values()) == w["evicted"]
+                and sum(s["rnnstream_keys"].values()) == w["keys"]
+            )
+
+        wait_for(agree, 60, "Ray's series to agree with the worker's numbers", every_s=1.0)
+        series, worker = seen["series"], seen["worker"]
         port0 = worker["metrics_port"]
         wait_for(lambda: scrape_worker(port0)["rnnstream_lag"] == {"0": 0, "1": 0}, 30, "lag of both")
         own = scrape_worker(port0)
