@@ -12,7 +12,7 @@ The Helm chart renders it into a ConfigMap and points ``--config`` and ``$RNNSTR
       ssl_cafile: /etc/rnnstream-kafka/ca.crt
     serving: {checkpoint_uri: s3://..., key_ttl_seconds: 86400, max_batch_events: 4096, batch_linger_ms: 20,
               checkpoint_interval_events: 50000, checkpoint_interval_seconds: 30,
-              warmup_archive_events: 256}   # each optional
+              warmup_archive_events: 256, metrics_port: 9464, max_record_bytes: 1000000}   # each optional
     archive: {uri: s3://rnnstream-archive/events}
     mlflow: {tracking_uri: http://rnnstream-mlflow:5000}
 
@@ -85,6 +85,9 @@ class ServingSection:
     checkpoint_interval_events: AtLeastOne | None = None
     checkpoint_interval_seconds: Seconds | None = None
     warmup_archive_events: Annotated[StrictInt, Field(ge=0)] | None = None  # per key, from archive.uri
+    metrics_port: Annotated[StrictInt, Field(ge=0, le=65535)] | None = None  # + worker slot; 0: any free port
+    # largest score / dead-letter record; above the 16 KiB a dead letter's key and headers take
+    max_record_bytes: Annotated[StrictInt, Field(ge=65_536)] | None = None
 
     def apply_to(self, defaults: ServingDefaults, partitions: int | None = None) -> ServingDefaults:
         """``defaults`` with every value this section sets that ``defaults`` has (and ``partitions``, e.g.

@@ -31,6 +31,8 @@ SERVING_SETTINGS = (
     "checkpoint_interval_events",
     "checkpoint_interval_seconds",
     "warmup_archive_events",
+    "metrics_port",
+    "max_record_bytes",
 )
 # The flag of each serving setting: its type and what it does (the file key is the setting's name).
 _SERVING_FLAG_HELP: dict[str, tuple[type, str]] = {
@@ -40,6 +42,8 @@ _SERVING_FLAG_HELP: dict[str, tuple[type, str]] = {
     "checkpoint_interval_events": (int, "checkpoint a partition after this many events ..."),
     "checkpoint_interval_seconds": (float, "... or after this many seconds"),
     "warmup_archive_events": (int, "a hot-swap challenger warms each key from this many archived events"),
+    "metrics_port": (int, "per-partition Prometheus series on this port + the worker's slot (0: any free)"),
+    "max_record_bytes": (int, "largest score or dead-letter record written (under the topics' limit)"),
 }
 DEFAULT_WORKERS = 2
 DEPLOYMENT_ENV = "RNNSTREAM_DEPLOYMENT_NAME"

@@ -90,6 +90,32 @@ def test_serve_takes_model_and_workers_from_the_pipelines_section(tmp_path, caps
     assert rows["workers"] == ("2", "flag --workers") and rows["model"] == ("/m", "flag --model")
 
 
+def _shown(capsys, argv: list[str]) -> dict[str, tuple[str, str]]:
+    assert main(["config", "show", "--pipeline", "fraud", "--json", *argv]) == 0
+    return {r["setting"]: (r["value"], r["origin"]) for r in json.loads(capsys.readouterr().out)}
+
+
+def test_metrics_port_and_record_size_come_from_default_file_and_flag(tmp_path, capsys):
+    """The worker's per-partition metrics port and its largest record: WorkerConfig's default, then the
+    file's ``serving:`` keys, then ``--metrics-port`` / ``--max-record-bytes``; a value out of range is one
+    line naming the file and the key."""
+    empty = _write(tmp_path / "empty.yaml", "")
+    rows = _shown(capsys, ["--config", str(empty)])
+    assert rows["metrics_port"] == ("0", "default") and rows["max_record_bytes"] == ("1000000", "default")
+    config = _write(tmp_path / "run.yaml", "serving: {metrics_port: 9500, max_record_bytes: 200000}\n")
+    rows = _shown(capsys, ["--config", str(config)])
+    assert rows["metrics_port"] == ("9500", f"file {config}")
+    assert rows["max_record_bytes"] == ("200000", f"file {config}")
+    rows = _shown(capsys, ["--config", str(config), "--metrics-port", "9600", "--max-record-bytes", "300000"])
+    assert rows["metrics_port"] == ("9600", "flag --metrics-port")
+    assert rows["max_record_bytes"] == ("300000", "flag --max-record-bytes")
+    for bad in ("metrics_port: 70000", "max_record_bytes: 1000"):
+        path = _write(tmp_path / "bad.yaml", f"serving: {{{bad}}}\n")
+        assert main(["config", "show", "--pipeline", "fraud", "--config", str(path)]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert str(path) in line and bad.split(":")[0] in line, line
+
+
 def test_serve_without_a_model_anywhere_says_where_to_name_one(tmp_path, capsys):
     config = _write(tmp_path / "run.yaml", "serving: {batch_linger_ms: 5}\n")
     assert main(["serve", "--pipeline", "fraud", "--config", str(config)]) == 2

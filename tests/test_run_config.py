@@ -69,6 +69,8 @@ def test_rendered_copy_parses_into_typed_sections() -> None:
         checkpoint_interval_events=50_000,
         checkpoint_interval_seconds=30.0,
         warmup_archive_events=256,
+        metrics_port=9464,
+        max_record_bytes=1_000_000,
     )
     fraud = get_pipeline("fraud").serving
     serving = config.serving.apply_to(fraud, partitions=config.pipeline("fraud").partitions)

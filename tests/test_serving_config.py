@@ -31,6 +31,9 @@ def test_the_chart_config_builds_the_worker_config_with_origins():
     )
     assert eff.origins["batch_linger_ms"] == f"file {CHART_CONFIG}"
     assert w.warmup_archive_events == 256 and eff.origins["warmup_archive_events"] == f"file {CHART_CONFIG}"
+    # the chart's fixed port (a PodMonitor/ServiceMonitor can scrape it), not WorkerConfig's "any free port"
+    assert w.metrics_port == 9464 and eff.origins["metrics_port"] == f"file {CHART_CONFIG}"
+    assert w.max_record_bytes == 1_000_000 and eff.origins["max_record_bytes"] == f"file {CHART_CONFIG}"
     # a hot swap's challenger warms each key from the archive the chart's archive job writes
     assert w.warmup_archive_uri == run.archive.uri and run.archive.uri.startswith("s3://")
     assert w.kafka.bootstrap_servers == "kafka-bootstrap.kafka.svc:9092"
@@ -74,6 +77,8 @@ def test_config_show_prints_every_setting_with_its_origin_and_masks_secrets(monk
     assert rows["group_id"][0] == "blue-fraud-scoring"
     assert rows["transactions"] == ("True", "default")
     assert rows["warmup_archive_events"] == ("256", f"file {CHART_CONFIG}")
+    assert rows["metrics_port"] == ("9464", f"file {CHART_CONFIG}")
+    assert rows["max_record_bytes"] == ("1000000", f"file {CHART_CONFIG}")
 
 
 def test_every_serving_setting_is_a_file_key_a_flag_and_a_worker_field(monkeypatch, capsys):
@@ -92,7 +97,7 @@ def test_every_serving_setting_is_a_file_key_a_flag_and_a_worker_field(monkeypat
     monkeypatch.delenv("RNNSTREAM_CONFIG", raising=False)
     given = {"max_batch_events": "77", "batch_linger_ms": "3", "key_ttl_seconds": "9.5",
              "checkpoint_interval_events": "11", "checkpoint_interval_seconds": "2.5",
-             "warmup_archive_events": "12"}  # fmt: skip
+             "warmup_archive_events": "12", "metrics_port": "9600", "max_record_bytes": "500000"}  # fmt: skip
     assert set(given) == set(SERVING_SETTINGS)
     argv = ["config", "show", "--config", str(CHART_CONFIG), "--json"]
     for name, value in given.items():

@@ -261,6 +261,21 @@ envFrom:
 {{- end }}
 {{- end -}}
 
+{{/* Ports of the scoring workers' per-partition metrics: worker slot i of a pipeline listens on
+serving.metricsPort + i, and a Ray actor may land on any scoring pod, so every scoring pod declares the whole
+range, one named port (wmetrics-<slot>) per slot up to the most workers a pipeline has. Empty when
+serving.metricsPort is 0 (any free port: nothing to declare). Each line: "<slot> <port>". */}}
+{{- define "rnnstream.workerMetricsPorts" -}}
+{{- $base := int .Values.serving.metricsPort -}}
+{{- if gt $base 0 -}}
+{{- $slots := 1 -}}
+{{- range .Values.pipelines }}{{ $slots = max $slots (int .workers) }}{{ end -}}
+{{- range $slot := until (int $slots) }}
+{{ $slot }} {{ add $base $slot }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "rnnstream.scrapeAnnotations" -}}
 {{- if .Values.metrics.podAnnotations -}}
 prometheus.io/scrape: "true"
@@ -309,6 +324,13 @@ spec:
         {{- end }}
         - name: metrics
           containerPort: {{ $ctx.Values.metrics.port }}
+        {{- if .workerMetrics }}
+        {{- range (include "rnnstream.workerMetricsPorts" $ctx | trim | splitList "\n" | compact) }}
+        {{- $slotPort := splitList " " . }}
+        - name: wmetrics-{{ index $slotPort 0 }}
+          containerPort: {{ index $slotPort 1 }}
+        {{- end }}
+        {{- end }}
       env:
         {{- include "rnnstream.rnnstreamEnv" $ctx | trim | nindent 8 }}
       {{- with (include "rnnstream.objectStoreEnvFrom" $ctx | trim) }}{{ . | nindent 6 }}{{- end }}
