@@ -249,7 +249,7 @@ def test_network_policies_cover_every_pod(render, profile):
     (ray_policy,) = [p for p in policies if p["metadata"]["name"].endswith("-ray")]
     operator_rules = [r for r in ray_policy["spec"]["ingress"] if "namespaceSelector" in r["from"][0]]
     ports = {p["port"] for r in operator_rules for p in r.get("ports", [])}
-    assert ports <= {8265, 8080}, ports
+    assert ports <= {8265, 8080, _values(profile)["serving"]["metricsPort"]}, ports
 
 
 @pytest.mark.parametrize("profile", PROFILE_NAMES)
@@ -303,6 +303,69 @@ def test_prometheus_can_scrape_ray_pods(render, profile):
             assert annotations["prometheus.io/scrape"] == "true", ref.where
             ports = {p["containerPort"] for c in ref.spec["containers"] for p in c.get("ports", [])}
             assert int(annotations["prometheus.io/port"]) in ports, ref.where
+
+
+def _prometheus_ports(policy: dict) -> set[int]:
+    """Every port the Ray pods' NetworkPolicy opens to the Prometheus namespace (port .. endPort)."""
+    (rule,) = [
+        r
+        for r in policy["spec"]["ingress"]
+        if r["from"][0].get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+        == "monitoring"
+    ]
+    return {n for p in rule["ports"] for n in range(p["port"], p.get("endPort", p["port"]) + 1)}
+
+
+def test_scoring_workers_partition_metrics_ports_are_declared_scraped_and_admitted(render):
+    """Worker slot i of a pipeline serves its per-partition series on serving.metricsPort + i on whichever
+    scoring pod Ray put it: every scoring pod declares the range (the most workers a pipeline has: 4 here),
+    the metrics Service and ServiceMonitor scrape each slot's named port, Prometheus may reach the range,
+    and the run config tells the workers the same port."""
+    docs = render("gpu-training", extra=("--set", "metrics.serviceMonitor.enabled=true"))
+    for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) not in CRD_SCHEMAS:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert _config(docs)["serving"]["metrics_port"] == 9464
+    assert _config(docs)["serving"]["max_record_bytes"] == 1_000_000
+    expected = {f"wmetrics-{slot}": 9464 + slot for slot in range(4)}
+    (cluster,) = [c for c in by_kind(docs, "RayCluster") if c["metadata"]["name"].endswith("-scoring")]
+    scoring_pods = list(pod_templates(cluster))
+    assert len(scoring_pods) == 3  # head, cpu and gpu groups: an actor may land on any of them
+    for ref in scoring_pods:
+        (container,) = ref.spec["containers"]
+        declared = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert {n: v for n, v in declared.items() if n.startswith("wmetrics-")} == expected, ref.where
+    for job in by_kind(docs, "RayJob"):  # training / serve-driver clusters run no scoring worker
+        for ref in pod_templates(job):
+            names = {p["name"] for c in ref.spec["containers"] for p in c.get("ports", [])}
+            assert not [n for n in names if n.startswith("wmetrics-")], ref.where
+    (svc,) = [s for s in by_kind(docs, "Service") if s["spec"].get("clusterIP") == "None"]
+    svc_ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    for name, port in expected.items():
+        assert (svc_ports[name]["port"], svc_ports[name]["targetPort"]) == (port, name)
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    scraped = {e["port"] for e in monitor["spec"]["endpoints"]}
+    assert scraped == {"metrics", *expected} and scraped <= set(svc_ports)
+    assert all(e["path"] == "/metrics" for e in monitor["spec"]["endpoints"])
+    assert labels_match(monitor["spec"]["selector"], svc["metadata"]["labels"])
+    for ref in scoring_pods:
+        assert labels_match({"matchLabels": svc["spec"]["selector"]}, ref.template["metadata"]["labels"])
+    (ray_policy,) = [p for p in by_kind(docs, "NetworkPolicy") if p["metadata"]["name"].endswith("-ray")]
+    assert _prometheus_ports(ray_policy) == {8080, *expected.values()}
+
+
+def test_metrics_port_zero_declares_and_scrapes_no_worker_port(render):
+    """serving.metricsPort 0: each worker takes any free port, so nothing is declared, scraped or admitted."""
+    docs = render("sasl-kafka", extra=("--set", "serving.metricsPort=0"))
+    assert _config(docs)["serving"]["metrics_port"] == 0
+    for doc in by_kind(docs, "RayCluster"):
+        for ref in pod_templates(doc):
+            names = {p["name"] for c in ref.spec["containers"] for p in c.get("ports", [])}
+            assert names and not [n for n in names if n.startswith("wmetrics-")], ref.where
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    (ray_policy,) = [p for p in by_kind(docs, "NetworkPolicy") if p["metadata"]["name"].endswith("-ray")]
+    assert _prometheus_ports(ray_policy) == {8080}
 
 
 # --- what each profile renders ---------------------------------------------------------------------------
