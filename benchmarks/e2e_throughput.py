@@ -45,6 +45,7 @@ from io_floor import broker_round_trip_ms, partition_counts, raw_eps, send_paced
 PARTITIONS = 4
 FEATURES = 31
 HIDDEN = 64
+LOAD_SLICE_EVENTS = 200_000  # ~25 MB of Arrow events: a broker backlog kafka-python reads in one fetch
 
 
 def make_schema(name: str):
@@ -237,17 +238,21 @@ def recovery_seconds(settings, schema, handle, n_keys: int, tmp: Path) -> float:
     # one event per key: every key lands in state (keys k0..k{n-1} in random order)
     keys = pa.array([f"k{i}" for i in np.random.default_rng(5).permutation(n_keys)], pa.string())
     table = table.set_column(0, "key", keys)
-    produce(settings, schema, table, "arrow")
     config, coord = run_workers(settings, schema, handle, tmp / "ckpt-rec", workers=1)
-    try:
-        wait_committed(settings, config.group_id, config.events_topic)
-    except TimeoutError:
-        st = ray.get(coord.status.remote())["workers"][0]
-        print(
-            f"recovery load stalled: resets={st.get('resets')} last_error={st.get('last_error')}",
-            file=sys.stderr,
-        )
-        raise
+    # the keys go in slices, each scored and committed before the next: the embedded broker answers a fetch
+    # with the partitions' whole backlog whatever fetch_max_bytes asks, and kafka-python drops a response over
+    # its receive_message_max_bytes (100 MB; 1M Arrow events are ~130 MB): a 1M-event backlog is never read
+    for i in range(0, n_keys, LOAD_SLICE_EVENTS):
+        produce(settings, schema, table.slice(i, LOAD_SLICE_EVENTS), "arrow")
+        try:
+            wait_committed(settings, config.group_id, config.events_topic)
+        except TimeoutError:
+            st = ray.get(coord.status.remote())["workers"][0]
+            print(
+                f"recovery load stalled: resets={st.get('resets')} last_error={st.get('last_error')}",
+                file=sys.stderr,
+            )
+            raise
     ray.get(coord.final_checkpoint.remote())
     keys_held = ray.get(coord.status.remote())["workers"][0]["keys"]
     pid = ray.get(coord.worker_pids.remote())[0]
