@@ -31,6 +31,7 @@ from tests.deploy.stand_ins import (
     RayHead,
     RenderedJob,
     config_map_files,
+    environ_with,
     rendered_jobs,
     stop_process,
     uris_of,
@@ -263,16 +264,8 @@ class Deployment:
 @contextlib.contextmanager
 def object_store_env(deployment: Deployment) -> Iterator[None]:
     """The test process reads the stand-in object stores too (to check what the jobs wrote)."""
-    saved = {k: os.environ.get(k) for k in deployment.stores.env}
-    os.environ.update(deployment.stores.env)
-    try:
+    with environ_with(deployment.stores.env):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @contextlib.contextmanager

@@ -18,11 +18,28 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rnnstream.workers.embedded_broker import free_port
 from tests.deploy.rendered import by_kind, pod_templates
+
+
+@contextlib.contextmanager
+def environ_with(env: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``env`` set for the block, each variable put back as it was afterwards."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
 
 CONFIG_MOUNT = "/etc/rnnstream/config.yaml"
 BIN = Path(sys.executable).parent
@@ -147,9 +164,7 @@ class ObjectStores:
         """Create the bucket of every ``s3://`` / ``gs://`` URI (a cluster's buckets exist before install)."""
         from rnnstream.rnn_core.storage import resolve_filesystem
 
-        saved = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-        try:
+        with environ_with(self.env):
             for uri in sorted(uris):
                 scheme, rest = uri.split("://", 1)
                 bucket = rest.split("/", 1)[0]
@@ -166,12 +181,6 @@ class ObjectStores:
                 else:
                     fs, _ = resolve_filesystem(f"{scheme}://{bucket}")
                     fs.create_dir(bucket)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     def stop(self) -> None:
         for proc in self.procs:

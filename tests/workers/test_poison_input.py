@@ -125,14 +125,7 @@ def test_score_chunks_over_the_brokers_message_limit_are_split_not_a_reset_loop(
     config = worker_config(
         settings, schema, tmp_path / "ckpt", max_batch_events=16_384, max_poll_records=16_384
     )
-    worker = ScoringWorker(0, config, export_metrics=False)
-    try:
-        worker.assign([0], handle)
-        wait_for(lambda: committed_all(settings, config), 60, "all events committed")
-        snap = worker.metrics_snapshot()
-    finally:
-        worker.shutdown()
-    assert snap["kafka_errors"] == 0 and snap["resets"] == 0, snap["last_error"]
+    snap = _score_partition_0(settings, config, handle)
     assert snap["scored"] == 12_000 and snap["dead_lettered"] == 0
     assert max(len(m.value) for m in read_topic(settings, config.scores_topic)) <= config.max_record_bytes
     evs = read_events(settings, config.events_topic, schema)
@@ -150,6 +143,15 @@ def test_a_score_too_large_to_write_is_dead_lettered_with_a_bounded_record(new_s
         producer.send_arrow(events, events_per_message=100)
         producer.flush()
     config = worker_config(settings, schema, tmp_path / "ckpt", max_record_bytes=60_000)
+    snap = _score_partition_0(settings, config, handle)
+    assert snap["scored"] == 399 and snap["dead_lettered"] == 1
+    (dead,) = [parse_dead_letter(m) for m in read_topic(settings, config.dlq_topic)]
+    assert dead.reason == "score_too_large" and dead.source_offset is not None and dead.event_index == 23
+    assert len(dead.key or b"") <= 1024
+
+
+def _score_partition_0(settings, config, handle) -> dict:
+    """One worker scores partition 0 to its end; its metrics, after checking it never reset."""
     worker = ScoringWorker(0, config, export_metrics=False)
     try:
         worker.assign([0], handle)
@@ -158,7 +160,4 @@ def test_a_score_too_large_to_write_is_dead_lettered_with_a_bounded_record(new_s
     finally:
         worker.shutdown()
     assert snap["kafka_errors"] == 0 and snap["resets"] == 0, snap["last_error"]
-    assert snap["scored"] == 399 and snap["dead_lettered"] == 1
-    (dead,) = [parse_dead_letter(m) for m in read_topic(settings, config.dlq_topic)]
-    assert dead.reason == "score_too_large" and dead.source_offset is not None and dead.event_index == 23
-    assert len(dead.key or b"") <= 1024
+    return snap
