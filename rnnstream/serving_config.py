@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from rnnstream.rnn_core.config import ConfigError
 from rnnstream.rnn_core.event_schema import EventSchema
 from rnnstream.workers.kafka_settings import ENV_PREFIX, SECRET_FIELDS, KafkaSettings
 from rnnstream.workers.worker_config import DEFAULT_DEPLOYMENT, WorkerConfig
@@ -141,7 +143,7 @@ def effective_serving(
     put("checkpoint_uri", env.get(CHECKPOINT_ENV), f"env {CHECKPOINT_ENV}")
     for name, value in flags.items():
         if name not in ("bootstrap_servers", "tracking_uri", "model", "workers"):
-            put(name, value, f"flag --{name.replace('_', '-')}")
+            put(name, value, f"flag --{_FLAG_OF.get(name, name).replace('_', '-')}")
     kafka = run.kafka
     if "bootstrap_servers" in flags:
         kafka = replace(kafka, bootstrap_servers=flags["bootstrap_servers"])
@@ -172,14 +174,30 @@ def effective_serving(
         if name in flags:
             origins[name] = f"flag --{name}"
     model, workers = flags.get("model", model), flags.get("workers", workers)
+    _check_deployment_name(values["deployment"], origins["deployment"])
     worker = WorkerConfig(pipeline=pipeline, schema=schema, kafka=kafka, **values)
     return EffectiveServing(worker, tracking, origins, model, workers)
+
+
+# Settings whose flag is not their own name.
+_FLAG_OF = {"deployment": "deployment_name"}
+# A release name goes into topic names (``<pipeline>.<release>.scores``), the consumer group, transactional
+# ids, Ray actor names and checkpoint paths: a DNS label (as a Helm release without dots) fits all of them.
+_DEPLOYMENT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?")
+
+
+def _check_deployment_name(name: str, origin: str) -> None:
+    """Refuse, in one line, a release name that cannot name topics, groups and actors apart."""
+    if not _DEPLOYMENT_NAME.fullmatch(name):
+        raise ConfigError(
+            f"deployment name {name!r} ({origin}) must be lowercase letters, digits and '-', starting and "
+            "ending with a letter or digit, at most 53 characters (e.g. the Helm release name)"
+        )
 
 
 def _pipeline_defaults(pipeline: str) -> Any:
     """The registered pipeline's :class:`ServingDefaults`, or None for a pipeline of one's own schema."""
     from rnnstream.pipelines.spec import get_pipeline
-    from rnnstream.rnn_core.config import ConfigError
 
     try:
         return get_pipeline(pipeline).serving

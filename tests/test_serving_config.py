@@ -116,3 +116,19 @@ def test_config_show_names_the_pipelines_when_it_cannot_choose(tmp_path, capsys)
     assert main(["config", "show", "--config", str(two)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"rnnstream config: error: pass --pipeline (the config {two} lists: fraud, video)"]
+
+
+def test_a_release_name_that_cannot_name_topics_and_groups_ends_in_one_line(monkeypatch, capsys):
+    """A release name goes into topic names, group and transactional ids and actor names: a dotted or
+    upper-case one is refused at the edge, naming where it came from."""
+    from rnnstream.cli.main import main
+
+    monkeypatch.delenv("RNNSTREAM_CONFIG", raising=False)
+    monkeypatch.setenv("RNNSTREAM_DEPLOYMENT_NAME", "prod.eu")
+    assert main(["config", "show", "--config", str(CHART_CONFIG)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "'prod.eu' (env RNNSTREAM_DEPLOYMENT_NAME)" in line and "lowercase letters, digits and '-'" in line
+    monkeypatch.delenv("RNNSTREAM_DEPLOYMENT_NAME")
+    assert main(["config", "show", "--config", str(CHART_CONFIG), "--deployment-name", "Blue"]) == 2
+    assert "'Blue' (flag --deployment-name)" in capsys.readouterr().err
+    assert main(["config", "show", "--config", str(CHART_CONFIG), "--deployment-name", "blue-2"]) == 0
