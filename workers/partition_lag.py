@@ -11,6 +11,11 @@ next offset and its committed offset while its loop runs, and the committed offs
 did not commit it will do again). (Not the group's offsets from the broker: an OffsetFetch a round, beside a
 transaction that commits offsets every few ms, measurably slowed scoring.) When the broker does not
 answer, the reading says so (``error``) and holds no numbers: a stale lag is never shown as fresh.
+
+A partition that is behind and whose position has not moved for ``stall_after_s`` is reported ``stalled``
+(and logged once): a worker whose loop is stuck, or that polls and reads nothing (e.g. a fetch response larger
+than the client's ``receive_message_max_bytes``, which kafka-python drops and asks for again without end),
+says so instead of looking healthy.
 """
 
 from __future__ import annotations
@@ -37,11 +42,13 @@ class LagReading:
     lag: dict[int, int] = field(default_factory=dict)
     at: float | None = None  # wall time of the read (None: never read)
     error: str | None = None  # the broker did not answer this time: ``lag`` is empty
+    stalled: dict[int, float] = field(default_factory=dict)  # partition -> seconds behind without progress
 
     def status(self) -> dict[str, object]:
-        """``lag_error`` (why the last read failed, or None) and ``lag_age_s`` (seconds since the last
-        successful read; None: never read)."""
-        return {"lag_error": self.error, "lag_age_s": None if self.at is None else time.time() - self.at}
+        """``lag_error`` (why the last read failed, or None), ``lag_age_s`` (seconds since the last
+        successful read; None: never read) and ``stalled`` (partitions behind without progress)."""
+        age = None if self.at is None else time.time() - self.at
+        return {"lag_error": self.error, "lag_age_s": age, "stalled": dict(self.stalled)}
 
 
 class BrokerOffsets:
@@ -108,8 +115,11 @@ class LagWatch:
         every_s: float,
         name: str = "lag",
         on_read: Callable[[LagReading], None] | None = None,
+        stall_after_s: float = 30.0,
     ) -> None:
         self.reading = LagReading()
+        self._stall_after_s = stall_after_s
+        self._progress: dict[int, tuple[tuple[int, int], float]] = {}  # partition -> (position, since)
         self._on_read = on_read
         self._offsets = BrokerOffsets(config)
         self._positions = positions
@@ -132,8 +142,28 @@ class LagWatch:
                 log.warning("%s", error)
             self.reading = LagReading(at=self.reading.at, error=error)
             return self.reading
-        self.reading = LagReading(lag_of(ends, positions, healthy), at=time.time())
+        now = time.time()
+        lag = lag_of(ends, positions, healthy)
+        self.reading = LagReading(lag, at=now, stalled=self._stalled(lag, positions, now))
         return self.reading
+
+    def _stalled(self, lag: dict[int, int], positions: Positions, now: float) -> dict[int, float]:
+        """Partitions behind whose position has not changed for ``stall_after_s`` (seconds, per partition)."""
+        since = {}
+        for p, behind in lag.items():
+            last = self._progress.get(p)
+            moved = last is None or last[0] != positions[p] or behind == 0
+            since[p] = (positions[p], now if moved else last[1])
+        self._progress = since
+        stalled = {p: round(now - t, 1) for p, (_, t) in since.items() if now - t >= self._stall_after_s}
+        for p in stalled.keys() - self.reading.stalled.keys():
+            log.warning(
+                "partition %d is %d events behind and has not moved for %.0f s: the worker reads nothing",
+                p,
+                lag[p],
+                stalled[p],
+            )
+        return stalled
 
     def _run(self) -> None:
         while not self._stop.is_set():

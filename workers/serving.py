@@ -189,6 +189,9 @@ def status_line(status: dict[str, Any]) -> str:
     for w in ws:
         if w.get("lag_error"):
             line += f" | worker {w.get('slot')}: {w['lag_error']}"
+        if w.get("stalled"):  # behind and not moving: polling without reading anything, or stuck
+            parts = ", ".join(f"{p} for {s:.0f}s" for p, s in sorted(w["stalled"].items()))
+            line += f" | worker {w.get('slot')} STALLED behind with no progress: partitions {parts}"
     if status.get("ownership_conflicts"):
         line += f" | OWNERSHIP CONFLICTS seen {status['ownership_conflicts']} times"
     failing = [w for w in ws if w.get("error") or w.get("failing_for_s") is not None or w.get("fenced")]

@@ -67,6 +67,8 @@ class WorkerConfig:
     fetch_max_bytes: int = 8 * 1024 * 1024
     max_partition_fetch_bytes: int = 2 * 1024 * 1024
     lag_every_s: float = 1.0  # how often lag is read from the broker (apart from the worker's clients)
+    # a partition behind whose position has not moved for this long is reported stalled (status, log)
+    stall_after_s: float = 30.0
     metrics_port: int | None = 0  # per-partition Prometheus series on this port + slot (0: any free port)
     error_backoff_s: float = 0.5
     commit_timeout_ms: int = 15_000

@@ -55,7 +55,9 @@ class WorkerReport:
         self._metrics = metrics
         self._loop_alive = loop_alive
         self._owned: dict[int, ScoringPartition] = {}
-        self.lag = LagWatch(config, self.positions, config.lag_every_s, self.name, self._export_lag)
+        self.lag = LagWatch(
+            config, self.positions, config.lag_every_s, self.name, self._export_lag, config.stall_after_s
+        )
         self.endpoint: PartitionMetricsEndpoint | None = None
         if config.metrics_port is not None:
             port = config.metrics_port + slot if config.metrics_port > 0 else 0

@@ -53,7 +53,7 @@ def test_lag_is_the_distance_from_the_position_the_worker_will_go_on_from():
 def test_lag_keeps_growing_while_the_loop_is_stuck(new_stream, tmp_path):
     settings, _, schema, _, handle = new_stream("lagstuck", PARTITIONS)
     events = make_events(schema, 2600, 50, seed=5)
-    config = worker_config(settings, schema, tmp_path / "ckpt", lag_every_s=0.1)
+    config = worker_config(settings, schema, tmp_path / "ckpt", lag_every_s=0.1, stall_after_s=1.0)
     worker = ScoringWorker(0, config, export_metrics=False)
     gate, frozen_now = threading.Event(), threading.Event()
 
@@ -76,10 +76,13 @@ def test_lag_keeps_growing_while_the_loop_is_stuck(new_stream, tmp_path):
         st = worker.status()
         assert st["lag_error"] is None and st["lag_age_s"] < 30
         assert sum(endpoint_lag(worker).values()) == 1600
+        # behind and not moving: reported stalled, per partition, instead of looking healthy
+        wait_for(lambda: set(worker.status()["stalled"]) == {0, 1}, 30, "both partitions reported stalled")
         gate.set()
         frozen.join(timeout=30)
         wait_for(lambda: committed_all(settings, config), 60, "everything committed after the thaw")
         wait_for(lambda: worker.status()["lag_total"] == 0, 30, "lag back to 0")
+        assert worker.status()["stalled"] == {}
     finally:
         gate.set()
         worker.shutdown()
@@ -132,3 +135,7 @@ def test_the_status_line_shows_no_lag_number_when_the_broker_did_not_answer():
     assert " lag=7 " in status_line({"pipeline": "p", "workers": [fresh]})
     line = status_line({"pipeline": "p", "workers": [fresh, away]})
     assert " lag=? " in line and "worker 1: lag unknown, the broker did not answer" in line
+    assert "STALLED" not in line
+    stuck = {"slot": 2, "lag_total": 900, "lag_error": None, "stalled": {3: 42.4}}
+    line = status_line({"pipeline": "p", "workers": [fresh, stuck]})
+    assert "worker 2 STALLED behind with no progress: partitions 3 for 42s" in line
