@@ -92,6 +92,10 @@ def _float_text(values: np.ndarray) -> pa.Array:
     whole = pc.match_substring_regex(text, "^-?[0-9]+$")
     if whole.true_count:
         text = pc.if_else(whole, pc.binary_join_element_wise(text, ".0", ""), text)
+    finite = np.isfinite(values)
+    if not finite.all():  # as json.dumps writes them (Arrow's 'nan'/'inf' would not parse at all)
+        words = np.where(np.isnan(values), "NaN", np.where(values > 0, "Infinity", "-Infinity"))
+        text = pc.if_else(pa.array(~finite), pa.array(words, pa.string()), text)
     return text
 
 

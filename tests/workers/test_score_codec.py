@@ -65,3 +65,18 @@ def test_a_json_score_without_header_decodes_as_json():
     table = decode_scores(value, None)
     row = {"key": "k", "time": 5, "score": 0.25, "model_version": "v", "topic": "t", "partition": 0}
     assert table.to_pylist() == [{**row, "offset": 7, "index": 0}]
+
+
+def test_non_finite_outputs_are_written_as_json_dumps_writes_them():
+    """A diverged forecast (inf) or an undefined statistic (NaN) still makes a record json.loads reads."""
+    outputs = np.array([[np.nan, 1.0], [np.inf, -np.inf], [0.5, 2.0]], np.float32)
+    n = len(outputs)
+    zeros = np.zeros(n, np.int64)
+    values = scores_to_json(
+        pa.array(["a", "b", "c"]), zeros, outputs, ("score", "x"), "v", "t", 0, zeros, zeros.astype(np.int32)
+    )
+    rows = [json.loads(v) for v in values]
+    assert np.isnan(rows[0]["score"]) and rows[0]["x"] == 1.0
+    assert rows[1]["score"] == float("inf") and rows[1]["x"] == float("-inf")
+    assert (rows[2]["score"], rows[2]["x"]) == (0.5, 2.0)
+    assert b"NaN" in values[0] and b"-Infinity" in values[1]
