@@ -227,6 +227,16 @@ def latency_at_rate(settings, schema, handle, rate: float, seconds: float, tmp: 
     return p50, p99
 
 
+def broker_latency(settings, rate: float, seconds: float) -> tuple[float, float]:
+    """(p50, p99) ms of the bare broker round trip with the latency run's messages and pace."""
+    rtt = make_schema("bench-broker-rtt")
+    create_topics(settings, rtt.pipeline)
+    table = make_events(rtt, int(rate * seconds), 20_000, seed=3, start_ms=int(time.time() * 1000))
+    return broker_round_trip_ms(
+        settings, f"{rtt.pipeline}.events", PARTITIONS, lambda: send_paced(settings, rtt, table, rate)
+    )
+
+
 def recovery_seconds(settings, schema, handle, n_keys: int, tmp: Path) -> float:
     import ray
 
@@ -272,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer events (a smoke run)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--only", choices=("all", "recovery"), default="all", help="run only the recovery part")
+    ap.add_argument("--only", choices=("all", "recovery", "latency"), default="all", help="run only one part")
+    ap.add_argument("--rate", type=float, default=40_000.0, help="events/s of --only latency")
     ap.add_argument(
         "--recovery-keys", type=int, help="keys the recovered worker holds (default 1M, 100k quick)"
     )
@@ -294,6 +305,24 @@ def main(argv: list[str] | None = None) -> int:
             "targets": {"recovery_s": "< 10 (1M keys)"},
         }
         print_result(result, args.json, width=14)
+        return 0
+    if args.only == "latency":
+        with broker_and_ray("rnnstream-e2e-") as (tmp, settings):
+            _, handle = seeded_model(tmp)
+            log(f"latency at {args.rate:.0f} events/s ...")
+            schema = make_schema("bench-lat")
+            p50, p99 = latency_at_rate(settings, schema, handle, args.rate, lat_seconds, tmp)
+            log(f"bare broker round trip at {args.rate:.0f} events/s ...")
+            broker_p50, broker_p99 = broker_latency(settings, args.rate, lat_seconds)
+        result = {
+            "p50_ms": round(p50, 1),
+            "p99_ms": round(p99, 1),
+            "broker_p50_ms": round(broker_p50, 1),
+            "broker_p99_ms": round(broker_p99, 1),
+            "p99_over_broker_ms": round(p99 - broker_p99, 1),
+            "latency_rate_eps": round(args.rate),
+        }
+        print_result(result, args.json, width=18)
         return 0
     with broker_and_ray("rnnstream-e2e-") as (tmp, settings):
         _, handle = seeded_model(tmp)
@@ -318,17 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         log(f"bare broker round trip at {arrow_eps / 2:.0f} events/s ...")
-        rtt = make_schema("bench-broker-rtt")
-        create_topics(settings, rtt.pipeline)
-        table = make_events(
-            rtt, int(arrow_eps / 2 * lat_seconds), 20_000, seed=3, start_ms=int(time.time() * 1000)
-        )
-        broker_p50, broker_p99 = broker_round_trip_ms(
-            settings,
-            f"{rtt.pipeline}.events",
-            PARTITIONS,
-            lambda: send_paced(settings, rtt, table, arrow_eps / 2),
-        )
+        broker_p50, broker_p99 = broker_latency(settings, arrow_eps / 2, lat_seconds)
 
         log("latency at 10000 events/s ...")
         p50_low, p99_low = latency_at_rate(
