@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from io_floor import broker_round_trip_ms, partition_counts, raw_eps, send_paced
+from io_floor import broker_round_trip_ms, partition_counts, raw_pass_through, send_paced
 
 PARTITIONS = 4
 FEATURES = 31
@@ -188,16 +188,80 @@ def run_workers(settings, schema, handle, ckpt: Path, workers: int = 2, **kw):
 
 
 def end_to_end_eps(settings, schema, handle, table, encoding: str, tmp: Path) -> float:
-    from rnnstream.workers.serving import stop_coordinator
-
     name = schema.pipeline
     create_topics(settings, name)
     produce(settings, schema, table, encoding)
-    config, coord = run_workers(settings, schema, handle, tmp / f"ckpt-{name}")
-    t0 = time.monotonic()
+    return end_to_end_run(settings, schema, handle, table.num_rows, tmp)[0]
+
+
+def end_to_end_run(
+    settings, schema, handle, n_events: int, tmp: Path, deployment: str = "rnnstream"
+) -> tuple[float, float]:
+    """(events/s, CPU seconds of the worker processes) of 2 workers of release ``deployment`` scoring the
+    ``n_events`` already in the events topic. Timed from the workers holding their partitions to every offset
+    committed; the events scored before the clock starts (the workers begin as soon as they are assigned)
+    are not counted."""
+    import psutil
+    import ray
+
+    from rnnstream.workers.kafka_io import TopicAdmin
+    from rnnstream.workers.serving import stop_coordinator
+    from rnnstream.workers.worker_config import release_topic
+
+    with TopicAdmin(settings) as admin:
+        p, d = schema.pipeline, deployment
+        admin.create_topics([release_topic(p, d, k) for k in ("scores", "dlq", "scores.shadow")], PARTITIONS)
+    config, coord = run_workers(
+        settings, schema, handle, tmp / f"ckpt-{schema.pipeline}-{deployment}", deployment=deployment
+    )
+    procs = [psutil.Process(pid) for pid in ray.get(coord.worker_pids.remote()).values()]
+    t0, cpu0 = time.monotonic(), _cpu_s(procs)
+    done0 = sum(w.get("events", 0) for w in ray.get(coord.status.remote())["workers"])
     t1 = wait_committed(settings, config.group_id, config.events_topic)
+    cpu = _cpu_s(procs) - cpu0
     stop_coordinator(coord)
-    return table.num_rows / (t1 - t0)
+    return (n_events - done0) / (t1 - t0), cpu
+
+
+def _cpu_s(procs) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+
+def json_vs_raw(settings, schema, handle, table, rounds: int, tmp: Path, log) -> dict[str, Any]:
+    """rnnstream's 2 workers and the bare pass-through's 2 processes over the same JSON events, side by side:
+    ``rounds`` rounds, the order alternating, each a ratio; the medians decide (machine noise moves both
+    runs of a round alike). Also CPU: events per CPU-second of each, and their ratio."""
+    name = schema.pipeline
+    create_topics(settings, name)
+    produce(settings, schema, table, "json")
+    counts = partition_counts(settings, f"{name}.events", PARTITIONS)
+    n = table.num_rows
+    raw, ours, ratios, cpu_ratios = [], [], [], []
+    for r in range(rounds):
+        runs = {}
+        for which in ("raw", "rnnstream") if r % 2 == 0 else ("rnnstream", "raw"):
+            log(f"round {r + 1}/{rounds}: {which} over {n} JSON events ...")
+            if which == "raw":
+                runs[which] = raw_pass_through(settings, name, counts, out_topic=f"{name}.raw")
+            else:
+                runs[which] = end_to_end_run(settings, schema, handle, n, tmp, deployment=f"round-{r}")
+        (raw_eps_r, raw_cpu), (eps, cpu) = runs["raw"], runs["rnnstream"]
+        raw.append(raw_eps_r)
+        ours.append(eps)
+        ratios.append(eps / raw_eps_r)
+        cpu_ratios.append((n / cpu) / (n / raw_cpu) if cpu and raw_cpu else float("nan"))
+        raw_cpu_per_event, cpu_per_event = raw_cpu / n, cpu / n
+        log(
+            f"  raw {raw_eps_r:,.0f} ev/s ({raw_cpu_per_event * 1e6:.1f} CPU-us/ev), "
+            f"rnnstream {eps:,.0f} ev/s ({cpu_per_event * 1e6:.1f} CPU-us/ev): {ratios[-1]:.3f}"
+        )
+    return {
+        "raw_eps": round(float(np.median(raw))),
+        "json_eps": round(float(np.median(ours))),
+        "json_vs_raw": round(float(np.median(ratios)), 3),
+        "json_vs_raw_rounds": [round(x, 3) for x in ratios],
+        "json_vs_raw_cpu": round(float(np.median(cpu_ratios)), 3),
+    }
 
 
 def latency_at_rate(settings, schema, handle, rate: float, seconds: float, tmp: Path) -> tuple[float, float]:
@@ -282,14 +346,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer events (a smoke run)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--only", choices=("all", "recovery", "latency"), default="all", help="run only one part")
+    ap.add_argument(
+        "--only", choices=("all", "throughput", "recovery", "latency"), default="all", help="one part only"
+    )
+    ap.add_argument("--rounds", type=int, help="throughput rounds, medians reported (default 3, 5 full)")
     ap.add_argument("--rate", type=float, default=40_000.0, help="events/s of --only latency")
     ap.add_argument(
         "--recovery-keys", type=int, help="keys the recovered worker holds (default 1M, 100k quick)"
     )
     args = ap.parse_args(argv)
 
-    n_json = 20_000 if args.quick else 60_000
+    n_json = 50_000 if args.quick else 100_000
+    rounds = args.rounds or (3 if args.quick else 5)
     n_arrow = 100_000 if args.quick else 400_000
     lat_seconds = 4.0 if args.quick else 10.0
     rec_keys = args.recovery_keys or (100_000 if args.quick else 1_000_000)
@@ -330,16 +398,28 @@ def main(argv: list[str] | None = None) -> int:
 
         schema = make_schema("bench-json")
         table = make_events(schema, n_json, 10_000, seed=1, start_ms=start)
-        log(f"json: {n_json} events ...")
-        json_eps = end_to_end_eps(settings, schema, handle, table, "json", tmp)
-        counts = partition_counts(settings, f"{schema.pipeline}.events", PARTITIONS)
-        log(f"raw pass-through over the same {n_json} JSON messages ...")
-        raw = raw_eps(settings, schema.pipeline, counts)
+        json_figures = json_vs_raw(settings, schema, handle, table, rounds, tmp, log)
 
         schema = make_schema("bench-arrow")
         table = make_events(schema, n_arrow, 10_000, seed=2, start_ms=start)
-        log(f"arrow: {n_arrow} events ...")
-        arrow_eps = end_to_end_eps(settings, schema, handle, table, "arrow", tmp)
+        create_topics(settings, schema.pipeline)
+        produce(settings, schema, table, "arrow")
+        arrow_runs = []
+        for r in range(rounds):
+            log(f"arrow round {r + 1}/{rounds}: {n_arrow} events ...")
+            arrow_runs.append(end_to_end_run(settings, schema, handle, n_arrow, tmp, f"round-{r}"))
+        arrow_eps = float(np.median([eps for eps, _ in arrow_runs]))
+        throughput = {
+            **json_figures,
+            "arrow_eps": round(arrow_eps),
+            "arrow_eps_rounds": [round(eps) for eps, _ in arrow_runs],
+            "arrow_cpu_us_per_event": round(float(np.median([c / n_arrow * 1e6 for _, c in arrow_runs])), 2),
+        }
+        if args.only == "throughput":
+            targets = {"json_vs_raw": ">= 0.8", "arrow_eps": ">= 250000"}
+            result = {**throughput, "events_json": n_json, "events_arrow": n_arrow, "rounds": rounds}
+            print_result({**result, "targets": targets, "cpus": os.cpu_count()}, args.json, width=22)
+            return 0
 
         log(f"latency at {arrow_eps / 2:.0f} events/s ...")
         p50, p99 = latency_at_rate(
@@ -357,10 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"recovery with {rec_keys} keys ...")
         rec = recovery_seconds(settings, make_schema("bench-rec"), handle, rec_keys, tmp)
     result = {
-        "raw_eps": round(raw),
-        "json_eps": round(json_eps),
-        "arrow_eps": round(arrow_eps),
-        "json_vs_raw": round(json_eps / raw, 3),
+        **throughput,
         "p50_ms": round(p50, 1),
         "p99_ms": round(p99, 1),
         "broker_p50_ms": round(broker_p50, 1),

@@ -1,7 +1,8 @@
 """The I/O floors the end-to-end benchmark measures rnnstream against, on the same broker in the same run.
 
-- :func:`raw_eps`: a bare kafka-python pass-through (2 processes, each consuming 2 partitions and producing
-  one output message per input message: no decoding, no model, no state, no transactions);
+- :func:`raw_pass_through`: a bare kafka-python pass-through (2 processes, each consuming 2 partitions and
+  producing one output message per input message, same key and value, to the same partition number: no
+  decoding, no model, no state, no transactions); its events/s and CPU seconds;
 - :func:`broker_round_trip_ms`: the bare broker's round trip, messages sent at a given pace -> fetched by a
   plain consumer in its own process with the workers' fetch wait.
 """
@@ -57,29 +58,40 @@ def _raw_passthrough(bootstrap: str, topic: str, out_topic: str, parts: list[int
     c.assign(tps)
     c.seek_to_beginning(*tps)
     n = 0
-    t0 = None
+    t0 = cpu0 = None
     while n < expect:
         for tp, msgs in c.poll(timeout_ms=200).items():
             if t0 is None:
-                t0 = time.monotonic()
+                t0, cpu0 = time.monotonic(), time.process_time()
             for m in msgs:
                 p.send(out_topic, value=m.value, key=m.key, partition=tp.partition)
             n += len(msgs)
     p.flush()
-    q.put((n, t0, time.monotonic()))
+    q.put((n, t0, time.monotonic(), time.process_time() - cpu0))
     c.close()
     p.close()
 
 
 def raw_eps(settings, pipeline: str, counts: dict[int, int]) -> float:
+    """Events/s of the bare pass-through over ``<pipeline>.events`` (see :func:`raw_pass_through`)."""
+    return raw_pass_through(settings, pipeline, counts)[0]
+
+
+def raw_pass_through(
+    settings, pipeline: str, counts: dict[int, int], out_topic: str | None = None
+) -> tuple[float, float]:
+    """(events/s, CPU seconds) of the bare pass-through of every message of ``<pipeline>.events`` into
+    ``out_topic`` (``<pipeline>.raw``): 2 processes of 2 partitions each, as rnnstream's 2 workers; wall time
+    from the first message fetched to the last one acknowledged, CPU of both processes over that time."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     bootstrap = settings.bootstrap_servers
+    out = out_topic or f"{pipeline}.raw"
     groups = [[0, 2], [1, 3]]
     procs = [
         ctx.Process(
             target=_raw_passthrough,
-            args=(bootstrap, f"{pipeline}.events", f"{pipeline}.raw", g, sum(counts[p] for p in g), q),
+            args=(bootstrap, f"{pipeline}.events", out, g, sum(counts[p] for p in g), q),
         )
         for g in groups
     ]
@@ -89,7 +101,7 @@ def raw_eps(settings, pipeline: str, counts: dict[int, int]) -> float:
     for pr in procs:
         pr.join()
     n = sum(r[0] for r in res)
-    return n / (max(r[2] for r in res) - min(r[1] for r in res))
+    return n / (max(r[2] for r in res) - min(r[1] for r in res)), sum(r[3] for r in res)
 
 
 def _round_trip_consumer(
