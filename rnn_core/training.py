@@ -35,6 +35,7 @@ from rnnstream.rnn_core.key_sequences import (
     time_deltas_seconds,
 )
 from rnnstream.rnn_core.model import StreamingModel
+from rnnstream.rnn_core.weight_averaging import WeightAverage
 
 __all__ = [
     "FitResult",
@@ -149,12 +150,14 @@ def train_epoch(
     loss_module: nn.Module | None = None,
     grad_clip: float | None = 1.0,
     carry_state: bool = True,
+    after_step: Callable[[], None] | None = None,
 ) -> float:
     """One pass over ``sequences`` by truncated BPTT; returns the event-weighted mean training loss.
 
     ``loss_module`` (default ``TrainingLoss(model)``) computes ``(loss, state)`` from ``(x, y, state, mask)``;
     pass a DDP-wrapped :class:`TrainingLoss` under Ray Train. ``carry_state=False`` restarts every chunk from
     zero (the windowed baseline that serving would not match). Batches are drawn with ``seed`` + ``epoch``.
+    ``after_step`` runs after every optimizer step (the empty DDP steps included: they move Adam's weights).
     """
     if chunk_len < 1 or batch_keys < 1:
         raise ValueError("chunk_len and batch_keys must be >= 1")
@@ -164,11 +167,7 @@ def train_epoch(
     rng = np.random.default_rng([seed, epoch])
     steps = 0
     total, weight = 0.0, 0.0
-    planned = sum(
-        math.ceil(max(len(sequences.x[i]) for i in idx) / chunk_len)
-        for idx in _batches(sequences, batch_keys, None)
-    )
-    (max_steps,) = _all_reduce([float(planned)], "max", device)
+    (max_steps,) = _all_reduce([float(planned_steps(sequences, chunk_len, batch_keys))], "max", device)
     for idx in _batches(sequences, batch_keys, rng):
         batch = _pad(sequences, idx, device)
         state = model.init_state(len(idx))
@@ -176,6 +175,8 @@ def train_epoch(
             if not carry_state:
                 state = model.init_state(len(idx))
             loss, state = _train_step(module, optimizer, model, x, y, state, mask, grad_clip)
+            if after_step is not None:
+                after_step()
             state = state.detach()
             n = _valid_events(model, y, mask).item()
             total += loss * n
@@ -187,8 +188,18 @@ def train_epoch(
         y = torch.full((1, 1), float("nan"), device=device)
         no_events = torch.zeros((1, 1), dtype=torch.bool, device=device)
         _train_step(module, optimizer, model, x, y, model.init_state(1), no_events, grad_clip)
+        if after_step is not None:
+            after_step()
     total, weight = _all_reduce([total, weight], "sum", device)
     return total / weight if weight else float("nan")
+
+
+def planned_steps(sequences: KeySequences, chunk_len: int, batch_keys: int) -> int:
+    """Optimizer steps of one :func:`train_epoch` on ``sequences`` (one per chunk of each batch)."""
+    return sum(
+        math.ceil(max(len(sequences.x[i]) for i in idx) / chunk_len)
+        for idx in _batches(sequences, batch_keys, None)
+    )
 
 
 def _train_step(module, optimizer, model, x, y, state, mask, grad_clip) -> tuple[float, Tensor]:
@@ -277,6 +288,7 @@ def fit(
     fit_normalization: bool = True,
     calibrate: bool = True,
     carry_state: bool = True,
+    average_epochs: float | None = None,
 ) -> FitResult:
     """Train ``model`` on ``sequences`` for up to ``epochs`` epochs (Adam, truncated BPTT with carried state).
 
@@ -285,6 +297,10 @@ def fit(
     without improvement and restores the best weights. Afterwards forecast heads get their score
     calibration fitted on ``sequences`` (``calibrate``). ``progress`` receives one dict per epoch:
     ``epoch``, ``train_loss``, ``val_loss`` (NaN without validation), ``seconds``.
+
+    ``average_epochs``: validate, early-stop on and keep an exponential moving average of the weights with
+    this time constant in epochs (:mod:`~rnnstream.rnn_core.weight_averaging`) instead of the weights of the
+    epoch's last step; the model ends with the best (or, without ``validation``, the last) average.
 
     Reproducibility: ``seed`` fixes everything ``fit`` draws: the batch order of each epoch (from
     ``(seed, epoch)``, independent of any global RNG) and dropout (``fit`` calls :func:`seed_everything`
@@ -300,6 +316,11 @@ def fit(
     if optimizer is None:
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     result = FitResult()
+    averaged: WeightAverage | None = None
+    if average_epochs is not None:
+        device = _device_of(model)
+        (steps,) = _all_reduce([float(planned_steps(sequences, chunk_len, batch_keys))], "max", device)
+        averaged = WeightAverage(model, average_epochs, int(steps))
     best_state: dict[str, Tensor] | None = None
     since_best = 0
     for epoch in range(epochs):
@@ -315,9 +336,11 @@ def fit(
             loss_module=loss_module,
             grad_clip=grad_clip,
             carry_state=carry_state,
+            after_step=None if averaged is None else averaged.update,
         )
+        kept = model if averaged is None else averaged.averaged_model()  # what validation sees and fit keeps
         val_loss = (
-            evaluate_loss(model, validation, chunk_len=max(chunk_len, 256))
+            evaluate_loss(kept, validation, chunk_len=max(chunk_len, 256))
             if validation is not None
             else math.nan
         )
@@ -328,10 +351,12 @@ def fit(
             progress(record)
         if validation is None:
             result.best_epoch = epoch
+            if averaged is not None:
+                best_state = copy.deepcopy(kept.state_dict())
             continue
         if best_state is None or val_loss < result.best_val_loss:
             result.best_epoch, result.best_val_loss, since_best = epoch, val_loss, 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(kept.state_dict())
         else:
             since_best += 1
             if patience is not None and since_best >= patience:
