@@ -41,7 +41,24 @@ def scores_to_json(
     offsets: np.ndarray,
     indexes: np.ndarray,
 ) -> list[bytes]:
-    """One JSON message value per scored event.
+    """One JSON message value per scored event (see :func:`scores_to_json_array`)."""
+    return scores_to_json_array(
+        keys, times_ms, outputs, output_names, model_version, topic, partition, offsets, indexes
+    ).to_pylist()
+
+
+def scores_to_json_array(
+    keys: Sequence[str] | pa.Array,
+    times_ms: np.ndarray,
+    outputs: np.ndarray,
+    output_names: Sequence[str],
+    model_version: str,
+    topic: str,
+    partition: int,
+    offsets: np.ndarray,
+    indexes: np.ndarray,
+) -> pa.BinaryArray:
+    """One JSON message value per scored event, as an Arrow binary array (what the bulk send takes).
 
     Built column-wise by Arrow's string kernels (no Python object per field): a key is written as
     ``json.dumps`` writes it (keys needing an escape go through ``json.dumps`` itself), an output as the
@@ -49,7 +66,7 @@ def scores_to_json(
     """
     keys = pa.array(keys, pa.string()) if not isinstance(keys, pa.Array) else keys
     if len(keys) == 0:
-        return []
+        return pa.array([], pa.binary())
     if not pa.types.is_string(keys.type):
         keys = keys.cast(pa.string())
     tail = (
@@ -60,8 +77,7 @@ def scores_to_json(
     for j, name in enumerate(output_names):
         parts += [f",{json.dumps(name)}:", _float_text(outputs[:, j])]
     parts += [tail, _text(offsets.astype(np.int64, copy=False)), ',"index":', _text(indexes), "}"]
-    joined = pc.binary_join_element_wise(*parts, "")
-    return joined.cast(pa.binary()).to_pylist()
+    return pc.binary_join_element_wise(*parts, "").cast(pa.binary())
 
 
 _NEEDS_ESCAPE = r"[^\x20\x21\x23-\x5b\x5d-\x7e]"  # what json.dumps escapes: '"', '\\', control, non-ASCII

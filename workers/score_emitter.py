@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rnnstream.workers.event_codec import ARROW, JSON, Reject, message_encoding
-from rnnstream.workers.score_codec import ARROW_HEADERS, scores_to_arrow, scores_to_json
+from rnnstream.workers.score_codec import ARROW_HEADERS, scores_to_arrow, scores_to_json_array
 from rnnstream.workers.scores_transaction import ScoresTransaction
 from rnnstream.workers.scoring_partition import ScoredBatch, ScoringPartition
 from rnnstream.workers.worker_config import WorkerConfig
@@ -114,7 +115,7 @@ class ScoreEmitter:
         limit = self.tx.max_request_size - RECORD_OVERHEAD_BYTES
         if arrow:
             return self._emit_arrow(topic, partition, rows, output_names, version, limit)
-        values = scores_to_json(
+        value_array = scores_to_json_array(
             rows.keys,
             rows.times,
             rows.outputs,
@@ -125,10 +126,12 @@ class ScoreEmitter:
             rows.offsets,
             rows.indexes,
         )
-        keys = rows.keys.cast(pa.binary()).to_pylist()
-        if max(map(len, values)) + max(map(len, keys)) <= limit:  # the common case: every record fits
-            self.tx.send_many(topic, partition, values, keys)
+        key_array = rows.keys.cast(pa.binary())
+        longest = pc.max(pc.add(pc.binary_length(value_array), pc.binary_length(key_array))).as_py()
+        if longest <= limit:  # the common case: every record fits; whole record batches, no object a record
+            self.tx.send_records(topic, partition, key_array, value_array)
             return []
+        values, keys = value_array.to_pylist(), key_array.to_pylist()
         too_large: list[Reject] = []
         fit: list[int] = []
         for i, (key, value) in enumerate(zip(keys, values, strict=True)):

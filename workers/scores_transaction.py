@@ -33,6 +33,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from rnnstream.workers.kafka_io_bulk_send import bulk_supported, send_records
+
 _FENCING_MARKS = ("Fenced", "InvalidProducerEpoch")  # in the error's type name or text
 
 
@@ -68,6 +70,7 @@ class ScoresTransaction:
         self.started = 0.0  # time.monotonic() of begin()
         self._futures: list[Any] = []
         self._connections: frozenset | None = None
+        self._bulk: bool | None = None  # whether kafka-python takes whole batches (checked on first use)
         if self.transactional:
             _stale_epoch_is_fatal(producer)
 
@@ -104,6 +107,18 @@ class ScoresTransaction:
                 send(topic, value=v, key=k, partition=partition, headers=headers)
                 for v, k in zip(values, keys, strict=True)
             ]
+        except Exception as exc:
+            self.raise_if_fenced(exc)
+            raise
+
+    def send_records(self, topic: str, partition: int, keys: Any, values: Any) -> None:
+        """Send ``(keys[i], values[i])`` (Arrow binary/string arrays) to one partition in the open transaction
+        as whole record batches (:func:`rnnstream.workers.kafka_io_bulk_send.send_records`: no Python object
+        a record; the same records ``send`` writes)."""
+        if self._bulk is None:
+            self._bulk = bulk_supported(self.producer)
+        try:
+            self._futures += send_records(self.producer, topic, partition, keys, values, check=self._bulk)
         except Exception as exc:
             self.raise_if_fenced(exc)
             raise
