@@ -4,8 +4,9 @@ One key a session (as log-template sessions of a storage system are): ``open``, 
 number of ``read``/``write`` blocks (some with a ``verify``), ``commit``, ``close``; 3 to 25 events. A
 truncated session stops anywhere before its end (after one event, too): each of its events is one a normal
 session has, so only a model that learned how sessions end (the end-of-key token) sees it. A reordered
-session has two neighbouring events swapped. A session counts as caught when any of its rows alerts (its
-events' scores and, on its last row, the end score), and no more than 1% of normal sessions may be flagged.
+session has two neighbouring events swapped; another has a template that training never saw. A session
+counts as caught when any of its rows alerts (its events' scores and, on its last row, the end score), and
+no more than 1% of normal sessions may be flagged.
 """
 
 from __future__ import annotations
@@ -41,7 +42,14 @@ def _reordered(rng: np.random.Generator) -> list[str]:
             return s
 
 
-KINDS = {"normal": _normal, "truncated": _truncated, "reordered": _reordered}
+def _unseen(rng: np.random.Generator) -> list[str]:
+    """A normal session with a template training never saw (an exception a new release logs)."""
+    s = _normal(rng)
+    p = int(rng.integers(1, len(s)))
+    return [*s[:p], "disk failure", *s[p:]]
+
+
+KINDS = {"normal": _normal, "truncated": _truncated, "reordered": _reordered, "unseen": _unseen}
 
 
 def _sessions(kinds: list[str], rng: np.random.Generator, prefix: str) -> pd.DataFrame:
@@ -55,7 +63,7 @@ def _sessions(kinds: list[str], rng: np.random.Generator, prefix: str) -> pd.Dat
 def test_truncated_and_reordered_sessions_are_caught_at_one_percent_of_normal(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     train = _sessions(["normal"] * 600, rng, "t")
-    kinds = ["normal"] * 600 + ["truncated"] * 80 + ["reordered"] * 80
+    kinds = ["normal"] * 600 + ["truncated"] * 80 + ["reordered"] * 80 + ["unseen"] * 20
     rng.shuffle(kinds)
     test = _sessions(kinds, rng, "x")
     train.drop(columns="kind").to_csv(tmp_path / "train.csv", index=False)
@@ -78,6 +86,9 @@ def test_truncated_and_reordered_sessions_are_caught_at_one_percent_of_normal(tm
     caught = per.groupby("kind")["alert"].mean()
     assert caught["normal"] <= 0.01, caught
     assert caught["truncated"] >= 0.9 and caught["reordered"] >= 0.9, caught
+    # a template never seen in training is scored (the unknown code, which training never predicts) and alerts
+    unseen = out[test["event"].to_numpy() == "disk failure"]
+    assert len(unseen) == 20 and unseen["alert"].all() and (unseen["prob"] < 0.01).all()
     short = per[(per.kind == "truncated") & (per.n <= 3)]
     assert len(short) >= 10 and short["alert"].mean() >= 0.9  # sessions of 1-3 events are caught too
     # what catches a truncated session is its end: without end_score its rows look like a normal start
