@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit
 
 
-def _kernel(inline: str = "never") -> Callable[[Callable[..., Any]], Any]:
+def compiled(inline: str = "never") -> Callable[[Callable[..., Any]], Any]:
     """``numba.njit`` with the on-disk cache, or without it where numba finds no writable cache folder."""
 
     def compile_(fn: Callable[..., Any]) -> Any:
@@ -53,7 +53,7 @@ _S27, _S30, _S31, _S33 = np.uint64(27), np.uint64(30), np.uint64(31), np.uint64(
 _ZERO, _EIGHT, _BYTE = np.uint64(0), np.uint64(8), np.uint64(0xFF)
 
 
-@_kernel(inline="always")
+@compiled(inline="always")
 def _fingerprint(data, start, end, seed1, seed2):
     """Two 64-bit hashes of ``data[start:end]``: chains ``h = mix(h ^ word)`` over its little-endian 8-byte
     words (the last one zero-padded), from a seed and the length; splitmix64's and murmur3's finalizers."""
@@ -82,14 +82,14 @@ def _fingerprint(data, start, end, seed1, seed2):
     return a, b
 
 
-@_kernel()
+@compiled()
 def fingerprint_batch(data, offsets, seed1, seed2, out):
     """``out[i] = (h1, h2)`` of key ``i`` (bytes ``data[offsets[i]:offsets[i + 1]]``)."""
     for i in range(offsets.size - 1):
         out[i, 0], out[i, 1] = _fingerprint(data, offsets[i], offsets[i + 1], seed1, seed2)
 
 
-@_kernel(inline="always")
+@compiled(inline="always")
 def _find(tab, shift, fp, h1, h2):
     """(slot or EMPTY, the position where it is or where it would go)."""
     mask = tab.size - 1
@@ -101,7 +101,7 @@ def _find(tab, shift, fp, h1, h2):
         pos = (pos + 1) & mask
 
 
-@_kernel()
+@compiled()
 def probe_hashes(hashes, tab, shift, fp, slots):
     """``slots[i]``: the slot of fingerprint ``hashes[i]``, or -1; returns how many were not found.
 
@@ -124,7 +124,7 @@ def probe_hashes(hashes, tab, shift, fp, slots):
     return missing
 
 
-@_kernel()
+@compiled()
 def probe_keys(data, offsets, seed1, seed2, tab, shift, fp, slots, hashes):
     """Fingerprint and find every key of a batch: ``hashes[i]`` its fingerprint, ``slots[i]`` its slot or
     -1; returns how many were not found."""
@@ -133,7 +133,7 @@ def probe_keys(data, offsets, seed1, seed2, tab, shift, fp, slots, hashes):
     return probe_hashes(hashes, tab, shift, fp, slots)
 
 
-@_kernel()
+@compiled()
 def insert_keys(
     todo, hashes, data, offsets, tab, shift, fp, times, key_start, key_len, arena, arena_used, free, num_free,
     next_fresh, slots,
@@ -168,7 +168,7 @@ def insert_keys(
     return num_free, next_fresh, arena_used, added
 
 
-@_kernel()
+@compiled()
 def place_slots(live, tab, shift, fp):
     """Put slots (known absent from the table) into it, each at the first free position from its home."""
     mask = tab.size - 1
@@ -179,7 +179,7 @@ def place_slots(live, tab, shift, fp):
         tab[pos] = s
 
 
-@_kernel()
+@compiled()
 def release_slots(slots, tab, shift, fp, rows, times, key_len, free, num_free):
     """Forget the keys of distinct live ``slots``: their table entries removed (later entries of the probe
     run shifted back into the gap), rows zeroed, times -1, slots pushed on the ``free`` stack (which has
@@ -214,7 +214,7 @@ def release_slots(slots, tab, shift, fp, rows, times, key_len, free, num_free):
     return num_free, released
 
 
-@_kernel()
+@compiled()
 def gather_rows(rows, slots, out):
     """``out[i] = rows[slots[i]]`` (an IndexError for a slot outside the slab)."""
     n, w = rows.shape
@@ -226,7 +226,21 @@ def gather_rows(rows, slots, out):
             out[i, k] = rows[s, k]
 
 
-@_kernel()
+@compiled()
+def gather_states(rows, times, slots, out, out_times):
+    """``out[i] = rows[slots[i]]`` and ``out_times[i] = times[slots[i]]`` (an IndexError for a slot outside
+    the slab): a chunk's states and last event times in one pass."""
+    n, w = rows.shape
+    for i in range(slots.size):
+        s = slots[i]
+        if s < 0 or s >= n:
+            raise IndexError("slot outside the state slab")
+        for k in range(w):
+            out[i, k] = rows[s, k]
+        out_times[i] = times[s]
+
+
+@compiled()
 def scatter_rows(rows, slots, src, times, src_times):
     """``rows[slots[i]] = src[i]``, and ``times[slots[i]] = src_times[i]`` when ``src_times`` is not empty."""
     n, w = rows.shape
@@ -241,7 +255,7 @@ def scatter_rows(rows, slots, src, times, src_times):
             times[s] = src_times[i]
 
 
-@_kernel()
+@compiled()
 def copy_keys(slots, key_start, key_len, arena, offsets, out):
     """The key bytes of ``slots`` one after another into ``out``, ``offsets`` (n + 1) marking each."""
     at = 0

@@ -31,6 +31,7 @@ from rnnstream.rnn_core.key_hashing import KeyBatch, as_string_array, key_buffer
 from rnnstream.rnn_core.key_kernels import (
     FREE,
     gather_rows,
+    gather_states,
     insert_keys,
     probe_keys,
     release_slots,
@@ -217,6 +218,11 @@ class KeyedStateStore:
             out = np.empty((slots.size, *self._state_shape), np.float32)
         gather_rows(self._rows, slots, out.reshape(slots.size, -1))
         return torch.from_numpy(out)
+
+    def gather_states(self, slots: np.ndarray, out: np.ndarray, out_times: np.ndarray) -> None:
+        """States and last event times of ``slots`` (int64) in one pass, into ``out`` (C-contiguous float32,
+        ``B`` rows of ``S * L * H``) and ``out_times`` (int64 [B])."""
+        gather_states(self._rows, self._times, slots, out.reshape(slots.size, -1), out_times)
 
     def scatter_slots(
         self, slots: np.ndarray, states: torch.Tensor, times_ms: np.ndarray | None = None

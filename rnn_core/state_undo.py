@@ -32,6 +32,31 @@ class StateUndoLog:
         """Stop logging: the call is over (done or rolled back)."""
         self._entries = None
 
+    def take(self, store: KeyedStateStore, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gather the states and times of distinct ``slots`` (int64) and log them in the same pass: returns
+        (states ``float32 [m, S, L, H]``, a view of the log's buffer that stays valid until the next
+        :meth:`begin`; times int64 [m]). The scorer steps from these states, so logging costs no copy."""
+        m = slots.size
+        if self._entries is None:  # not in a call: nothing to log, the buffer is scratch
+            self._used = 0
+        dest = self._reserve(m).reshape(m, *store.state_shape)
+        times = np.empty(m, np.int64)
+        store.gather_states(slots, dest, times)
+        if self._entries is not None:
+            ids = store.slot_keys(slots) if self.by_key else slots.copy()
+            self._entries.append((ids, self._used - m, times))
+        return dest, times
+
+    def _reserve(self, m: int) -> np.ndarray:
+        """The next ``m`` rows of the buffer (grown when needed, logged rows kept), marked used."""
+        start = self._used
+        if self._rows.shape[0] < start + m:
+            grown = np.empty((max(start + m, 2 * self._rows.shape[0]), self._rows.shape[1]), np.float32)
+            grown[:start] = self._rows[:start]
+            self._rows = grown
+        self._used = start + m
+        return self._rows[start : start + m]
+
     def remember(
         self,
         store: KeyedStateStore,
@@ -43,16 +68,11 @@ class StateUndoLog:
         if self._entries is None or slots.size == 0:
             return
         m, start = slots.size, self._used
-        if self._rows.shape[0] < start + m:
-            grown = np.empty((max(start + m, 2 * self._rows.shape[0]), self._rows.shape[1]), np.float32)
-            grown[:start] = self._rows[:start]
-            self._rows = grown
-        dest = self._rows[start : start + m]
+        dest = self._reserve(m)
         if rows is None:
             store.gather_slots(slots, out=dest.reshape(m, *store.state_shape))
         else:
             np.copyto(dest, rows.numpy().reshape(m, -1))
-        self._used = start + m
         ids = store.slot_keys(slots) if by_key or self.by_key else slots.copy()
         self._entries.append((ids, start, store.slot_times(slots)))
 

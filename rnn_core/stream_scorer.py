@@ -5,9 +5,9 @@ offline is what serves. For each event, in the order given: look up the key's st
 fill the time-delta input (seconds since the key's previous event, 0 for its first), run one recurrent step,
 store the new state and time, return the model's outputs.
 
-A micro-batch may hold one key several times. Those events are applied in waves in which each key appears
-once: wave ``w`` holds every key's ``w``-th event of the batch, so each key sees its events in order, none is
-merged or skipped, and the result equals feeding the events one at a time.
+A micro-batch may hold one key several times. The batch is stepped in chunks in which each key appears once
+(:mod:`~rnnstream.rnn_core.chunk_plan`): a key's later event goes to a later chunk, so each key sees its
+events in order, none is merged or skipped, and the result equals feeding the events one at a time.
 
 Expiry (``key_ttl_ms``) is part of this path too, so every caller applies the same rule: an event starts its
 key from a zero state when the key's previous event is more than the TTL behind the event-time watermark (the
@@ -24,12 +24,15 @@ behave exactly as unknown keys.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from rnnstream.rnn_core.chunk_plan import ChunkPlanner
+from rnnstream.rnn_core.key_kernels import gather_rows
 from rnnstream.rnn_core.state_store import KeyBatch, KeyedStateStore, as_string_array
 from rnnstream.rnn_core.state_undo import StateUndoLog
 
@@ -82,10 +85,8 @@ class StreamScorer:
         self.input_size = config.features.input_size
         self._dt_col = self.input_size - 1 if config.features.use_time_delta else None
         self._output_names = list(model.output_names())
-        self._xbuf = np.zeros((0, self.input_size), np.float32)  # reused input copy (dt column written)
-        self._mark = np.zeros(0, np.int32)  # scratch over slots for duplicate detection
-        self._arange = np.arange(0, dtype=np.int32)
-        self._gbuf = np.zeros((0, *store.state_shape), np.float32)  # gathered states of one chunk
+        self._xbuf = np.zeros((0, self.input_size), np.float32)  # one chunk's inputs (dt filled in)
+        self._planner = ChunkPlanner()
 
     @property
     def output_names(self) -> list[str]:
@@ -174,63 +175,50 @@ class StreamScorer:
         return out
 
     def _score(self, keys: pa.Array, times: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Step the events in order through the store (no expiry)."""
+        """Step the events in order through the store (no expiry), chunk by chunk (:mod:`.chunk_plan`)."""
         n = len(keys)
-        if self._xbuf.shape[0] < n:
-            self._xbuf = np.zeros((max(n, 2 * self._xbuf.shape[0]), self.input_size), np.float32)
-        xb = self._xbuf[:n]
         slots = self.store.lookup(keys, create=True)
-        repeated = self._repeated(slots)
-        if repeated is not None and int(repeated[1].max()) + 1 >= SEQUENCE_MIN_EVENTS:
-            return self._score_runs(keys, slots, times, x, repeated[0])
-        order = None if repeated is None else self._fused_order(n, *repeated)
+        plan = self._planner.plan(slots, self.step_rows)
+        if plan.most >= SEQUENCE_MIN_EVENTS:
+            return self._score_runs(keys, slots, times, x)
+        out = np.empty((n, len(self._output_names)), np.float32)
+        order, bounds = plan.order, plan.bounds.tolist()
+        if self._xbuf.shape[0] < min(n, self.step_rows):
+            self._xbuf = np.zeros((min(n, self.step_rows), self.input_size), np.float32)
+        # the caller's rows are stepped as they are when nothing is filled in or reordered (never written)
+        direct = (
+            order is None
+            and self._dt_col is None
+            and x.dtype == np.float32
+            and x.flags.c_contiguous
+            and x.flags.writeable
+        )
         with torch.inference_mode():
-            if repeated is None:
-                if (
-                    self._dt_col is None
-                    and x.dtype == np.float32
-                    and x.flags.c_contiguous
-                    and x.flags.writeable
-                ):
-                    xb = x  # nothing to fill in: step the caller's rows (never written)
-                else:
-                    np.copyto(xb, x, casting="same_kind")
-                return self._step(slots, times, xb)
-            if order is not None:
-                # Same chunks as without repeats: a repeated key's first event is moved to the first chunk,
-                # its second to the last one, so no chunk holds a key twice and no extra step is needed.
+            for lo, hi in pairwise(bounds):
+                if order is None:
+                    if direct:
+                        out[lo:hi] = self._step_rows(slots[lo:hi], times[lo:hi], x[lo:hi])
+                    else:
+                        xb = self._xbuf[: hi - lo]
+                        np.copyto(xb, x[lo:hi], casting="same_kind")
+                        out[lo:hi] = self._step_rows(slots[lo:hi], times[lo:hi], xb)
+                    continue
+                idx = order[lo:hi]
+                xb = self._xbuf[: hi - lo]
                 if x.dtype == np.float32:
-                    np.take(x, order, axis=0, out=xb)
+                    gather_rows(x, idx, xb)
                 else:
-                    np.copyto(xb, x[order], casting="same_kind")
-                out = np.empty((n, len(self._output_names)), np.float32)
-                out[order] = self._step(slots[order], times[order], xb)
-                return out
-            np.copyto(xb, x, casting="same_kind")
-            # Wave 0 steps the whole batch at once (no copies). A repeated key's later events only get
-            # their state after it, so their wave-0 results are discarded and redone in waves 1, 2, ...
-            involved, rank = repeated
-            out = self._step(slots, times, xb, keep=involved[rank == 0])
-            for wave in range(1, int(rank.max()) + 1):
-                idx = involved[rank == wave]
-                out[idx] = self._step(slots[idx], times[idx], xb[idx])
-            return out
+                    np.copyto(xb, x[idx], casting="same_kind")
+                out[idx] = self._step_rows(slots[idx], times[idx], xb)
+        return out
 
-    def _score_runs(
-        self,
-        keys: pa.Array,
-        slots: np.ndarray,
-        times: np.ndarray,
-        x: np.ndarray,
-        involved: np.ndarray,
-    ) -> np.ndarray:
+    def _score_runs(self, keys: pa.Array, slots: np.ndarray, times: np.ndarray, x: np.ndarray) -> np.ndarray:
         """A batch where some keys have ``SEQUENCE_MIN_EVENTS``+ events: each of those keys runs through the
         model's full-sequence ``forward`` at once (one long series stops costing a Python step per event;
         the step == forward law makes the results the same), the other events through the stepping path.
         Keys are independent, so doing one key's run before the others keeps every key's order."""
         out = np.empty((slots.size, len(self._output_names)), np.float32)
-        sub = slots[involved]
-        uniq, counts = np.unique(sub, return_counts=True)
+        uniq, counts = np.unique(slots, return_counts=True)
         runs = uniq[counts >= SEQUENCE_MIN_EVENTS]
         in_run = np.isin(slots, runs)
         rest = np.flatnonzero(~in_run)
@@ -255,93 +243,19 @@ class StreamScorer:
                 store.scatter_slots(one, final.cpu(), t[-1:])
         return out
 
-    def _step(
-        self, slots: np.ndarray, times: np.ndarray, xb: np.ndarray, keep: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Step every row once, ``step_rows`` rows at a time. Slots are distinct, or ``keep`` (sorted) names
-        for each repeated slot the row whose new state and time must be the ones left stored."""
-        n = slots.size
-        if n <= self.step_rows:
-            out, new_state = self._step_rows(slots, times, xb)
-            if keep is not None:  # which of a repeated slot's rows landed is unspecified: write the right one
-                self.store.scatter_slots(slots[keep], new_state[torch.from_numpy(keep)], times[keep])
-            return out
-        out = np.empty((n, len(self._output_names)), np.float32)
-        kept = []
-        for lo in range(0, n, self.step_rows):
-            hi = min(n, lo + self.step_rows)
-            out[lo:hi], new_state = self._step_rows(slots[lo:hi], times[lo:hi], xb[lo:hi])
-            if keep is not None:
-                rows = keep[np.searchsorted(keep, lo) : np.searchsorted(keep, hi)]
-                if rows.size:
-                    kept.append((slots[rows], new_state[torch.from_numpy(rows - lo)], times[rows]))
-        # A repeated key's first row always steps from the stored state: no row before it has its key.
-        # Later rows of that key may have overwritten the result; put the first row's back.
-        for kept_slots, kept_states, kept_times in kept:
-            self.store.scatter_slots(kept_slots, kept_states, kept_times)
-        return out
-
-    def _step_rows(
-        self, slots: np.ndarray, times: np.ndarray, xb: np.ndarray
-    ) -> tuple[np.ndarray, torch.Tensor]:
-        """Fill dt, gather, step, scatter for one chunk of rows; returns (outputs, new states on the CPU)."""
+    def _step_rows(self, slots: np.ndarray, times: np.ndarray, xb: np.ndarray) -> np.ndarray:
+        """One chunk (distinct slots): gather the states and times (logged for undo in the same pass), fill
+        dt, step, scatter the new states and times; returns the outputs."""
         store = self.store
+        state, prev = self._undo.take(store, slots)
         if self._dt_col is not None:
-            xb[:, self._dt_col] = _seconds_since(times, store.slot_times(slots))
-        if self._gbuf.shape[0] < slots.size:
-            self._gbuf = np.empty((max(slots.size, self.step_rows), *store.state_shape), np.float32)
-        state = store.gather_slots(slots, out=self._gbuf[: slots.size])  # reused: no allocation per chunk
-        xt = torch.from_numpy(xb)
+            xb[:, self._dt_col] = _seconds_since(times, prev)
+        xt, st = torch.from_numpy(xb), torch.from_numpy(state)
         if self._device.type != "cpu":
-            xt, state = xt.to(self._device), state.to(self._device)
-        out, new_state = self.model.step(xt, state)
-        new_state = new_state.cpu()
-        self._remember(slots, state.cpu())  # its states before this step (gathered above)
+            xt, st = xt.to(self._device), st.to(self._device)
+        out, new_state = self.model.step(xt, st)
         store.scatter_slots(slots, new_state, times)
-        return out.cpu().numpy(), new_state
-
-    def _fused_order(self, n: int, involved: np.ndarray, rank: np.ndarray) -> np.ndarray | None:
-        """An order of the events that applies each key's events in order in plain ``step_rows`` chunks,
-        or None when there is none this simple (a key three times, or too few chunks: waves then).
-
-        The order: the first events of repeated keys, then every event of a key seen once (in batch order),
-        then the second events of repeated keys. It is valid when the first group ends in an earlier chunk
-        than the one where the last group starts.
-        """
-        if int(rank.max()) != 1:
-            return None
-        firsts, seconds = involved[rank == 0], involved[rank == 1]
-        rows = self.step_rows
-        if (firsts.size - 1) // rows >= (n - seconds.size) // rows:
-            return None
-        once = np.ones(n, np.bool_)
-        once[involved] = False
-        return np.concatenate([firsts, np.flatnonzero(once), seconds])
-
-    def _repeated(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Events whose key occurs more than once in the batch (indices, in event order) with each one's
-        occurrence rank (0 = the key's first event in the batch); None when all keys differ."""
-        n = slots.size
-        if self._arange.size < n:
-            self._arange = np.arange(max(n, 2 * self._arange.size), dtype=np.int32)
-        if self._mark.size < self.store.capacity:
-            self._mark = np.zeros(self.store.capacity, np.int32)
-        ar = self._arange[:n]
-        mark = self._mark
-        mark[slots] = ar  # for a repeated slot, one of its events' indices survives
-        not_last = mark[slots] != ar
-        if not not_last.any():
-            return None
-        mark[slots[not_last]] = -1
-        involved = np.flatnonzero(mark[slots] == -1)
-        sub = slots[involved]
-        order = np.argsort(sub, kind="stable")
-        ordered = sub[order]
-        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-        group_start = np.repeat(starts, np.diff(np.r_[starts, sub.size]))
-        rank = np.empty(sub.size, np.int64)
-        rank[order] = np.arange(sub.size) - group_start
-        return involved, rank
+        return out.cpu().numpy()
 
     def remove_keys(self, keys: KeyBatch) -> int:
         """Forget keys (their next event starts from a zero state); returns how many were known."""

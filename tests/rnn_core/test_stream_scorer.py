@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from rnnstream.rnn_core.chunk_plan import plan_chunks
 from rnnstream.rnn_core.config import FeatureSpec, ModelConfig
 from rnnstream.rnn_core.model import StreamingModel
 from rnnstream.rnn_core.state_store import KeyedStateStore
@@ -65,7 +66,8 @@ def test_keys_at_most_twice_in_a_chunked_batch_equal_one_at_a_time(step_rows: in
     times = np.cumsum(rng.integers(0, 5_000, len(keys))).astype(np.int64)
     x = rng.normal(size=(len(keys), 3)).astype(np.float32)
     scorer = StreamScorer(model, step_rows=step_rows)
-    assert scorer._fused_order(len(keys), *scorer._repeated(scorer.store.lookup(keys))) is not None
+    plan = plan_chunks(scorer.store.lookup(keys), step_rows)
+    assert plan.bounds.size - 1 == -(-len(keys) // step_rows)  # no step more than without repeats
     batched = scorer.score(keys, times, x.astype(np.float64))
     single = StreamScorer(model)
     one_by_one = np.concatenate(
