@@ -64,7 +64,7 @@ class NabResult:
 
 
 def probation_length(n: int) -> int:
-    return max(1, int(math.floor(PROBATION_SHARE * n)))
+    return max(1, math.floor(PROBATION_SHARE * n))
 
 
 def label_windows(n: int, anomalies: list[int] | np.ndarray) -> tuple[tuple[int, int], ...]:
@@ -106,9 +106,7 @@ def _point_values(series: Series, profile: Profile) -> tuple[np.ndarray, np.ndar
     return window_of, worth
 
 
-def nab_score(
-    series: list[Series], scores: list[np.ndarray], profile: Profile = STANDARD
-) -> NabResult:
+def nab_score(series: list[Series], scores: list[np.ndarray], profile: Profile = STANDARD) -> NabResult:
     """The best normalized NAB score over one threshold shared by all ``series`` (``scores[i]`` per point)."""
     all_scores, all_window, all_worth = [], [], []
     windows = 0

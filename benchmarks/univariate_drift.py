@@ -18,7 +18,7 @@ Per series, as a user would: the series is a CSV (``timestamp`` as ``2024-03-04 
 References scored the same way: ``random`` (uniform scores, seeded) and ``rolling_z`` (the distance of each
 point from the mean of the previous ``ROLLING_WINDOW`` points in their standard deviations).
 
-    python benchmarks/univariate_drift.py [--quick] [--json] [--series N] [--seed S]
+    python benchmarks/univariate_drift.py [--quick] [--json] [--series N] [--seed S] [--fit-args "..."]
 
 ``--json``: one JSON object a line, one per detector. ``--quick``: 10 series (one of each kind), else 30.
 """
@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import io
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -64,7 +65,7 @@ def write_csv(series: gen.GeneratedSeries, path: Path, rows: int | None = None) 
     frame.to_csv(path, index=False)
 
 
-def run_rnnstream(series: gen.GeneratedSeries, folder: Path) -> dict:
+def run_rnnstream(series: gen.GeneratedSeries, folder: Path, fit_extra: tuple[str, ...] = ()) -> dict:
     """fit-file on the first 15%, score-file on the whole series; the output's score and alert columns."""
     full, train = folder / f"{series.name}.csv", folder / f"{series.name}_train.csv"
     write_csv(series, full)
@@ -72,7 +73,7 @@ def run_rnnstream(series: gen.GeneratedSeries, folder: Path) -> dict:
     model, out = folder / f"{series.name}_model", folder / f"{series.name}_scores.csv"
     common = ["--no-progress"]
     fit_args = ["fit-file", "--input", str(train), "--key-column", "series", "--time-column", "timestamp"]
-    fit_args += ["--value-columns", "value", "--model-out", str(model), *common]
+    fit_args += ["--value-columns", "value", "--model-out", str(model), *common, *fit_extra]
     summary = io.StringIO()
     started = time.perf_counter()
     with contextlib.redirect_stdout(summary):
@@ -138,14 +139,14 @@ def figures(series: list[nab.Series], scores: list[np.ndarray], alerts: list[np.
     return out
 
 
-def run(count: int, seed: int, log) -> list[dict]:
+def run(count: int, seed: int, log, fit_extra: tuple[str, ...] = ()) -> list[dict]:
     data = gen.generate(count, seed)
     series = [nab.Series(len(g.values), nab.label_windows(len(g.values), g.anomalies)) for g in data]
     rng = np.random.default_rng(seed)
     model_scores, alerts, fit_s, score_s = [], [], 0.0, 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for g in data:
-            r = run_rnnstream(g, Path(tmp))
+            r = run_rnnstream(g, Path(tmp), fit_extra)
             model_scores.append(r["score"])
             alerts.append(r["alert"])
             fit_s += r["fit_s"]
@@ -171,13 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object a line")
     parser.add_argument("--series", type=int, default=None, help="how many series (default 30, quick 10)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fit-args", default="", help="extra fit-file arguments (default: none)")
     args = parser.parse_args(argv)
     count = args.series or (len(gen.KINDS) if args.quick else 3 * len(gen.KINDS))
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    rows = run(count, args.seed, log)
+    rows = run(count, args.seed, log, tuple(shlex.split(args.fit_args)))
     for row in rows:
         print(json.dumps(row) if args.json else "  ".join(f"{k}={v}" for k, v in row.items()))
     return 0

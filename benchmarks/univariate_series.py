@@ -131,7 +131,7 @@ def idle_and_busy(rng, n, step):
 
 def pattern_loss(rng, n, step):
     """A strong daily cycle that stops for a while (the level stays in range: only the pattern says it)."""
-    shape, level, scale = _base(rng, n, step)
+    _, level, scale = _base(rng, n, step)
     t = np.arange(n) * step / DAY_MINUTES
     cycle = np.sin(2 * np.pi * t)
     x = level + scale * (2 * cycle + rng.uniform(0.1, 0.3) * rng.standard_normal(n))
@@ -196,7 +196,5 @@ def generate(count: int, seed: int = 0) -> list[GeneratedSeries]:
         if integer:
             values = np.round(values)
         times = START + np.arange(n) * np.timedelta64(step * 60, "s")
-        out.append(
-            GeneratedSeries(f"{i:02d}_{kind}", kind, times, values, tuple(anomalies), integer=integer)
-        )
+        out.append(GeneratedSeries(f"{i:02d}_{kind}", kind, times, values, tuple(anomalies), integer=integer))
     return out

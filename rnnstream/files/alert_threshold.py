@@ -25,6 +25,7 @@ from rnnstream.rnn_core import metrics
 DEFAULT_TARGET_FPR = 0.01
 BEST_F1 = "best_f1_on_holdout"
 TARGET_FPR = "target_fpr_on_holdout"
+TARGET_FPR_ALL_EVENTS = "target_fpr_on_all_events"  # too few held out: every event after each key's warm-up
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,10 @@ class AlertThreshold:
 
     def describe(self) -> str:
         how = f"best F1 on {self.events:,} held-out events" if self.rule == BEST_F1 else (
-            f"at most {self.target_fpr:.2%} of {self.events:,} held-out normal events/sessions flagged"
+            f"at most {self.target_fpr:.2%} of {self.events:,} "
+            + ("events (each key's after its warm-up)" if self.rule == TARGET_FPR_ALL_EVENTS
+               else "held-out normal events/sessions")
+            + " flagged"
         )  # fmt: skip
         return f"alert when score >= {self.value:.6g} ({how})"
 

@@ -7,15 +7,18 @@
 - :func:`holdout_outputs` / :func:`holdout_metrics`: the model's outputs on the held-out part and
   class-balanced quality figures (never plain accuracy on a rare label);
 - :func:`alert_threshold`: the stored decision threshold (:mod:`rnnstream.files.alert_threshold`), from the
-  held-out part (the training events when nothing is held out), per session for session-like data.
+  held-out part (the training events when nothing is held out), per session for session-like data; long
+  unlabelled keys with too few held-out events for the target share: every event after a warm-up.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
-from rnnstream.files.alert_threshold import AlertThreshold, choose_threshold
+from rnnstream.files.alert_threshold import TARGET_FPR_ALL_EVENTS, AlertThreshold, choose_threshold
 from rnnstream.rnn_core import metrics
 from rnnstream.rnn_core.model import StreamingModel
 from rnnstream.rnn_core.training import KeySequences
@@ -23,6 +26,8 @@ from rnnstream.rnn_core.training import KeySequences
 MIN_KEY_EVENTS_FOR_HOLDOUT = 5
 SESSION_MIN_KEYS = 20
 SESSION_MAX_MEDIAN_EVENTS = 50
+MIN_EXCEEDANCES = 10  # a target share of alerts is estimated from at least this many alerting events
+WARMUP_EVENTS = 100  # a key's first events (fresh state) do not set the threshold
 
 
 def is_session_like(sequences: KeySequences) -> bool:
@@ -149,8 +154,19 @@ def alert_threshold(
 ) -> AlertThreshold | None:
     """The alert threshold from the held-out outputs ``held_out`` (of ``cuts``), or from every event when
     nothing is held out. ``per_session``: a session alerts when any of its events does, so the share of
-    normal sessions is bounded (over each key's highest score); labelled binary data stays per event."""
+    normal sessions is bounded (over each key's highest score); labelled binary data stays per event.
+
+    Long-lived keys without labels: a share of ``target_fpr`` is only estimated well from at least
+    ``MIN_EXCEEDANCES / target_fpr`` events (1,000 at 1%); with fewer held out (one short series: ~200),
+    the threshold is chosen on every event of every key after its first ``warmup_events`` (the held-out
+    tails and the training part, whose events the state has warmed up to), see :func:`warm_events_outputs`.
+    """
     out, y = held_out
+    if head != "binary" and not per_session and out.shape[0] < MIN_EXCEEDANCES / target_fpr:
+        pooled = warm_events_outputs(model, sequences)
+        if pooled.shape[0] > out.shape[0]:
+            chosen = choose_threshold(head, pooled[:, 0], None, target_fpr)
+            return None if chosen is None else replace(chosen, rule=TARGET_FPR_ALL_EVENTS)
     if out.shape[0] == 0:
         cuts = np.zeros_like(cuts)
         out, y = holdout_outputs(model, sequences, cuts)
@@ -159,3 +175,19 @@ def alert_threshold(
         sizes = np.asarray([len(x) - c for x, c in zip(sequences.x, cuts, strict=True) if c < len(x)])
         scores = np.maximum.reduceat(scores, np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64))
     return choose_threshold(head, scores, y if head == "binary" else None, target_fpr)
+
+
+def warmup_events(n: int) -> int:
+    """A key's first events whose scores the threshold ignores: its state (recurrent and adaptive) starts
+    from nothing there, which a warmed-up key never sees again (``WARMUP_EVENTS``, at most a tenth)."""
+    return min(WARMUP_EVENTS, n // 10)
+
+
+@torch.no_grad()
+def warm_events_outputs(model: StreamingModel, sequences: KeySequences) -> np.ndarray:
+    """Outputs ``[N, K]`` of each key's events after its :func:`warmup_events` (from a fresh state)."""
+    outs = []
+    for x in sequences.x:
+        out, _ = model(torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(0))
+        outs.append(out[0, warmup_events(len(x)) :].numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, model.output_size), np.float32)
