@@ -26,7 +26,7 @@ precision/recall/F1 at the model's own alert threshold, the FPR on normal sessio
 length (<=6, 7-10, >10 events), and the best F1 (threshold chosen on the test labels: an upper bound) over
 each session's highest score.
 
-    python benchmarks/log_sessions.py [--quick] [--json] [--modes normal-only,mixed] [--seed N]
+    python benchmarks/log_sessions.py [--quick] [--json] [--modes normal-only,mixed] [--seed N] [--holdout F]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -170,15 +171,21 @@ def session_metrics(scored: pd.DataFrame) -> dict:
     return found
 
 
-def run_mode(mode: str, train: pd.DataFrame, test: pd.DataFrame, work: Path, progress: bool) -> dict:
-    """fit-file (defaults) on the training part, score-file on the test part, per-session figures."""
+def run_mode(
+    mode: str, train: pd.DataFrame, test: pd.DataFrame, work: Path, progress: bool, holdout: float | None
+) -> dict:
+    """fit-file (defaults; ``holdout`` = its --holdout when given) on the training part, score-file on the
+    test part, per-session figures."""
     if mode == "normal-only":
         train = train[train["label"] == "normal"]
     train.drop(columns=["kind"]).to_csv(work / "train.csv", index=False)
     test.drop(columns=["kind"]).to_csv(work / "test.csv", index=False)
     columns = FileColumns(key="session", time="ts", token="EventId")
     started = time.perf_counter()
-    fitted = fit_file(work / "train.csv", columns, FitOptions(progress=progress))
+    options = FitOptions(progress=progress)
+    if holdout is not None:
+        options = replace(options, holdout=holdout)
+    fitted = fit_file(work / "train.csv", columns, options)
     fit_s = time.perf_counter() - started
     print(fitted.summary(), file=sys.stderr, flush=True)
     model, schema = load_fitted(save_fitted(fitted, work / "model"))
@@ -188,7 +195,8 @@ def run_mode(mode: str, train: pd.DataFrame, test: pd.DataFrame, work: Path, pro
     scored = pd.read_csv(out.output)
     scored["kind"] = test["kind"].to_numpy()
     scored["label"] = test["label"].to_numpy()
-    found = {"dataset": "generated-log-sessions", "mode": mode, **session_metrics(scored)}
+    found = {"dataset": "generated-log-sessions", "mode": mode, "holdout": options.holdout}
+    found.update(session_metrics(scored))
     found["holdout_top1"] = fitted.holdout_metrics.get("top1_accuracy", float("nan"))
     found.update(fit_s=round(fit_s, 1), score_s=round(score_s, 1))
     return found
@@ -200,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="one JSON object a line")
     p.add_argument("--modes", default="normal-only,mixed")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--holdout", type=float, default=None, help="fit-file --holdout (default: its own)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     rng = np.random.default_rng(args.seed)
@@ -209,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for mode in args.modes.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            rows.append(run_mode(mode, train, test, Path(tmp), progress=not args.json))
+            rows.append(run_mode(mode, train, test, Path(tmp), not args.json, args.holdout))
         print(json.dumps(rows[-1]) if args.json else rows[-1], flush=True)
     return 0
 

@@ -307,7 +307,10 @@ def fit_file(
     out, y = holdout_outputs(model, sequences, cuts)
     if out.shape[0] == 0:
         notes.append("no held-out events: the alert threshold is chosen on the training events")
-    threshold = alert_threshold(model, sequences, cuts, (out, y), schema.head, by_key, options.target_fpr)
+    # session-like data: a session alerts when any of its events does, held out or not (--holdout 0)
+    threshold = alert_threshold(
+        model, sequences, cuts, (out, y), schema.head, session_like, options.target_fpr
+    )
     schema = replace(schema, threshold=threshold)
     found = holdout_metrics(out, y, names, schema.head, threshold)
     if schema.head == "next_token" and found.get("top1_accuracy", 1.0) < POOR_TOP1:
