@@ -71,6 +71,9 @@ class ScoresTransaction:
         self._futures: list[Any] = []
         self._connections: frozenset | None = None
         self._bulk: bool | None = None  # whether kafka-python takes whole batches (checked on first use)
+        self._offered: tuple[dict, Any] | None = (
+            None  # offsets attached ahead of the commit, and their result
+        )
         if self.transactional:
             _stale_epoch_is_fatal(producer)
 
@@ -111,6 +114,36 @@ class ScoresTransaction:
             self.raise_if_fenced(exc)
             raise
 
+    def offer_offsets(self, offsets: Mapping[Any, Any], group_id: str) -> None:
+        """Attach ``offsets`` to the transaction now (opening it) without waiting for the broker: the two
+        round trips to the group coordinator (AddOffsetsToTxn, TxnOffsetCommit) then run on the producer's
+        thread while the batch is scored, and :meth:`commit` with the same offsets only checks they went
+        through. Nothing is visible before the commit; an abort drops them with the scores. Without
+        transactions (offsets go through the consumer after the sends) or kafka-python's transaction
+        manager at hand, this does nothing and :meth:`commit` sends them as before."""
+        tm = getattr(self.producer, "_transaction_manager", None)
+        if (
+            not self.transactional
+            or not offsets
+            or tm is None
+            or not hasattr(tm, "send_offsets_to_transaction")
+        ):
+            return
+        self.begin()
+        result = self._guard(tm.send_offsets_to_transaction, dict(offsets), group_id)
+        self.producer._sender.wakeup()
+        self._offered = (dict(offsets), result)
+
+    def _send_offsets(self, offsets: Mapping[Any, Any], group_id: str) -> None:
+        """Make ``offsets`` part of the open transaction: wait for the ones offered ahead when they are
+        the same, else send them now (a later TxnOffsetCommit of the same partition wins)."""
+        offered, self._offered = self._offered, None
+        if offered is not None and offered[0] == dict(offsets):
+            if not self._guard(offered[1].wait, timeout_ms=self.commit_timeout_ms):
+                raise TimeoutError(f"TxnOffsetCommit not answered in {self.commit_timeout_ms} ms")
+        elif offsets:
+            self._guard(self.producer.send_offsets_to_transaction, dict(offsets), group_id)
+
     def send_records(self, topic: str, partition: int, keys: Any, values: Any) -> None:
         """Send ``(keys[i], values[i])`` (Arrow binary/string arrays) to one partition in the open transaction
         as whole record batches (:func:`rnnstream.workers.kafka_io_bulk_send.send_records`: no Python object
@@ -134,8 +167,7 @@ class ScoresTransaction:
             if not self.open and offsets:
                 self.begin()
             if self.open:
-                if offsets:
-                    self._guard(self.producer.send_offsets_to_transaction, dict(offsets), group_id)
+                self._send_offsets(offsets, group_id)
                 self._guard(self.producer.flush, timeout=timeout_s)
                 self._check_sends()
                 self._check_connections_kept()
@@ -150,6 +182,7 @@ class ScoresTransaction:
 
     def abort(self) -> None:
         """Drop the open transaction's writes (read_committed readers never see them)."""
+        self._offered = None
         if self.open and self.transactional:
             self._finish("begin_abort", self.producer.abort_transaction)
         self.open = False

@@ -7,9 +7,10 @@ does everything Kafka (kafka-python clients are not thread safe); control calls 
 swap) are explicit methods that run on that thread between cycles.
 
 A cycle: poll (a micro-batch closes on ``max_batch_events`` events or ``batch_linger_ms``) -> each owned
-partition processes its messages -> every ``commit_interval_ms`` (sooner when caught up, or when
-``max_in_flight`` events wait) the transaction commits -> partitions that are due write a checkpoint whose
-``next_offset`` is exactly the committed one, after freeing expired keys.
+partition processes its messages -> the transaction commits as soon as the batch is scored when the worker
+keeps up, at least every ``commit_interval_ms`` when it is behind, or when ``max_in_flight`` events wait
+(:mod:`commit_policy`) -> partitions that are due write a checkpoint whose ``next_offset`` is exactly the
+committed one, after freeing expired keys.
 
 Exactly once: on (re)start a partition restores its newest checkpoint for the serving version (or starts
 empty at the log start), seeks to its ``next_offset`` and replays; events below the group's committed offset
@@ -42,6 +43,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rnnstream.workers.commit_policy import CommitPolicy, offsets_after
 from rnnstream.workers.event_codec import EventDecoder
 from rnnstream.workers.failure_record import FailureRecord, backoff_delays
 from rnnstream.workers.loop_calls import LoopCalls
@@ -82,6 +84,7 @@ class ScoringWorker:
         self.models = ServedModels(config, model_loader or load_model)
         self.parts = OwnedPartitions(self.checkpoints, self.metrics, config.key_ttl_ms)
         self.health = FailureRecord()
+        self.policy = CommitPolicy(config)
         self.paused = False
         self._calls = LoopCalls()
         self._stop = threading.Event()
@@ -202,22 +205,28 @@ class ScoringWorker:
 
     def _cycle(self) -> None:
         cfg = self.config
-        by_partition = self._poll_batch()
+        clients = self._clients
+        tx = clients.tx
+        by_partition = clients.poll_batch(
+            cfg.max_batch_events, cfg.batch_linger_ms, self.policy.poll_wait_ms(tx.open, tx.started)
+        )
         polled = sum(map(len, by_partition.values()))
+        if polled:  # a batch that will end in a commit attaches its offsets first (see commit_policy)
+            after = offsets_after(self.parts.next_offsets(), by_partition)
+            age_ms = (time.monotonic() - tx.started) * 1000 if tx.open else 0.0
+            if self.policy.due(polled, lambda: clients.caught_up(after), age_ms):
+                committed = {p: part.offsets.committed for p, part in self.parts.items()}
+                clients.offer_offsets({p: o for p, o in after.items() if o > committed[p]})
         for p, msgs in by_partition.items():
             part = self.parts.get(p)
             if part is not None:
                 self._process(part, msgs)
-        tx = self._clients.tx
         age_ms = (time.monotonic() - tx.started) * 1000
-        # commit soon when idle, batched under load
-        caught_up = polled < cfg.max_batch_events and self._clients.caught_up(self.parts.next_offsets())
+        full = self._in_flight >= cfg.max_in_flight
         if tx.open and (
-            age_ms >= cfg.commit_interval_ms
-            or (caught_up and age_ms >= cfg.min_commit_interval_ms)
-            or self._in_flight >= cfg.max_in_flight
+            full or self.policy.due(polled, lambda: clients.caught_up(self.parts.next_offsets()), age_ms)
         ):
-            if self._in_flight >= cfg.max_in_flight:
+            if full:
                 self._pause()
             self._commit()
             self._resume()
@@ -225,16 +234,6 @@ class ScoringWorker:
             self._commit()  # replay-only progress past the committed offset (e.g. all rejects)
         if not tx.open:
             self.parts.checkpoint_due(cfg.checkpoint_interval_events, cfg.checkpoint_interval_seconds)
-
-    def _poll_batch(self) -> dict[int, list]:
-        """Poll until ``max_batch_events`` events or ``batch_linger_ms`` after the first message."""
-        cfg = self.config
-        tx = self._clients.tx
-        idle_ms = 50
-        if tx.open:  # do not sit in poll past the moment the open transaction is due
-            due = tx.started + min(cfg.commit_interval_ms, cfg.min_commit_interval_ms) / 1000
-            idle_ms = max(0, min(idle_ms, int((due - time.monotonic()) * 1000)))
-        return self._clients.poll_batch(cfg.max_batch_events, cfg.batch_linger_ms, idle_ms)
 
     def _process(self, part: ScoringPartition, msgs: list) -> None:
         """One partition's messages: score, then send scores and dead letters into the open transaction."""

@@ -123,12 +123,19 @@ class WorkerClients:
             return False
         return True
 
-    def commit(self, next_offsets: Mapping[int, int]) -> None:
-        """Commit the open transaction with these consumed offsets (see :meth:`ScoresTransaction.commit`)."""
+    def _offsets(self, next_offsets: Mapping[int, int]) -> dict:
         from kafka.structs import OffsetAndMetadata
 
-        offsets = {self._tp(p): OffsetAndMetadata(off, "", -1) for p, off in next_offsets.items()}
-        self.tx.commit(offsets, self.config.group_id, self.consumer)
+        return {self._tp(p): OffsetAndMetadata(off, "", -1) for p, off in next_offsets.items()}
+
+    def offer_offsets(self, next_offsets: Mapping[int, int]) -> None:
+        """Attach the offsets the batch in hand will reach to the transaction before it is scored (see
+        :meth:`ScoresTransaction.offer_offsets`)."""
+        self.tx.offer_offsets(self._offsets(next_offsets), self.config.group_id)
+
+    def commit(self, next_offsets: Mapping[int, int]) -> None:
+        """Commit the open transaction with these consumed offsets (see :meth:`ScoresTransaction.commit`)."""
+        self.tx.commit(self._offsets(next_offsets), self.config.group_id, self.consumer)
 
     def pause(self, partitions: Iterable[int]) -> None:
         self.consumer.pause(*[self._tp(p) for p in partitions])

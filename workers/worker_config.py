@@ -56,8 +56,10 @@ class WorkerConfig:
     transactions: bool = True
     max_batch_events: int = 4096
     batch_linger_ms: int = 5
+    # commit timing (see commit_policy): as soon as a batch is scored when keeping up (after at least
+    # min_commit_interval_ms), at least every commit_interval_ms when behind
     commit_interval_ms: int = 100
-    min_commit_interval_ms: int = 10
+    min_commit_interval_ms: int = 0
     max_in_flight: int = 50_000
     checkpoint_interval_events: int = 20_000
     checkpoint_interval_seconds: float = 10.0
