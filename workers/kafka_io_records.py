@@ -164,7 +164,7 @@ def _get_varint(buf, pos, end):
 @_kernel
 def _parse(buf, start, end, count, fields):
     """Fill ``fields[i]`` = (timestamp delta, offset delta, key start, key length, value start, value length,
-    headers start, header count) for ``count`` records in ``buf[start:end]``; returns the position after the
+    headers start (its count), header count, record end) for ``count`` records in ``buf[start:end]``; returns the position after the
     last one, or -1 - i when record ``i`` is malformed."""
     pos = start
     for i in range(count):
@@ -189,6 +189,7 @@ def _parse(buf, start, end, count, fields):
             return -1 - i
         vpos = pos
         pos += max(vlen, 0)
+        hpos = pos
         hcount, pos = _get_varint(buf, pos, rec_end)
         if pos < 0 or hcount < 0:
             return -1 - i
@@ -198,18 +199,19 @@ def _parse(buf, start, end, count, fields):
         fields[i, 3] = klen
         fields[i, 4] = vpos
         fields[i, 5] = vlen
-        fields[i, 6] = pos
+        fields[i, 6] = hpos
         fields[i, 7] = hcount
+        fields[i, 8] = rec_end
         pos = rec_end
     return pos
 
 
 def parse_records(buf: np.ndarray, start: int, end: int, count: int) -> np.ndarray | None:
-    """``count`` records of ``buf[start:end]`` (uint8) as an int64 array [count, 8]: timestamp delta, offset
+    """``count`` records of ``buf[start:end]`` (uint8) as an int64 array [count, 9]: timestamp delta, offset
     delta, key start, key length (-1: null), value start, value length (-1: null), headers start, header
-    count. None when the records are malformed or do not end exactly at ``end`` (the caller then falls back
+    count, record end. None when the records are malformed or do not end exactly at ``end`` (the caller then falls back
     to kafka-python's own reader, which raises its usual error)."""
-    fields = np.empty((count, 8), dtype=np.int64)
+    fields = np.empty((count, 9), dtype=np.int64)
     pos = _parse(buf, start, end, count, fields)
     if pos != end:
         return None

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from rnnstream.workers.dead_letter import DeadLetterWriter
+from rnnstream.workers.kafka_io_fast_fetch import install_fast_fetch
 from rnnstream.workers.score_emitter import ScoreEmitter
 from rnnstream.workers.scores_transaction import ScoresTransaction
 from rnnstream.workers.worker_config import WorkerConfig, transactional_id
@@ -40,6 +41,7 @@ class WorkerClients:
             max_partition_fetch_bytes=config.max_partition_fetch_bytes,
             fetch_max_wait_ms=max(1, config.batch_linger_ms),
         )
+        install_fast_fetch(self.consumer)  # fetched batches read by a compiled loop (same records)
         pkw: dict[str, Any] = {
             "linger_ms": 2,
             "batch_size": 256 * 1024,
