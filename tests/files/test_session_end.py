@@ -95,3 +95,25 @@ def test_truncated_and_reordered_sessions_are_caught_at_one_percent_of_normal(tm
     ends = out[last & (out["kind"] == "truncated")]
     assert (ends["end_score"] >= schema.threshold.value).mean() >= 0.9
     assert (out.loc[out["kind"] == "truncated", "score"] >= schema.threshold.value).mean() < 0.05
+
+
+def test_without_a_holdout_the_threshold_is_still_per_session(tmp_path: Path) -> None:
+    """--holdout 0: the threshold is chosen on the training sessions, still over each session's highest score
+    (a per-event 1% would flag most sessions of 10+ events)."""
+    rng = np.random.default_rng(1)
+    train = _sessions(["normal"] * 300, rng, "t")
+    test = _sessions(["normal"] * 300 + ["truncated"] * 30, rng, "x")
+    train.drop(columns="kind").to_csv(tmp_path / "train.csv", index=False)
+    test.drop(columns="kind").to_csv(tmp_path / "test.csv", index=False)
+    fit = ["fit-file", "--input", str(tmp_path / "train.csv"), "--key-column", "session", "--holdout", "0"]
+    fit += ["--time-column", "ts", "--token-column", "event", "--model-out", str(tmp_path / "model")]
+    assert main(fit) == 0
+    _, schema = load_fitted(tmp_path / "model")
+    assert schema.threshold is not None and schema.threshold.events == 300  # one highest score a session
+    score = ["score-file", "--model", str(tmp_path / "model"), "--input", str(tmp_path / "test.csv")]
+    assert main([*score, "--output", str(tmp_path / "scores.csv")]) == 0
+    out = pd.read_csv(tmp_path / "scores.csv")
+    out["kind"] = test["kind"].to_numpy()
+    per = out.groupby("session").agg(alert=("alert", "max"), kind=("kind", "first"))
+    caught = per.groupby("kind")["alert"].mean()
+    assert caught["normal"] <= 0.03 and caught["truncated"] >= 0.8, caught
