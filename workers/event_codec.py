@@ -10,10 +10,11 @@ otherwise good Arrow message is one reject carrying that row alone as a one-row 
 Invariant: ``events_in == num_valid + len(rejects)`` where ``events_in`` counts one event per JSON message,
 the rows of each readable Arrow message, and one per unreadable message.
 
-Speed: JSON messages are parsed together by ``pyarrow.json`` (newline-joined) and checked with vectorized
-Arrow compute; only when that bulk parse fails (a malformed message in the chunk) is the chunk parsed one
-message at a time in Python to find which messages are bad and why. Reasons always come from one Python
-validator (:func:`validate_event`), so they do not depend on which path ran.
+Speed: JSON messages of the common shape are read by one compiled pass straight into columns
+(:mod:`event_json_fast`), others are parsed together by ``pyarrow.json`` (newline-joined); both are checked
+with vectorized Arrow compute; only when the bulk parse fails (a malformed message in the chunk) is the
+chunk parsed one message at a time in Python to find which messages are bad and why. Reasons always come
+from one Python validator (:func:`validate_event`), so they do not depend on which path ran.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from rnnstream.rnn_core.event_schema import KEY_COLUMN, LABEL_COLUMN, TIME_COLUMN, EventSchema
+from rnnstream.workers.event_json_fast import FastJsonColumns
 from rnnstream.workers.event_validation import Problem, bad_rows, conform_arrow, validate_event
 from rnnstream.workers.event_wire import (
     ARROW,
@@ -119,6 +121,11 @@ class EventDecoder:
         self._parse_options = pj.ParseOptions(
             explicit_schema=self._parse_schema, unexpected_field_behavior="ignore"
         )
+        self._fast_json: FastJsonColumns | None = None
+        try:
+            self._fast_json = FastJsonColumns(self._parse_schema, dict(schema.vectors))
+        except ValueError:  # a field type the compiled reader does not know: pyarrow.json alone
+            self._fast_json = None
 
     # -- public
 
@@ -222,7 +229,10 @@ class EventDecoder:
             starts = np.zeros(len(vals), dtype=np.int64)
             np.cumsum(lens[:-1] + 1, out=starts[1:])
             fast_ok = bool((buf[starts] == 0x7B).all() and (buf[starts + lens - 1] == 0x7D).all())  # { }
-        if fast_ok:
+        cols = None
+        if fast_ok and self._fast_json is not None:  # the common shape: one compiled pass, no pyarrow.json
+            cols = self._fast_json.columns(buf, starts, lens)
+        if cols is None and fast_ok:
             if b"\r" in joined or joined.count(b"\n") != len(vals) - 1:
                 joined = b"\n".join(v.replace(b"\n", b" ").replace(b"\r", b" ") for v in vals)
             try:
@@ -237,9 +247,10 @@ class EventDecoder:
                 table = None
             if table is not None and table.num_rows != len(vals):
                 table = None
-        if table is None:
+        if cols is None and table is None:
             return self._decode_json_slow(messages, idx, vals, now)
-        cols = {name: table.column(name).combine_chunks() for name in self._parse_schema.names}
+        if cols is None:
+            cols = {name: table.column(name).combine_chunks() for name in self._parse_schema.names}
         bad = bad_rows(cols, self.schema, now, self.max_future_ms)
         rejects: list[Reject] = []
         idx_arr = np.asarray(idx, dtype=np.int64)
