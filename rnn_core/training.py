@@ -289,6 +289,7 @@ def fit(
     calibrate: bool = True,
     carry_state: bool = True,
     average_epochs: float | None = None,
+    lr_plateau_factor: float | None = None,
 ) -> FitResult:
     """Train ``model`` on ``sequences`` for up to ``epochs`` epochs (Adam, truncated BPTT with carried state).
 
@@ -300,7 +301,8 @@ def fit(
 
     ``average_epochs``: validate, early-stop on and keep an exponential moving average of the weights with
     this time constant in epochs (:mod:`~rnnstream.rnn_core.weight_averaging`) instead of the weights of the
-    epoch's last step; the model ends with the best (or, without ``validation``, the last) average.
+    epoch's last step, from the second epoch on (the first is the raw weights: the average leaves out the
+    first epoch's steps); the model ends with the best (or, without ``validation``, the last) average.
 
     Reproducibility: ``seed`` fixes everything ``fit`` draws: the batch order of each epoch (from
     ``(seed, epoch)``, independent of any global RNG) and dropout (``fit`` calls :func:`seed_everything`
@@ -315,6 +317,13 @@ def fit(
         model.fit_normalization(sequences.all_x())
     if optimizer is None:
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    plateau = (
+        None
+        if lr_plateau_factor is None or validation is None
+        else torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=lr_plateau_factor, patience=0, threshold=0.0
+        )
+    )
     result = FitResult()
     averaged: WeightAverage | None = None
     if average_epochs is not None:
@@ -336,15 +345,17 @@ def fit(
             loss_module=loss_module,
             grad_clip=grad_clip,
             carry_state=carry_state,
-            after_step=None if averaged is None else averaged.update,
+            after_step=None if averaged is None or epoch == 0 else averaged.update,  # from the 2nd epoch
         )
-        kept = model if averaged is None else averaged.averaged_model()  # what validation sees and fit keeps
+        kept = model if averaged is None or epoch == 0 else averaged.averaged_model()  # validated and kept
         val_loss = (
             evaluate_loss(kept, validation, chunk_len=max(chunk_len, 256))
             if validation is not None
             else math.nan
         )
         record = {"epoch": float(epoch), "train_loss": train_loss, "val_loss": val_loss}
+        if plateau is not None:
+            plateau.step(val_loss)
         record["seconds"] = time.perf_counter() - started
         result.history.append(record)
         if progress is not None:

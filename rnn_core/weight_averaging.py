@@ -3,7 +3,8 @@
 The weights of one optimizer step depend on the last few batches and on the seed; their average over the
 last epochs sits nearer the middle of the basin the run has settled in, so held-out quality varies less
 between seeds and runs. :func:`rnnstream.rnn_core.training.fit` validates, early-stops on and keeps the
-averaged weights when given ``average_epochs``.
+averaged weights when given ``average_epochs``, starting the average with the second epoch (the first
+epoch's weights are still far from where training settles).
 
 The time constant is counted in epochs, not steps, so it means the same for a small file and a large one:
 after every optimizer step the average moves ``1 - decay`` of the way to the current weights, with

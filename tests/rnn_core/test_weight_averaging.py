@@ -52,7 +52,8 @@ def test_fit_keeps_the_exponential_average_of_every_steps_weights():
             ema[name] = p.detach().clone() if old is None else decay * old + (1 - decay) * p.detach()
 
     for epoch in range(3):
-        train_epoch(model, optimizer, train, seed=4, epoch=epoch, after_step=fold, **kw)
+        step = None if epoch == 0 else fold  # the average starts with the second epoch
+        train_epoch(model, optimizer, train, seed=4, epoch=epoch, after_step=step, **kw)
     kept = dict(averaged.named_parameters())
     last = dict(model.named_parameters())
     for name, value in ema.items():
