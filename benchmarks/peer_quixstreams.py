@@ -7,18 +7,19 @@ docs give as the throughput end of the commit-interval trade-off, and the faster
 It runs in its own virtual environment (``.venv-peer``, made on first use: its pins differ from Ray's and
 MLflow's), over the same embedded broker, reading the same JSON events topic.
 
-4 partitions, one seeded GRU(32->64) (31 float features + the time delta), 100,000 keys. The events are
-produced once (as JSON and as Arrow batches); then ``--rounds`` rounds (3), each running, back to back and in
-alternating order, rnnstream on JSON, the peer exactly-once, rnnstream on Arrow and the peer at-least-once,
-each run with its own consumer group and output topic (rnnstream: a release of its own, ``r<round>``). A
-noisy shared machine slows whatever runs while it is busy; the adjacent runs of a round share that, and the
+4 partitions, one seeded GRU(32->64) (31 float features + the time delta), 100,000 keys, ``--rounds`` rounds
+(3), each running, back to back and in alternating order, rnnstream on JSON, the peer exactly-once, rnnstream
+on Arrow and the peer at-least-once. The peer reads one JSON topic produced up front, each run with its own
+consumer group, state and output topic; each rnnstream run is a pipeline of its own whose workers start on
+an empty topic, then get the same messages (JSON, or the events as Arrow batches) in one transaction. A noisy
+shared machine slows whatever runs while it is busy; the adjacent runs of a round share that, and the
 figures are the medians over rounds:
 
 - ``peer_eps_at_least_once`` / ``peer_eps_exactly_once``: the Quix application, from its first processed
   message until every output is produced (and, exactly-once, committed);
 - ``json_eps`` / ``arrow_eps``: rnnstream with 2 workers, exactly-once (scores written in Kafka transactions
-  with the offsets, states checkpointed), from the workers holding their partitions until every offset is
-  committed;
+  with the offsets, states checkpointed), from the commit of the transaction that holds the events (both
+  workers up and waiting, the whole backlog visible at once) until every offset is committed;
 - ``peer_ratio_json`` / ``peer_ratio_arrow``: the median over rounds of that round's rnnstream events/s over
   the peer's exactly-once events/s (wall clock);
 - ``*_eps_per_cpu_s`` and ``peer_ratio_*_per_cpu``: the same with events per CPU-second. rnnstream runs 2
@@ -133,20 +134,80 @@ def cpu_between(before: dict, after: dict) -> float:
     return sum(cpu - before.get(ident, 0.0) for ident, cpu in after.items())
 
 
-def run_rnnstream(settings, schema, handle, release: str, n: int, tmp: Path) -> Run:
-    """rnnstream's 2 workers, exactly-once, as release ``release`` over ``schema``'s produced events topic."""
-    from rnnstream.workers.kafka_io import TopicAdmin
-    from rnnstream.workers.serving import stop_coordinator
-    from rnnstream.workers.worker_config import release_topic
+def source_records(settings, topic: str) -> list[tuple[int, bytes, bytes, list]]:
+    """(partition, key, value, headers) of every message of an events topic, to send again as they are."""
+    from rnnstream.workers.score_verifier import read_topic
 
-    with TopicAdmin(settings) as admin:
-        kinds = ("scores", "dlq", "scores.shadow")
-        admin.create_topics([release_topic(schema.pipeline, release, k) for k in kinds], e2e.PARTITIONS)
-    ckpt = tmp / f"ckpt-{schema.pipeline}"
-    config, coord = e2e.run_workers(settings, schema, handle, ckpt, deployment=release)
+    return [(m.partition, m.key, m.value, list(m.headers or [])) for m in read_topic(settings, topic)]
+
+
+def send_in_one_transaction(settings, pipeline: str, records, transactional_id: str):
+    """Send ``records`` to ``pipeline``'s events topic (their pipeline header made its) in one open
+    transaction; returns (producer, next offset per partition): read_committed readers see all of them at
+    once when the caller commits it."""
+    from kafka import KafkaProducer
+
+    from rnnstream.workers.event_wire import PIPELINE_HEADER
+
+    topic, name = f"{pipeline}.events", pipeline.encode()
+    records = [
+        (p, k, v, [(h, name if h == PIPELINE_HEADER else b) for h, b in hs]) for p, k, v, hs in records
+    ]
+    producer = KafkaProducer(
+        **settings.client_kwargs(), transactional_id=transactional_id, linger_ms=20, batch_size=1 << 20
+    )
+    producer.init_transactions()
+    producer.begin_transaction()
+    futures = [producer.send(topic, key=k, value=v, headers=h, partition=p) for p, k, v, h in records]
+    producer.flush()
+    ends: dict[int, int] = {}
+    for f in futures:
+        md = f.get(timeout=60)
+        ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
+    return producer, ends
+
+
+def wait_committed_to(settings, group: str, topic: str, ends: dict[int, int], timeout_s: float = 600.0):
+    """Wait until ``group`` committed at least ``ends[p]`` on every partition; returns when (monotonic)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(**settings.client_kwargs(), group_id=group, enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if all((c.committed(TopicPartition(topic, p)) or 0) >= end for p, end in ends.items()):
+                return time.monotonic()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{group} did not commit {ends} on {topic}")
+            time.sleep(0.02)
+    finally:
+        c.close()
+
+
+def run_rnnstream(settings, schema, handle, records, n: int, tmp: Path) -> Run:
+    """rnnstream's 2 workers, exactly-once, on ``schema``'s (new) pipeline: started and ready on its empty
+    events topic; the events (``records``, encoded as the peer's or as Arrow batches) sent in one transaction;
+    the window runs from its commit (the whole backlog visible at once, as the peer's is) until every offset
+    is committed. (Started on a full topic, the first worker scores most of its share while the second one
+    starts, so a window from the start call's return misses work; producing while they wait measures the
+    producer.)"""
+    import ray
+
+    from rnnstream.workers.serving import stop_coordinator
+
+    e2e.create_topics(settings, schema.pipeline)
+    config, coord = e2e.run_workers(settings, schema, handle, tmp / f"ckpt-{schema.pipeline}")
+    deadline = time.monotonic() + 120
+    while not all(w.get("alive") and w.get("partitions") for w in ray.get(coord.status.remote())["workers"]):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the workers of {schema.pipeline} did not come up")
+        time.sleep(0.05)
+    producer, ends = send_in_one_transaction(settings, schema.pipeline, records, f"{schema.pipeline}-load")
     cpu0, t0 = ray_cpu_seconds(), time.monotonic()
-    t1 = e2e.wait_committed(settings, config.group_id, config.events_topic)
+    producer.commit_transaction()
+    t1 = wait_committed_to(settings, config.group_id, config.events_topic, ends)
     cpu1 = ray_cpu_seconds()
+    producer.close()
     stop_coordinator(coord)
     return Run(n / (t1 - t0), n / cpu_between(cpu0, cpu1))
 
@@ -195,7 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, help="events (overrides --quick; a smoke run)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
-    from rnnstream.workers.worker_config import release_topic
 
     n, n_keys = args.events or (100_000 if args.quick else 300_000), 100_000
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
@@ -206,58 +266,53 @@ def main(argv: list[str] | None = None) -> int:
         model, handle = e2e.seeded_model(tmp)
         export_weights(model, tmp / "weights.npz")
         start = int(time.time() * 1000) - 3_600_000
-        schemas = {"json": e2e.make_schema("peer-json"), "arrow": e2e.make_schema("peer-arrow")}
-        table = e2e.make_events(schemas["json"], n, n_keys, seed=1, start_ms=start)
-        for encoding, schema in schemas.items():
+        peer_schema = e2e.make_schema("peer-json")
+        table = e2e.make_events(peer_schema, n, n_keys, seed=1, start_ms=start)
+        records = {}
+        for encoding in ("json", "arrow"):
             log(f"producing {n} events of {n_keys} keys as {encoding} ...")
-            e2e.create_topics(settings, schema.pipeline)
-            e2e.produce(settings, schema, table, encoding)
+            source = peer_schema if encoding == "json" else e2e.make_schema("peer-arrow")
+            e2e.create_topics(settings, source.pipeline)
+            e2e.produce(settings, source, table, encoding)
+            records[encoding] = source_records(settings, f"{source.pipeline}.events")
+        rnn_schemas: list[tuple[str, object]] = []
 
         def rnnstream(encoding: str, r: int) -> None:
             log(f"round {r}: rnnstream, {encoding}, exactly-once ...")
-            runs[encoding].append(run_rnnstream(settings, schemas[encoding], handle, f"r{r}", n, tmp))
+            schema = e2e.make_schema(f"peer-{encoding}-r{r}")
+            runs[encoding].append(run_rnnstream(settings, schema, handle, records[encoding], n, tmp))
+            rnn_schemas.append((encoding, schema))
 
         peer_topics: dict[str, str] = {}
 
         def peer(guarantee: str, r: int) -> None:
-            log(f"round {r}: Quix Streams peer, {guarantee}, the same JSON topic ...")
+            log(f"round {r}: Quix Streams peer, {guarantee}, the same JSON events ...")
             tag = f"{guarantee}-r{r}"
+            weights, topic = tmp / "weights.npz", f"{peer_schema.pipeline}.events"
             run, peer_topics[tag] = run_peer(
-                python,
-                settings.bootstrap_servers,
-                "peer-json.events",
-                tmp / "weights.npz",
-                guarantee,
-                n,
-                tmp,
-                tag,
+                python, settings.bootstrap_servers, topic, weights, guarantee, n, tmp, tag
             )
             runs[guarantee].append(run)
 
         for r in range(args.rounds):
-            order = [
-                (rnnstream, "json"),
-                (peer, "exactly-once"),
-                (rnnstream, "arrow"),
-                (peer, "at-least-once"),
-            ]
-            for run_one, what in order if r % 2 == 0 else order[1::-1] + order[:1:-1]:
+            pairs = (
+                [(rnnstream, "json"), (peer, "exactly-once")],
+                [(rnnstream, "arrow"), (peer, "at-least-once")],
+            )
+            if r % 2:  # odd rounds: each pair the other way round
+                pairs = pairs[0][::-1], pairs[1][::-1]
+            for run_one, what in pairs[0] + pairs[1]:
                 run_one(what, r)
 
         log("checking every score of every run against the offline forward ...")
-        want, ev_json, ref_json = reference_by_event(settings, schemas["json"], model)
-        _, ev_arrow, ref_arrow = reference_by_event(settings, schemas["arrow"], model)
         errors: dict[str, float] = {}
         complete = True
-        for r in range(args.rounds):
-            for encoding, events, ref in (
-                ("json", ev_json, ref_json),
-                ("arrow", ev_arrow, ref_arrow),
-            ):
-                topic = release_topic(schemas[encoding].pipeline, f"r{r}", "scores")
-                err, scored = rnnstream_error(settings, topic, events, ref)
-                errors[f"rnnstream_{encoding}"] = max(err, errors.get(f"rnnstream_{encoding}", 0.0))
-                complete &= scored == n
+        for encoding, schema in rnn_schemas:
+            _, events, ref = reference_by_event(settings, schema, model)
+            err, scored = rnnstream_error(settings, f"{schema.pipeline}.scores", events, ref)
+            errors[f"rnnstream_{encoding}"] = max(err, errors.get(f"rnnstream_{encoding}", 0.0))
+            complete &= scored == n
+        want, _, _ = reference_by_event(settings, peer_schema, model)
         for tag, out_topic in peer_topics.items():
             got = peer_scores(settings, out_topic)
             missing = len(set(want) - set(got))
@@ -275,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "peer": f"quixstreams {PEER_PIN.split('==')[1]} (RocksDB state, changelog on, commit_interval 5 s, "
         "a numpy GRU step a message, 1 process)",
-        "rnnstream": "2 workers, exactly-once, commit every 250 ms",
+        "rnnstream": "2 workers, exactly-once, commit every 250 ms; events released in one transaction",
         "events": n,
         "keys": n_keys,
         "keys_seen": len(set(table.column("key").to_pylist())),
