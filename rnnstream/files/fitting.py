@@ -59,7 +59,7 @@ from rnnstream.files.schema import (
     learn_vocabulary,
     order_classes,
 )
-from rnnstream.files.session_end import with_end_events, with_end_token
+from rnnstream.files.session_end import keys_after, with_end_events, with_end_token
 from rnnstream.pipelines.spec import PIPELINE_NAMES
 from rnnstream.rnn_core.config import ModelConfig
 from rnnstream.rnn_core.event_schema import LABEL_COLUMN
@@ -242,7 +242,13 @@ def fit_file(
     if session_like and schema.head == "next_token":  # learn how sessions end (see files/session_end)
         schema = with_end_token(schema)
         spec = schema.event_schema().feature_spec(use_time_delta=True)
-        sequences = with_end_events(sequences, spec)
+        still_open: set[str] = set()
+        if n_events >= options.max_events:  # sessions going on past the rows read did not end there
+            still_open = keys_after(Path(path), columns.key, n_events, options.chunk_rows)
+            still_open &= set(sequences.keys)
+        if still_open:
+            notes.append(f"{len(still_open):,} sessions go on past the rows read: no end learned for them")
+        sequences = with_end_events(sequences, spec, still_open)
         notes.append("session-like data: the model learns each session's end (score-file writes end_score)")
     config = ModelConfig(
         features=spec,

@@ -17,8 +17,10 @@ import numpy as np
 import pandas as pd
 
 from rnnstream.cli.main import main
-from rnnstream.files.fitting import load_fitted
-from rnnstream.files.session_end import END_TOKEN, has_end_token
+from rnnstream.files.columns import FileColumns
+from rnnstream.files.fitting import FitOptions, fit_file, load_fitted
+from rnnstream.files.session_end import END_TOKEN, end_code, has_end_token, keys_after, with_end_events
+from rnnstream.rnn_core.key_sequences import KeySequences
 
 
 def _normal(rng: np.random.Generator) -> list[str]:
@@ -117,3 +119,25 @@ def test_without_a_holdout_the_threshold_is_still_per_session(tmp_path: Path) ->
     per = out.groupby("session").agg(alert=("alert", "max"), kind=("kind", "first"))
     caught = per.groupby("kind")["alert"].mean()
     assert caught["normal"] <= 0.03 and caught["truncated"] >= 0.8, caught
+
+
+def test_sessions_going_on_past_the_rows_read_learn_no_end(tmp_path: Path) -> None:
+    """--max-events cuts a time-ordered log where sessions overlap: those that go on after the cut did not end
+    there, so their training sequences get no end event (the others do)."""
+    rng = np.random.default_rng(2)
+    frame = _sessions(["normal"] * 60, rng, "s")
+    frame["ts"] = frame["ts"] // 7  # sessions overlap in time, as a log's blocks do
+    frame = frame.sort_values(["ts", "session"], kind="stable").reset_index(drop=True)
+    frame.drop(columns="kind").to_csv(tmp_path / "log.csv", index=False)
+    cut = len(frame) // 2
+    read, rest = set(frame["session"][:cut]), set(frame["session"][cut:])
+    assert read & rest and read - rest  # some sessions straddle the cut, some end before it
+    columns = FileColumns(key="session", time="ts", token="event")
+    options = FitOptions(max_events=cut, epochs=1, progress=False, chunk_rows=97)
+    fitted = fit_file(tmp_path / "log.csv", columns, options)
+    assert f"{len(read & rest):,} sessions go on past the rows read" in " ".join(fitted.notes)
+    assert keys_after(tmp_path / "log.csv", "session", cut, chunk_rows=97) == rest
+    spec = fitted.model.config.features
+    x = tuple(np.zeros((n, spec.input_size), np.float32) for n in (3, 4))
+    ended = with_end_events(KeySequences(keys=("a", "b"), x=x), spec, still_open={"b"})
+    assert [len(s) for s in ended.x] == [4, 4] and ended.x[0][-1, spec.num_continuous] == end_code(spec)
