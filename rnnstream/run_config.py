@@ -11,6 +11,7 @@ The Helm chart renders it into a ConfigMap and points ``--config`` and ``$RNNSTR
       sasl_mechanism: SCRAM-SHA-512
       ssl_cafile: /etc/rnnstream-kafka/ca.crt
     serving: {checkpoint_uri: s3://..., key_ttl_seconds: 86400, max_batch_events: 4096, batch_linger_ms: 20,
+              commit_interval_ms: 100,
               checkpoint_interval_events: 50000, checkpoint_interval_seconds: 30,
               warmup_archive_events: 256, metrics_port: 9464, max_record_bytes: 1000000}   # each optional
     archive: {uri: s3://rnnstream-archive/events}
@@ -82,6 +83,8 @@ class ServingSection:
     key_ttl_seconds: AtLeastOne | None = None
     max_batch_events: AtLeastOne | None = None
     batch_linger_ms: Annotated[StrictInt, Field(ge=0)] | None = None
+    # behind, a worker commits at least this often (keeping up, as soon as a batch is scored)
+    commit_interval_ms: AtLeastOne | None = None
     checkpoint_interval_events: AtLeastOne | None = None
     checkpoint_interval_seconds: Seconds | None = None
     warmup_archive_events: Annotated[StrictInt, Field(ge=0)] | None = None  # per key, from archive.uri

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # run_config loads pydantic: not for building the CLI's parse
 SERVING_SETTINGS = (
     "max_batch_events",
     "batch_linger_ms",
+    "commit_interval_ms",
     "key_ttl_seconds",
     "checkpoint_interval_events",
     "checkpoint_interval_seconds",
@@ -40,6 +41,7 @@ SERVING_SETTINGS = (
 _SERVING_FLAG_HELP: dict[str, tuple[type, str]] = {
     "max_batch_events": (int, "largest micro-batch a worker scores at once"),
     "batch_linger_ms": (int, "how long a worker waits to fill a micro-batch"),
+    "commit_interval_ms": (int, "longest a score waits for its commit when behind (at once when keeping up)"),
     "key_ttl_seconds": (float, "event time a key may be idle before its state is dropped"),
     "checkpoint_interval_events": (int, "checkpoint a partition after this many events ..."),
     "checkpoint_interval_seconds": (float, "... or after this many seconds"),

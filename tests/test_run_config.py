@@ -66,6 +66,7 @@ def test_rendered_copy_parses_into_typed_sections() -> None:
         key_ttl_seconds=86_400,
         max_batch_events=4096,
         batch_linger_ms=20,
+        commit_interval_ms=100,
         checkpoint_interval_events=50_000,
         checkpoint_interval_seconds=30.0,
         warmup_archive_events=256,

@@ -96,7 +96,8 @@ def test_every_serving_setting_is_a_file_key_a_flag_and_a_worker_field(monkeypat
     assert set(SERVING_SETTINGS) <= {f.name for f in fields(WorkerConfig)}
     monkeypatch.delenv("RNNSTREAM_CONFIG", raising=False)
     given = {"max_batch_events": "77", "batch_linger_ms": "3", "key_ttl_seconds": "9.5",
-             "checkpoint_interval_events": "11", "checkpoint_interval_seconds": "2.5",
+             "commit_interval_ms": "40", "checkpoint_interval_events": "11",
+             "checkpoint_interval_seconds": "2.5",
              "warmup_archive_events": "12", "metrics_port": "9600", "max_record_bytes": "500000"}  # fmt: skip
     assert set(given) == set(SERVING_SETTINGS)
     argv = ["config", "show", "--config", str(CHART_CONFIG), "--json"]
