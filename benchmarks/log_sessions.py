@@ -20,13 +20,15 @@ allocation then an exception, or a start that stops).
 
 The benchmark writes what a user would have (``session, ts, EventId, label``), fits with fit-file's defaults
 on a training part (``normal-only``: the normal sessions, as DeepLog trains; ``mixed``: normal and abnormal
-sessions with no label column given, as an unlabelled log would be), scores a test part with score-file,
+sessions with no label column given, as an unlabelled log would be; ``labelled``: the mixed part with
+``--label-column label``, each session's verdict on all its rows), scores a test part with score-file,
 and reports per session (a session is flagged when any of its rows alerts, its end score included):
 precision/recall/F1 at the model's own alert threshold, the FPR on normal sessions, recall by session
 length (<=6, 7-10, >10 events), and the best F1 (threshold chosen on the test labels: an upper bound) over
 each session's highest score.
 
-    python benchmarks/log_sessions.py [--quick] [--json] [--modes normal-only,mixed] [--seed N] [--holdout F]
+    python benchmarks/log_sessions.py [--quick] [--json] [--modes normal-only,mixed,labelled] [--seed N]
+        [--holdout F]
 """
 
 from __future__ import annotations
@@ -180,7 +182,8 @@ def run_mode(
         train = train[train["label"] == "normal"]
     train.drop(columns=["kind"]).to_csv(work / "train.csv", index=False)
     test.drop(columns=["kind"]).to_csv(work / "test.csv", index=False)
-    columns = FileColumns(key="session", time="ts", token="EventId")
+    label = "label" if mode == "labelled" else None  # labelled: a binary head, the verdict on every row
+    columns = FileColumns(key="session", time="ts", token="EventId", label=label)
     started = time.perf_counter()
     options = FitOptions(progress=progress)
     if holdout is not None:
