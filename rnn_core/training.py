@@ -289,7 +289,6 @@ def fit(
     calibrate: bool = True,
     carry_state: bool = True,
     average_epochs: float | None = None,
-    lr_plateau_factor: float | None = None,
 ) -> FitResult:
     """Train ``model`` on ``sequences`` for up to ``epochs`` epochs (Adam, truncated BPTT with carried state).
 
@@ -317,13 +316,6 @@ def fit(
         model.fit_normalization(sequences.all_x())
     if optimizer is None:
         optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    plateau = (
-        None
-        if lr_plateau_factor is None or validation is None
-        else torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, factor=lr_plateau_factor, patience=0, threshold=0.0
-        )
-    )
     result = FitResult()
     averaged: WeightAverage | None = None
     if average_epochs is not None:
@@ -354,8 +346,6 @@ def fit(
             else math.nan
         )
         record = {"epoch": float(epoch), "train_loss": train_loss, "val_loss": val_loss}
-        if plateau is not None:
-            plateau.step(val_loss)
         record["seconds"] = time.perf_counter() - started
         result.history.append(record)
         if progress is not None:
