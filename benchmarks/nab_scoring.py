@@ -5,7 +5,8 @@
 - **Windows** (:func:`label_windows`): each labelled anomaly point gets a window centred on it, the windows
   of a series together ``window_share`` (10%) of its length (each ``0.1 * n / anomalies`` long); windows
   that overlap are merged.
-- **Probationary period**: a series' first 15% (at least 1 point) is not scored (the detector learns there).
+- **Probationary period**: a series' first 15%, at most 750 points, is not scored (the detector learns there;
+  in longer series the rest of the training part is scored).
 - **Detections**: points whose score is ``>= threshold``. In a window only the earliest detection counts, a
   true positive worth ``A_TP * sigma(p)``, ``sigma(p) = 2 / (1 + exp(5 p)) - 1`` with ``p`` the position
   relative to the window's end (-1 at its first point, 0 past its last): early detection earns almost 1,
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 PROBATION_SHARE = 0.15
+PROBATION_CAP_POINTS = 5_000  # the probationary period is 15% of at most this many points
 WINDOW_SHARE = 0.10
 
 
@@ -64,7 +66,8 @@ class NabResult:
 
 
 def probation_length(n: int) -> int:
-    return max(1, math.floor(PROBATION_SHARE * n))
+    """NAB's probationary period: 15% of a series, at most 750 points (15% of 5,000)."""
+    return max(1, min(math.floor(PROBATION_SHARE * n), math.floor(PROBATION_SHARE * PROBATION_CAP_POINTS)))
 
 
 def label_windows(n: int, anomalies: list[int] | np.ndarray) -> tuple[tuple[int, int], ...]:

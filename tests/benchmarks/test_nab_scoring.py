@@ -40,6 +40,7 @@ def test_null_scores_0_perfect_100_and_false_positives_cost() -> None:
     probation = none.copy()
     probation[:100] = 1  # the first 15% is not scored
     assert nab.nab_at_threshold([s], [probation]).false_positives == 0
+    assert nab.probation_length(1_000) == 150 and nab.probation_length(8_000) == 750  # 15%, at most 750
 
 
 def test_the_best_shared_threshold_is_found_over_all_series() -> None:
