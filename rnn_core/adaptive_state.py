@@ -4,7 +4,7 @@ A key's state is ``[S + E, L, H]``: ``S`` recurrent tensors, then ``E`` statisti
 (:attr:`ModelConfig.statistics_slabs`) read as one flat row of ``E * L * H`` values per key:
 
 - ``[0, 5)``: the adaptive score's error statistics (:mod:`rnnstream.rnn_core.anomaly_likelihood`);
-- ``[5, 5 + 1 + 2n)``, with ``adaptive_inputs``: the key's input level and scale
+- ``[5, 5 + 1 + 3n)``, with ``adaptive_inputs``: the key's input level, scale and outlier runs
   (:mod:`rnnstream.rnn_core.input_drift`); the rest is zero.
 """
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 class KeyInputs(NamedTuple):
     """Continuous inputs normalized with each key's own level and scale (before each event), the level and
     scale after each event (to put a forecast of the next event back in original units) and the new
-    statistics row ``[B, 1 + 2n]``."""
+    statistics row ``[B, 1 + 3n]``."""
 
     normalized: Tensor
     level: Tensor

@@ -141,10 +141,10 @@ class ModelConfig:
     @property
     def statistics_slabs(self) -> int:
         """State slabs after the recurrent ones for the per-key statistics: 5 error statistics, and with
-        ``adaptive_inputs`` a count and a level and a variance per continuous column."""
+        ``adaptive_inputs`` a count and a level, a variance and an outlier run per continuous column."""
         if not self.adaptive_likelihood:
             return 0
-        values = 5 + (1 + 2 * self.features.num_continuous if self.adaptive_inputs else 0)
+        values = 5 + (1 + 3 * self.features.num_continuous if self.adaptive_inputs else 0)
         return -(-values // (self.num_layers * self.hidden_size))
 
     @property

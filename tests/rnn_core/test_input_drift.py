@@ -35,7 +35,9 @@ def test_one_event_at_a_time_equals_the_whole_sequence_bit_for_bit() -> None:
 def test_the_level_follows_a_shift_and_the_scale_never_falls_below_the_training_scale() -> None:
     n = 2000
     x = _series(n)
-    normalized, level, scale, _ = normalize_sequence(x, torch.zeros(2, 5), MEAN, VAR, DriftWindow(window=200))
+    normalized, level, scale, _ = normalize_sequence(
+        x, torch.zeros(2, drift_stats_size(2)), MEAN, VAR, DriftWindow(window=200)
+    )
     # a new key starts from the training mean and scale
     assert abs(float(normalized[1, 0, 1] - (x[1, 0, 1] - 10.0) / 2.0)) < 1e-6
     # key 0 after its shift: first far off (what alarms), then back in its normal range
@@ -58,3 +60,19 @@ def test_an_anomaly_episode_is_not_learned_as_normal_until_it_lasts() -> None:
     _, z_frozen, _ = likelihood_sequence(torch.from_numpy(e), torch.zeros(1, NUM_STATS), (0.8, 0.36), frozen)
     assert np.median(z[1200:]) < 0.5 < np.median(z_frozen[0, 1200:].numpy())  # after max_frozen: learned
     assert float(final[0, 0]) == 1500.0
+
+
+def test_an_anomalous_stretch_is_not_followed_until_it_lasts_max_frozen_events() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(1, 1500, 1)).astype(np.float32)
+    x[0, 300:400, 0] += 20.0  # an anomalous stretch of 100 events, 20 sigmas off
+    x[0, 700:, 0] += 20.0  # a lasting level shift
+    window = DriftWindow(window=200, max_frozen=150)
+    stats = torch.zeros(1, drift_stats_size(1))
+    normalized, level, scale, _ = normalize_sequence(torch.from_numpy(x), stats, MEAN[:1], VAR[:1], window)
+    # the stretch is measured against the level before it all along, and leaves level and scale unmoved
+    assert float(normalized[0, 300:400, 0].min()) > 15.0
+    assert abs(float(level[0, 450, 0])) < 0.5 and float(scale[0, 450, 0]) < 1.5
+    # the shift lasts past max_frozen: followed, and normal again for this key
+    assert float(normalized[0, 700:850, 0].min()) > 15.0
+    assert abs(float(level[0, -1, 0]) - 20.0) < 1.0 and float(normalized[0, -300:, 0].abs().mean()) < 1.2
