@@ -8,6 +8,10 @@ threshold: at most 1% of its own events, no labels) and then the new behaviour m
 that key: each key normalizes its inputs with its own running level and scale (``adaptive_inputs``) and
 scores its errors against its own error history (the adaptive ``score``), so neither a frozen input
 scaling nor a frozen error scale keeps it alarming.
+
+Seed 0 here; seed 2 passes too. With seed 1 fit-file's early stopping keeps epoch 4 of 7 (held-out mean
+error_z 0.89 against 0.72 for seed 0), a forecaster close to "the next value is the last one", whose errors
+hardly rise along the slow drift (mean error_z 0.94 there against 0.84 before): only 12% of the drift alerts.
 """
 
 from __future__ import annotations
