@@ -141,18 +141,11 @@ def source_records(settings, topic: str) -> list[tuple[int, bytes, bytes, list]]
     return [(m.partition, m.key, m.value, list(m.headers or [])) for m in read_topic(settings, topic)]
 
 
-def send_in_one_transaction(settings, pipeline: str, records, transactional_id: str):
-    """Send ``records`` to ``pipeline``'s events topic (their pipeline header made its) in one open
-    transaction; returns (producer, next offset per partition): read_committed readers see all of them at
-    once when the caller commits it."""
+def send_in_one_transaction(settings, topic: str, records, transactional_id: str):
+    """Send ``records`` to ``topic`` in one open transaction; returns (producer, next offset per partition):
+    read_committed readers see all of them at once when the caller commits it."""
     from kafka import KafkaProducer
 
-    from rnnstream.workers.event_wire import PIPELINE_HEADER
-
-    topic, name = f"{pipeline}.events", pipeline.encode()
-    records = [
-        (p, k, v, [(h, name if h == PIPELINE_HEADER else b) for h, b in hs]) for p, k, v, hs in records
-    ]
     producer = KafkaProducer(
         **settings.client_kwargs(), transactional_id=transactional_id, linger_ms=20, batch_size=1 << 20
     )
@@ -184,32 +177,44 @@ def wait_committed_to(settings, group: str, topic: str, ends: dict[int, int], ti
         c.close()
 
 
-def run_rnnstream(settings, schema, handle, records, n: int, tmp: Path) -> Run:
-    """rnnstream's 2 workers, exactly-once, on ``schema``'s (new) pipeline: started and ready on its empty
-    events topic; the events (``records``, encoded as the peer's or as Arrow batches) sent in one transaction;
-    the window runs from its commit (the whole backlog visible at once, as the peer's is) until every offset
-    is committed. (Started on a full topic, the first worker scores most of its share while the second one
-    starts, so a window from the start call's return misses work; producing while they wait measures the
-    producer.)"""
+def run_rnnstream(settings, schema, handle, records, n: int, release: str, tmp: Path):
+    """rnnstream's 2 workers, exactly-once, as release ``release`` of ``schema``'s pipeline reading a new
+    events topic of its own: started and ready on it empty, then the events (``records``: the peer's JSON
+    messages, or the same events as Arrow batches) sent in one transaction; the window runs from its commit
+    (the whole backlog visible at once, as the peer's is) until every offset is committed. (Started on a full
+    topic, the first worker scores most of its share while the second one starts, so a window from the start
+    call's return misses work; producing while they wait would time the producer.) Returns (Run, events
+    topic, scores topic)."""
     import ray
 
+    from rnnstream.workers.kafka_io import TopicAdmin
     from rnnstream.workers.serving import stop_coordinator
+    from rnnstream.workers.worker_config import release_topic
 
-    e2e.create_topics(settings, schema.pipeline)
-    config, coord = e2e.run_workers(settings, schema, handle, tmp / f"ckpt-{schema.pipeline}")
+    events_topic = f"{schema.pipeline}.{release}.events"
+    kinds = ("scores", "dlq", "scores.shadow")
+    with TopicAdmin(settings) as admin:
+        topics = [events_topic, *(release_topic(schema.pipeline, release, k) for k in kinds)]
+        admin.create_topics(topics, e2e.PARTITIONS)
+    ckpt = tmp / f"ckpt-{schema.pipeline}"
+    config, coord = e2e.run_workers(
+        settings, schema, handle, ckpt, deployment=release, events_topic=events_topic
+    )
     deadline = time.monotonic() + 120
     while not all(w.get("alive") and w.get("partitions") for w in ray.get(coord.status.remote())["workers"]):
         if time.monotonic() > deadline:
             raise TimeoutError(f"the workers of {schema.pipeline} did not come up")
         time.sleep(0.05)
-    producer, ends = send_in_one_transaction(settings, schema.pipeline, records, f"{schema.pipeline}-load")
+    producer, ends = send_in_one_transaction(
+        settings, events_topic, records, f"{release}-{schema.pipeline}-load"
+    )
     cpu0, t0 = ray_cpu_seconds(), time.monotonic()
     producer.commit_transaction()
-    t1 = wait_committed_to(settings, config.group_id, config.events_topic, ends)
+    t1 = wait_committed_to(settings, config.group_id, events_topic, ends)
     cpu1 = ray_cpu_seconds()
     producer.close()
     stop_coordinator(coord)
-    return Run(n / (t1 - t0), n / cpu_between(cpu0, cpu1))
+    return Run(n / (t1 - t0), n / cpu_between(cpu0, cpu1)), events_topic, config.scores_topic
 
 
 def peer_scores(settings, topic: str) -> dict[tuple[str, int], float]:
@@ -222,11 +227,12 @@ def peer_scores(settings, topic: str) -> dict[tuple[str, int], float]:
     return out
 
 
-def reference_by_event(settings, schema, model):
-    """(key, time ms) -> the offline forward's score, and (partition, offset, index) -> (key, time)."""
+def reference_by_event(settings, schema, model, topic: str | None = None):
+    """(key, time ms) -> the offline forward's score over ``topic`` (``schema``'s events topic), the events
+    and the reference."""
     from rnnstream.workers.score_verifier import offline_reference, read_events
 
-    events = read_events(settings, f"{schema.pipeline}.events", schema)
+    events = read_events(settings, topic or f"{schema.pipeline}.events", schema)
     ref = offline_reference(events, model)
     keys = events.batch.column("key").to_pylist()
     times = events.batch.column("time").cast("int64").to_pylist()
@@ -268,20 +274,28 @@ def main(argv: list[str] | None = None) -> int:
         start = int(time.time() * 1000) - 3_600_000
         peer_schema = e2e.make_schema("peer-json")
         table = e2e.make_events(peer_schema, n, n_keys, seed=1, start_ms=start)
+        schemas = {"json": peer_schema, "arrow": e2e.make_schema("peer-arrow")}
         records = {}
-        for encoding in ("json", "arrow"):
+        for encoding, source in schemas.items():
             log(f"producing {n} events of {n_keys} keys as {encoding} ...")
-            source = peer_schema if encoding == "json" else e2e.make_schema("peer-arrow")
             e2e.create_topics(settings, source.pipeline)
             e2e.produce(settings, source, table, encoding)
             records[encoding] = source_records(settings, f"{source.pipeline}.events")
-        rnn_schemas: list[tuple[str, object]] = []
+        errors: dict[str, float] = {}
+        complete = True
 
         def rnnstream(encoding: str, r: int) -> None:
+            nonlocal complete
             log(f"round {r}: rnnstream, {encoding}, exactly-once ...")
-            schema = e2e.make_schema(f"peer-{encoding}-r{r}")
-            runs[encoding].append(run_rnnstream(settings, schema, handle, records[encoding], n, tmp))
-            rnn_schemas.append((encoding, schema))
+            schema = schemas[encoding]
+            run, events_topic, scores_topic = run_rnnstream(
+                settings, schema, handle, records[encoding], n, f"r{r}", tmp
+            )
+            runs[encoding].append(run)
+            _, events, ref = reference_by_event(settings, schema, model, events_topic)
+            err, scored = rnnstream_error(settings, scores_topic, events, ref)
+            errors[f"rnnstream_{encoding}"] = max(err, errors.get(f"rnnstream_{encoding}", 0.0))
+            complete &= scored == n
 
         peer_topics: dict[str, str] = {}
 
@@ -304,14 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             for run_one, what in pairs[0] + pairs[1]:
                 run_one(what, r)
 
-        log("checking every score of every run against the offline forward ...")
-        errors: dict[str, float] = {}
-        complete = True
-        for encoding, schema in rnn_schemas:
-            _, events, ref = reference_by_event(settings, schema, model)
-            err, scored = rnnstream_error(settings, f"{schema.pipeline}.scores", events, ref)
-            errors[f"rnnstream_{encoding}"] = max(err, errors.get(f"rnnstream_{encoding}", 0.0))
-            complete &= scored == n
+        log("checking every score of the peer's runs against the offline forward ...")
         want, _, _ = reference_by_event(settings, peer_schema, model)
         for tag, out_topic in peer_topics.items():
             got = peer_scores(settings, out_topic)
