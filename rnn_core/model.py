@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnstream.rnn_core import forecast_rollout, model_heads
+from rnnstream.rnn_core import forecast_rollout, inference_step, model_heads
 from rnnstream.rnn_core.adaptive_state import KeyInputs, drift_slice, extra_row, key_inputs, with_extra_row
 from rnnstream.rnn_core.anomaly_likelihood import LikelihoodWindows
 from rnnstream.rnn_core.config import ConfigError, ModelConfig
@@ -293,6 +293,10 @@ class StreamingModel(nn.Module):
                     out, state, with_extra_row(self, new_state, extra_row(self, state))
                 )
             return out, new_state
+
+    def stepper(self) -> inference_step.StepFn:
+        """:meth:`step` for a run of inference calls, its lookups done once: see :mod:`.inference_step`."""
+        return inference_step.stepper(self)
 
     def _adaptive_score(self, out: Tensor, state: Tensor | None, full: Tensor) -> tuple[Tensor, Tensor]:
         """The key's own anomaly likelihood as ``score``: see :func:`.model_heads.adaptive_score`."""

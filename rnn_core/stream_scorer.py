@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import torch
 
 from rnnstream.rnn_core.chunk_plan import ChunkPlanner
+from rnnstream.rnn_core.inference_step import StepFn
 from rnnstream.rnn_core.key_kernels import gather_rows
 from rnnstream.rnn_core.state_store import KeyBatch, KeyedStateStore, as_string_array
 from rnnstream.rnn_core.state_undo import StateUndoLog
@@ -194,14 +195,16 @@ class StreamScorer:
             and x.flags.writeable
         )
         with torch.inference_mode():
+            stepper = getattr(self.model, "stepper", None)
+            step = self.model.step if stepper is None else stepper()  # once a batch: see inference_step
             for lo, hi in pairwise(bounds):
                 if order is None:
                     if direct:
-                        out[lo:hi] = self._step_rows(slots[lo:hi], times[lo:hi], x[lo:hi])
+                        out[lo:hi] = self._step_rows(step, slots[lo:hi], times[lo:hi], x[lo:hi])
                     else:
                         xb = self._xbuf[: hi - lo]
                         np.copyto(xb, x[lo:hi], casting="same_kind")
-                        out[lo:hi] = self._step_rows(slots[lo:hi], times[lo:hi], xb)
+                        out[lo:hi] = self._step_rows(step, slots[lo:hi], times[lo:hi], xb)
                     continue
                 idx = order[lo:hi]
                 xb = self._xbuf[: hi - lo]
@@ -209,7 +212,7 @@ class StreamScorer:
                     gather_rows(x, idx, xb)
                 else:
                     np.copyto(xb, x[idx], casting="same_kind")
-                out[idx] = self._step_rows(slots[idx], times[idx], xb)
+                out[idx] = self._step_rows(step, slots[idx], times[idx], xb)
         return out
 
     def _score_runs(self, keys: pa.Array, slots: np.ndarray, times: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -243,7 +246,7 @@ class StreamScorer:
                 store.scatter_slots(one, final.cpu(), t[-1:])
         return out
 
-    def _step_rows(self, slots: np.ndarray, times: np.ndarray, xb: np.ndarray) -> np.ndarray:
+    def _step_rows(self, step: StepFn, slots: np.ndarray, times: np.ndarray, xb: np.ndarray) -> np.ndarray:
         """One chunk (distinct slots): gather the states and times (logged for undo in the same pass), fill
         dt, step, scatter the new states and times; returns the outputs."""
         store = self.store
@@ -253,7 +256,7 @@ class StreamScorer:
         xt, st = torch.from_numpy(xb), torch.from_numpy(state)
         if self._device.type != "cpu":
             xt, st = xt.to(self._device), st.to(self._device)
-        out, new_state = self.model.step(xt, st)
+        out, new_state = step(xt, st)
         store.scatter_slots(slots, new_state, times)
         return out.cpu().numpy()
 
