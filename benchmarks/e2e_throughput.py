@@ -15,7 +15,10 @@ One run, one broker, one GRU(32->64) model (31 float features + the time delta),
   hop: no decoding, no model, no transactions): the floor the scored latency is measured against;
 - ``recovery_s``: kill -9 of a worker holding 1,000,000 keys (100,000 with ``--quick``) -> scoring again
   with its restored state;
-- ``json_vs_raw`` = json_eps / raw_eps.
+- ``json_vs_raw``: json_eps / raw_eps measured side by side in rounds (the order alternating), the median
+  ratio (``json_vs_raw_rounds``: each round's); ``json_vs_raw_cpu``: events per CPU-second of rnnstream's
+  worker processes over the pass-through's (load on a shared machine moves wall time far more than CPU);
+  ``arrow_eps`` is the median of as many rounds. ``--only throughput`` runs these alone.
 
 The two floors (raw pass-through, broker round trip) are measured by :mod:`io_floor`. Throughput runs commit
 every 250 ms; the latency runs as soon as a batch is scored while the workers keep up, at least every 50 ms
