@@ -45,6 +45,7 @@ from rnnstream.files.holdout import (
     holdout_metrics,
     holdout_outputs,
     is_session_like,
+    patience_epochs,
     split_tails,
     validation_sequences,
 )
@@ -289,6 +290,9 @@ def fit_file(
         # Sessions held out whole likewise (benchmarks/log_sessions.py: best epoch = last at 10; a session
         # missing a step caught 16% -> 89% with early stopping ending at 27)
         epochs *= LABELLED_EPOCH_FACTOR
+    patience = patience_epochs(train, options.patience, options.chunk_len, options.batch_keys)
+    if validation is not None and patience > options.patience:
+        notes.append(f"early stopping waited {patience} epochs (an epoch is only a few optimizer steps)")
     bar = tqdm(total=epochs, desc="training", unit="epoch", disable=not options.progress, file=sys.stderr)
 
     def progress(record: dict[str, float]) -> None:
@@ -308,7 +312,7 @@ def fit_file(
             seed=options.seed,
             progress=progress,
             validation=validation,
-            patience=options.patience,
+            patience=patience,
             average_epochs=CLASSIFIER_AVERAGE_EPOCHS if label else None,
         )
     model.eval()

@@ -3,7 +3,7 @@
 - :func:`split_tails`: long-lived keys hold out each key's last events (their state carried into them);
   session-like data (:func:`is_session_like`: many short keys) holds out whole keys, scored from a fresh
   state as new sessions are, because a session's tail is its ending;
-- :func:`validation_sequences`: what early stopping watches;
+- :func:`validation_sequences`: what early stopping watches, :func:`patience_epochs`: how long it waits;
 - :func:`holdout_outputs` / :func:`holdout_metrics`: the model's outputs on the held-out part and
   class-balanced quality figures (never plain accuracy on a rare label);
 - :func:`alert_threshold`: the stored decision threshold (:mod:`rnnstream.files.alert_threshold`), from the
@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -21,11 +22,12 @@ import torch
 from rnnstream.files.alert_threshold import TARGET_FPR_ALL_EVENTS, AlertThreshold, choose_threshold
 from rnnstream.rnn_core import metrics
 from rnnstream.rnn_core.model import StreamingModel
-from rnnstream.rnn_core.training import KeySequences
+from rnnstream.rnn_core.training import KeySequences, planned_steps
 
 MIN_KEY_EVENTS_FOR_HOLDOUT = 5
 SESSION_MIN_KEYS = 20
 SESSION_MAX_MEDIAN_EVENTS = 50
+MIN_PATIENCE_STEPS = 100  # early stopping waits at least this many optimizer steps without improvement
 MIN_EXCEEDANCES = 10  # a target share of alerts is estimated from at least this many alerting events
 WARMUP_EVENTS = 100  # a key's first events (fresh state) do not set the threshold
 
@@ -89,6 +91,15 @@ def validation_sequences(sequences: KeySequences, cuts: np.ndarray, head: str) -
         keys=tuple(sequences.keys[i] for i in has_tail),
         x=tuple(sequences.x[i][cuts[i] :] for i in has_tail),
     )
+
+
+def patience_epochs(train: KeySequences, patience: int, chunk_len: int, batch_keys: int) -> int:
+    """Epochs without improvement before early stopping: ``patience``, or more when an epoch is only a few
+    optimizer steps (one short series: ~13), so that at least ``MIN_PATIENCE_STEPS`` steps are waited for.
+    A held-out tail of a few hundred events is a noisy judge; 3 epochs of 13 steps stopped one short series'
+    training at its 2nd-4th epoch (benchmarks/univariate_drift.py, 20 series: NAB 31 -> 45 waiting 10)."""
+    steps = max(1, planned_steps(train, chunk_len, batch_keys)) if len(train) else 1
+    return max(patience, math.ceil(MIN_PATIENCE_STEPS / steps))
 
 
 @torch.no_grad()

@@ -17,7 +17,8 @@ from rnnstream.cli.main import main
 from rnnstream.files.alert_threshold import TARGET_FPR, TARGET_FPR_ALL_EVENTS
 from rnnstream.files.columns import FileColumns
 from rnnstream.files.fitting import FitOptions, fit_file
-from rnnstream.files.holdout import WARMUP_EVENTS, warmup_events
+from rnnstream.files.holdout import MIN_PATIENCE_STEPS, WARMUP_EVENTS, patience_epochs, warmup_events
+from rnnstream.rnn_core.training import KeySequences
 
 
 def series_csv(path: Path, n: int, seed: int = 0) -> Path:
@@ -35,6 +36,16 @@ def series_csv(path: Path, n: int, seed: int = 0) -> Path:
 def test_warmup_is_at_most_a_tenth_of_a_key() -> None:
     assert warmup_events(50) == 5
     assert warmup_events(10_000) == WARMUP_EVENTS
+
+
+def test_early_stopping_waits_for_enough_optimizer_steps() -> None:
+    """One key of 800 events is 13 steps an epoch (64-event chunks): 3 epochs would be 39 steps."""
+    one = KeySequences(keys=("cpu",), x=(np.zeros((800, 2), np.float32),))
+    assert patience_epochs(one, 3, chunk_len=64, batch_keys=32) == -(-MIN_PATIENCE_STEPS // 13) > 3
+    many = KeySequences(
+        keys=tuple(map(str, range(640))), x=tuple(np.zeros((640, 2), np.float32) for _ in range(640))
+    )
+    assert patience_epochs(many, 3, chunk_len=64, batch_keys=32) == 3  # 200 steps an epoch
 
 
 def test_one_short_series_sets_its_threshold_on_every_warm_event(tmp_path: Path) -> None:
