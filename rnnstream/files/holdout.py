@@ -97,7 +97,7 @@ def patience_epochs(train: KeySequences, patience: int, chunk_len: int, batch_ke
     """Epochs without improvement before early stopping: ``patience``, or more when an epoch is only a few
     optimizer steps (one short series: ~13), so that at least ``MIN_PATIENCE_STEPS`` steps are waited for.
     A held-out tail of a few hundred events is a noisy judge; 3 epochs of 13 steps stopped one short series'
-    training at its 2nd-4th epoch (benchmarks/univariate_drift.py, 20 series: NAB 31 -> 45 waiting 10)."""
+    training at its 2nd-4th epoch (benchmarks/univariate_drift.py, 20 series: NAB 31.2 -> 39.1)."""
     steps = max(1, planned_steps(train, chunk_len, batch_keys)) if len(train) else 1
     return max(patience, math.ceil(MIN_PATIENCE_STEPS / steps))
 
