@@ -164,8 +164,8 @@ def _get_varint(buf, pos, end):
 @_kernel
 def _parse(buf, start, end, count, fields):
     """Fill ``fields[i]`` = (timestamp delta, offset delta, key start, key length, value start, value length,
-    headers start (its count), header count, record end) for ``count`` records in ``buf[start:end]``; returns the position after the
-    last one, or -1 - i when record ``i`` is malformed."""
+    headers start (its count), header count, record end) for ``count`` records in ``buf[start:end]``;
+    returns the position after the last one, or -1 - i when record ``i`` is malformed."""
     pos = start
     for i in range(count):
         length, pos = _get_varint(buf, pos, end)
@@ -209,8 +209,8 @@ def _parse(buf, start, end, count, fields):
 def parse_records(buf: np.ndarray, start: int, end: int, count: int) -> np.ndarray | None:
     """``count`` records of ``buf[start:end]`` (uint8) as an int64 array [count, 9]: timestamp delta, offset
     delta, key start, key length (-1: null), value start, value length (-1: null), headers start, header
-    count, record end. None when the records are malformed or do not end exactly at ``end`` (the caller then falls back
-    to kafka-python's own reader, which raises its usual error)."""
+    count, record end. None when the records are malformed or do not end exactly at ``end`` (the caller then
+    falls back to kafka-python's own reader, which raises its usual error)."""
     fields = np.empty((count, 9), dtype=np.int64)
     pos = _parse(buf, start, end, count, fields)
     if pos != end:
