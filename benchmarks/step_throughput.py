@@ -2,8 +2,10 @@
 
 1. naive: a dict of per-key hidden tensors and one ``GRUCell`` call per event;
 2. rnnstream: ``StreamScorer.score`` = ``KeyedStateStore`` lookup + gather + ``StreamingModel.step`` + scatter
-   (repeated keys of a batch applied in waves, last event times kept) - the path the workers run. Keys
-   arrive as an Arrow string array, as decoded event batches hold them (also timed: a Python list of str);
+   (a batch's repeated keys planned into chunks of distinct keys, last event times kept, every change logged
+   so a failed call rolls back) - the path the workers run, head output included (the kernel row computes
+   no output). Keys arrive as an Arrow string array, as decoded event batches hold them (also timed: a
+   Python list of str);
 3. bare kernel: the same batched GRU step (``torch.gru_cell`` on the model's weights) on a preallocated state
    tensor, with no key lookup; credited with the faster of one call per batch and calls of the scorer's
    ``step_rows`` (1,024) rows, which is faster on CPU because the step's working set stays in cache.
