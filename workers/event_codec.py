@@ -33,8 +33,9 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from rnnstream.rnn_core.event_schema import KEY_COLUMN, LABEL_COLUMN, TIME_COLUMN, EventSchema
+from rnnstream.workers.event_arrow_decode import decode_arrow_message, decode_arrow_together
 from rnnstream.workers.event_json_fast import FastJsonColumns
-from rnnstream.workers.event_validation import Problem, bad_rows, conform_arrow, validate_event
+from rnnstream.workers.event_validation import bad_rows, validate_event
 from rnnstream.workers.event_wire import (
     ARROW,
     DEFAULT_MAX_ARROW_BYTES,
@@ -43,15 +44,11 @@ from rnnstream.workers.event_wire import (
     ENCODING_HEADER,
     INVALID_EVENT,
     JSON,
-    NOT_ARROW,
     NOT_JSON,
     PIPELINE_HEADER,
     REASONS,
     TOO_LARGE,
-    TRUNCATED_ARROW,
     VERSION_HEADER,
-    WRONG_PIPELINE,
-    WRONG_SCHEMA_VERSION,
     DecodedBatch,
     MessageLike,
     RawMessage,
@@ -333,87 +330,15 @@ class EventDecoder:
             batch = pa.RecordBatch.from_pylist([], schema=self.arrow_schema)
         return batch, np.asarray(ok, dtype=np.int64), rejects
 
-    # -- Arrow
+    # -- Arrow (:mod:`event_arrow_decode`)
 
     def _decode_arrow_together(
         self, messages: Sequence[MessageLike], idx: list[int], now: np.ndarray
     ) -> tuple[pa.RecordBatch, np.ndarray, np.ndarray] | None:
-        """The Arrow messages ``idx`` read, conformed and checked as one table (one pass of the vectorized
-        checks instead of one a message): (valid rows, message index, row within the message). None when
-        any message is not clean (unreadable, another pipeline/version/schema, a bad row): then each is
-        decoded on its own, which finds and explains what is wrong."""
-        tables = []
-        try:
-            for i in idx:
-                value = messages[i].value or b""
-                if len(value) > self.max_arrow_bytes:
-                    return None
-                table = pa.ipc.open_stream(value).read_all()
-                meta = table.schema.metadata or {}
-                if meta.get(b"rnnstream.pipeline", self._pipeline) != self._pipeline:
-                    return None
-                if meta.get(b"rnnstream.schema_version", self._version) != self._version:
-                    return None
-                if tables and not table.schema.equals(tables[0].schema):
-                    return None
-                tables.append(table)
-            lengths = np.fromiter((t.num_rows for t in tables), dtype=np.int64, count=len(tables))
-            cols = conform_arrow(pa.concat_tables(tables), self._parse_schema, self.schema)
-            if bad_rows(cols, self.schema, np.repeat(now[idx], lengths), self.max_future_ms) is not None:
-                return None
-            batch = self._to_batch(cols)
-        except Exception:  # Problem, unreadable IPC, anything unforeseen: message by message
-            return None
-        firsts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-        positions = (np.arange(int(lengths.sum()), dtype=np.int64) - firsts).astype(np.int32)
-        return batch, np.repeat(np.asarray(idx, dtype=np.int64), lengths), positions
+        return decode_arrow_together(self, messages, idx, now)
 
     def _decode_arrow(self, m: MessageLike, now: int) -> tuple[int, pa.RecordBatch | None, list[Reject]]:
-        """Returns (events in, valid rows + trailing event-index column, rejects)."""
-        value = m.value or b""
-        if len(value) > self.max_arrow_bytes:
-            return (
-                1,
-                None,
-                [reject_of(m, TOO_LARGE, f"{len(value)} bytes > {self.max_arrow_bytes}", ARROW)],
-            )
-        try:
-            table = pa.ipc.open_stream(value).read_all()
-        except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError) as exc:
-            looks_ipc = value[:4] == b"\xff\xff\xff\xff"
-            reason = TRUNCATED_ARROW if looks_ipc else NOT_ARROW
-            return 1, None, [reject_of(m, reason, f"cannot read Arrow IPC: {exc}"[:300], ARROW)]
-        meta = table.schema.metadata or {}
-        their_pipeline = meta.get(b"rnnstream.pipeline")
-        if their_pipeline is not None and their_pipeline != self._pipeline:
-            detail = f"batch schema is of pipeline {their_pipeline.decode(errors='replace')!r}"
-            return 1, None, [reject_of(m, WRONG_PIPELINE, detail, ARROW)]
-        their_version = meta.get(b"rnnstream.schema_version")
-        if their_version is not None and their_version != self._version:
-            detail = f"batch schema version {their_version.decode(errors='replace')}"
-            return 1, None, [reject_of(m, WRONG_SCHEMA_VERSION, detail, ARROW)]
-        try:
-            cols = conform_arrow(table, self._parse_schema, self.schema)
-        except Problem as p:
-            return 1, None, [reject_of(m, p.reason, p.detail, ARROW)]
-        n = table.num_rows
-        bad = bad_rows(cols, self.schema, now, self.max_future_ms)
-        rejects: list[Reject] = []
-        positions = pa.array(np.arange(n, dtype=np.int32))
-        if bad is not None:
-            src = table.combine_chunks()
-            for j in np.flatnonzero(bad):
-                row = {name: _py(cols[name][j]) for name in cols}
-                res = validate_event(row, self.schema, now, self.max_future_ms)
-                reason, detail = res if isinstance(res, tuple) else (INVALID_EVENT, "row failed checks")
-                raw = encode_arrow(src.slice(int(j), 1))
-                rejects.append(reject_of(m, reason, detail, ARROW, raw=raw, event_index=int(j)))
-            keep = pa.array(~bad)
-            cols = {k: pc.filter(c, keep) for k, c in cols.items()}
-            positions = pc.filter(positions, keep)
-        batch = self._to_batch(cols)
-        out = pa.RecordBatch.from_arrays([*batch.columns, positions], names=[*batch.schema.names, "__idx"])
-        return n, out, rejects
+        return decode_arrow_message(self, m, now)
 
     # -- shared vectorized checks and assembly
 
@@ -427,10 +352,6 @@ class EventDecoder:
         if self.schema.has_label:
             arrays.append(cols[LABEL_COLUMN])
         return pa.RecordBatch.from_arrays(arrays, schema=self.arrow_schema)
-
-
-def _py(scalar: pa.Scalar) -> Any:
-    return scalar.as_py()
 
 
 @lru_cache(maxsize=32)
