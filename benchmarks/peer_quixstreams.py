@@ -13,7 +13,8 @@ on Arrow and the peer at-least-once. The peer reads one JSON topic produced up f
 consumer group, state and output topic; each rnnstream run is a pipeline of its own whose workers start on
 an empty topic, then get the same messages (JSON, or the events as Arrow batches) in one transaction. A noisy
 shared machine slows whatever runs while it is busy; the adjacent runs of a round share that, and the
-figures are the medians over rounds:
+figures are the medians over rounds. Both sides run at nice 0 (``e2e.broker_and_ray`` sets Ray's worker
+niceness, 15 by default, to 0: on a loaded machine niced workers beside a nice-0 peer lose the CPU first).
 
 - ``peer_eps_at_least_once`` / ``peer_eps_exactly_once``: the Quix application, from its first processed
   message until every output is produced (and, exactly-once, committed);
