@@ -26,7 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a streaming model on a CSV or Parquet file of events (one row per event).",
     )
     fit.add_argument("--input", required=True, type=Path, help="CSV or Parquet file of events")
-    fit.add_argument("--key-column", required=True, help="the stream key (card, host, session, ...)")
+    fit.add_argument(
+        "--key-column",
+        default=None,
+        help="the stream key (card, host, session, ...); default: a column named 'key', else none: "
+        "the whole file is one series (e.g. a timestamp,value file)",
+    )
     fit.add_argument(
         "--time-column", required=True, help="event time: ISO 8601, epoch s/ms, or plain step numbers"
     )

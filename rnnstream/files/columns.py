@@ -12,13 +12,17 @@ from rnnstream.rnn_core.event_schema import KEY_COLUMN, LABEL_COLUMN, TIME_COLUM
 
 TIME_FORMATS: tuple[str, ...] = ("auto", "iso", "epoch_s", "epoch_ms", "step")
 DEFAULT_CHUNK_ROWS = 65_536
+ONE_SERIES_KEY = "series"  # the one key of a file without a key column (the whole file is one series)
+ONE_SERIES_NOTE = "one key: the whole file is one series (no --key-column)"
 
 
 @dataclass(frozen=True)
 class FileColumns:
-    """Which columns of the user's file play which part; ``values`` and ``token`` are the model's inputs."""
+    """Which columns of the user's file play which part; ``values`` and ``token`` are the model's inputs.
 
-    key: str
+    ``key`` None: the file has no key column and is one series (every row has the key ONE_SERIES_KEY)."""
+
+    key: str | None
     time: str
     values: tuple[str, ...] = ()
     token: str | None = None
@@ -27,8 +31,7 @@ class FileColumns:
     def __post_init__(self) -> None:
         if not self.values and self.token is None:
             raise UsageError("name the input columns: --value-columns a,b,... and/or --token-column c")
-        roles = [self.key, self.time, *self.values, *([self.token] if self.token else [])]
-        roles += [self.label] if self.label else []
+        roles = [c for c in (self.key, self.time, *self.values, self.token, self.label) if c]
         dup = sorted({c for c in roles if roles.count(c) > 1})
         if dup:
             raise UsageError(f"column(s) {dup} are named for two roles; each column plays one part")
@@ -42,7 +45,7 @@ class FileColumns:
     @property
     def used(self) -> tuple[str, ...]:
         """Every column read from the file, in a fixed order."""
-        cols = [self.key, self.time, *self.values]
+        cols = [*([self.key] if self.key else []), self.time, *self.values]
         if self.token:
             cols.append(self.token)
         if self.label:
@@ -55,4 +58,4 @@ class FileColumns:
 
     @classmethod
     def from_dict(cls, d: dict) -> FileColumns:
-        return cls(d["key"], d["time"], tuple(d.get("values") or ()), d.get("token"), d.get("label"))
+        return cls(d.get("key"), d["time"], tuple(d.get("values") or ()), d.get("token"), d.get("label"))

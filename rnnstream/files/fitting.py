@@ -55,6 +55,7 @@ from rnnstream.files.reader import (
     require_columns,
     resolve_time_format,
     text_values,
+    with_key_column,
 )
 from rnnstream.files.schema import (
     FileSchema,
@@ -163,7 +164,8 @@ def read_file_events(
     path: Path, columns: FileColumns, options: FitOptions
 ) -> tuple[FileSchema, pa.Table, list[str]]:
     """Read the file (up to ``options.max_events`` rows) into events, learning classes and vocabulary."""
-    notes: list[str] = []
+    columns, key_note = with_key_column(Path(path), columns)  # none named or found: the file is one series
+    notes: list[str] = [key_note] if key_note else []
     raw_parts: list[pa.Table] = []
     label_counts: Counter[str] = Counter()
     token_counts: Counter[str] = Counter()
@@ -248,7 +250,7 @@ def fit_file(
         spec = schema.event_schema().feature_spec(use_time_delta=True)
         still_open: set[str] = set()
         if n_events >= options.max_events:  # sessions going on past the rows read did not end there
-            still_open = keys_after(Path(path), columns.key, n_events, options.chunk_rows)
+            still_open = keys_after(Path(path), schema.columns.key, n_events, options.chunk_rows)
             still_open &= set(sequences.keys)
         if still_open:
             notes.append(f"{len(still_open):,} sessions go on past the rows read: no end learned for them")

@@ -14,7 +14,7 @@ parse as numbers are numbers; numbers >= 1e11 are epoch ms, >= 1e8 epoch s, anyt
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from rnnstream.errors import UsageError
-from rnnstream.files.columns import DEFAULT_CHUNK_ROWS, TIME_FORMATS
+from rnnstream.files.columns import DEFAULT_CHUNK_ROWS, ONE_SERIES_NOTE, TIME_FORMATS, FileColumns
+from rnnstream.rnn_core.event_schema import KEY_COLUMN
 
 STEP_MS = 1000  # one step number = one second of event time
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".tsv")
@@ -74,6 +75,21 @@ def require_columns(path: Path, needed: tuple[str, ...], what: str | None = None
     if missing:
         by = f" needed by {what}" if what else ""
         raise UsageError(f"{path.name} has no column(s) {missing}{by}; its columns are {names}")
+
+
+def with_key_column(path: Path, columns: FileColumns) -> tuple[FileColumns, str | None]:
+    """``columns`` with the stream key decided, and a note for the summary when it was not named.
+
+    The named ``--key-column`` wins. Else a column called ``key`` (rnnstream's own name for the stream key;
+    no other column is guessed to be one) is the key. Else there is none: the whole file is one series.
+    """
+    if columns.key is not None:
+        return columns, None
+    if KEY_COLUMN in column_names(path) and KEY_COLUMN not in columns.used:
+        return replace(
+            columns, key=KEY_COLUMN
+        ), f"key column {KEY_COLUMN!r} (by its name; --key-column names another)"
+    return columns, ONE_SERIES_NOTE
 
 
 def count_rows(path: Path) -> int | None:

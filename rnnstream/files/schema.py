@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from rnnstream.errors import UsageError
 from rnnstream.files.alert_threshold import AlertThreshold
-from rnnstream.files.columns import FileColumns
+from rnnstream.files.columns import ONE_SERIES_KEY, FileColumns
 from rnnstream.files.reader import (
     RawChunk,
     key_values,
@@ -60,7 +60,7 @@ class FileSchema:
     @property
     def model_columns(self) -> tuple[str, ...]:
         """The columns a file must have to be scored (the label is not needed)."""
-        cols = [self.columns.key, self.columns.time, *self.columns.values]
+        cols = [*([self.columns.key] if self.columns.key else []), self.columns.time, *self.columns.values]
         return (*cols, self.columns.token) if self.columns.token else tuple(cols)
 
     def events(self, chunk: RawChunk, with_labels: bool = False) -> pa.Table:
@@ -73,7 +73,7 @@ class FileSchema:
         c = self.columns
         t = chunk.table
         arrays: dict[str, pa.Array] = {
-            KEY_COLUMN: key_values(t.column(c.key), c.key, chunk.first_row),
+            KEY_COLUMN: self.keys(chunk),
             TIME_COLUMN: pa.array(
                 parse_times(t.column(c.time), self.time_format, c.time, chunk.first_row), pa.timestamp("ms")
             ),
@@ -85,6 +85,13 @@ class FileSchema:
         if with_labels and c.label:
             arrays[LABEL_COLUMN] = label_codes(t.column(c.label), self.classes, c.label, chunk.first_row)
         return pa.table(arrays)
+
+    def keys(self, chunk: RawChunk) -> pa.Array:
+        """A chunk's stream keys as strings; a file without a key column is one key (ONE_SERIES_KEY)."""
+        key = self.columns.key
+        if key is None:
+            return pa.repeat(pa.scalar(ONE_SERIES_KEY), chunk.table.num_rows)
+        return key_values(chunk.table.column(key), key, chunk.first_row)
 
     # ------------------------------------------------------------------------------------------ JSON sidecar
     def to_dict(self) -> dict:

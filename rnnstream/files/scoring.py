@@ -36,7 +36,6 @@ from rnnstream.files.reader import (
     column_names,
     file_format,
     iter_chunks,
-    key_values,
     parse_times,
     require_columns,
 )
@@ -140,9 +139,9 @@ def check_order(
     global_ok = True
     prev_max = np.iinfo(np.int64).min
     rows = 0
-    for chunk in iter_chunks(path, (c.key, c.time), chunk_rows):
+    for chunk in iter_chunks(path, tuple(k for k in (c.key, c.time) if k), chunk_rows):
         times = parse_times(chunk.table.column(c.time), schema.time_format, c.time, chunk.first_row)
-        keys = key_values(chunk.table.column(c.key), c.key, chunk.first_row)
+        keys = schema.keys(chunk)
         rows += len(times)
         if global_ok and (times[0] < prev_max or np.any(np.diff(times) < 0)):
             global_ok = False
@@ -200,6 +199,11 @@ def score_file(
     output_path = Path(output_path)
     out_format = file_format(output_path)
     require_columns(input_path, schema.model_columns, what="this model")
+    if schema.columns.key is None and KEY_COLUMN in column_names(input_path):
+        raise UsageError(
+            f"this model was fitted on one series (no key column), but {input_path.name} has a "
+            f"{KEY_COLUMN!r} column: fit a model on it with --key-column {KEY_COLUMN} to score each key apart"
+        )
     ending = has_end_token(schema)  # the model learned session endings: score each key's end too
     order = check_order(input_path, schema, chunk_rows, last_rows=ending)
     passthrough = _passthrough_columns(input_path, schema)
@@ -230,8 +234,11 @@ def score_file(
                     f"{order.rows:,} rows (more than --max-sort-rows {max_sort_rows:,}); "
                     f"sort it by {schema.columns.time} first"
                 )
+            several = (
+                " (one series: if it holds several, fit with --key-column)" if not schema.columns.key else ""
+            )
             note(
-                f"note: {input_path.name} is not in time order within each key; sorting its "
+                f"note: {input_path.name} is not in time order within each key{several}; sorting its "
                 f"{order.rows:,} rows by time in memory (sort big files by time first to score them "
                 "in bounded memory)"
             )
@@ -296,7 +303,7 @@ def _end_scores(
 def _passthrough_columns(path: Path, schema: FileSchema) -> tuple[str, ...]:
     """Input columns copied to the output beside the scores: key, time and the label when the file has it."""
     c = schema.columns
-    cols = [c.key, c.time]
+    cols = [c.key, c.time] if c.key else [c.time]  # one series: no key column to copy
     if c.label and c.label in column_names(path):
         cols.append(c.label)
     return tuple(cols)
