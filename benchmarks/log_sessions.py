@@ -174,7 +174,13 @@ def session_metrics(scored: pd.DataFrame) -> dict:
 
 
 def run_mode(
-    mode: str, train: pd.DataFrame, test: pd.DataFrame, work: Path, progress: bool, holdout: float | None
+    mode: str,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    work: Path,
+    progress: bool,
+    holdout: float | None,
+    trim: bool = False,
 ) -> dict:
     """fit-file (defaults; ``holdout`` = its --holdout when given) on the training part, score-file on the
     test part, per-session figures."""
@@ -185,7 +191,7 @@ def run_mode(
     label = "label" if mode == "labelled" else None  # labelled: a binary head, the verdict on every row
     columns = FileColumns(key="session", time="ts", token="EventId", label=label)
     started = time.perf_counter()
-    options = FitOptions(progress=progress)
+    options = FitOptions(progress=progress, trim_keys=trim)
     if holdout is not None:
         options = replace(options, holdout=holdout)
     fitted = fit_file(work / "train.csv", columns, options)
@@ -198,7 +204,7 @@ def run_mode(
     scored = pd.read_csv(out.output)
     scored["kind"] = test["kind"].to_numpy()
     scored["label"] = test["label"].to_numpy()
-    found = {"dataset": "generated-log-sessions", "mode": mode, "holdout": options.holdout}
+    found = {"dataset": "generated-log-sessions", "mode": mode, "holdout": options.holdout, "trim": trim}
     found.update(session_metrics(scored))
     found["holdout_top1"] = fitted.holdout_metrics.get("top1_accuracy", float("nan"))
     found.update(fit_s=round(fit_s, 1), score_s=round(score_s, 1))
@@ -212,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="normal-only,mixed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=float, default=None, help="fit-file --holdout (default: its own)")
+    p.add_argument("--trim", action="store_true", help="fit-file with trim_keys (rnn_core/trimmed_loss.py)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     rng = np.random.default_rng(args.seed)
@@ -221,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for mode in args.modes.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            rows.append(run_mode(mode, train, test, Path(tmp), not args.json, args.holdout))
+            rows.append(run_mode(mode, train, test, Path(tmp), not args.json, args.holdout, args.trim))
         print(json.dumps(rows[-1]) if args.json else rows[-1], flush=True)
     return 0
 

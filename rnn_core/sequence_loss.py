@@ -28,6 +28,19 @@ def sequence_loss(
     next_token: cross-entropy of the prediction from the state before each event vs its token (no ``y``).
     ``mask[B, T]`` (bool or 0/1) marks real events; padding is excluded.
     """
+    per_event, weights, final = event_losses(model, x, y, state, mask)
+    return (per_event * weights).sum() / weights.sum().clamp_min(1.0), final
+
+
+def event_losses(
+    model: StreamingModel,
+    x: Tensor,
+    y: Tensor | None = None,
+    state: Tensor | None = None,
+    mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(per_event [B, T], weights [B, T] (1 = counts, 0 = padding or no label), final state)``: the terms
+    :func:`sequence_loss` averages (also per key, for :mod:`~rnnstream.rnn_core.trimmed_loss`)."""
     top_after, top_before, final, inputs = model._run(x, state)
     valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask.bool()
     kind = model.head_kind
@@ -52,5 +65,4 @@ def sequence_loss(
     else:
         logits = model.head(top_before)
         per_event = F.cross_entropy(logits.transpose(1, 2), model._codes(x)[..., 0], reduction="none")
-    weights = valid.to(per_event.dtype)
-    return (per_event * weights).sum() / weights.sum().clamp_min(1.0), final
+    return per_event, valid.to(per_event.dtype), final

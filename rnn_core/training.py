@@ -289,6 +289,7 @@ def fit(
     calibrate: bool = True,
     carry_state: bool = True,
     average_epochs: float | None = None,
+    select_keys: Callable[[StreamingModel, KeySequences, int], KeySequences] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``sequences`` for up to ``epochs`` epochs (Adam, truncated BPTT with carried state).
 
@@ -302,6 +303,9 @@ def fit(
     this time constant in epochs (:mod:`~rnnstream.rnn_core.weight_averaging`) instead of the weights of the
     epoch's last step, from the second epoch on (the first is the raw weights: the average leaves out the
     first epoch's steps); the model ends with the best (or, without ``validation``, the last) average.
+
+    ``select_keys(model, sequences, epoch)``: the keys an epoch trains on (e.g. a trimmed loss leaving out
+    the most surprising keys: :class:`~rnnstream.rnn_core.trimmed_loss.TrimmedKeys`); default all of them.
 
     Reproducibility: ``seed`` fixes everything ``fit`` draws: the batch order of each epoch (from
     ``(seed, epoch)``, independent of any global RNG) and dropout (``fit`` calls :func:`seed_everything`
@@ -329,7 +333,7 @@ def fit(
         train_loss = train_epoch(
             model,
             optimizer,
-            sequences,
+            sequences if select_keys is None else select_keys(model, sequences, epoch),
             chunk_len,
             batch_keys,
             seed=seed,

@@ -70,6 +70,7 @@ from rnnstream.rnn_core.event_schema import LABEL_COLUMN
 from rnnstream.rnn_core.model import StreamingModel
 from rnnstream.rnn_core.serialization import load_model, save_model
 from rnnstream.rnn_core.training import fit, sequences_from_table
+from rnnstream.rnn_core.trimmed_loss import TrimmedKeys
 
 DEFAULT_MAX_EVENTS = 2_000_000
 LABELLED_EPOCH_FACTOR = 3  # classifiers with a held-out part, sessions held out whole: most epochs x3
@@ -100,6 +101,7 @@ class FitOptions:
     batch_keys: int = 32
     max_events: int = DEFAULT_MAX_EVENTS
     chunk_rows: int = DEFAULT_CHUNK_ROWS
+    trim_keys: bool = False  # session-like next-token data: a trimmed loss (rnn_core/trimmed_loss.py)
 
 
 @dataclass
@@ -303,6 +305,7 @@ def fit_file(
         if on_epoch is not None:
             on_epoch(record)
 
+    trimmed = TrimmedKeys() if options.trim_keys and by_key and schema.head == "next_token" else None
     with bar:
         result = fit(
             model,
@@ -316,6 +319,7 @@ def fit_file(
             validation=validation,
             patience=patience,
             average_epochs=CLASSIFIER_AVERAGE_EPOCHS if label else None,
+            select_keys=trimmed,
         )
     model.eval()
     holdout_events = int(sum(len(x) - c for x, c in zip(sequences.x, cuts, strict=True)))
@@ -327,6 +331,8 @@ def fit_file(
     threshold = alert_threshold(
         model, sequences, cuts, (out, y), schema.head, session_like, options.target_fpr
     )
+    if trimmed is not None:
+        notes.append(f"trimmed loss: the last epoch left out {trimmed.contamination:.1%} of the sessions")
     schema = replace(schema, threshold=threshold)
     found = holdout_metrics(out, y, names, schema.head, threshold)
     if schema.head == "next_token" and found.get("top1_accuracy", 1.0) < POOR_TOP1:
