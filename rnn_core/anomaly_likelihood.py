@@ -63,10 +63,25 @@ class LikelihoodWindows:
     clip_sigmas: float = 3.0  # an error moves the long statistics by at most this many of their sigmas
     freeze_z: float = 1.0  # the long statistics do not learn from an event whose z is above this ...
     max_frozen: int = 250  # ... for at most this many events in a row (then a lasting change is learned)
+    warmup_events: int = 10  # a key's first events (one short window) score 0.5 and are not learned from
 
     def __post_init__(self) -> None:
         if not 1 <= self.short_window < self.long_window or self.prior_events < 1 or self.clip_sigmas <= 0:
             raise ValueError("need 1 <= short_window < long_window, prior_events >= 1 and clip_sigmas > 0")
+        if self.warmup_events < 0:
+            raise ValueError("warmup_events must be >= 0")
+
+
+def mean_variance_factor(n: np.ndarray, window: int) -> np.ndarray:
+    """The variance of the short mean over ``n`` events, in units of one event's variance, for independent
+    errors: ``1 / n`` while it is a plain mean (``n <= window``), then the exponentially weighted mean's
+    (weight ``a = 1 / window``), which tends to ``a / (2 - a)``:
+    ``f(n) = a / (2 - a) + (1 - a)^(2 (n - window)) (1 / window - a / (2 - a))``."""
+    a = 1.0 / window
+    steady = a / (2.0 - a)
+    past = np.maximum(n - window, 0.0)
+    decayed = steady + np.power(np.float32(1.0 - a), np.float32(2.0) * past) * (1.0 / window - steady)
+    return np.where(n <= window, 1.0 / n, decayed).astype(np.float32)
 
 
 def likelihood_score(z: Tensor) -> Tensor:
@@ -94,6 +109,23 @@ def likelihood_z(score: np.ndarray) -> np.ndarray:
         body = math.sqrt(2.0) * torch.erfinv(torch.from_numpy(2.0 * s - 1.0)).numpy()
         tail = _TAIL_Z + np.expm1(tail_mass / (1.0 - s) - 1.0)
     return np.where(s > 1.0 - tail_mass, tail, body)
+
+
+def max_of_two_z(z_max: Tensor) -> Tensor:
+    """The larger of two standard normal ``z`` back on the standard normal scale (float32 in, float32 out).
+
+    Under no anomaly, ``max(z1, z2)`` of two independent standard normals has ``P(max <= z) = Phi(z)^2``
+    (median 0.545, not 0), so it is mapped to ``z' = Phi^-1(Phi(z)^2)`` (Sidak's correction): errors as
+    usual score 0.5 again. The two ``z`` of a score (one event, the recent mean including it) are positively
+    correlated, so this is slightly conservative. Computed through the upper tail ``Q = 1 - Phi(z)``,
+    ``1 - Phi(z)^2 = Q (2 - Q)``, in float64 (exact up to ``z`` ~ 37); above 30 through its asymptote
+    ``sqrt(z^2 - 2 ln 2)``; below -5 (far inside the normal) ``z`` is taken as -5. Strictly increasing above
+    -5, so it keeps the ranking of every event that could alarm."""
+    z = z_max.double()
+    q = 0.5 * torch.special.erfc(z.clamp(-5.0, 30.0) * _SQRT1_2)  # 1 - Phi(z), exact in the tail
+    body = -torch.special.ndtri(q * (2.0 - q))
+    far = torch.sqrt((z * z - 2.0 * math.log(2.0)).clamp_min(0.0))
+    return torch.where(z > 30.0, far, body).float()
 
 
 def likelihood_step(
@@ -128,29 +160,37 @@ def likelihood_sequence(
     long = np.where(fresh, f32(prior[0]), long)
     var = np.where(fresh, f32(prior[1]), var)
     zs = np.empty((b, t), np.float32)
-    one, min_short, min_long = f32(1.0), f32(1.0 / windows.short_window), f32(1.0 / windows.long_window)
+    scored = np.empty((b, t), np.bool_)
+    one, short_w, min_long = f32(1.0), f32(windows.short_window), f32(1.0 / windows.long_window)
     prior_n, min_var, max_count = f32(windows.prior_events), f32(_MIN_VAR), f32(_MAX_COUNT)
-    clip = f32(windows.clip_sigmas)
+    clip, warmup = f32(windows.clip_sigmas), f32(windows.warmup_events)
     ref_mean, ref_inv_sd = f32(prior[0]), f32(1.0 / math.sqrt(max(prior[1], _MIN_VAR)))
     freeze, max_frozen, zero = f32(windows.freeze_z), f32(windows.max_frozen), f32(0.0)
     for i in range(t):
         e = e_all[:, i]
-        a_short = np.maximum(one / (count + one), min_short)
-        short = short + a_short * (e - short)
-        z_i = (short - long) / np.sqrt(np.maximum(var, min_var))  # against the key's own history
-        zs[:, i] = np.minimum(z_i, (short - ref_mean) * ref_inv_sd)  # ... and against the training errors
-        a_long = np.maximum(one / (count + one + prior_n), min_long)
+        warm = count >= warmup  # a warming key is neither scored nor learned from
+        n = np.maximum(count - warmup + one, one)  # events in the short mean, this one included
+        short = np.where(warm, short + np.maximum(one / n, one / short_w) * (e - short), e)
+        inv_sd = one / np.sqrt(np.maximum(var, min_var))
+        root_f = np.sqrt(mean_variance_factor(n, windows.short_window))  # the short mean's sigma, in sigmas
+        z_i = (short - long) * inv_sd  # the episodes' measure: the recent mean in the history's sigmas
+        # the larger of the event's z and the recent mean's z, each against its own null variance
+        z_key = np.maximum((e - long) * inv_sd, z_i / root_f)
+        z_ref = np.maximum(e - ref_mean, (short - ref_mean) / root_f) * ref_inv_sd
+        zs[:, i] = np.minimum(z_key, z_ref)
+        scored[:, i] = warm
+        a_long = np.maximum(one / (count - warmup + one + prior_n), min_long)
         # an episode starts when z passes freeze_z and lasts while the recent errors stay above the history
-        going = (z_i > freeze) | ((frozen > zero) & (z_i > zero))
+        going = warm & ((z_i > freeze) | ((frozen > zero) & (z_i > zero)))
         frozen = np.where(going, np.minimum(frozen + one, max_count), zero)
         # a flagged stretch is not learned as normal, unless it lasts: then it is the new normal
-        a_long = np.where((frozen > zero) & (frozen <= max_frozen), zero, a_long)
+        a_long = np.where(((frozen > zero) & (frozen <= max_frozen)) | ~warm, zero, a_long)
         spread = clip * np.sqrt(np.maximum(var, min_var))
         d = np.clip(e - long, -spread, spread)  # an outlier moves the history by at most `clip` sigmas
         long = long + a_long * d
         var = (one - a_long) * (var + a_long * d * d)
         count = np.minimum(count + one, max_count)
-    z = torch.from_numpy(zs).to(error_z.device)
+    z = torch.where(torch.from_numpy(scored), max_of_two_z(torch.from_numpy(zs)), 0.0).to(error_z.device)
     score = likelihood_score(z)
     final = torch.from_numpy(np.stack([count, short, long, var, frozen], axis=-1)).to(stats.device)
     return score, z, final
