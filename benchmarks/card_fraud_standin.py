@@ -7,7 +7,8 @@ Frauds differ from genuine rows in a few of the features (shifted and wider) and
 independent, so the recurrent state has nothing to carry. The first 60% of rows (by time) are the training
 file; all rows are scored as one stream, the last 40% evaluated: ROC-AUC, AP, recall at 1% FPR.
 
-    python benchmarks/card_fraud_standin.py [--rows 120000] [--key row|const] [--seeds 0,1,2] [--json]
+    python benchmarks/card_fraud_standin.py [--rows 120000] [--key row|const] [--seeds 0,1,2]
+        [--time-format auto|epoch_s] [--json]
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def card_table(rows: int, seed: int = 123) -> pd.DataFrame:
                          "Amount": amount.round(2), "Class": y})  # fmt: skip
 
 
-def run(rows: int, key: str, seed: int, work: Path) -> dict:
+def run(rows: int, key: str, seed: int, work: Path, time_format: str = "auto") -> dict:
     df = card_table(rows)
     df.insert(0, "card", 0 if key == "const" else np.arange(len(df)))
     cut = int(len(df) * TRAIN_SHARE)
@@ -61,7 +62,8 @@ def run(rows: int, key: str, seed: int, work: Path) -> dict:
     values = (*(f"V{i}" for i in range(1, 29)), "Amount")
     columns = FileColumns(key="card", time="Time", values=values, label="Class")
     started = time.perf_counter()
-    fitted = fit_file(work / "train.parquet", columns, FitOptions(progress=False, seed=seed))
+    options = FitOptions(progress=False, seed=seed, time_format=time_format)
+    fitted = fit_file(work / "train.parquet", columns, options)
     fit_s = time.perf_counter() - started
     model, schema = load_fitted(save_fitted(fitted, work / "model"))
     out = score_file(model, schema, work / "stream.parquet", work / "scores.parquet", progress=False)
@@ -86,12 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=120_000)
     parser.add_argument("--key", choices=("row", "const"), default="row")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--time-format", default="auto", help="fit-file's --time-format (auto: steps here)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the CLI's --threads default
     for seed in (int(s) for s in args.seeds.split(",")):
         with tempfile.TemporaryDirectory(prefix="card-standin-") as tmp:
-            row = run(args.rows, args.key, seed, Path(tmp))
+            row = run(args.rows, args.key, seed, Path(tmp), args.time_format)
         print(json.dumps(row) if args.json else
               f"{row['dataset']} seed {seed}: ROC-AUC {row['roc_auc']:.4f}  AP {row['pr_auc']:.4f}  "
               f"recall at 1% FPR {row['recall_at_1pct_fpr']:.4f}  best epoch {row['best_epoch']} of "
