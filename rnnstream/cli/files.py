@@ -15,8 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rnnstream.errors import UsageError
-from rnnstream.files.alert_threshold import DEFAULT_TARGET_FPR
-from rnnstream.files.columns import DEFAULT_CHUNK_ROWS, TIME_FORMATS, FileColumns
+from rnnstream.files.columns import DEFAULT_CHUNK_ROWS, DEFAULT_TARGET_FPR, TIME_FORMATS, FileColumns
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

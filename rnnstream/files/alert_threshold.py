@@ -31,10 +31,10 @@ from statistics import NormalDist
 
 import numpy as np
 
+from rnnstream.files.columns import DEFAULT_TARGET_FPR  # defined there: fit-file --help loads no torch
 from rnnstream.rnn_core import metrics
 from rnnstream.rnn_core.anomaly_likelihood import likelihood_score_of, likelihood_z
 
-DEFAULT_TARGET_FPR = 0.01
 BEST_F1 = "best_f1_on_holdout"
 TARGET_FPR = "target_fpr_on_holdout"
 TARGET_FPR_ALL_EVENTS = "target_fpr_on_all_events"  # too few held out: every event after each key's warm-up

@@ -12,6 +12,7 @@ from rnnstream.rnn_core.event_schema import KEY_COLUMN, LABEL_COLUMN, TIME_COLUM
 
 TIME_FORMATS: tuple[str, ...] = ("auto", "iso", "epoch_s", "epoch_ms", "step")
 DEFAULT_CHUNK_ROWS = 65_536
+DEFAULT_TARGET_FPR = 0.01  # fit-file's alert threshold: the share of held-out normal events that may alert
 ONE_SERIES_KEY = "series"  # the one key of a file without a key column (the whole file is one series)
 ONE_SERIES_NOTE = "one key: the whole file is one series (no --key-column)"
 
