@@ -35,6 +35,21 @@ comparable across keys and series (both parts are standardized). Only ``z_key`` 
 episodes. ``z`` is returned too (it does not saturate, so it ranks the strongest anomalies apart). Measured
 on the no-code path (``benchmarks/real_data.py --quick``, 97bb686 -> 54b7c5e), best-F1 ASD 0.511 -> 0.530, SMD
 0.371 -> 0.443 against ``z_key`` alone.
+
+A key's first ``warmup_events`` (one short window, 10) score exactly 0.5 (``z`` = 0) and teach the
+statistics nothing: a fresh key's recurrent state is cold, so its first errors say how far the state is from
+warm, not how unusual the events are; they alerted up to 10 of the first 10 points of 5 of 20 generated
+series. The short mean then starts from the first event after the warm-up.
+
+Measured and not kept (issue 12's onset question, 2026-12-05): the short-term ``z`` as the larger of the
+event's own ``z`` and the short mean's ``z``, (A) with the short mean against its own null variance (``1/n``,
+then the EWMA's ``a / (2 - a)``; Sidak-corrected back to a normal) or (B) against the single event's
+variance. ``benchmarks/univariate_drift.py --series 20`` NAB (before 39.1): A 42.5, B 61.3; but at the stored
+threshold A -1442 and B -2580 (before -916: normal points alerting 5.2% -> 7.9% / 13.6%), and on ASD
+(``real_data.py --quick``) A keeps best-F1 0.508 but the calibrated F1 falls 0.448 -> 0.328 (the independent-
+error variance of a 10-event mean is far too small for autocorrelated server errors), B drops best-F1 to
+~0.45 (single-event noise of normal ASD data outranks sustained anomalies). A per-key measured inflation of
+the short mean's variance (autocorrelation) did not help either (ASD best-F1 0.475).
 """
 
 from __future__ import annotations
@@ -72,18 +87,6 @@ class LikelihoodWindows:
             raise ValueError("warmup_events must be >= 0")
 
 
-def mean_variance_factor(n: np.ndarray, window: int) -> np.ndarray:
-    """The variance of the short mean over ``n`` events, in units of one event's variance, for independent
-    errors: ``1 / n`` while it is a plain mean (``n <= window``), then the exponentially weighted mean's
-    (weight ``a = 1 / window``), which tends to ``a / (2 - a)``:
-    ``f(n) = a / (2 - a) + (1 - a)^(2 (n - window)) (1 / window - a / (2 - a))``."""
-    a = 1.0 / window
-    steady = a / (2.0 - a)
-    past = np.maximum(n - window, 0.0)
-    decayed = steady + np.power(np.float32(1.0 - a), np.float32(2.0) * past) * (1.0 / window - steady)
-    return np.where(n <= window, 1.0 / n, decayed).astype(np.float32)
-
-
 def likelihood_score(z: Tensor) -> Tensor:
     """``Phi(z)`` up to ``z`` = 3, then a tail that keeps rising toward 1 without reaching it in float32
     (``1 - (1 - Phi(3)) / (1 + log1p(z - 3))``): float32 ``Phi`` is 1.0 from ``z`` ~5.4 on, and ties there
@@ -109,23 +112,6 @@ def likelihood_z(score: np.ndarray) -> np.ndarray:
         body = math.sqrt(2.0) * torch.erfinv(torch.from_numpy(2.0 * s - 1.0)).numpy()
         tail = _TAIL_Z + np.expm1(tail_mass / (1.0 - s) - 1.0)
     return np.where(s > 1.0 - tail_mass, tail, body)
-
-
-def max_of_two_z(z_max: Tensor) -> Tensor:
-    """The larger of two standard normal ``z`` back on the standard normal scale (float32 in, float32 out).
-
-    Under no anomaly, ``max(z1, z2)`` of two independent standard normals has ``P(max <= z) = Phi(z)^2``
-    (median 0.545, not 0), so it is mapped to ``z' = Phi^-1(Phi(z)^2)`` (Sidak's correction): errors as
-    usual score 0.5 again. The two ``z`` of a score (one event, the recent mean including it) are positively
-    correlated, so this is slightly conservative. Computed through the upper tail ``Q = 1 - Phi(z)``,
-    ``1 - Phi(z)^2 = Q (2 - Q)``, in float64 (exact up to ``z`` ~ 37); above 30 through its asymptote
-    ``sqrt(z^2 - 2 ln 2)``; below -5 (far inside the normal) ``z`` is taken as -5. Strictly increasing above
-    -5, so it keeps the ranking of every event that could alarm."""
-    z = z_max.double()
-    q = 0.5 * torch.special.erfc(z.clamp(-5.0, 30.0) * _SQRT1_2)  # 1 - Phi(z), exact in the tail
-    body = -torch.special.ndtri(q * (2.0 - q))
-    far = torch.sqrt((z * z - 2.0 * math.log(2.0)).clamp_min(0.0))
-    return torch.where(z > 30.0, far, body).float()
 
 
 def likelihood_step(
@@ -172,12 +158,9 @@ def likelihood_sequence(
         n = np.maximum(count - warmup + one, one)  # events in the short mean, this one included
         short = np.where(warm, short + np.maximum(one / n, one / short_w) * (e - short), e)
         inv_sd = one / np.sqrt(np.maximum(var, min_var))
-        root_f = np.sqrt(mean_variance_factor(n, windows.short_window))  # the short mean's sigma, in sigmas
-        z_i = (short - long) * inv_sd  # the episodes' measure: the recent mean in the history's sigmas
-        # the larger of the event's z and the recent mean's z, each against its own null variance
-        z_key = np.maximum((e - long) * inv_sd, z_i / root_f)
-        z_ref = np.maximum(e - ref_mean, (short - ref_mean) / root_f) * ref_inv_sd
-        zs[:, i] = np.minimum(z_key, z_ref)
+        z_i = (short - long) * inv_sd  # against the key's own history
+        z_ref = (short - ref_mean) * ref_inv_sd
+        zs[:, i] = np.minimum(z_i, z_ref)  # ... and against the training errors
         scored[:, i] = warm
         a_long = np.maximum(one / (count - warmup + one + prior_n), min_long)
         # an episode starts when z passes freeze_z and lasts while the recent errors stay above the history
@@ -190,7 +173,7 @@ def likelihood_sequence(
         long = long + a_long * d
         var = (one - a_long) * (var + a_long * d * d)
         count = np.minimum(count + one, max_count)
-    z = torch.where(torch.from_numpy(scored), max_of_two_z(torch.from_numpy(zs)), 0.0).to(error_z.device)
+    z = torch.where(torch.from_numpy(scored), torch.from_numpy(zs), 0.0).to(error_z.device)
     score = likelihood_score(z)
     final = torch.from_numpy(np.stack([count, short, long, var, frozen], axis=-1)).to(stats.device)
     return score, z, final
