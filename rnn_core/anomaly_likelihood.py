@@ -41,15 +41,15 @@ statistics nothing: a fresh key's recurrent state is cold, so its first errors s
 warm, not how unusual the events are; they alerted up to 10 of the first 10 points of 5 of 20 generated
 series. The short mean then starts from the first event after the warm-up.
 
-Measured and not kept (issue 12's onset question, 2026-12-05): the short-term ``z`` as the larger of the
-event's own ``z`` and the short mean's ``z``, (A) with the short mean against its own null variance (``1/n``,
-then the EWMA's ``a / (2 - a)``; Sidak-corrected back to a normal) or (B) against the single event's
-variance. ``benchmarks/univariate_drift.py --series 20`` NAB (before 39.1): A 42.5, B 61.3; but at the stored
-threshold A -1442 and B -2580 (before -916: normal points alerting 5.2% -> 7.9% / 13.6%), and on ASD
-(``real_data.py --quick``) A keeps best-F1 0.508 but the calibrated F1 falls 0.448 -> 0.328 (the independent-
-error variance of a 10-event mean is far too small for autocorrelated server errors), B drops best-F1 to
-~0.45 (single-event noise of normal ASD data outranks sustained anomalies). A per-key measured inflation of
-the short mean's variance (autocorrelation) did not help either (ASD best-F1 0.475).
+Measured and not kept (issue 12's onset question): the short-term ``z`` as the larger of the event's own
+``z`` and the short mean's ``z``, (A) with the short mean against its own null variance (``1/n``, then the
+EWMA's ``a / (2 - a)``; Sidak-corrected back to a normal) or (B) against the single event's variance.
+``benchmarks/univariate_drift.py --series 20`` NAB (before 39.1): A 42.5, B 61.3; but at the stored threshold
+A -1442 and B -2580 (before -927, -916 with the warm-up alone; normal points alerting 5.2% -> 7.9% / 13.6%);
+on ASD (``real_data.py --quick``) A keeps best-F1 (0.508) but its calibrated F1 falls 0.448 -> 0.328 (an
+independent-error variance of a 10-event mean is far too small for autocorrelated server errors), and B drops
+best-F1 to ~0.45 (single-event noise of normal ASD data outranks sustained anomalies). A per-key measured
+inflation of the short mean's variance (for autocorrelation) did not help either (ASD best-F1 0.475, replay).
 """
 
 from __future__ import annotations
