@@ -41,6 +41,10 @@ TARGET_FPR_ALL_EVENTS = "target_fpr_on_all_events"  # too few held out: every ev
 EMPIRICAL = "empirical"  # the share of the held-out scores themselves
 ROBUST_NORMAL = "robust_normal"  # the share of a normal fitted to the median and MAD of their anomaly z
 _MAD_TO_SD = 1.4826  # a normal's standard deviation over its median absolute deviation
+# A forecast threshold is never at or below the neutral score 0.5 (z = 0: errors as usual, and each event of
+# a key's warm-up): held-out anomaly z sit a little below 0 (the smaller of two z), and on some short series
+# their fitted 1% line fell below 0.5, so a fresh key's whole warm-up alerted (10 of the first 10 points).
+ABOVE_NEUTRAL = float(np.nextafter(np.float32(0.5), np.float32(1.0)))
 
 
 @dataclass(frozen=True)
@@ -91,9 +95,13 @@ def choose_threshold(
     if head == "forecast":
         fitted = robust_normal_threshold(normal, target_fpr)
         if fitted is not None:
-            return AlertThreshold(fitted, TARGET_FPR, int(normal.size), target_fpr, ROBUST_NORMAL)
+            return AlertThreshold(
+                max(fitted, ABOVE_NEUTRAL), TARGET_FPR, int(normal.size), target_fpr, ROBUST_NORMAL
+            )
     allowed = int(np.floor(target_fpr * normal.size))  # how many normal events may alert
     value = float(np.nextafter(normal[allowed], np.inf)) if allowed < normal.size else float(normal[-1])
+    if head == "forecast":
+        value = max(value, ABOVE_NEUTRAL)
     return AlertThreshold(value, TARGET_FPR, int(normal.size), target_fpr)
 
 

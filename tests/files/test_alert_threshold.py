@@ -64,3 +64,12 @@ def test_a_forecast_threshold_fits_the_normal_bulk_and_ignores_anomalies_in_the_
     # no spread to fit: the empirical rule
     assert choose_threshold("forecast", np.full(100, 0.5)).null == EMPIRICAL
     assert AlertThreshold.from_dict(t.to_dict()) == t
+
+
+def test_a_forecast_threshold_never_lets_a_neutral_score_alert() -> None:
+    # held-out anomaly z centred well below 0 (the smaller of two z): the fitted 1% line would be below 0.5
+    z = np.random.default_rng(7).normal(-3.0, 0.3, 2000)
+    scores = likelihood_score(torch.from_numpy(z).float()).numpy()
+    chosen = choose_threshold("forecast", scores)
+    assert chosen is not None and chosen.value > 0.5  # a warming key's 0.5 and errors as usual never alert
+    assert likelihood_score(torch.tensor([0.01])).item() >= chosen.value  # anything above usual still can
