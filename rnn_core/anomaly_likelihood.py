@@ -61,6 +61,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rnnstream.rnn_core.likelihood_recursion import likelihood_recursion
+
 NUM_STATS = 5  # count, short mean, long mean, long variance, events frozen in a row
 _MAX_COUNT = 1.0e6  # float32 counts are exact far beyond this; past it the weights are at their floor anyway
 _MIN_VAR = 1e-4  # a key whose errors never vary still gets a finite z
@@ -125,55 +127,48 @@ def likelihood_step(
     return score[:, 0], z[:, 0], final
 
 
+def _recursion_params(prior: tuple[float, float], windows: LikelihoodWindows) -> np.ndarray:
+    """The recursion's constants as float32, in the order :func:`likelihood_recursion` reads them."""
+    ref_inv_sd = 1.0 / math.sqrt(max(prior[1], _MIN_VAR))
+    return np.array(
+        [
+            windows.short_window,
+            1.0 / windows.long_window,
+            windows.prior_events,
+            _MIN_VAR,
+            _MAX_COUNT,
+            windows.clip_sigmas,
+            windows.warmup_events,
+            prior[0],
+            ref_inv_sd,
+            windows.freeze_z,
+            windows.max_frozen,
+        ],
+        dtype=np.float32,
+    )
+
+
 def likelihood_sequence(
     error_z: Tensor, stats: Tensor, prior: tuple[float, float], windows: LikelihoodWindows
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Whole sequences: ``error_z[B, T]`` from ``stats[B, 5]`` -> (score[B, T], z[B, T], final stats).
 
     Keys with ``count`` 0 (new or expired) start from ``prior`` = (mean, variance) of the training errors.
-    The recursion runs event after event on float32 NumPy rows (a long series costs microseconds an event
-    instead of a dozen tensor calls).
+    The recursion is compiled (:mod:`rnnstream.rnn_core.likelihood_recursion`): a long single series costs
+    nanoseconds an event, where NumPy row operations cost ~60 us.
     """
     b, t = error_z.shape
     if t == 0:
         return error_z.new_zeros((b, 0)), error_z.new_zeros((b, 0)), stats
     f32 = np.float32
-    e_all = np.nan_to_num(error_z.detach().cpu().float().numpy(), nan=0.0, posinf=1e30)
-    cols = stats.detach().cpu().float().numpy().T
-    count, short, long, var, frozen = (np.ascontiguousarray(c) for c in cols)
-    fresh = count <= 0
-    short = np.where(fresh, f32(prior[0]), short)
-    long = np.where(fresh, f32(prior[0]), long)
-    var = np.where(fresh, f32(prior[1]), var)
+    e_all = np.ascontiguousarray(np.nan_to_num(error_z.detach().cpu().float().numpy(), nan=0.0, posinf=1e30))
+    state = np.array(stats.detach().cpu().float().numpy(), dtype=np.float32, order="C")
+    fresh = state[:, 0] <= 0  # new or expired keys start from the training errors
+    state[fresh, 1:4] = (f32(prior[0]), f32(prior[0]), f32(prior[1]))
     zs = np.empty((b, t), np.float32)
     scored = np.empty((b, t), np.bool_)
-    one, short_w, min_long = f32(1.0), f32(windows.short_window), f32(1.0 / windows.long_window)
-    prior_n, min_var, max_count = f32(windows.prior_events), f32(_MIN_VAR), f32(_MAX_COUNT)
-    clip, warmup = f32(windows.clip_sigmas), f32(windows.warmup_events)
-    ref_mean, ref_inv_sd = f32(prior[0]), f32(1.0 / math.sqrt(max(prior[1], _MIN_VAR)))
-    freeze, max_frozen, zero = f32(windows.freeze_z), f32(windows.max_frozen), f32(0.0)
-    for i in range(t):
-        e = e_all[:, i]
-        warm = count >= warmup  # a warming key is neither scored nor learned from
-        n = np.maximum(count - warmup + one, one)  # events in the short mean, this one included
-        short = np.where(warm, short + np.maximum(one / n, one / short_w) * (e - short), e)
-        inv_sd = one / np.sqrt(np.maximum(var, min_var))
-        z_i = (short - long) * inv_sd  # against the key's own history
-        z_ref = (short - ref_mean) * ref_inv_sd
-        zs[:, i] = np.minimum(z_i, z_ref)  # ... and against the training errors
-        scored[:, i] = warm
-        a_long = np.maximum(one / (count - warmup + one + prior_n), min_long)
-        # an episode starts when z passes freeze_z and lasts while the recent errors stay above the history
-        going = warm & ((z_i > freeze) | ((frozen > zero) & (z_i > zero)))
-        frozen = np.where(going, np.minimum(frozen + one, max_count), zero)
-        # a flagged stretch is not learned as normal, unless it lasts: then it is the new normal
-        a_long = np.where(((frozen > zero) & (frozen <= max_frozen)) | ~warm, zero, a_long)
-        spread = clip * np.sqrt(np.maximum(var, min_var))
-        d = np.clip(e - long, -spread, spread)  # an outlier moves the history by at most `clip` sigmas
-        long = long + a_long * d
-        var = (one - a_long) * (var + a_long * d * d)
-        count = np.minimum(count + one, max_count)
+    likelihood_recursion(e_all, state, zs, scored, _recursion_params(prior, windows))
     z = torch.where(torch.from_numpy(scored), torch.from_numpy(zs), 0.0).to(error_z.device)
     score = likelihood_score(z)
-    final = torch.from_numpy(np.stack([count, short, long, var, frozen], axis=-1)).to(stats.device)
+    final = torch.from_numpy(state).to(stats.device)
     return score, z, final
