@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))  # the scenario lives with the tests
 
-import e2e_throughput as e2e  # noqa: E402  (the broker + Ray context and the printer)
+import e2e_fixtures as e2e  # noqa: E402  (the broker + Ray context and the printer)
 
 
 def main(argv: list[str] | None = None) -> int:

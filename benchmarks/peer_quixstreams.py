@@ -54,7 +54,7 @@ PEER_VENV = ROOT / ".venv-peer"
 PEER_PIN = "quixstreams==3.28.1"
 sys.path.insert(0, str(HERE))
 
-import e2e_throughput as e2e  # noqa: E402  (the shared event generator, producer and worker runner)
+import e2e_fixtures as e2e  # noqa: E402  (the shared event generator, producer and worker runner)
 
 
 def peer_python() -> Path:

@@ -23,7 +23,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e_throughput import (  # the benchmark helpers beside this file
+from e2e_fixtures import (  # the benchmark set-up beside this file
     broker_and_ray,
     create_topics,
     make_events,

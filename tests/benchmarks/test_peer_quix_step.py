@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-import e2e_throughput as e2e
+import e2e_fixtures as e2e
 import peer_quix_app
 import peer_quixstreams
 

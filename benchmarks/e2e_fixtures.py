@@ -1,0 +1,200 @@
+"""The end-to-end benchmarks' shared set-up: the event schema and generator, the embedded broker and Ray,
+the seeded model, topics, producing, and 2 scoring workers timed to every offset committed.
+
+Used by :mod:`e2e_throughput`, :mod:`worker_scaling`, :mod:`peer_quixstreams` and :mod:`chaos`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+PARTITIONS = 4
+FEATURES = 31
+HIDDEN = 64
+LOAD_SLICE_EVENTS = 200_000  # ~25 MB of Arrow events: a broker backlog kafka-python reads in one fetch
+
+
+def make_schema(name: str):
+    from rnnstream.rnn_core.event_schema import EventSchema
+
+    return EventSchema(pipeline=name, version=1, vectors=(("x", FEATURES),))
+
+
+@contextlib.contextmanager
+def broker_and_ray(prefix: str) -> Iterator[tuple[Path, Any]]:
+    """A temporary folder, an embedded broker in it and a local Ray (4 logical CPUs), all gone after:
+    ``(tmp, settings)``."""
+    import ray
+
+    from rnnstream.workers.embedded_broker import EmbeddedBroker, free_port
+    from rnnstream.workers.kafka_settings import KafkaSettings
+    from rnnstream.workers.serving import init_ray
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmpdir:
+        tmp = Path(tmpdir)
+        broker = EmbeddedBroker(data_dir=tmp / "broker", port=free_port())
+        broker.start()
+        try:
+            # Ray starts its workers at nice 15 (RAY_worker_niceness) to keep its own daemons responsive; the
+            # floors (pass-through, round trip, score reader) run at nice 0: on a shared machine that starves
+            # the scoring workers first (p50 at 10k events/s 112 -> 60 ms at nice 0, side by side, load 18)
+            os.environ.setdefault("RAY_worker_niceness", "0")
+            init_ray(num_cpus=4)
+            yield tmp, KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
+            broker.stop()
+
+
+def print_result(result: dict, as_json: bool, width: int = 24) -> None:
+    """One JSON object, or one ``name: value`` line a figure."""
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>{width}}: {v}")
+
+
+def seeded_model(tmp: Path):
+    """The benchmarks' GRU(32->64) binary model, seeded, saved under ``tmp/model``: (model, handle)."""
+    import torch
+
+    from rnnstream.rnn_core.config import ModelConfig
+    from rnnstream.rnn_core.model import StreamingModel
+    from rnnstream.rnn_core.serialization import save_model
+    from rnnstream.workers.worker_config import ModelHandle
+
+    torch.manual_seed(0)
+    base = make_schema("bench")
+    model = StreamingModel(ModelConfig(features=base.feature_spec(), cell="gru", hidden_size=HIDDEN)).eval()
+    save_model(model, tmp / "model")
+    return model, ModelHandle(version="bench:gru-32-64", locator=str(tmp / "model"))
+
+
+def make_events(schema, n: int, n_keys: int, seed: int, start_ms: int, key_prefix: str = "k") -> pa.Table:
+    rng = np.random.default_rng(seed)
+    times = start_ms + np.arange(n, dtype=np.int64)
+    keys = pa.array([f"{key_prefix}{i}" for i in rng.integers(0, n_keys, n)], pa.string())
+    values = np.round(rng.normal(size=(n, FEATURES)), 3).astype(np.float32)
+    x = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), FEATURES)
+    return pa.table(
+        {"key": keys, "time": pa.array(times, pa.int64()).cast(pa.timestamp("ms")), "x": x},
+        schema=schema.arrow_schema(),
+    )
+
+
+def create_topics(settings, pipeline: str) -> None:
+    from rnnstream.workers.kafka_io import TopicAdmin
+
+    with TopicAdmin(settings) as admin:
+        admin.create_topics(
+            [
+                f"{pipeline}.events",
+                f"{pipeline}.scores",
+                f"{pipeline}.dlq",
+                f"{pipeline}.scores.shadow",
+                f"{pipeline}.raw",
+            ],
+            PARTITIONS,
+        )
+
+
+def produce(settings, schema, table: pa.Table, encoding: str, per_msg: int = 1000) -> None:
+    from rnnstream.workers.event_producer import EventProducer
+
+    with EventProducer(settings, schema, events_per_message=per_msg) as p:
+        for i in range(0, table.num_rows, 20_000):
+            chunk = table.slice(i, 20_000)
+            p.send_json(chunk) if encoding == "json" else p.send_arrow(chunk)
+        p.flush()
+
+
+def wait_committed(settings, group: str, topic: str, timeout_s: float = 600.0) -> float:
+    """Wait until ``group`` committed the end of every partition of ``topic``; returns when (monotonic).
+
+    One consumer polls the committed offsets every 20 ms (making a client per check would cost more CPU
+    than the workers being measured can spare on a small machine)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(**settings.client_kwargs(), group_id=group, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        end = sum(c.end_offsets(tps).values())
+        deadline = time.monotonic() + timeout_s
+        while True:
+            done = sum(c.committed(tp) or 0 for tp in tps)
+            if done >= end:
+                return time.monotonic()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{group} committed {done} of {end} on {topic}")
+            time.sleep(0.02)
+    finally:
+        c.close()
+
+
+# ------------------------------------------------------------------------------------------------ rnnstream
+def run_workers(settings, schema, handle, ckpt: Path, workers: int = 2, **kw):
+    from rnnstream.workers.serving import start_coordinator
+    from rnnstream.workers.worker_config import WorkerConfig
+
+    settings_kw = {
+        "max_batch_events": 8192,
+        "max_poll_records": 8192,
+        "batch_linger_ms": 5,
+        "commit_interval_ms": 250,
+        "max_in_flight": 100_000,
+        "checkpoint_interval_events": 200_000,
+        "checkpoint_interval_seconds": 5.0,
+        "max_partition_fetch_bytes": 8 * 1024 * 1024,
+        "fetch_max_bytes": 32 * 1024 * 1024,
+        **kw,
+    }
+    config = WorkerConfig(
+        pipeline=schema.pipeline, schema=schema, kafka=settings, checkpoint_uri=str(ckpt), **settings_kw
+    )
+    coord = start_coordinator(config, handle, workers, PARTITIONS, health_every_s=0.1)
+    return config, coord
+
+
+def end_to_end_run(
+    settings, schema, handle, n_events: int, tmp: Path, deployment: str = "rnnstream"
+) -> tuple[float, float]:
+    """(events/s, CPU seconds of the worker processes) of 2 workers of release ``deployment`` scoring the
+    ``n_events`` already in the events topic. Timed from the workers holding their partitions to every offset
+    committed; the events scored before the clock starts (the workers begin as soon as they are assigned)
+    are not counted."""
+    import psutil
+    import ray
+
+    from rnnstream.workers.kafka_io import TopicAdmin
+    from rnnstream.workers.serving import stop_coordinator
+    from rnnstream.workers.worker_config import release_topic
+
+    with TopicAdmin(settings) as admin:
+        p, d = schema.pipeline, deployment
+        admin.create_topics([release_topic(p, d, k) for k in ("scores", "dlq", "scores.shadow")], PARTITIONS)
+    config, coord = run_workers(
+        settings, schema, handle, tmp / f"ckpt-{schema.pipeline}-{deployment}", deployment=deployment
+    )
+    procs = [psutil.Process(pid) for pid in ray.get(coord.worker_pids.remote()).values()]
+    t0, cpu0 = time.monotonic(), _cpu_s(procs)
+    done0 = sum(w.get("events", 0) for w in ray.get(coord.status.remote())["workers"])
+    t1 = wait_committed(settings, config.group_id, config.events_topic)
+    cpu = _cpu_s(procs) - cpu0
+    stop_coordinator(coord)
+    return (n_events - done0) / (t1 - t0), cpu
+
+
+def _cpu_s(procs) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
