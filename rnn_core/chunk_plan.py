@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnstream.rnn_core.key_kernels import compiled
+from rnnstream.rnn_core.compiled_loop import compiled
 
 __all__ = ["ChunkPlan", "plan_chunks"]
 

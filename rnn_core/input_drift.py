@@ -35,12 +35,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import torch
 from torch import Tensor
 
 from rnnstream.rnn_core.anomaly_likelihood import LikelihoodWindows
+from rnnstream.rnn_core.compiled_loop import compiled
 
 _MAX_COUNT = 1.0e6
 
@@ -151,7 +151,4 @@ def _recursion(  # pragma: no cover
         st[k, 0] = count
 
 
-try:  # the on-disk cache, or per-process compiling where numba finds no writable cache folder
-    _recursion = numba.njit(cache=True, nogil=True)(_recursion)
-except RuntimeError:  # "cannot cache function ...: no locator available"
-    _recursion = numba.njit(nogil=True)(_recursion)
+_recursion = compiled()(_recursion)

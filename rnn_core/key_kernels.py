@@ -21,24 +21,9 @@ reads one table entry and one 16-byte fingerprint row per key.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
-from numba import njit
 
-
-def compiled(inline: str = "never") -> Callable[[Callable[..., Any]], Any]:
-    """``numba.njit`` with the on-disk cache, or without it where numba finds no writable cache folder."""
-
-    def compile_(fn: Callable[..., Any]) -> Any:
-        try:
-            return njit(cache=True, inline=inline)(fn)
-        except RuntimeError:  # "cannot cache function ...: no locator available"
-            return njit(inline=inline)(fn)
-
-    return compile_
-
+from rnnstream.rnn_core.compiled_loop import compiled
 
 EMPTY = -1  # table position holding no slot
 FREE = -1  # key length of a slot holding no key

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnstream.rnn_core.key_kernels import compiled
+from rnnstream.rnn_core.compiled_loop import compiled
 
 
 @compiled()

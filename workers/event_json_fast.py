@@ -16,12 +16,10 @@ with ``pyarrow.json`` as before, which is also where bad events are found and ex
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 import pyarrow as pa
-from numba import njit
+
+from rnnstream.rnn_core.compiled_loop import compiled
 
 STRING, INT, FLOAT, VECTOR = 0, 1, 2, 3
 _MAX_FIELDS = 62
@@ -29,11 +27,7 @@ _POW10 = np.array([10.0**i for i in range(23)], dtype=np.float64)
 _TWO53 = 1 << 53
 
 
-def _kernel(fn: Callable[..., Any]) -> Any:
-    try:
-        return njit(cache=True, nogil=True)(fn)
-    except RuntimeError:  # no writable cache folder: compile in each process
-        return njit(nogil=True)(fn)
+_kernel = compiled()
 
 
 @_kernel

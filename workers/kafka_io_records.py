@@ -17,23 +17,17 @@ kernels are (:mod:`rnnstream.rnn_core.key_kernels`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 import pyarrow as pa
-from numba import njit
+
+from rnnstream.rnn_core.compiled_loop import compiled
 
 BATCH_HEADER_BYTES = 61  # v2 record batch header: base offset .. record count
 MAX_VARINT_BYTES = 5  # a zig-zag int32
 RECORD_OVERHEAD_BYTES = 1 + 1 + 4 * MAX_VARINT_BYTES + 1  # attributes, ts delta 0, 4 varints, 0 headers
 
 
-def _kernel(fn: Callable[..., Any]) -> Any:
-    try:
-        return njit(cache=True, nogil=True)(fn)
-    except RuntimeError:  # no writable cache folder: compile in each process
-        return njit(nogil=True)(fn)
+_kernel = compiled()
 
 
 @_kernel

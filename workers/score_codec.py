@@ -30,23 +30,6 @@ PROVENANCE_COLUMNS = ("model_version", "topic", "partition", "offset", "index")
 ARROW_HEADERS = [(ENCODING_HEADER, b"arrow")]
 
 
-def scores_to_json(
-    keys: Sequence[str] | pa.Array,
-    times_ms: np.ndarray,
-    outputs: np.ndarray,
-    output_names: Sequence[str],
-    model_version: str,
-    topic: str,
-    partition: int,
-    offsets: np.ndarray,
-    indexes: np.ndarray,
-) -> list[bytes]:
-    """One JSON message value per scored event (see :func:`scores_to_json_array`)."""
-    return scores_to_json_array(
-        keys, times_ms, outputs, output_names, model_version, topic, partition, offsets, indexes
-    ).to_pylist()
-
-
 def scores_to_json_array(
     keys: Sequence[str] | pa.Array,
     times_ms: np.ndarray,

@@ -7,9 +7,14 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from rnnstream.workers.score_codec import decode_scores, scores_to_json
+from rnnstream.workers.score_codec import decode_scores, scores_to_json_array
 
 KEYS = ["k0", 'quote"d', "back\\slash", "tab\tand\nnewline", "ünïcode", "\x7f", " ", "😀", "a/b", "\x00"]
+
+
+def scores_to_json(*args) -> list[bytes]:
+    """One JSON message value per scored event, as the worker sends them."""
+    return scores_to_json_array(*args).to_pylist()
 
 
 def test_each_value_reads_back_as_its_score_with_keys_written_as_json_dumps_writes_them():
