@@ -46,7 +46,8 @@ import pandas as pd
 import torch
 
 from rnnstream.files.columns import FileColumns
-from rnnstream.files.fitting import FitOptions, fit_file, load_fitted, save_fitted
+from rnnstream.files.fitted_model import load_fitted, save_fitted
+from rnnstream.files.fitting import FitOptions, fit_file
 from rnnstream.files.scoring import score_file
 from rnnstream.rnn_core import metrics
 

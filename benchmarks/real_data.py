@@ -56,7 +56,8 @@ sys.path.insert(0, str(HERE))
 import fraud_handbook as handbook  # noqa: E402  (the handbook's split, features and CP@k)
 
 from rnnstream.files.columns import FileColumns  # noqa: E402
-from rnnstream.files.fitting import FitOptions, fit_file, load_fitted, save_fitted  # noqa: E402
+from rnnstream.files.fitted_model import load_fitted, save_fitted  # noqa: E402
+from rnnstream.files.fitting import FitOptions, fit_file  # noqa: E402
 from rnnstream.files.scoring import score_file  # noqa: E402
 from rnnstream.rnn_core import metrics  # noqa: E402
 

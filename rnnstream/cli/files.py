@@ -104,7 +104,8 @@ def run_fit_file(args: argparse.Namespace) -> int:
 
 
 def _fit_file(args: argparse.Namespace) -> int:
-    from rnnstream.files.fitting import FitOptions, fit_file, register_fitted, save_fitted
+    from rnnstream.files.fitted_model import register_fitted, save_fitted
+    from rnnstream.files.fitting import FitOptions, fit_file
 
     columns = FileColumns(
         key=args.key_column,
@@ -148,7 +149,7 @@ def run_score_file(args: argparse.Namespace) -> int:
 
 
 def _score_file(args: argparse.Namespace) -> int:
-    from rnnstream.files.fitting import load_fitted
+    from rnnstream.files.fitted_model import load_fitted
     from rnnstream.files.scoring import DEFAULT_MAX_SORT_ROWS, score_file
 
     if args.chunk_rows < 1:

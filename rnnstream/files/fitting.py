@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import math
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,7 @@ from tqdm import tqdm
 from rnnstream.errors import UsageError
 from rnnstream.files.alert_threshold import DEFAULT_TARGET_FPR
 from rnnstream.files.columns import DEFAULT_CHUNK_ROWS, FileColumns
+from rnnstream.files.fitted_model import FittedFileModel
 from rnnstream.files.holdout import (
     MIN_KEY_EVENTS_FOR_HOLDOUT,
     alert_threshold,
@@ -68,7 +68,6 @@ from rnnstream.pipelines.spec import PIPELINE_NAMES
 from rnnstream.rnn_core.config import ModelConfig
 from rnnstream.rnn_core.event_schema import LABEL_COLUMN
 from rnnstream.rnn_core.model import StreamingModel
-from rnnstream.rnn_core.serialization import load_model, save_model
 from rnnstream.rnn_core.training import fit, sequences_from_table
 from rnnstream.rnn_core.trimmed_loss import TrimmedKeys
 
@@ -76,7 +75,6 @@ DEFAULT_MAX_EVENTS = 2_000_000
 LABELLED_EPOCH_FACTOR = 3  # classifiers with a held-out part, sessions held out whole: most epochs x3
 CLASSIFIER_AVERAGE_EPOCHS = 1.0  # classifiers keep an EMA of their weights over about the last epoch
 POOR_TOP1 = 0.5  # a next-token model right less often than this gets a loud note
-META_FILE_SCHEMA = "file_schema"
 
 
 @dataclass(frozen=True)
@@ -102,48 +100,6 @@ class FitOptions:
     max_events: int = DEFAULT_MAX_EVENTS
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     trim_keys: bool = False  # session-like next-token data: a trimmed loss (rnn_core/trimmed_loss.py)
-
-
-@dataclass
-class FittedFileModel:
-    """A model fitted on a file, with the schema to read files for it and what training did."""
-
-    model: StreamingModel
-    schema: FileSchema
-    events: int
-    keys: int
-    train_events: int
-    holdout_events: int
-    history: list[dict[str, float]]
-    best_epoch: int
-    stopped_early: bool
-    seconds: float
-    holdout_metrics: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        cfg = self.model.config
-        lines = [
-            f"fitted a {cfg.head} model ({cfg.cell.upper()}, {cfg.num_layers} layer(s), "
-            f"hidden {cfg.hidden_size}) on {self.events:,} events of {self.keys:,} keys "
-            f"in {self.seconds:.1f} s",
-            f"  training events {self.train_events:,}, held-out events {self.holdout_events:,}; "
-            f"best epoch {self.best_epoch + 1} of {len(self.history)}"
-            + (" (stopped early)" if self.stopped_early else ""),
-        ]
-        if self.schema.head == "binary":
-            lines.append(f"  positive class: {self.schema.classes[1]!r} (score = its probability)")
-        elif self.schema.head == "multiclass":
-            lines.append(f"  classes: {list(self.schema.classes)}")
-        elif self.schema.head == "next_token":
-            lines.append(f"  token vocabulary: {len(self.schema.vocabulary)} values")
-        if self.schema.threshold is not None:
-            lines.append(f"  {self.schema.threshold.describe()}; score-file writes it as the alert column")
-        if self.holdout_metrics:
-            shown = ", ".join(f"{k} {v:.3f}" for k, v in self.holdout_metrics.items())
-            lines.append(f"  on the held-out part: {shown}")
-        lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
 
 
 def default_hidden_size(events: int) -> int:
@@ -355,66 +311,6 @@ def fit_file(
         holdout_metrics=found,
         notes=notes,
     )
-
-
-# ------------------------------------------------------------------------------------------------ save, load
-def save_fitted(fitted: FittedFileModel, directory: Path) -> Path:
-    """``directory``: the weights (``model.safetensors`` + ``config.json``) and ``file_schema.json``."""
-    path = save_model(fitted.model, directory)
-    fitted.schema.save(path)
-    return path
-
-
-def register_fitted(fitted: FittedFileModel) -> str:
-    """Log a new version of ``rnnstream-<pipeline>`` in MLflow (the file schema in its meta); returns its URI.
-
-    The first version of a model also gets the ``champion`` alias, so ``models:/<name>@champion`` works.
-    """
-    from rnnstream.workers import model_registry as registry  # configures MLflow's environment first
-    from rnnstream.workers.tracking import flatten_params, log_epoch_history, resolve_store, training_run
-
-    mlflow = registry.mlflow
-
-    store = resolve_store()
-    schema = fitted.schema
-    extra = {META_FILE_SCHEMA: schema.to_dict(), "holdout_metrics": fitted.holdout_metrics}
-    with training_run(
-        store, schema.pipeline, run_name=f"fit-file-{schema.pipeline}", tags={"rnnstream.source": "fit-file"}
-    ):
-        mlflow.log_params(flatten_params({"model": fitted.model.config.to_dict(), "file": schema.to_dict()}))
-        log_epoch_history(fitted.history)
-        if fitted.holdout_metrics:
-            mlflow.log_metrics({f"holdout_{k}": v for k, v in fitted.holdout_metrics.items()})
-        with tempfile.TemporaryDirectory() as tmp:
-            mlflow.log_artifact(str(schema.save(Path(tmp))))
-        logged = registry.log_model_version(fitted.model, schema.event_schema(), extra_meta=extra)
-    if registry.alias_version(store, schema.pipeline, "champion") is None:
-        registry.promote(store, schema.pipeline, logged.version, "champion")
-        return f"models:/{logged.name}@champion (version {logged.version})"
-    return f"models:/{logged.name}/{logged.version}"
-
-
-def load_fitted(ref: str | Path) -> tuple[StreamingModel, FileSchema]:
-    """A fit-file model from its folder or MLflow (``models:/<name>@<alias>``, ``models:/<name>/<v>``)."""
-    text = str(ref)
-    if text.startswith("models:/"):
-        from rnnstream.workers import model_registry as registry
-
-        try:
-            loaded = registry.load_version(text)
-        except registry.RegistryError as exc:
-            raise UsageError(str(exc)) from exc
-        doc = loaded.meta.get(META_FILE_SCHEMA)
-        if not doc:
-            raise UsageError(f"{text} was not made by `rnnstream fit-file` (its meta has no file schema)")
-        return loaded.model, FileSchema.from_dict(doc)
-    path = Path(text)
-    if not path.is_dir():
-        raise UsageError(
-            f"no model folder {path} (give a folder from fit-file --model-out, or models:/name@alias)"
-        )
-    schema = FileSchema.load(path)
-    return load_model(path), schema
 
 
 def _pipeline_name(path: Path) -> str:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from rnnstream.cli.main import main
-from rnnstream.files.fitting import load_fitted
+from rnnstream.files.fitted_model import load_fitted
 from rnnstream.files.reader import RawChunk
 from rnnstream.files.schema import SIDECAR_NAME
 from rnnstream.rnn_core.training import sequences_from_table

@@ -18,7 +18,8 @@ import pandas as pd
 
 from rnnstream.cli.main import main
 from rnnstream.files.columns import FileColumns
-from rnnstream.files.fitting import FitOptions, fit_file, load_fitted
+from rnnstream.files.fitted_model import load_fitted
+from rnnstream.files.fitting import FitOptions, fit_file
 from rnnstream.files.session_end import END_TOKEN, end_code, has_end_token, keys_after, with_end_events
 from rnnstream.rnn_core.key_sequences import KeySequences
 
