@@ -26,7 +26,9 @@ WARMUP = 1_000
 
 
 def test_overload_memory_bounded_and_lag_drains(new_stream, ray_local, tmp_path):
-    settings, _, schema, model, handle = new_stream("overload", PARTITIONS, hidden=64)
+    # A wide model (GRU 512) so that scoring, not sending, is the slower side: a GRU-64 worker now scores JSON
+    # about as fast as one kafka-python producer sends it, and would never fall behind.
+    settings, _, schema, model, handle = new_stream("overload", PARTITIONS, hidden=512)
     events = make_events(schema, EVENTS, 5000, seed=6)
     config = worker_config(
         settings,
