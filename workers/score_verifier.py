@@ -34,9 +34,15 @@ from rnnstream.workers.worker_config import DEFAULT_DEPLOYMENT
 
 
 def read_topic(
-    settings: KafkaSettings, topic: str, *, read_committed: bool = True, timeout_s: float = 60.0
+    settings: KafkaSettings,
+    topic: str,
+    *,
+    read_committed: bool = True,
+    timeout_s: float = 60.0,
+    partitions: list[int] | None = None,
 ) -> list[Any]:
-    """Every message of ``topic`` up to its current end (last stable offset when read_committed)."""
+    """Every message of ``topic`` (of ``partitions``, default all) up to its current end (last stable offset
+    when read_committed)."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(
@@ -47,7 +53,7 @@ def read_topic(
         max_poll_records=20_000,
     )
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
+        parts = (consumer.partitions_for_topic(topic) or set()) if partitions is None else partitions
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
