@@ -64,13 +64,7 @@ def _send_times(settings, events_topic: str, partitions: int) -> list[np.ndarray
     """Per partition: each event message's create time (ms), indexed by its offset."""
     from rnnstream.workers.score_verifier import read_topic
 
-    # one partition at a time: the embedded broker answers a fetch with the whole backlog whatever
-    # fetch_max_bytes asks, and kafka-python drops a response over 100 MB (a fast run's Arrow events are more)
-    msgs = [
-        m
-        for p in range(partitions)
-        for m in read_topic(settings, events_topic, read_committed=False, partitions=[p])
-    ]
+    msgs = read_topic(settings, events_topic, read_committed=False)
     ends = [0] * partitions
     for m in msgs:
         ends[m.partition] = max(ends[m.partition], m.offset + 1)

@@ -34,15 +34,12 @@ from rnnstream.workers.worker_config import DEFAULT_DEPLOYMENT
 
 
 def read_topic(
-    settings: KafkaSettings,
-    topic: str,
-    *,
-    read_committed: bool = True,
-    timeout_s: float = 60.0,
-    partitions: list[int] | None = None,
+    settings: KafkaSettings, topic: str, *, read_committed: bool = True, timeout_s: float = 60.0
 ) -> list[Any]:
-    """Every message of ``topic`` (of ``partitions``, default all) up to its current end (last stable offset
-    when read_committed)."""
+    """Every message of ``topic`` up to its current end (last stable offset when read_committed), partition
+    after partition: a broker that answers a fetch with every assigned partition's whole backlog (the
+    embedded one ignores ``fetch_max_bytes``) would otherwise send more than kafka-python takes in one
+    response (100 MB) for a large topic, and the read would never end."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(
@@ -53,18 +50,20 @@ def read_topic(
         max_poll_records=20_000,
     )
     try:
-        parts = (consumer.partitions_for_topic(topic) or set()) if partitions is None else partitions
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
         out: list[Any] = []
         deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} did not reach its end offsets {ends} in {timeout_s} s")
-            for msgs in consumer.poll(timeout_ms=200).values():
-                out.extend(msgs)
+        for part in sorted(consumer.partitions_for_topic(topic) or set()):
+            tp = TopicPartition(topic, part)
+            consumer.assign([tp])
+            consumer.seek_to_beginning(tp)
+            end = consumer.end_offsets([tp])[tp]
+            while consumer.position(tp) < end:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"reading {topic} did not reach end offset {end} of {tp} in {timeout_s} s"
+                    )
+                for msgs in consumer.poll(timeout_ms=200).values():
+                    out.extend(msgs)
         return out
     finally:
         consumer.close()
