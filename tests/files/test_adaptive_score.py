@@ -9,9 +9,9 @@ that key: each key normalizes its inputs with its own running level and scale (`
 scores its errors against its own error history (the adaptive ``score``), so neither a frozen input
 scaling nor a frozen error scale keeps it alarming.
 
-Seed 0 here; seed 2 passes too. With seed 1 fit-file's early stopping keeps epoch 4 of 7 (held-out mean
-error_z 0.89 against 0.72 for seed 0), a forecaster close to "the next value is the last one", whose errors
-hardly rise along the slow drift (mean error_z 0.94 there against 0.84 before): only 12% of the drift alerts.
+Seeds 0, 1 and 2 here (each ~3 s). Of seeds 0-7 at 68ea3da, six pass; two do not: seed 3 keeps alerting
+on 22% of the events after the variance change has settled, and seed 7 alerts on 10% of the events between
+the training part and the first change (the limit is 8%).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from rnnstream.cli.main import main
 
@@ -51,8 +52,11 @@ def _longest_run(flags: np.ndarray) -> int:
     return best
 
 
-def test_a_level_shift_a_drift_and_a_variance_change_each_alarm_and_then_settle(tmp_path: Path) -> None:
-    df = _series(seed=0)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_level_shift_a_drift_and_a_variance_change_each_alarm_and_then_settle(
+    tmp_path: Path, seed: int
+) -> None:
+    df = _series(seed=seed)
     df.iloc[:TRAIN].to_csv(tmp_path / "train.csv", index=False)
     df.to_csv(tmp_path / "all.csv", index=False)
     fit = ["fit-file", "--pipeline", "drift", "--input", str(tmp_path / "train.csv")]
