@@ -38,6 +38,17 @@ def _ws(buf, p, end):
 
 
 @_kernel
+def _plain_string_end(buf, p, end):
+    """The position of the closing quote of a string whose text starts at ``p``, or -1 where the string has
+    an escape, a control or non-ASCII byte, or no end (those events take pyarrow.json's path)."""
+    while p < end and buf[p] != 34:  # "
+        if buf[p] == 92 or buf[p] < 32 or buf[p] >= 128:
+            return -1
+        p += 1
+    return p if p < end else -1
+
+
+@_kernel
 def _number(buf, p, end, pow10, integer):
     """A JSON number at ``p``: (float value, integer value, position after it, status). Status 0: read
     (``integer``: an integer of at most 18 digits, its integer value set; else the float value, exact by
@@ -135,12 +146,8 @@ def _parse(
             if p >= end or buf[p] != 34:  # "
                 return r + 1, ns
             ks = p + 1
-            p = ks
-            while p < end and buf[p] != 34:
-                if buf[p] == 92 or buf[p] < 32 or buf[p] >= 128:
-                    return r + 1, ns
-                p += 1
-            if p >= end:
+            p = _plain_string_end(buf, ks, end)
+            if p < 0:
                 return r + 1, ns
             klen = p - ks
             f = -1
@@ -167,12 +174,8 @@ def _parse(
                 if p >= end or buf[p] != 34:
                     return r + 1, ns
                 s = p + 1
-                p = s
-                while p < end and buf[p] != 34:
-                    if buf[p] == 92 or buf[p] < 32 or buf[p] >= 128:
-                        return r + 1, ns
-                    p += 1
-                if p >= end:
+                p = _plain_string_end(buf, s, end)
+                if p < 0:
                     return r + 1, ns
                 spos[r, f, 0] = s
                 spos[r, f, 1] = p - s
