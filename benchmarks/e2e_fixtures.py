@@ -120,8 +120,11 @@ def produce(settings, schema, table: pa.Table, encoding: str, per_msg: int = 100
         p.flush()
 
 
-def wait_committed(settings, group: str, topic: str, timeout_s: float = 600.0) -> float:
-    """Wait until ``group`` committed the end of every partition of ``topic``; returns when (monotonic).
+def wait_committed(
+    settings, group: str, topic: str, timeout_s: float = 600.0, ends: dict[int, int] | None = None
+) -> float:
+    """Wait until ``group`` committed at least ``ends[p]`` on every partition of ``topic`` (default: each
+    partition's end now); returns when (monotonic).
 
     One consumer polls the committed offsets every 20 ms (making a client per check would cost more CPU
     than the workers being measured can spare on a small machine)."""
@@ -129,15 +132,15 @@ def wait_committed(settings, group: str, topic: str, timeout_s: float = 600.0) -
 
     c = KafkaConsumer(**settings.client_kwargs(), group_id=group, enable_auto_commit=False)
     try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        end = sum(c.end_offsets(tps).values())
+        if ends is None:
+            tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+            ends = {tp.partition: end for tp, end in c.end_offsets(tps).items()}
         deadline = time.monotonic() + timeout_s
         while True:
-            done = sum(c.committed(tp) or 0 for tp in tps)
-            if done >= end:
+            if all((c.committed(TopicPartition(topic, p)) or 0) >= end for p, end in ends.items()):
                 return time.monotonic()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{group} committed {done} of {end} on {topic}")
+                raise TimeoutError(f"{group} did not commit {ends} on {topic}")
             time.sleep(0.02)
     finally:
         c.close()

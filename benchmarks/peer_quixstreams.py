@@ -161,23 +161,6 @@ def send_in_one_transaction(settings, topic: str, records, transactional_id: str
     return producer, ends
 
 
-def wait_committed_to(settings, group: str, topic: str, ends: dict[int, int], timeout_s: float = 600.0):
-    """Wait until ``group`` committed at least ``ends[p]`` on every partition; returns when (monotonic)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    c = KafkaConsumer(**settings.client_kwargs(), group_id=group, enable_auto_commit=False)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if all((c.committed(TopicPartition(topic, p)) or 0) >= end for p, end in ends.items()):
-                return time.monotonic()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{group} did not commit {ends} on {topic}")
-            time.sleep(0.02)
-    finally:
-        c.close()
-
-
 def run_rnnstream(settings, schema, handle, records, n: int, release: str, tmp: Path):
     """rnnstream's 2 workers, exactly-once, as release ``release`` of ``schema``'s pipeline reading a new
     events topic of its own: started and ready on it empty, then the events (``records``: the peer's JSON
@@ -211,7 +194,7 @@ def run_rnnstream(settings, schema, handle, records, n: int, release: str, tmp: 
     )
     cpu0, t0 = ray_cpu_seconds(), time.monotonic()
     producer.commit_transaction()
-    t1 = wait_committed_to(settings, config.group_id, events_topic, ends)
+    t1 = e2e.wait_committed(settings, config.group_id, events_topic, ends=ends)
     cpu1 = ray_cpu_seconds()
     producer.close()
     stop_coordinator(coord)
