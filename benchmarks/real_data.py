@@ -27,6 +27,7 @@ stream (one torch thread, the CLI's default). Nothing here sets a model size, an
   random forest, AUC 0.867, AP 0.658, CP@100 0.287 on this split.
 
     python benchmarks/real_data.py [--quick] [--json] [--datasets asd,smd,fraud-handbook] [--data-dir DIR]
+        [--seed N]
 
 ``--json`` prints one JSON object a line, one per dataset. Without ``--quick`` the fraud part also runs the
 handbook's random forest (sklearn defaults, ``random_state=0``) on the same features beside the model; it
@@ -82,12 +83,13 @@ def log(msg: str) -> None:
 
 
 def fit_and_score(
-    train_path: Path, stream_path: Path, columns: FileColumns, work: Path, progress: bool
+    train_path: Path, stream_path: Path, columns: FileColumns, work: Path, progress: bool, seed: int = 0
 ) -> FileRun:
     """``rnnstream fit-file --input train_path ... --model-out`` then ``rnnstream score-file --input
-    stream_path``, with the CLI's defaults, through the functions the CLI calls."""
+    stream_path``, with the CLI's defaults (``seed``: ``fit-file --seed``), through the functions the CLI
+    calls."""
     started = time.perf_counter()
-    fitted = fit_file(train_path, columns, FitOptions(progress=progress))
+    fitted = fit_file(train_path, columns, FitOptions(progress=progress, seed=seed))
     fit_s = time.perf_counter() - started
     log(fitted.summary())
     model, schema = load_fitted(save_fitted(fitted, work / "model"))
@@ -113,7 +115,7 @@ def f1_at(labels: np.ndarray, flagged: np.ndarray) -> float:
     return 2.0 * tp / denom if denom else 0.0
 
 
-def run_metric_set(name: str, data_dir: Path, work: Path, progress: bool) -> dict:
+def run_metric_set(name: str, data_dir: Path, work: Path, progress: bool, seed: int = 0) -> dict:
     """fit-file on ``train.csv.gz``, score-file on train then test (one stream), evaluate the test part."""
     train_csv, test_csv = data_dir / "train.csv.gz", data_dir / "test.csv.gz"
     train = read_csv(train_csv)
@@ -124,7 +126,7 @@ def run_metric_set(name: str, data_dir: Path, work: Path, progress: bool) -> dic
     pq.write_table(pa.concat_tables([train.select(columns.used), test.select(columns.used)]), stream)
     log(f"{name}: {train.num_rows:,} training and {test.num_rows:,} test events of "
         f"{len(set(train.column('entity').to_pylist()))} entities")  # fmt: skip
-    run = fit_and_score(train_csv, stream, columns, work, progress)
+    run = fit_and_score(train_csv, stream, columns, work, progress, seed)
     scored = run.scores.slice(train.num_rows)
     entity = np.asarray(test.column("entity").to_pylist())
     label = test.column("label").to_numpy().astype(np.int64)
@@ -169,7 +171,7 @@ def run_metric_set(name: str, data_dir: Path, work: Path, progress: bool) -> dic
 
 
 # -------------------------------------------------------------------------------------- fraud handbook
-def run_fraud(data_dir: Path, work: Path, quick: bool, progress: bool) -> dict:
+def run_fraud(data_dir: Path, work: Path, quick: bool, progress: bool, seed: int = 0) -> dict:
     """The handbook's split and features; fit-file on the training week with the week before it as
     unlabelled history, score-file from that history's first day through the test week."""
     first_day = handbook.TRAIN_DAYS[0] - CONTEXT_DAYS
@@ -192,7 +194,7 @@ def run_fraud(data_dir: Path, work: Path, quick: bool, progress: bool) -> dict:
         f"evaluating {len(split.test_rows):,}")  # fmt: skip
     columns = FileColumns(key=handbook.KEY, time=handbook.TIME, values=handbook.FEATURES,
                           label=handbook.LABEL)  # fmt: skip
-    run = fit_and_score(train_path, stream_path, columns, work, progress)
+    run = fit_and_score(train_path, stream_path, columns, work, progress, seed)
     test = split.test
     y = test[handbook.LABEL].to_numpy().astype(np.int64)
     score = run.scores.column("score").to_numpy()[split.test_rows].astype(np.float64)
@@ -204,6 +206,7 @@ def run_fraud(data_dir: Path, work: Path, quick: bool, progress: bool) -> dict:
         "best_f1": round(metrics.best_f1(y, score).f1, 4),
         "fit_s": round(run.fit_s, 1),
         "score_s": round(run.score_s, 1),
+        "seed": seed,
         "threshold": run.threshold,
         "protocol": "handbook Chapter 3 single split: train days 115-121 (days 108-114 as unlabelled "
         "history), delay 122-128, test 129-135 without known-compromised cards; scored as one stream "
@@ -280,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated subset")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="holds asd/, smd/, ...")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--seed", type=int, default=0, help="fit-file's --seed (default 0, the CLI's)")
     args = parser.parse_args(argv)
     chosen = [d.strip() for d in args.datasets.split(",") if d.strip()]
     unknown = sorted(set(chosen) - set(DATASETS))
@@ -295,9 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         with tempfile.TemporaryDirectory(prefix=f"real-data-{name}-") as tmp:
             if name == "fraud-handbook":
-                row = run_fraud(data_dir / name, Path(tmp), args.quick, not args.no_progress)
+                row = run_fraud(data_dir / name, Path(tmp), args.quick, not args.no_progress, args.seed)
             else:
-                row = run_metric_set(name, data_dir / name, Path(tmp), not args.no_progress)
+                row = run_metric_set(name, data_dir / name, Path(tmp), not args.no_progress, args.seed)
         rows.append(row)
         if args.json:
             print(json.dumps(row), flush=True)
