@@ -14,13 +14,18 @@ from typing import Any
 from numba import njit
 
 
-def compiled(inline: str = "never") -> Callable[[Callable[..., Any]], Any]:
-    """``numba.njit(cache=True, nogil=True)``, or without the cache where no cache folder is writable."""
+def compiled(inline: str = "never", error_model: str = "python") -> Callable[[Callable[..., Any]], Any]:
+    """``numba.njit(cache=True, nogil=True)``, or without the cache where no cache folder is writable.
+
+    ``error_model="numpy"``: a float division by zero gives inf/nan instead of raising, which lets loops
+    with a division vectorize (the check is a branch a element).
+    """
 
     def compile_(fn: Callable[..., Any]) -> Any:
+        options = {"nogil": True, "inline": inline, "error_model": error_model}
         try:
-            return njit(cache=True, nogil=True, inline=inline)(fn)
+            return njit(cache=True, **options)(fn)
         except RuntimeError:  # "cannot cache function ...: no locator available"
-            return njit(nogil=True, inline=inline)(fn)
+            return njit(**options)(fn)
 
     return compile_

@@ -24,17 +24,21 @@ if TYPE_CHECKING:
 StepFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
-def stepper(model: StreamingModel) -> StepFn:
-    """A function equal to ``model.step`` for the calls made before the weights or the mode change."""
+def is_plain(model: StreamingModel) -> bool:
+    """True where :func:`stepper` may take its shortcut (see the module doc)."""
     from rnnstream.rnn_core.model import StreamingModel
 
-    plain = (
+    return (
         type(model).step is StreamingModel.step
         and not (model.training or torch.is_grad_enabled())
         and not (model.drift_inputs or model.adaptive or model.stateless)
         and not model.norm_mean.is_cuda
     )
-    if not plain:
+
+
+def stepper(model: StreamingModel) -> StepFn:
+    """A function equal to ``model.step`` for the calls made before the weights or the mode change."""
+    if not is_plain(model):
         return model.step
     folded, weights = model._inference_weights()
     normalized = not folded

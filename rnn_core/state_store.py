@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
 
+from rnnstream.rnn_core.gru_gates import gru_gates_scatter
 from rnnstream.rnn_core.key_arena import KeyArena
 from rnnstream.rnn_core.key_hashing import KeyBatch, as_string_array, key_buffers
 from rnnstream.rnn_core.key_kernels import (
@@ -237,6 +238,20 @@ class KeyedStateStore:
         if times.size not in (0, slots.size):
             raise ValueError(f"{times.size} times for {slots.size} slots")
         scatter_rows(self._rows, slots, states.numpy().reshape(slots.size, -1), self._times, times)
+
+    def step_gru_rows(
+        self,
+        slots: np.ndarray,
+        gi: np.ndarray,
+        gh: np.ndarray,
+        h_prev: np.ndarray,
+        h_new: np.ndarray,
+        times_ms: np.ndarray,
+    ) -> None:
+        """One GRU step of distinct ``slots`` (a one-layer GRU's store): the new states from the gate
+        pre-activations ``gi``/``gh`` [B, 3H] and ``h_prev`` [B, H] (:func:`.gru_gates.gru_gates_scatter`)
+        into ``h_new`` [B, H] and the slots' rows, with their last event times (int64 [B])."""
+        gru_gates_scatter(gi, gh, h_prev, h_new, self._rows, slots, self._times, times_ms)
 
     def slot_keys(self, slots: np.ndarray) -> np.ndarray:
         """The key (str) held by each slot, an object array."""

@@ -34,6 +34,7 @@ import torch
 from rnnstream.rnn_core.chunk_plan import ChunkPlanner
 from rnnstream.rnn_core.inference_step import StepFn
 from rnnstream.rnn_core.key_kernels import gather_rows
+from rnnstream.rnn_core.slab_step import GateBuffers, SlabGruStep, slab_stepper
 from rnnstream.rnn_core.state_store import KeyBatch, KeyedStateStore, as_string_array
 from rnnstream.rnn_core.state_undo import StateUndoLog
 
@@ -88,6 +89,8 @@ class StreamScorer:
         self._output_names = list(model.output_names())
         self._xbuf = np.zeros((0, self.input_size), np.float32)  # one chunk's inputs (dt filled in)
         self._planner = ChunkPlanner()
+        one_layer = tuple(config.state_shape[:2]) == (1, 1)
+        self._gates = GateBuffers(config.hidden_size) if one_layer and self._device.type == "cpu" else None
 
     @property
     def output_names(self) -> list[str]:
@@ -197,6 +200,8 @@ class StreamScorer:
         with torch.inference_mode():
             stepper = getattr(self.model, "stepper", None)
             step = self.model.step if stepper is None else stepper()  # once a batch: see inference_step
+            if stepper is not None:  # a StreamingModel (not a stand-in): its GRU may step into the slab
+                step = slab_stepper(self.model, self._gates) or step
             for lo, hi in pairwise(bounds):
                 if order is None:
                     if direct:
@@ -246,13 +251,17 @@ class StreamScorer:
                 store.scatter_slots(one, final.cpu(), t[-1:])
         return out
 
-    def _step_rows(self, step: StepFn, slots: np.ndarray, times: np.ndarray, xb: np.ndarray) -> np.ndarray:
+    def _step_rows(
+        self, step: StepFn | SlabGruStep, slots: np.ndarray, times: np.ndarray, xb: np.ndarray
+    ) -> np.ndarray:
         """One chunk (distinct slots): gather the states and times (logged for undo in the same pass), fill
         dt, step, scatter the new states and times; returns the outputs."""
         store = self.store
         state, prev = self._undo.take(store, slots)
         if self._dt_col is not None:
             xb[:, self._dt_col] = _seconds_since(times, prev)
+        if isinstance(step, SlabGruStep):  # steps straight into the store's slab
+            return step(torch.from_numpy(xb), state.reshape(slots.size, -1), store, slots, times).numpy()
         xt, st = torch.from_numpy(xb), torch.from_numpy(state)
         if self._device.type != "cpu":
             xt, st = xt.to(self._device), st.to(self._device)

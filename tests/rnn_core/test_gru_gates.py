@@ -1,0 +1,123 @@
+"""The compiled GRU gates (:mod:`rnnstream.rnn_core.gru_gates`) and the scorer's step into the slab
+(:mod:`rnnstream.rnn_core.slab_step`): equal to torch's ``gru_cell`` and to ``StreamingModel.step`` within a
+few float32 ulps, and used only where the model is a plain one-layer GRU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rnnstream.rnn_core.config import CELLS, FeatureSpec, ModelConfig
+from rnnstream.rnn_core.gru_gates import gru_gates, gru_gates_scatter, tanh_sigmoid
+from rnnstream.rnn_core.model import StreamingModel
+from rnnstream.rnn_core.slab_step import GateBuffers, slab_stepper
+from rnnstream.rnn_core.stream_scorer import StreamScorer
+from tests.rnn_core.test_contract import SPEC
+
+
+def test_tanh_and_sigmoid_within_a_few_ulps_of_torch_everywhere() -> None:
+    grid = np.linspace(-40, 40, 400_001, dtype=np.float32)
+    tiny = np.float32(10) ** np.linspace(-30, 1.6, 20_000, dtype=np.float32)
+    special = np.array([np.inf, -np.inf, 0.0, -0.0, 7.9, 7.91, 88.0, -88.0, 1e30, -1e30], np.float32)
+    x = np.concatenate([grid, tiny, -tiny, special])
+    tanh, sigmoid = np.empty_like(x), np.empty_like(x)
+    tanh_sigmoid(x, tanh, sigmoid)
+    ref_tanh = torch.tanh(torch.from_numpy(x)).numpy()
+    ref_sigmoid = torch.sigmoid(torch.from_numpy(x)).numpy()
+    assert np.abs(tanh - ref_tanh).max() <= 5e-7
+    assert np.abs(sigmoid - ref_sigmoid).max() <= 3e-7
+    assert np.all(np.abs(tanh) <= 1) and np.all((sigmoid >= 0) & (sigmoid <= 1))
+    small = np.abs(x) < 1e-3  # relative accuracy where tanh(x) ~ x
+    np.testing.assert_allclose(tanh[small], ref_tanh[small], rtol=1e-6, atol=0)
+    nan = np.array([np.nan], np.float32)
+    tanh_sigmoid(nan, tanh[:1], sigmoid[:1])
+    assert np.isnan(tanh[0]) and np.isnan(sigmoid[0])
+
+
+def test_gates_equal_gru_cell_and_scatter_into_the_slab() -> None:
+    rng = np.random.default_rng(0)
+    n_in, hidden, rows = 5, 16, 300
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a.astype(np.float32))
+
+    w_ih, w_hh = (tensor(rng.normal(0, 0.8, (3 * hidden, k))) for k in (n_in, hidden))
+    b_ih, b_hh = (tensor(rng.normal(0, 0.5, 3 * hidden)) for _ in range(2))
+    x = tensor(rng.normal(0, 2, (rows, n_in)))
+    h = tensor(np.tanh(rng.normal(0, 1, (rows, hidden))))
+    gi = torch.addmm(b_ih, x, w_ih.t()).numpy()
+    gh = torch.addmm(b_hh, h, w_hh.t()).numpy()
+    ref = torch.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh).numpy()
+    out = np.empty((rows, hidden), np.float32)
+    gru_gates(gi, gh, h.numpy(), out)
+    np.testing.assert_allclose(out, ref, atol=1e-6, rtol=0)
+    slab = np.zeros((1000, hidden), np.float32)
+    slab_times = np.full(1000, -1, np.int64)
+    slots = rng.permutation(1000)[:rows].astype(np.int64)
+    times = np.arange(rows, dtype=np.int64) + 7
+    again = np.empty_like(out)
+    gru_gates_scatter(gi, gh, h.numpy(), again, slab, slots, slab_times, times)
+    np.testing.assert_array_equal(again, out)
+    np.testing.assert_array_equal(slab[slots], out)
+    np.testing.assert_array_equal(slab_times[slots], times)
+    untouched = np.setdiff1d(np.arange(1000), slots)
+    assert not slab[untouched].any() and (slab_times[untouched] == -1).all()
+    with pytest.raises(IndexError):
+        outside = np.array([1000])
+        gru_gates_scatter(gi[:1], gh[:1], h.numpy()[:1], again[:1], slab, outside, slab_times, times[:1])
+
+
+def model_of(cell: str, layers: int, head: str = "binary") -> StreamingModel:
+    torch.manual_seed(3)
+    spec = FeatureSpec(numeric=("a", "b", "c"), use_time_delta=True)
+    config = ModelConfig(features=spec, cell=cell, head=head, hidden_size=12, num_layers=layers)
+    model = StreamingModel(config)
+    model.fit_normalization(np.random.default_rng(1).normal(2.0, 3.0, (64, spec.input_size)))
+    return model.eval()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers", [1, 2])
+def test_slab_step_only_for_a_plain_one_layer_gru(cell: str, layers: int) -> None:
+    model = model_of(cell, layers)
+    buffers = GateBuffers(model.hidden_size)
+    with torch.inference_mode():
+        assert (slab_stepper(model, buffers) is not None) == (cell == "gru" and layers == 1)
+        assert slab_stepper(model, None) is None
+    assert slab_stepper(model, buffers) is None  # autograd on: the model's own step
+
+
+@pytest.mark.parametrize("head", ["binary", "forecast", "forecast-static", "next_token"])
+def test_scorer_stepping_into_the_slab_equals_model_step(head: str) -> None:
+    """Batches with repeated keys and time deltas: outputs and stored states as ``step`` one event at a
+    time gives them."""
+    spec = SPEC  # numeric, categorical (column 2, codes 0-3) and the time delta
+    torch.manual_seed(5)
+    adaptive = head != "forecast-static"  # the adaptive likelihood: the model's own step
+    config = ModelConfig(spec, "gru", head.split("-")[0], hidden_size=10, adaptive_score=adaptive)
+    model = StreamingModel(config).eval()
+    model.fit_normalization(np.random.default_rng(2).normal(1.0, 2.0, (50, spec.input_size)))
+    rng = np.random.default_rng(4)
+    scorer = StreamScorer(model, step_rows=16)
+    names = [f"k{i}" for i in range(40)]
+    states = {k: model.init_state(1) for k in names}
+    last: dict[str, int] = {}
+    for batch in range(3):
+        keys = [names[i] for i in rng.integers(0, 40, 64)]
+        times = np.sort(rng.integers(0, 10_000, 64)) + 10_000 * batch
+        x = rng.normal(0, 2, (64, spec.input_size)).astype(np.float32)
+        x[:, 2] = rng.integers(0, 4, 64)
+        out = scorer.score(keys, times, x)
+        with torch.inference_mode():
+            for i, key in enumerate(keys):
+                row = torch.from_numpy(x[i : i + 1].copy())
+                row[0, -1] = (times[i] - last[key]) / 1000 if key in last else 0.0
+                ref, states[key] = model.step(row, states[key])
+                last[key] = int(times[i])
+                np.testing.assert_allclose(out[i], ref[0].numpy(), atol=2e-6, rtol=0)
+    # the slab step ran (its buffers grew), except for the forecast head's adaptive likelihood (its own step)
+    ran = scorer._gates is not None and scorer._gates.gi.shape[0] == 16
+    assert ran == (not model.adaptive)
+    stored = scorer.store.gather(names).numpy()
+    np.testing.assert_allclose(stored, torch.cat([states[k] for k in names]).numpy(), atol=2e-6, rtol=0)
