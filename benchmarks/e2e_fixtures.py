@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,29 +121,46 @@ def produce(settings, schema, table: pa.Table, encoding: str, per_msg: int = 100
 
 
 def wait_committed(
-    settings, group: str, topic: str, timeout_s: float = 600.0, ends: dict[int, int] | None = None
+    settings,
+    group: str,
+    topic: str,
+    timeout_s: float = 600.0,
+    ends: dict[int, int] | None = None,
+    *,
+    poll_s: float = 0.005,
+    alive: Callable[[], bool] | None = None,
 ) -> float:
     """Wait until ``group`` committed at least ``ends[p]`` on every partition of ``topic`` (default: each
-    partition's end now); returns when (monotonic).
+    partition's end now); returns when a check first saw it (monotonic): at most ``poll_s`` plus one round
+    trip after the commit. For the commit moment itself, ask the committer (the peer benchmark does).
 
-    One consumer polls the committed offsets every 20 ms (making a client per check would cost more CPU
-    than the workers being measured can spare on a small machine)."""
-    from kafka import KafkaConsumer, TopicPartition
+    Each check is one OffsetFetch for all the partitions (an admin client made once: a client per check,
+    or a request per partition, would cost more CPU than the workers being measured can spare on a small
+    machine). ``alive``: checked too; a False raises at once (the committer died)."""
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(**settings.client_kwargs(), group_id=group, enable_auto_commit=False)
-    try:
-        if ends is None:
-            tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    if ends is None:
+        c = KafkaConsumer(**settings.client_kwargs(), enable_auto_commit=False)
+        try:
             ends = {tp.partition: end for tp, end in c.end_offsets(tps).items()}
+        finally:
+            c.close()
+    want = [TopicPartition(topic, p) for p in ends]
+    admin = KafkaAdminClient(**settings.client_kwargs())
+    try:
         deadline = time.monotonic() + timeout_s
         while True:
-            if all((c.committed(TopicPartition(topic, p)) or 0) >= end for p, end in ends.items()):
+            got = admin.list_group_offsets({group: want}).get(group, {})
+            if all(max(getattr(got.get(tp), "offset", 0), 0) >= ends[tp.partition] for tp in want):
                 return time.monotonic()
+            if alive is not None and not alive():
+                raise RuntimeError(f"the consumer of {group} ended before committing {ends} on {topic}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{group} did not commit {ends} on {topic}")
-            time.sleep(0.02)
+            time.sleep(poll_s)
     finally:
-        c.close()
+        admin.close()
 
 
 # ------------------------------------------------------------------------------------------------ rnnstream

@@ -92,47 +92,123 @@ def export_weights(model, path: Path) -> None:
 
 @dataclass(frozen=True)
 class Run:
-    """One timed run: events/s and events per CPU-second."""
+    """One timed run: events/s and events per CPU-second over its window, and the window's parts (s)."""
 
     eps: float
     eps_per_cpu_s: float
+    window_s: float  # the backlog's release committed -> the committer's last commit returned
+    warm_s: float  # warm-up messages sent -> seen committed (start-up, outside the window)
+    release_s: float  # the release transaction's commit call (EndTxn), outside the window
+    notice_s: float  # the last commit -> wait_committed saw it (outside the window)
 
 
-def run_peer(
-    python: Path, bootstrap: str, topic: str, weights: Path, guarantee: str, n: int, tmp: Path, tag: str
-):
-    """(Run, output topic) of one Quix run over ``topic``."""
-    out = f"{topic}.peer-{tag}"
-    cmd = [
-        str(python), str(HERE / "peer_quix_app.py"), "--bootstrap", bootstrap, "--topic", topic, "--out", out,
-        "--weights", str(weights), "--guarantee", guarantee, "--count", str(n),
-        "--group", f"peer-{tag}", "--state-dir", str(tmp / f"quix-state-{tag}"),
-    ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-    if done.returncode != 0:
-        raise RuntimeError(f"the Quix peer failed ({guarantee}):\n{done.stderr[-3000:]}")
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    return Run(report["events"] / report["seconds"], report["events"] / report["cpu_seconds"]), out
+def send_records(producer, topic: str, records) -> dict[int, int]:
+    """Send ``records`` ((partition, key, value, headers)) and flush; the next offset of each partition."""
+    futures = [producer.send(topic, key=k, value=v, headers=h, partition=p) for p, k, v, h in records]
+    producer.flush()
+    ends: dict[int, int] = {}
+    for f in futures:
+        md = f.get(timeout=60)
+        ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
+    return ends
 
 
-def ray_cpu_seconds() -> dict[tuple[int, float], float]:
-    """CPU seconds (user + system) of every process under this one but the broker, by (pid, start time)."""
+def release_backlog(settings, group: str, topic: str, warm, records, txn_id: str, cpu, alive=None) -> dict:
+    """The same timing for both sides, whose consumer (group ``group``) is started on ``topic``, empty.
+
+    1. ``warm`` (a message on each partition, keys of their own) in one transaction, then wait until
+       ``group`` committed them: its consumers are assigned and have fetched, scored, produced and committed
+       once (model loaded, first transaction, compiled/warmed step, state store open).
+    2. ``records`` in one more open transaction, committed at once: the whole backlog visible together. The
+       window starts when that commit returns; the committer's own last commit moment ends it (the caller's).
+    Returns {"t0", "cpu0" (``cpu()`` just before the release), "warm_s", "release_s", "noticed" (when
+    wait_committed saw every offset committed), "cpu_noticed"}."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(
+        **settings.client_kwargs(), transactional_id=txn_id, linger_ms=20, batch_size=1 << 20
+    )
+    try:
+        producer.init_transactions()
+        producer.begin_transaction()
+        tw = time.monotonic()
+        warm_ends = send_records(producer, topic, warm)
+        producer.commit_transaction()
+        e2e.wait_committed(settings, group, topic, 180, warm_ends, alive=alive)
+        warm_s = time.monotonic() - tw
+        producer.begin_transaction()
+        ends = send_records(producer, topic, records)
+        cpu0, tr = cpu(), time.monotonic()
+        producer.commit_transaction()
+        t0 = time.monotonic()
+        noticed = e2e.wait_committed(settings, group, topic, 600, ends, alive=alive)
+        return {"t0": t0, "cpu0": cpu0, "warm_s": warm_s, "release_s": t0 - tr, "noticed": noticed,
+                "cpu_noticed": cpu()}  # fmt: skip
+    finally:
+        producer.close()
+
+
+def timed_run(n: int, w: dict, end: float, cpu_end: float) -> Run:
+    window = end - w["t0"]
+    return Run(n / window, n / (cpu_end - w["cpu0"]), window, w["warm_s"], w["release_s"], w["noticed"] - end)
+
+
+def run_peer(python: Path, settings, warm, records, weights: Path, guarantee: str, tmp: Path, tag: str):
+    """(Run, output topic) of one Quix run over ``records`` (one JSON event a message): started on an
+    events topic of its own, then ``release_backlog``;
+    its window ends when its last Kafka commit returned (the peer reports it)."""
     import psutil
 
-    out = {}
+    from rnnstream.workers.kafka_io import TopicAdmin
+
+    topic, out = f"peer-{tag}.events", f"peer-{tag}.scores"
+    with TopicAdmin(settings) as admin:
+        admin.create_topics([topic, out], e2e.PARTITIONS)
+    cmd = [
+        str(python), str(HERE / "peer_quix_app.py"), "--bootstrap", settings.bootstrap_servers,
+        "--topic", topic, "--out", out, "--weights", str(weights), "--guarantee", guarantee,
+        "--count", str(len(warm) + len(records)), "--group", f"peer-{tag}",
+        "--state-dir", str(tmp / f"quix-state-{tag}"),
+    ]  # fmt: skip
+    stdout, stderr = tmp / f"peer-{tag}.out", tmp / f"peer-{tag}.err"
+    with stdout.open("w") as so, stderr.open("w") as se:
+        proc = subprocess.Popen(cmd, stdout=so, stderr=se)
+        try:
+            ps = psutil.Process(proc.pid)
+
+            def cpu() -> float:
+                t = ps.cpu_times()
+                return t.user + t.system
+
+            w = release_backlog(
+                settings, f"peer-{tag}", topic, warm, records, f"load-{tag}", cpu, lambda: proc.poll() is None
+            )
+            proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"the Quix peer failed ({guarantee}):\n{stderr.read_text()[-3000:]}")
+    report = json.loads(stdout.read_text().strip().splitlines()[-1])
+    return timed_run(len(records), w, report["last_commit_s"], report["last_commit_cpu_s"]), out
+
+
+def ray_cpu_seconds() -> float:
+    """CPU seconds (user + system) of every process under this one but the broker (Ray: workers,
+    coordinator, raylet, GCS, dashboard), summed; processes that ended are left out."""
+    import psutil
+
+    total = 0.0
     for proc in psutil.Process().children(recursive=True):
         try:
             if proc.name().startswith("noida"):  # the embedded broker: serves both sides, counted by neither
                 continue
             t = proc.cpu_times()
-            out[(proc.pid, proc.create_time())] = t.user + t.system
+            total += t.user + t.system
         except psutil.Error:
             continue
-    return out
-
-
-def cpu_between(before: dict, after: dict) -> float:
-    return sum(cpu - before.get(ident, 0.0) for ident, cpu in after.items())
+    return total
 
 
 def source_records(settings, topic: str) -> list[tuple[int, bytes, bytes, list]]:
@@ -142,33 +218,28 @@ def source_records(settings, topic: str) -> list[tuple[int, bytes, bytes, list]]
     return [(m.partition, m.key, m.value, list(m.headers or [])) for m in read_topic(settings, topic)]
 
 
-def send_in_one_transaction(settings, topic: str, records, transactional_id: str):
-    """Send ``records`` to ``topic`` in one open transaction; returns (producer, next offset per partition):
-    read_committed readers see all of them at once when the caller commits it."""
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(
-        **settings.client_kwargs(), transactional_id=transactional_id, linger_ms=20, batch_size=1 << 20
-    )
-    producer.init_transactions()
-    producer.begin_transaction()
-    futures = [producer.send(topic, key=k, value=v, headers=h, partition=p) for p, k, v, h in records]
-    producer.flush()
-    ends: dict[int, int] = {}
-    for f in futures:
-        md = f.get(timeout=60)
-        ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
-    return producer, ends
+def warm_up(main, everything) -> list:
+    """The first message on each partition of ``everything`` that is not one of ``main`` (which it
+    begins with, partition by partition): the warm-up; every partition must have one."""
+    skip: dict[int, int] = {}
+    for r in main:
+        skip[r[0]] = skip.get(r[0], 0) + 1
+    firsts = {}
+    for r in everything:
+        if skip.get(r[0], 0):
+            skip[r[0]] -= 1
+        else:
+            firsts.setdefault(r[0], r)
+    if len(firsts) != e2e.PARTITIONS:
+        raise RuntimeError(f"warm-up messages on partitions {sorted(firsts)} only")
+    return [firsts[p] for p in sorted(firsts)]
 
 
-def run_rnnstream(settings, schema, handle, records, n: int, release: str, tmp: Path):
-    """rnnstream's 2 workers, exactly-once, as release ``release`` of ``schema``'s pipeline reading a new
-    events topic of its own: started and ready on it empty, then the events (``records``: the peer's JSON
-    messages, or the same events as Arrow batches) sent in one transaction; the window runs from its commit
-    (the whole backlog visible at once, as the peer's is) until every offset is committed. (Started on a full
-    topic, the first worker scores most of its share while the second one starts, so a window from the start
-    call's return misses work; producing while they wait would time the producer.) Returns (Run, events
-    topic, scores topic)."""
+def run_rnnstream(settings, schema, handle, warm, records, n: int, release: str, tmp: Path):
+    """rnnstream's 2 workers scoring ``n`` events (``records``: JSON messages or Arrow batches),
+    exactly-once, as release ``release`` of ``schema``'s pipeline on an events
+    topic of its own, then ``release_backlog``; the window ends when the later of the two workers' last
+    commits returned (each worker reports it). Returns (Run, events topic, scores topic)."""
     import ray
 
     from rnnstream.workers.kafka_io import TopicAdmin
@@ -184,21 +255,17 @@ def run_rnnstream(settings, schema, handle, records, n: int, release: str, tmp: 
     config, coord = e2e.run_workers(
         settings, schema, handle, ckpt, deployment=release, events_topic=events_topic
     )
-    deadline = time.monotonic() + 120
-    while not all(w.get("alive") and w.get("partitions") for w in ray.get(coord.status.remote())["workers"]):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the workers of {schema.pipeline} did not come up")
-        time.sleep(0.05)
-    producer, ends = send_in_one_transaction(
-        settings, events_topic, records, f"{release}-{schema.pipeline}-load"
-    )
-    cpu0, t0 = ray_cpu_seconds(), time.monotonic()
-    producer.commit_transaction()
-    t1 = e2e.wait_committed(settings, config.group_id, events_topic, ends=ends)
-    cpu1 = ray_cpu_seconds()
-    producer.close()
-    stop_coordinator(coord)
-    return Run(n / (t1 - t0), n / cpu_between(cpu0, cpu1)), events_topic, config.scores_topic
+    try:
+        w = release_backlog(
+            settings, config.group_id, events_topic, warm, records, f"{release}-{schema.pipeline}-load",
+            ray_cpu_seconds,
+        )  # fmt: skip
+        ends = [x.get("last_commit_monotonic_s") for x in ray.get(coord.status.remote())["workers"]]
+    finally:
+        stop_coordinator(coord)
+    if None in ends:
+        raise RuntimeError(f"a worker of {schema.pipeline} reported no commit: {ends}")
+    return timed_run(n, w, max(ends), w["cpu_noticed"]), events_topic, config.scores_topic
 
 
 def peer_scores(settings, topic: str) -> dict[tuple[str, int], float]:
@@ -259,12 +326,15 @@ def main(argv: list[str] | None = None) -> int:
         peer_schema = e2e.make_schema("peer-json")
         table = e2e.make_events(peer_schema, n, n_keys, seed=1, start_ms=start)
         schemas = {"json": peer_schema, "arrow": e2e.make_schema("peer-arrow")}
-        records = {}
+        warm_table = e2e.make_events(peer_schema, 64, 64, seed=2, start_ms=start - 60_000, key_prefix="warm")
+        records, warm = {}, {}
         for encoding, source in schemas.items():
-            log(f"producing {n} events of {n_keys} keys as {encoding} ...")
+            log(f"producing {n} events of {n_keys} keys (and a warm-up) as {encoding} ...")
             e2e.create_topics(settings, source.pipeline)
             e2e.produce(settings, source, table, encoding)
             records[encoding] = source_records(settings, f"{source.pipeline}.events")
+            e2e.produce(settings, source, warm_table, encoding)
+            warm[encoding] = warm_up(records[encoding], source_records(settings, f"{source.pipeline}.events"))
         errors: dict[str, float] = {}
         complete = True
 
@@ -273,22 +343,21 @@ def main(argv: list[str] | None = None) -> int:
             log(f"round {r}: rnnstream, {encoding}, exactly-once ...")
             schema = schemas[encoding]
             run, events_topic, scores_topic = run_rnnstream(
-                settings, schema, handle, records[encoding], n, f"r{r}", tmp
+                settings, schema, handle, warm[encoding], records[encoding], n, f"r{r}", tmp
             )
             runs[encoding].append(run)
             _, events, ref = reference_by_event(settings, schema, model, events_topic)
             err, scored = rnnstream_error(settings, scores_topic, events, ref)
             errors[f"rnnstream_{encoding}"] = max(err, errors.get(f"rnnstream_{encoding}", 0.0))
-            complete &= scored == n
+            complete &= scored == events.batch.num_rows  # the warm-up's events too
 
         peer_topics: dict[str, str] = {}
 
         def peer(guarantee: str, r: int) -> None:
             log(f"round {r}: Quix Streams peer, {guarantee}, the same JSON events ...")
             tag = f"{guarantee}-r{r}"
-            weights, topic = tmp / "weights.npz", f"{peer_schema.pipeline}.events"
             run, peer_topics[tag] = run_peer(
-                python, settings.bootstrap_servers, topic, weights, guarantee, n, tmp, tag
+                python, settings, warm["json"], records["json"], tmp / "weights.npz", guarantee, tmp, tag
             )
             runs[guarantee].append(run)
 
@@ -304,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
 
         log("checking every score of the peer's runs against the offline forward ...")
         want, _, _ = reference_by_event(settings, peer_schema, model)
+        want = {k: v for k, v in want.items() if not k[0].startswith("warm")}  # the peer saw 4 of those
         for tag, out_topic in peer_topics.items():
             got = peer_scores(settings, out_topic)
             missing = len(set(want) - set(got))
@@ -339,6 +409,13 @@ def main(argv: list[str] | None = None) -> int:
         "peer_eps_per_cpu_s_at_least_once": median([x.eps_per_cpu_s for x in runs["at-least-once"]]),
         "peer_ratio_json_per_cpu": median(ratios("json", True), 2),
         "peer_ratio_arrow_per_cpu": median(ratios("arrow", True), 2),
+        "windows_s": {  # medians over rounds, seconds (see Run)
+            side: {
+                f: median([getattr(x, f) for x in runs[side]], 3)
+                for f in ("window_s", "warm_s", "release_s", "notice_s")
+            }
+            for side in runs
+        },
         "per_round": {
             "peer_ratio_json": ratios("json", False),
             "peer_ratio_arrow": ratios("arrow", False),

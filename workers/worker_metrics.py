@@ -103,6 +103,7 @@ class WorkerMetrics:
         self.batches = 0
         self.batch_events = 0
         self.last_checkpoint_ms = 0.0
+        self.last_commit_monotonic_s: float | None = None  # when the last commit returned (benchmarks)
         self.started = time.time()
         self._lat_event = np.zeros(LATENCY_RING, dtype=np.float64)
         self._lat_append = np.zeros(LATENCY_RING, dtype=np.float64)
@@ -143,6 +144,7 @@ class WorkerMetrics:
         self._pending.append((event_times_ms, append_times_ms))
 
     def scores_committed(self) -> None:
+        self.last_commit_monotonic_s = time.monotonic()
         if self._pending:
             now_ms = time.time() * 1000
             ev = np.concatenate([t for t, _ in self._pending])
@@ -190,6 +192,7 @@ class WorkerMetrics:
             "batches": self.batches,
             "mean_batch": (self.batch_events / self.batches) if self.batches else 0.0,
             "last_checkpoint_ms": self.last_checkpoint_ms,
+            "last_commit_monotonic_s": self.last_commit_monotonic_s,
             "latency_event_p50_ms": pct(ev, 50),
             "latency_event_p99_ms": pct(ev, 99),
             "latency_append_p50_ms": pct(ap, 50),
