@@ -21,6 +21,20 @@ tail, scored with the state carried from its training part), and ``score-file`` 
   the best threshold on test labels), ASD 0.425 -> 0.448 (0.83x -> 0.87x).
 
 An event alerts when ``score >= threshold``. Multiclass heads have no threshold (the class is the argmax).
+
+Measured and not kept (``benchmarks/alert_rules.py`` on the scores of 308a94c, every line chosen on the
+held-out tails alone; F1 at the line, mean over entities, ASD / SMD, stored rule 0.448 / 0.380 of best-F1
+0.513 / 0.504): *alert hysteresis* (open at this threshold, stay open while the score is above the robust
+normal's line at k x the target FPR) k = 2, 5, 10: ASD 0.438 / 0.417 / 0.385, SMD 0.394 / 0.417 / 0.435;
+*holding* an alert open n events after a crossing, n = 2, 5, 10: ASD 0.438 / 0.419 / 0.392, SMD 0.392 /
+0.406 / 0.421; a *per-key* line from each key's own held-out tail: ASD 0.385, SMD 0.446; a line at 0.5x / 2x
+/ 5x the target: ASD 0.450 / 0.435 / 0.400, SMD 0.354 / 0.404 / 0.441. Every rule that alerts more helps
+SMD (whose test periods are up to 16% anomalous) and costs ASD: the events hysteresis adds are anomalous
+36% of the time on SMD but 10% on ASD (anomaly rate 4.6%), because the score lags an anomaly's end there (the
+stored line still alerts on 59% of the first normal events after an ASD anomaly, 32% ten events later, 15%
+twenty later). No rule chosen on training data alone improved both, so the plain threshold stays. (Same
+direction on the scores of a relearning variant of the likelihood recursion: SMD 0.306 -> 0.342 / 0.358 with
+hysteresis k = 5 / 10, ASD 0.452 -> 0.428 / 0.396.)
 """
 
 from __future__ import annotations
