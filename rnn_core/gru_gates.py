@@ -70,21 +70,42 @@ def _row(gi, gh, h_prev, h_out, i, hidden):
         h_out[i, k] = (h_prev[i, k] - n) * z + n
 
 
+@compiled(inline="always", error_model="numpy")
+def _dot(h, i, w):
+    """``h[i] . w`` in float32 over four partial sums (independent add chains, not one long one)."""
+    hidden = w.size
+    p0 = p1 = p2 = p3 = np.float32(0.0)
+    k = 0
+    while k + 4 <= hidden:
+        p0 += h[i, k] * w[k]
+        p1 += h[i, k + 1] * w[k + 1]
+        p2 += h[i, k + 2] * w[k + 2]
+        p3 += h[i, k + 3] * w[k + 3]
+        k += 4
+    while k < hidden:
+        p0 += h[i, k] * w[k]
+        k += 1
+    return (p0 + p1) + (p2 + p3)
+
+
 @compiled(error_model="numpy")
 def gru_gates(gi, gh, h_prev, h_out):
-    """``h_out`` [rows, H] = the GRU step's new state from the gate pre-activations (``h_out`` may be
-    ``h_prev`` itself)."""
+    """``h_out`` [rows, H] = the GRU step's new state from the gate pre-activations. ``h_out`` may be
+    ``h_prev`` itself, but then the loop does not vectorize (~6x slower): pass another buffer."""
     hidden = h_prev.shape[1]
     for i in range(h_prev.shape[0]):
         _row(gi, gh, h_prev, h_out, i, hidden)
 
 
 @compiled(error_model="numpy")
-def gru_gates_scatter(gi, gh, h_prev, h_out, rows, slots, slot_times, times):
+def gru_gates_scatter(gi, gh, h_prev, h_out, rows, slots, slot_times, times, head_w, head_b, out):
     """:func:`gru_gates`, and each row's new state and event time written into slab row ``slots[i]`` of
-    ``rows`` [capacity, H] and ``slot_times`` (an IndexError for a slot outside the slab)."""
+    ``rows`` [capacity, H] and ``slot_times`` (an IndexError for a slot outside the slab). With a binary
+    head (``head_w`` float32 [H], not empty), ``out[i] = sigmoid(h_out[i] . head_w + head_b)`` too (float64
+    exp, so small probabilities keep their relative precision)."""
     hidden = h_prev.shape[1]
     n = rows.shape[0]
+    with_head = head_w.size > 0
     for i in range(h_prev.shape[0]):
         s = slots[i]
         if s < 0 or s >= n:
@@ -93,6 +114,8 @@ def gru_gates_scatter(gi, gh, h_prev, h_out, rows, slots, slot_times, times):
         for k in range(hidden):
             rows[s, k] = h_out[i, k]
         slot_times[s] = times[i]
+        if with_head:
+            out[i] = np.float32(1.0 / (1.0 + np.exp(-np.float64(_dot(h_out, i, head_w) + head_b))))
 
 
 @compiled(error_model="numpy")

@@ -36,6 +36,10 @@ class SlabGruStep:
         self._normalized = not folded
         self._rnn_inputs, self._outputs = model._rnn_inputs, model._outputs
         self._buf = buffers
+        self._binary = model.head_kind == "binary"  # its score computed in the gates' pass
+        if self._binary:
+            self._head_w = model.head.weight.detach().reshape(-1).contiguous().numpy()
+            self._head_b = float(model.head.bias.detach()[0])
 
     def __call__(
         self, x: Tensor, h_prev: np.ndarray, store: KeyedStateStore, slots: np.ndarray, times: np.ndarray
@@ -51,6 +55,10 @@ class SlabGruStep:
         z = self._rnn_inputs(x, normalized=self._normalized)
         torch.addmm(self._b_ih, z, self._w_ih_t, out=buf.gi_t[:m])
         torch.addmm(self._b_hh, h_prev_t, self._w_hh_t, out=buf.gh_t[:m])
+        if self._binary:
+            out = np.empty((m, 1), np.float32)
+            store.step_gru_rows(slots, gi, gh, h_prev, h_new, times, (self._head_w, self._head_b, out[:, 0]))
+            return torch.from_numpy(out)
         store.step_gru_rows(slots, gi, gh, h_prev, h_new, times)
         return self._outputs(x, h_prev_t, buf.h_t[:m])
 

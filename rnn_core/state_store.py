@@ -50,6 +50,7 @@ from rnnstream.rnn_core.state_snapshot import (
 __all__ = ["KeyBatch", "KeyedStateStore", "as_string_array"]
 
 _NO_TIMES = np.zeros(0, np.int64)
+_NO_HEAD = np.zeros(0, np.float32)
 
 
 class KeyedStateStore:
@@ -247,11 +248,14 @@ class KeyedStateStore:
         h_prev: np.ndarray,
         h_new: np.ndarray,
         times_ms: np.ndarray,
+        head: tuple[np.ndarray, float, np.ndarray] = (_NO_HEAD, 0.0, _NO_HEAD),
     ) -> None:
         """One GRU step of distinct ``slots`` (a one-layer GRU's store): the new states from the gate
         pre-activations ``gi``/``gh`` [B, 3H] and ``h_prev`` [B, H] (:func:`.gru_gates.gru_gates_scatter`)
-        into ``h_new`` [B, H] and the slots' rows, with their last event times (int64 [B])."""
-        gru_gates_scatter(gi, gh, h_prev, h_new, self._rows, slots, self._times, times_ms)
+        into ``h_new`` [B, H] and the slots' rows, with their last event times (int64 [B]). ``head``: a
+        binary head's (weight [H], bias, out [B]) to compute the scores in the same pass."""
+        w, b, out = head
+        gru_gates_scatter(gi, gh, h_prev, h_new, self._rows, slots, self._times, times_ms, w, b, out)
 
     def slot_keys(self, slots: np.ndarray) -> np.ndarray:
         """The key (str) held by each slot, an object array."""

@@ -57,15 +57,21 @@ def test_gates_equal_gru_cell_and_scatter_into_the_slab() -> None:
     slots = rng.permutation(1000)[:rows].astype(np.int64)
     times = np.arange(rows, dtype=np.int64) + 7
     again = np.empty_like(out)
-    gru_gates_scatter(gi, gh, h.numpy(), again, slab, slots, slab_times, times)
+    head_w = rng.normal(0, 3, hidden).astype(np.float32)
+    scores = np.empty(rows, np.float32)
+    gru_gates_scatter(gi, gh, h.numpy(), again, slab, slots, slab_times, times, head_w, -0.5, scores)
     np.testing.assert_array_equal(again, out)
+    ref_scores = torch.sigmoid(torch.from_numpy(again) @ torch.from_numpy(head_w) - 0.5).numpy()
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(slab[slots], out)
     np.testing.assert_array_equal(slab_times[slots], times)
     untouched = np.setdiff1d(np.arange(1000), slots)
     assert not slab[untouched].any() and (slab_times[untouched] == -1).all()
     with pytest.raises(IndexError):
         outside = np.array([1000])
-        gru_gates_scatter(gi[:1], gh[:1], h.numpy()[:1], again[:1], slab, outside, slab_times, times[:1])
+        none = np.zeros(0, np.float32)  # no head
+        one = (gi[:1], gh[:1], h.numpy()[:1], again[:1])
+        gru_gates_scatter(*one, slab, outside, slab_times, times[:1], none, 0, none)
 
 
 def model_of(cell: str, layers: int, head: str = "binary") -> StreamingModel:
