@@ -23,53 +23,62 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @compiled()
-def _plan(slots, rows, shift, seen, first_of, count, last_chunk, chunk_of, fill, order, bounds):
+def _plan(slots, rows, shift, seen, entry, chunk_of, fill, order, bounds):
     """Fill ``order`` (event indices chunk after chunk, batch order within one) and ``bounds`` (chunk
     offsets into it); returns (chunks, most events of one key, whether ``order`` is not the identity).
 
-    The batch's distinct slots go into a small open-addressing set (``seen``, EMPTY = -1, a power of two
-    at least twice the batch long; ``first_of``/``count``/``last_chunk`` per entry), which stays in the CPU
-    cache where per-slot arrays over a million keys would miss it on every event. First the first events
-    of keys that repeat take chunk 0 on (so a repeated key's later events have every later chunk to go
-    to), then every other event in batch order takes the first chunk with room after its key's previous
-    event's chunk.
+    The batch's distinct slots go into a small open-addressing set (``seen`` [size, 4]: slot or -1, the
+    slot's first event, its count and the chunk of its latest event; a power of two at least twice the
+    batch long), which stays in the CPU cache where per-slot arrays over a million keys would miss it on
+    every event, one 32-byte entry a key. First the first events of keys that repeat take chunk 0 on (so a
+    repeated key's later events have every later chunk to go to), then every other event in batch order
+    takes the first chunk with room after its key's previous event's chunk.
     """
     n = slots.size
-    mask = seen.size - 1
-    entry = np.empty(n, np.int64)
+    mask = seen.shape[0] - 1
+    repeats = False
     for i in range(n):
         s = slots[i]
         pos = np.int64((np.uint64(s) * _GOLDEN) >> shift)
-        while seen[pos] != -1 and seen[pos] != s:
+        while seen[pos, 0] != -1 and seen[pos, 0] != s:
             pos = (pos + 1) & mask
-        if seen[pos] == -1:
-            seen[pos] = s
-            first_of[pos] = i
-            count[pos] = 0
-            last_chunk[pos] = -1
-        count[pos] += 1
+        if seen[pos, 0] == -1:
+            seen[pos, 0] = s
+            seen[pos, 1] = i
+            seen[pos, 2] = 0
+            seen[pos, 3] = -1
+        else:
+            repeats = True
+        seen[pos, 2] += 1
         entry[i] = pos
-    most = 0
+    most = 1
+    chunks = (n + rows - 1) // rows
+    if not repeats:  # the identity: chunk after chunk of ``rows`` events in batch order
+        for i in range(n):
+            seen[entry[i], 0] = -1
+        for c in range(chunks + 1):
+            bounds[c] = min(n, c * rows)
+        return chunks, most, False
     first_open = 0  # chunks before it are full
     chunks = 0
     for phase in range(2):
         for i in range(n):
             e = entry[i]
-            repeated_first = count[e] > 1 and first_of[e] == i
+            repeated_first = seen[e, 2] > 1 and seen[e, 1] == i
             if repeated_first != (phase == 0):
                 continue
-            c = max(first_open, last_chunk[e] + 1)
+            c = max(first_open, seen[e, 3] + 1)
             while fill[c] == rows:
                 c += 1
             chunk_of[i] = c
+            seen[e, 3] = c
             fill[c] += 1
-            last_chunk[e] = c
-            most = max(most, count[e])
+            most = max(most, seen[e, 2])
             chunks = max(chunks, c + 1)
             while fill[first_open] == rows:
                 first_open += 1
     for i in range(n):
-        seen[entry[i]] = -1
+        seen[entry[i], 0] = -1
     bounds[0] = 0
     for c in range(chunks):
         bounds[c + 1] = bounds[c] + fill[c]
@@ -104,11 +113,9 @@ class ChunkPlanner:
         size = 16
         while size < 2 * n:
             size *= 2
-        self._seen = np.full(size, -1, np.int64)
-        self._first = np.empty(size, np.int64)
-        self._count = np.empty(size, np.int64)
-        self._last = np.empty(size, np.int64)
+        self._seen = np.full((size, 4), -1, np.int64)
         self._shift = np.uint64(64 - size.bit_length() + 1)
+        self._entry = np.empty(n, np.int64)
         self._chunk_of = np.empty(n, np.int64)
         self._fill = np.zeros(n + 1, np.int64)
         self._size = n
@@ -122,8 +129,7 @@ class ChunkPlanner:
         order = np.empty(n, np.int64)
         bounds = np.empty(n + 1, np.int64)
         chunks, most, moved = _plan(
-            slots, rows, self._shift, self._seen, self._first, self._count, self._last, self._chunk_of,
-            fill, order, bounds,
+            slots, rows, self._shift, self._seen, self._entry, self._chunk_of, fill, order, bounds,
         )  # fmt: skip
         fill[: chunks + 1] = 0
         return ChunkPlan(order if moved else None, bounds[: chunks + 1], int(most))
