@@ -198,10 +198,13 @@ class StreamScorer:
             and x.flags.writeable
         )
         with torch.inference_mode():
-            stepper = getattr(self.model, "stepper", None)
-            step = self.model.step if stepper is None else stepper()  # once a batch: see inference_step
-            if stepper is not None:  # a StreamingModel (not a stand-in): its GRU may step into the slab
-                step = slab_stepper(self.model, self._gates) or step
+            stepper = getattr(self.model, "stepper", None)  # None: not a StreamingModel (a stand-in)
+            # once a batch: a one-layer GRU steps straight into the slab (slab_step), else see inference_step
+            step: StepFn | SlabGruStep | None = (
+                None if stepper is None else slab_stepper(self.model, self._gates)
+            )
+            if step is None:
+                step = self.model.step if stepper is None else stepper()
             for lo, hi in pairwise(bounds):
                 if order is None:
                     if direct:
