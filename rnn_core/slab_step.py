@@ -26,11 +26,11 @@ if TYPE_CHECKING:
 
 
 class SlabGruStep:
-    """Steps chunks of at most ``rows`` distinct keys for one batch (the weights are read once, at
-    construction: make one per batch, as :func:`slab_stepper` does, reusing the buffers)."""
+    """Steps chunks of distinct keys with the weights read at construction (:func:`slab_stepper` makes
+    one and reuses it while the weights hold)."""
 
-    def __init__(self, model: StreamingModel, buffers: GateBuffers) -> None:
-        folded, weights = model._inference_weights()
+    def __init__(self, model: StreamingModel, buffers: GateBuffers, folded: bool, weights: list) -> None:
+        self.model, self.weights, self.head_stamp = model, weights, _head_stamp(model)
         w_ih, w_hh, b_ih, b_hh = weights[0]
         self._w_ih_t, self._w_hh_t, self._b_ih, self._b_hh = w_ih.t(), w_hh.t(), b_ih, b_hh
         self._normalized = not folded
@@ -68,6 +68,7 @@ class GateBuffers:
 
     def __init__(self, hidden: int) -> None:
         self.hidden = hidden
+        self.step: SlabGruStep | None = None  # the last batch's step (see slab_stepper)
         self.ensure(0)
 
     def ensure(self, m: int) -> None:
@@ -80,10 +81,28 @@ class GateBuffers:
         self.gi_t, self.gh_t, self.h_t = (torch.from_numpy(a) for a in (self.gi, self.gh, self.h))
 
 
+def _head_stamp(model: StreamingModel) -> tuple[int, ...] | None:
+    """What changes when the head's weights do (None: inference tensors, which have no version counter)."""
+    try:
+        return tuple(v for p in (model.head.weight, model.head.bias) for v in (p._version, p.data_ptr()))
+    except RuntimeError:
+        return None
+
+
 def slab_stepper(model: StreamingModel, buffers: GateBuffers | None) -> SlabGruStep | None:
-    """A :class:`SlabGruStep` for this batch where the model is a plain one-layer GRU on the CPU, or None."""
+    """A :class:`SlabGruStep` for this batch where the model is a plain one-layer GRU on the CPU, or None.
+
+    The step is kept in ``buffers`` and reused while the model's folded weights (:mod:`.folded_weights`,
+    which checks them) are the same objects and the head's weights did not change."""
     if buffers is None or model.cell != "gru" or model.num_layers != 1 or not is_plain(model):
         return None
+    folded, weights = model._inference_weights()
+    last = buffers.step
+    if last is not None and last.model is model and last.weights is weights:
+        stamp = _head_stamp(model)
+        if stamp is not None and stamp == last.head_stamp:
+            return last
     if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in model.rnn.parameters()):
         return None
-    return SlabGruStep(model, buffers)
+    buffers.step = SlabGruStep(model, buffers, folded, weights)
+    return buffers.step

@@ -127,3 +127,21 @@ def test_scorer_stepping_into_the_slab_equals_model_step(head: str) -> None:
     assert ran == (not model.adaptive)
     stored = scorer.store.gather(names).numpy()
     np.testing.assert_allclose(stored, torch.cat([states[k] for k in names]).numpy(), atol=2e-6, rtol=0)
+
+
+def test_slab_step_follows_changed_weights() -> None:
+    """The step kept between batches is rebuilt when the cell's or the head's weights change in place."""
+    model = model_of("gru", 1)
+    scorer = StreamScorer(model)
+    x = np.random.default_rng(6).normal(0, 1, (5, model.config.features.input_size)).astype(np.float32)
+    x[:, -1] = 0.0  # the time delta of a key's first event
+    keys = [f"k{i}" for i in range(5)]
+    for change in (None, "head", "cell"):
+        if change is not None:
+            with torch.no_grad():
+                (model.head.bias if change == "head" else model.rnn.weight_ih_l0).add_(0.7)
+        scorer.remove_keys(keys)
+        out = scorer.score(keys, np.zeros(5, np.int64), x)
+        with torch.inference_mode():
+            ref, _ = model.step(torch.from_numpy(x), model.init_state(5))
+        np.testing.assert_allclose(out, ref.numpy(), atol=2e-6, rtol=0)
