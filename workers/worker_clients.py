@@ -115,11 +115,17 @@ class WorkerClients:
                 return out
 
     def caught_up(self, next_offsets: Mapping[int, int]) -> bool:
-        """True when no partition has a known backlog (high watermark of the last fetch, no network call)."""
+        """True when no partition has a known backlog (high watermark of the last fetch, no network call).
+
+        A transaction's commit marker takes the offset after its last record, so after a transactional
+        producer's batch the high watermark stays one past the next event; the consumer's position has moved
+        past the marker once everything fetched was handed out, and that counts as caught up (otherwise the
+        commit waits for ``commit_interval_ms``)."""
         try:
             for p, nxt in next_offsets.items():
-                hw = self.consumer.highwater(self._tp(p))
-                if hw is not None and hw > nxt:
+                tp = self._tp(p)
+                hw = self.consumer.highwater(tp)
+                if hw is not None and hw > nxt and hw > (self.consumer.position(tp, timeout_ms=0) or 0):
                     return False
         except Exception:
             return False
