@@ -67,6 +67,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-events", type=int, default=None, help="train on the first N rows only (default 2,000,000)"
     )
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument(
+        "--members",
+        type=int,
+        default=None,
+        help="classifiers: a seed ensemble of N models averaged in one (default 3 up to 500k labelled "
+        "events, else 1; each member is one more training)",
+    )
     fit.add_argument("--threads", type=int, default=1, help="torch threads (small models run best on 1)")
     fit.add_argument("--no-progress", action="store_true", help="no progress bars")
     fit.set_defaults(func=run_fit_file)
@@ -124,6 +131,7 @@ def _fit_file(args: argparse.Namespace) -> int:
         target_fpr=args.target_fpr,
         max_vocab=args.max_vocab,
         seed=args.seed,
+        members=args.members,
         time_format=args.time_format,
         positive_class=args.positive_class,
         pipeline=args.pipeline,

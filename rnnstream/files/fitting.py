@@ -12,6 +12,10 @@ What it decides for the user (each overridable from the CLI):
   state and are not learned from;
 - classifiers keep the moving average of their weights over about the last epoch (``fit``'s
   ``average_epochs``): held-out quality varies less from seed to seed;
+- classifiers are a seed ensemble (``members``, default 3 up to ``ENSEMBLE_MAX_EVENTS`` labelled events):
+  the same split trained from independent seeds, early-stopped each, folded into one model that averages
+  their logits (:mod:`rnnstream.rnn_core.seed_ensemble`; serving sees one model, its state ``members`` times
+  wider): the order of the highest scores, which average precision weighs, varies less between seeds;
 - early stopping on a held-out tail of each key (the last ``holdout`` of its events; keys with fewer than
   five events train only): classifiers are validated with each key's state carried from its training part
   (labels hidden there), forecast and next-token heads on the tails themselves.
@@ -32,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import torch
 from tqdm import tqdm
 
 from rnnstream.errors import UsageError
@@ -68,12 +71,16 @@ from rnnstream.pipelines.spec import PIPELINE_NAMES
 from rnnstream.rnn_core.config import ModelConfig
 from rnnstream.rnn_core.event_schema import LABEL_COLUMN
 from rnnstream.rnn_core.model import StreamingModel
-from rnnstream.rnn_core.training import fit, sequences_from_table
+from rnnstream.rnn_core.seed_ensemble import can_fold, fold_members
+from rnnstream.rnn_core.training import FitResult, fit, seeded_model, sequences_from_table
 from rnnstream.rnn_core.trimmed_loss import TrimmedKeys
 
 DEFAULT_MAX_EVENTS = 2_000_000
 LABELLED_EPOCH_FACTOR = 3  # classifiers with a held-out part, sessions held out whole: most epochs x3
 CLASSIFIER_AVERAGE_EPOCHS = 1.0  # classifiers keep an EMA of their weights over about the last epoch
+CLASSIFIER_MEMBERS = 3  # classifiers: a seed ensemble of this many models (module docstring)
+ENSEMBLE_MAX_EVENTS = 500_000  # ... up to this many labelled events learned from; one model above
+MEMBER_SEED_STRIDE = 1000  # member i trains from seed + 1000 * i: seeds 0 and 1 share no member
 POOR_TOP1 = 0.5  # a next-token model right less often than this gets a loud note
 
 
@@ -100,6 +107,7 @@ class FitOptions:
     max_events: int = DEFAULT_MAX_EVENTS
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     trim_keys: bool = False  # session-like next-token data: a trimmed loss (rnn_core/trimmed_loss.py)
+    members: int | None = None  # classifiers: models in the seed ensemble (None: ensemble_members)
 
 
 def default_hidden_size(events: int) -> int:
@@ -116,6 +124,20 @@ def default_hidden_size(events: int) -> int:
 def default_epochs(events: int) -> int:
     """Most epochs (early stopping usually ends sooner): ~400k event passes, between 5 and 60 epochs."""
     return int(min(60, max(5, math.ceil(400_000 / max(events, 1)))))
+
+
+def ensemble_members(options: FitOptions, model: StreamingModel, learned: int) -> int:
+    """How many seeds a classifier's ensemble trains: ``options.members``, else ``CLASSIFIER_MEMBERS`` up to
+    ``ENSEMBLE_MAX_EVENTS`` labelled events (each member is one more training); 1 where models cannot fold."""
+    if options.members is not None and options.members < 1:
+        raise UsageError("--members must be >= 1")
+    if not can_fold(model):
+        if options.members not in (None, 1):
+            raise UsageError("--members: only classifiers without token columns train a seed ensemble")
+        return 1
+    if options.members is not None:
+        return options.members
+    return CLASSIFIER_MEMBERS if learned <= ENSEMBLE_MAX_EVENTS else 1
 
 
 def read_file_events(
@@ -224,8 +246,7 @@ def fit_file(
         embedding_dim=min(16, max(4, round(len(schema.vocabulary) ** 0.5) + 1)) if columns.token else 16,
         adaptive_inputs=True,  # forecast heads: each key's inputs normalized by its own level and scale
     )
-    torch.manual_seed(options.seed)
-    model = StreamingModel(config)
+    model = seeded_model(config, options.seed)  # = torch.manual_seed(seed); StreamingModel(config)
     by_key = options.holdout > 0 and session_like
     if by_key:
         median = int(np.median([len(x) for x in sequences.x]))
@@ -253,7 +274,10 @@ def fit_file(
     patience = patience_epochs(train, options.patience, options.chunk_len, options.batch_keys)
     if validation is not None and patience > options.patience:
         notes.append(f"early stopping waited {patience} epochs (an epoch is only a few optimizer steps)")
-    bar = tqdm(total=epochs, desc="training", unit="epoch", disable=not options.progress, file=sys.stderr)
+    members = ensemble_members(options, model, learned)
+    bar = tqdm(
+        total=epochs * members, desc="training", unit="epoch", disable=not options.progress, file=sys.stderr
+    )
 
     def progress(record: dict[str, float]) -> None:
         bar.update(1)
@@ -262,21 +286,36 @@ def fit_file(
             on_epoch(record)
 
     trimmed = TrimmedKeys() if options.trim_keys and by_key and schema.head == "next_token" else None
-    with bar:
-        result = fit(
-            model,
+
+    def train_member(member: StreamingModel, seed: int) -> FitResult:
+        return fit(
+            member,
             train,
             epochs=epochs,
             lr=options.lr or (1e-2 if config.hidden_size <= 32 else 3e-3),
             chunk_len=options.chunk_len,
             batch_keys=options.batch_keys,
-            seed=options.seed,
+            seed=seed,
             progress=progress,
             validation=validation,
             patience=patience,
             average_epochs=CLASSIFIER_AVERAGE_EPOCHS if label else None,
             select_keys=trimmed,
         )
+
+    with bar:
+        result = train_member(model, options.seed)
+        if members > 1:
+            trained, best = [model], [result.best_epoch]
+            for i in range(1, members):
+                seed = options.seed + MEMBER_SEED_STRIDE * i
+                trained.append(seeded_model(config, seed))
+                best.append(train_member(trained[-1], seed).best_epoch)
+            model = fold_members(trained)
+            notes.append(
+                f"a seed ensemble of {members} models (best epochs {', '.join(str(b + 1) for b in best)}), "
+                f"their logits averaged in one model of hidden size {model.hidden_size} (--members 1: one)"
+            )
     model.eval()
     holdout_events = int(sum(len(x) - c for x, c in zip(sequences.x, cuts, strict=True)))
     names = model.output_names()
