@@ -9,8 +9,8 @@
 3. bare kernel: the same batched GRU step on preallocated states, with no key lookup and no store, in two
    forms: ``torch.gru_cell`` on the model's weights, and the scorer's own step without the store (two
    ``addmm`` into reused buffers and the compiled gate pass of ``rnn_core/gru_gates.py``, new states
-   written in place); each as one call per batch and as calls of the scorer's ``step_rows`` (1,024) rows
-   (faster on CPU: the step's working set stays in cache). The kernel is credited with the fastest of the
+   written in place); each as one call per batch and as calls of the scorer's ``step_rows`` rows (256 on
+   the CPU: faster, the step's working set stays in cache). The kernel is credited with the fastest of the
    four, so store / kernel measures what the store costs, not which step is faster.
 
 GRU(input 32, hidden 64, 1 layer), binary head, input normalization fitted; 1,000,000 keys (100,000 with

@@ -1,9 +1,9 @@
 """Which events of a micro-batch a scorer steps together: chunks of distinct keys that keep each key's order.
 
-A batch is stepped ``rows`` events at a time (gather, step and scatter of ~1k state rows stay in the CPU
-cache). Within one chunk every key must appear once: the chunk's states are gathered before its step and
-scattered after it. Keys repeat in a batch (a few times per 4k random events at a million keys, far more
-often on skewed streams), so the plan is one compiled pass over the batch: each event goes to the first
+A batch is stepped ``rows`` events at a time (gather, step and scatter of a few hundred state rows stay in
+the CPU cache). Within one chunk every key must appear once: the chunk's states are gathered before its
+step and scattered after it. Keys repeat in a batch (a few times per 4k random events at a million keys, far
+more often on skewed streams), so the plan is one compiled pass over the batch: each event goes to the first
 chunk with room that comes after the chunk of its key's previous event. Events of keys seen once fill the
 chunks in batch order; a repeated key's later event lands in a later chunk, so the steps apply each key's
 events in order, and the batch still takes ``ceil(n / rows)`` steps unless a key's events outnumber them.

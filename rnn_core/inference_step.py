@@ -1,13 +1,13 @@
 """``StreamingModel.step`` for a run of inference calls, with what each call would look up resolved once.
 
-A scorer steps a micro-batch in chunks of ~1k rows; each ``step`` call checks the mode and the model's
-options, validates the folded weights' cache (:mod:`.folded_weights`) and walks the layer list, ~15-30 µs
-of Python a call next to a ~0.5 ms cell. :func:`stepper` does that once (a scorer asks for one per batch)
-and returns a function of ``(x, state)`` that runs the same tensor operations in the same order as ``step``,
-so its results are bit for bit those of ``step``. Where there is nothing to save or the model is not a
-plain one (training or autograd on, a subclass with its own ``step``, per-key input normalization, the
-adaptive likelihood, the stateless baseline, a CUDA model that needs :func:`exact_numerics`), it is
-``step`` itself.
+A scorer steps a micro-batch in chunks of a few hundred rows; each ``step`` call checks the mode and the
+model's options, validates the folded weights' cache (:mod:`.folded_weights`) and walks the layer list, ~15-30
+µs of Python a call next to a ~0.1-0.5 ms cell. :func:`stepper` does that once (a scorer asks for one per
+batch) and returns a function of ``(x, state)`` that runs the same tensor operations in the same order as
+``step``, so its results are bit for bit those of ``step``. Where there is nothing to save or the model is not
+a plain one (training or autograd on, a subclass with its own ``step``, per-key input normalization, the
+adaptive likelihood, the stateless baseline, a CUDA model that needs :func:`exact_numerics`), it is ``step``
+itself.
 """
 
 from __future__ import annotations
