@@ -35,33 +35,37 @@ DEFAULT_MAX_SHARE = 0.1
 MIN_LOG_SPREAD = 0.1
 
 
+def padded_batches(sequences: KeySequences, batch_keys: int, device: torch.device):
+    """``(indices, x, y, mask)`` batches of keys of similar lengths (little padding), padded at the end."""
+    order = np.argsort(sequences.lengths, kind="stable")
+    for start in range(0, len(order), batch_keys):
+        idx = order[start : start + batch_keys]
+        lengths = [len(sequences.x[i]) for i in idx]
+        x = np.zeros((len(idx), max(lengths), sequences.x[idx[0]].shape[1]), np.float32)
+        y = None if sequences.y is None else np.full(x.shape[:2], np.nan, np.float32)
+        mask = np.zeros(x.shape[:2], bool)
+        for row, (i, n) in enumerate(zip(idx, lengths, strict=True)):
+            x[row, :n], mask[row, :n] = sequences.x[i], True
+            if y is not None:
+                y[row, :n] = sequences.y[i]
+        yield (
+            idx,
+            torch.from_numpy(x).to(device),
+            None if y is None else torch.from_numpy(y).to(device),
+            torch.from_numpy(mask).to(device),
+        )
+
+
 @torch.no_grad()
 def key_losses(model: StreamingModel, sequences: KeySequences, batch_keys: int = 64) -> np.ndarray:
     """Each key's mean training loss per event, its state carried from a fresh start (eval mode); NaN for a
     key with no event that counts."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     found = np.full(len(sequences), np.nan)
-    order = np.argsort(sequences.lengths, kind="stable")  # similar lengths share a batch: little padding
     try:
-        for start in range(0, len(order), batch_keys):
-            idx = order[start : start + batch_keys]
-            lengths = [len(sequences.x[i]) for i in idx]
-            x = np.zeros((len(idx), max(lengths), sequences.x[idx[0]].shape[1]), np.float32)
-            y = None if sequences.y is None else np.full(x.shape[:2], np.nan, np.float32)
-            mask = np.zeros(x.shape[:2], bool)
-            for row, (i, n) in enumerate(zip(idx, lengths, strict=True)):
-                x[row, :n], mask[row, :n] = sequences.x[i], True
-                if y is not None:
-                    y[row, :n] = sequences.y[i]
-            per_event, weights, _ = event_losses(
-                model,
-                torch.from_numpy(x).to(device),
-                None if y is None else torch.from_numpy(y).to(device),
-                None,
-                torch.from_numpy(mask).to(device),
-            )
+        for idx, x, y, mask in padded_batches(sequences, batch_keys, next(model.parameters()).device):
+            per_event, weights, _ = event_losses(model, x, y, None, mask)
             total = (per_event * weights).sum(1).double().cpu().numpy()
             count = weights.sum(1).double().cpu().numpy()
             found[idx] = np.where(count > 0, total / np.maximum(count, 1.0), np.nan)

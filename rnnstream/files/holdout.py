@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 from rnnstream.files.alert_threshold import TARGET_FPR_ALL_EVENTS, AlertThreshold, choose_threshold
+from rnnstream.files.expected_alerts import MODEL_EXPECTED, expected_line, sample_within
 from rnnstream.rnn_core import metrics
 from rnnstream.rnn_core.model import StreamingModel
+from rnnstream.rnn_core.token_distribution import next_token_distributions
 from rnnstream.rnn_core.training import KeySequences, planned_steps
 
 MIN_KEY_EVENTS_FOR_HOLDOUT = 5
@@ -185,7 +187,33 @@ def alert_threshold(
     if per_session and head != "binary" and scores.size:
         sizes = np.asarray([len(x) - c for x, c in zip(sequences.x, cuts, strict=True) if c < len(x)])
         scores = np.maximum.reduceat(scores, np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64))
-    return choose_threshold(head, scores, y if head == "binary" else None, target_fpr)
+    chosen = choose_threshold(head, scores, y if head == "binary" else None, target_fpr)
+    if per_session and head == "next_token" and chosen is not None:
+        return lower_if_expected(chosen, scores, model, sequences, cuts, target_fpr)
+    return chosen
+
+
+def lower_if_expected(
+    chosen: AlertThreshold,
+    session_scores: np.ndarray,
+    model: StreamingModel,
+    sequences: KeySequences,
+    cuts: np.ndarray,
+    target_fpr: float,
+) -> AlertThreshold:
+    """``chosen`` (at most ``target_fpr`` of the held-out sessions, highest scores ``session_scores``,
+    observed to alert) or the lower line at which the model expects that share of them to alert
+    (:func:`~rnnstream.files.expected_alerts.expected_line`, from its next-token distributions over the
+    held-out sessions, a seeded sample of them beyond ``MAX_CELLS``)."""
+    held = [i for i, (x, c) in enumerate(zip(sequences.x, cuts, strict=True)) if c < len(x)]
+    lengths = np.asarray([len(sequences.x[i]) for i in held], dtype=np.int64)
+    held = [held[j] for j in sample_within(lengths, model.head.out_features)]
+    dists = next_token_distributions(model, sequences.subset(held))
+    dists = [d[cuts[i] :] for d, i in zip(dists, held, strict=True)]
+    line = expected_line(dists, session_scores, target_fpr)
+    if line is None or line >= chosen.value:
+        return chosen
+    return replace(chosen, value=line, null=MODEL_EXPECTED)
 
 
 def warmup_events(n: int) -> int:
