@@ -98,11 +98,12 @@ def gru_gates(gi, gh, h_prev, h_out):
 
 
 @compiled(error_model="numpy")
-def gru_gates_scatter(gi, gh, h_prev, h_out, rows, slots, slot_times, times, head_w, head_b, out):
-    """:func:`gru_gates`, and each row's new state and event time written into slab row ``slots[i]`` of
-    ``rows`` [capacity, H] and ``slot_times`` (an IndexError for a slot outside the slab). With a binary
-    head (``head_w`` float32 [H], not empty), ``out[i] = sigmoid(h_out[i] . head_w + head_b)`` too (float64
-    exp, so small probabilities keep their relative precision)."""
+def gru_gates_scatter(gi, gh, h_prev, h_out, rows, slots, slot_times, times, events, head_w, head_b, out):
+    """:func:`gru_gates` for a scorer's chunk: row ``i`` is the batch's event ``events[i]`` of slot
+    ``slots[i]``; its new state is also written into slab row ``slots[i]`` of ``rows`` [capacity, H] and its
+    event time ``times[events[i]]`` into ``slot_times`` (an IndexError for a slot outside the slab). With a
+    binary head (``head_w`` float32 [H], not empty), ``out[events[i]] = sigmoid(h_out[i] . head_w + head_b)``
+    too (float64 exp, so small probabilities keep their relative precision)."""
     hidden = h_prev.shape[1]
     n = rows.shape[0]
     with_head = head_w.size > 0
@@ -113,9 +114,10 @@ def gru_gates_scatter(gi, gh, h_prev, h_out, rows, slots, slot_times, times, hea
         _row(gi, gh, h_prev, h_out, i, hidden)
         for k in range(hidden):
             rows[s, k] = h_out[i, k]
-        slot_times[s] = times[i]
+        e = events[i]
+        slot_times[s] = times[e]
         if with_head:
-            out[i] = np.float32(1.0 / (1.0 + np.exp(-np.float64(_dot(h_out, i, head_w) + head_b))))
+            out[e] = np.float32(1.0 / (1.0 + np.exp(-np.float64(_dot(h_out, i, head_w) + head_b))))
 
 
 @compiled(error_model="numpy")

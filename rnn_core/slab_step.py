@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from rnnstream.rnn_core.inference_step import is_plain
 
@@ -41,26 +40,27 @@ class SlabGruStep:
             self._head_w = model.head.weight.detach().reshape(-1).contiguous().numpy()
             self._head_b = float(model.head.bias.detach()[0])
 
-    def __call__(
-        self, x: Tensor, h_prev: np.ndarray, store: KeyedStateStore, slots: np.ndarray, times: np.ndarray
-    ) -> Tensor:
-        """Outputs ``[m, K]`` for events ``x[m, D]`` of distinct ``slots`` whose states ``h_prev`` (float32
-        ``[m, H]``, C-contiguous) were gathered from the store; their new states and ``times`` are written
-        into the store."""
-        m = h_prev.shape[0]
+    def chunk(
+        self, xb: np.ndarray, h_prev: np.ndarray, store: KeyedStateStore, slots: np.ndarray,
+        times: np.ndarray, events: np.ndarray, out: np.ndarray,
+    ) -> None:  # fmt: skip
+        """Step the batch's events ``events`` (inputs ``xb`` [m, D], their distinct ``slots`` and states
+        ``h_prev`` float32 [m, H] gathered from the store): their new states and times (``times`` of the
+        whole batch) go into the store, their outputs into rows ``events`` of the batch's ``out`` [N, K]."""
+        m = slots.size
         buf = self._buf
         buf.ensure(m)
         gi, gh, h_new = buf.gi[:m], buf.gh[:m], buf.h[:m]
-        h_prev_t = torch.from_numpy(h_prev)
+        x, h_prev_t = torch.from_numpy(xb), torch.from_numpy(h_prev)
         z = self._rnn_inputs(x, normalized=self._normalized)
         torch.addmm(self._b_ih, z, self._w_ih_t, out=buf.gi_t[:m])
         torch.addmm(self._b_hh, h_prev_t, self._w_hh_t, out=buf.gh_t[:m])
         if self._binary:
-            out = np.empty((m, 1), np.float32)
-            store.step_gru_rows(slots, gi, gh, h_prev, h_new, times, (self._head_w, self._head_b, out[:, 0]))
-            return torch.from_numpy(out)
-        store.step_gru_rows(slots, gi, gh, h_prev, h_new, times)
-        return self._outputs(x, h_prev_t, buf.h_t[:m])
+            head = (self._head_w, self._head_b, out[:, 0])
+            store.step_gru_rows(slots, gi, gh, h_prev, h_new, times, events, head)
+            return
+        store.step_gru_rows(slots, gi, gh, h_prev, h_new, times, events)
+        out[events] = self._outputs(x, h_prev_t, buf.h_t[:m]).numpy()
 
 
 class GateBuffers:

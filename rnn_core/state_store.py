@@ -31,6 +31,7 @@ from rnnstream.rnn_core.key_arena import KeyArena
 from rnnstream.rnn_core.key_hashing import KeyBatch, as_string_array, key_buffers
 from rnnstream.rnn_core.key_kernels import (
     FREE,
+    gather_chunk,
     gather_rows,
     gather_states,
     insert_keys,
@@ -226,6 +227,16 @@ class KeyedStateStore:
         ``B`` rows of ``S * L * H``) and ``out_times`` (int64 [B])."""
         gather_states(self._rows, self._times, slots, out.reshape(slots.size, -1), out_times)
 
+    def gather_chunk(
+        self, x: np.ndarray, idx: np.ndarray, slots: np.ndarray, times: np.ndarray, xb: np.ndarray,
+        h_prev: np.ndarray, prev_times: np.ndarray, chunk_slots: np.ndarray, dt_col: int,
+    ) -> None:  # fmt: skip
+        """A scorer chunk's inputs, slots, states and last event times in one pass (events ``idx`` of a
+        batch): see :func:`.key_kernels.gather_chunk`."""
+        gather_chunk(
+            x, idx, slots, times, self._rows, self._times, xb, h_prev, prev_times, chunk_slots, dt_col
+        )
+
     def scatter_slots(
         self, slots: np.ndarray, states: torch.Tensor, times_ms: np.ndarray | None = None
     ) -> None:
@@ -241,21 +252,16 @@ class KeyedStateStore:
         scatter_rows(self._rows, slots, states.numpy().reshape(slots.size, -1), self._times, times)
 
     def step_gru_rows(
-        self,
-        slots: np.ndarray,
-        gi: np.ndarray,
-        gh: np.ndarray,
-        h_prev: np.ndarray,
-        h_new: np.ndarray,
-        times_ms: np.ndarray,
-        head: tuple[np.ndarray, float, np.ndarray] = (_NO_HEAD, 0.0, _NO_HEAD),
-    ) -> None:
-        """One GRU step of distinct ``slots`` (a one-layer GRU's store): the new states from the gate
-        pre-activations ``gi``/``gh`` [B, 3H] and ``h_prev`` [B, H] (:func:`.gru_gates.gru_gates_scatter`)
-        into ``h_new`` [B, H] and the slots' rows, with their last event times (int64 [B]). ``head``: a
-        binary head's (weight [H], bias, out [B]) to compute the scores in the same pass."""
-        w, b, out = head
-        gru_gates_scatter(gi, gh, h_prev, h_new, self._rows, slots, self._times, times_ms, w, b, out)
+        self, slots: np.ndarray, gi: np.ndarray, gh: np.ndarray, h_prev: np.ndarray, h_new: np.ndarray,
+        times_ms: np.ndarray, events: np.ndarray, head: tuple[np.ndarray, float, np.ndarray] | None = None,
+    ) -> None:  # fmt: skip
+        """One GRU step of distinct ``slots`` (a one-layer GRU's store), a scorer's chunk of the batch's
+        events ``events``: the new states from the gate pre-activations ``gi``/``gh`` [B, 3H] and ``h_prev``
+        [B, H] into ``h_new`` [B, H] and the slots' rows, their last event times from the batch's
+        ``times_ms`` (:func:`.gru_gates.gru_gates_scatter`). ``head``: a binary head's (weight [H], bias, the
+        batch's scores [N]) to compute the scores in the same pass."""
+        w, b, out = (_NO_HEAD, 0.0, _NO_HEAD) if head is None else head
+        gru_gates_scatter(gi, gh, h_prev, h_new, self._rows, slots, self._times, times_ms, events, w, b, out)
 
     def slot_keys(self, slots: np.ndarray) -> np.ndarray:
         """The key (str) held by each slot, an object array."""

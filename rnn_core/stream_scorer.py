@@ -205,11 +205,11 @@ class StreamScorer:
         with torch.inference_mode():
             stepper = getattr(self.model, "stepper", None)  # None: not a StreamingModel (a stand-in)
             # once a batch: a one-layer GRU steps straight into the slab (slab_step), else see inference_step
-            step: StepFn | SlabGruStep | None = (
-                None if stepper is None else slab_stepper(self.model, self._gates)
-            )
-            if step is None:
-                step = self.model.step if stepper is None else stepper()
+            slab = None if stepper is None else slab_stepper(self.model, self._gates)
+            if slab is not None:
+                self._score_slab(slab, slots, times, x, order, bounds, out)
+                return out
+            step = self.model.step if stepper is None else stepper()
             for lo, hi in pairwise(bounds):
                 if order is None:
                     if direct:
@@ -227,6 +227,24 @@ class StreamScorer:
                     np.copyto(xb, x[idx], casting="same_kind")
                 out[idx] = self._step_rows(step, slots[idx], times[idx], xb)
         return out
+
+    def _score_slab(
+        self, step: SlabGruStep, slots: np.ndarray, times: np.ndarray, x: np.ndarray,
+        order: np.ndarray | None, bounds: list[int], out: np.ndarray,
+    ) -> None:  # fmt: skip
+        """:meth:`_score`'s chunks for a one-layer GRU stepping into the slab: per chunk one compiled gather
+        (inputs, time deltas, states and times, logged for undo) and one step (:mod:`.slab_step`)."""
+        if order is None:
+            order = np.arange(slots.size)
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, np.float32)
+        dt_col = -1 if self._dt_col is None else self._dt_col
+        store, undo, xbuf = self.store, self._undo, self._xbuf
+        for lo, hi in pairwise(bounds):
+            idx = order[lo:hi]
+            xb = xbuf[: hi - lo]
+            h_prev, chunk_slots = undo.take_chunk(store, x, idx, slots, times, xb, dt_col)
+            step.chunk(xb, h_prev, store, chunk_slots, times, idx, out)
 
     def _score_runs(self, keys: pa.Array, slots: np.ndarray, times: np.ndarray, x: np.ndarray) -> np.ndarray:
         """A batch where some keys have ``SEQUENCE_MIN_EVENTS``+ events: each of those keys runs through the
@@ -259,17 +277,13 @@ class StreamScorer:
                 store.scatter_slots(one, final.cpu(), t[-1:])
         return out
 
-    def _step_rows(
-        self, step: StepFn | SlabGruStep, slots: np.ndarray, times: np.ndarray, xb: np.ndarray
-    ) -> np.ndarray:
+    def _step_rows(self, step: StepFn, slots: np.ndarray, times: np.ndarray, xb: np.ndarray) -> np.ndarray:
         """One chunk (distinct slots): gather the states and times (logged for undo in the same pass), fill
         dt, step, scatter the new states and times; returns the outputs."""
         store = self.store
         state, prev = self._undo.take(store, slots)
         if self._dt_col is not None:
             xb[:, self._dt_col] = _seconds_since(times, prev)
-        if isinstance(step, SlabGruStep):  # steps straight into the store's slab
-            return step(torch.from_numpy(xb), state.reshape(slots.size, -1), store, slots, times).numpy()
         xt, st = torch.from_numpy(xb), torch.from_numpy(state)
         if self._device.type != "cpu":
             xt, st = xt.to(self._device), st.to(self._device)

@@ -58,11 +58,16 @@ def test_gates_equal_gru_cell_and_scatter_into_the_slab() -> None:
     times = np.arange(rows, dtype=np.int64) + 7
     again = np.empty_like(out)
     head_w = rng.normal(0, 3, hidden).astype(np.float32)
-    scores = np.empty(rows, np.float32)
-    gru_gates_scatter(gi, gh, h.numpy(), again, slab, slots, slab_times, times, head_w, -0.5, scores)
+    scores = np.full(rows + 3, -1.0, np.float32)
+    events = rng.permutation(rows + 3)[:rows]  # the rows' places in the batch (times and scores)
+    batch_times = np.zeros(rows + 3, np.int64)
+    batch_times[events] = times
+    args = (slab, slots, slab_times, batch_times, events, head_w, -0.5, scores)
+    gru_gates_scatter(gi, gh, h.numpy(), again, *args)
     np.testing.assert_array_equal(again, out)
     ref_scores = torch.sigmoid(torch.from_numpy(again) @ torch.from_numpy(head_w) - 0.5).numpy()
-    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(scores[events], ref_scores, rtol=1e-5, atol=1e-7)
+    assert (np.delete(scores, events) == -1.0).all()
     np.testing.assert_array_equal(slab[slots], out)
     np.testing.assert_array_equal(slab_times[slots], times)
     untouched = np.setdiff1d(np.arange(1000), slots)
@@ -71,7 +76,7 @@ def test_gates_equal_gru_cell_and_scatter_into_the_slab() -> None:
         outside = np.array([1000])
         none = np.zeros(0, np.float32)  # no head
         one = (gi[:1], gh[:1], h.numpy()[:1], again[:1])
-        gru_gates_scatter(*one, slab, outside, slab_times, times[:1], none, 0, none)
+        gru_gates_scatter(*one, slab, outside, slab_times, times[:1], np.zeros(1, np.int64), none, 0, none)
 
 
 def model_of(cell: str, layers: int, head: str = "binary") -> StreamingModel:
@@ -145,3 +150,33 @@ def test_slab_step_follows_changed_weights() -> None:
         with torch.inference_mode():
             ref, _ = model.step(torch.from_numpy(x), model.init_state(5))
         np.testing.assert_allclose(out, ref.numpy(), atol=2e-6, rtol=0)
+
+
+class FailingHeadModel(StreamingModel):
+    """A plain one-layer GRU (the slab step applies) whose head raises on an input of 1234.5: the failure
+    comes after the chunk's new states were written into the slab."""
+
+    def _outputs(self, x, top_before, top_after, inputs=None):  # type: ignore[no-untyped-def]
+        if bool((x == 1234.5).any()):
+            raise RuntimeError("poison row")
+        return super()._outputs(x, top_before, top_after, inputs)
+
+
+def test_a_failing_call_through_the_slab_step_changes_no_state() -> None:
+    config = ModelConfig(SPEC, "gru", "forecast", hidden_size=6, adaptive_score=False)
+    torch.manual_seed(2)
+    model = FailingHeadModel(config).eval()
+    scorer = StreamScorer(model, step_rows=8)
+    rng = np.random.default_rng(3)
+    names = [f"k{i}" for i in range(12)]
+    x = rng.normal(0, 1, (40, SPEC.input_size)).astype(np.float32)
+    x[:, 2] = 1.0
+    keys = [names[i] for i in rng.integers(0, 12, 40)]
+    scorer.score(keys, np.arange(40), x)
+    before, before_times = scorer.store.gather(names).clone(), scorer.store.last_times(names)
+    x[30, 0] = 1234.5  # a late chunk fails, after earlier chunks (and its own gates) wrote the slab
+    with pytest.raises(RuntimeError, match="poison row"):
+        scorer.score(keys, np.arange(40) + 100, x)
+    assert scorer._gates is not None and scorer._gates.step is not None  # the slab step ran
+    assert torch.equal(scorer.store.gather(names), before)
+    np.testing.assert_array_equal(scorer.store.last_times(names), before_times)
