@@ -55,7 +55,13 @@ from e2e_fixtures import (
     seeded_model,
     wait_committed,
 )
-from io_floor import broker_round_trip_ms, partition_counts, raw_pass_through, send_paced
+from io_floor import (
+    broker_round_trip_ms,
+    partition_counts,
+    raw_pass_through,
+    send_paced,
+    txn_relay_round_trip_ms,
+)
 from score_latency import scored_latency_ms
 
 
@@ -96,20 +102,33 @@ def json_vs_raw(settings, schema, handle, table, rounds: int, tmp: Path, log) ->
     }
 
 
-def latency_fields(p50: float, p99: float, broker_p50: float, broker_p99: float) -> dict[str, float]:
-    """The scored latency beside the bare broker's, and the p99 gap the target is about (ms)."""
+def latency_fields(
+    p50: float, p99: float, broker_p50: float, broker_p99: float, txn: tuple[float, float]
+) -> dict[str, float]:
+    """The scored latency beside the bare broker's and the bare exactly-once relay's, and the p99 gap the
+    target is about (ms)."""
     return {
         "p50_ms": round(p50, 1),
         "p99_ms": round(p99, 1),
         "broker_p50_ms": round(broker_p50, 1),
         "broker_p99_ms": round(broker_p99, 1),
         "p99_over_broker_ms": round(p99 - broker_p99, 1),
+        "txn_floor_p50_ms": round(txn[0], 1),
+        "txn_floor_p99_ms": round(txn[1], 1),
     }
 
 
-def latency_at_rate(settings, schema, handle, rate: float, seconds: float, tmp: Path) -> tuple[float, float]:
+def latency_at_rate(
+    settings, schema, handle, rate: float, seconds: float, tmp: Path
+) -> tuple[float, float, dict[str, float]]:
     """(p50, p99) ms from an event's send to its score read by a read_committed reader (:mod:`score_latency`),
-    Arrow events sent at ``rate`` for ``seconds`` after a warm-up of a quarter of that at the same rate."""
+    Arrow events sent at ``rate`` for ``seconds`` after a warm-up of a quarter of that at the same rate; and
+    the workers' own split (the worst worker's, warm-up included, :class:`WorkerMetrics`):
+    ``worker_fetch_p99_ms`` (a message's send -> the worker's loop polled it), ``worker_commit_p99_ms`` (a
+    transaction commit blocking the loop) and ``worker_checkpoint_max_ms`` (the longest checkpoint write,
+    which blocks the loop too)."""
+    import ray
+
     from rnnstream.workers.serving import stop_coordinator
 
     create_topics(settings, schema.pipeline)
@@ -132,7 +151,7 @@ def latency_at_rate(settings, schema, handle, rate: float, seconds: float, tmp: 
         return t.num_rows
 
     try:
-        return scored_latency_ms(
+        p50, p99 = scored_latency_ms(
             settings,
             config.scores_topic,
             config.events_topic,
@@ -141,6 +160,16 @@ def latency_at_rate(settings, schema, handle, rate: float, seconds: float, tmp: 
             send=lambda: paced(table),
             wait_scored=lambda: wait_committed(settings, config.group_id, config.events_topic),
         )
+        workers = ray.get(coord.status.remote())["workers"]
+        split = {
+            f"worker_{k}_ms": round(max(w.get(m) or 0.0 for w in workers), 1)
+            for k, m in (
+                ("fetch_p99", "latency_fetch_p99_ms"),
+                ("commit_p99", "commit_p99_ms"),
+                ("checkpoint_max", "checkpoint_max_ms"),
+            )
+        }
+        return p50, p99, split
     finally:
         stop_coordinator(coord)
 
@@ -152,6 +181,21 @@ def broker_latency(settings, rate: float, seconds: float) -> tuple[float, float]
     table = make_events(rtt, int(rate * seconds), 20_000, seed=3, start_ms=int(time.time() * 1000))
     return broker_round_trip_ms(
         settings, f"{rtt.pipeline}.events", PARTITIONS, lambda: send_paced(settings, rtt, table, rate)
+    )
+
+
+def txn_floor_latency(settings, rate: float, seconds: float) -> tuple[float, float]:
+    """(p50, p99) ms of the bare exactly-once relay (:func:`io_floor.txn_relay_round_trip_ms`) with the
+    latency run's messages and pace: two broker hops and a transaction commit, nothing of rnnstream."""
+    txn = make_schema("bench-txn-rtt")
+    create_topics(settings, txn.pipeline)
+    table = make_events(txn, int(rate * seconds), 20_000, seed=3, start_ms=int(time.time() * 1000))
+    return txn_relay_round_trip_ms(
+        settings,
+        f"{txn.pipeline}.events",
+        f"{txn.pipeline}.raw",
+        PARTITIONS,
+        lambda: send_paced(settings, txn, table, rate),
     )
 
 
@@ -233,11 +277,14 @@ def main(argv: list[str] | None = None) -> int:
             _, handle = seeded_model(tmp)
             log(f"latency at {args.rate:.0f} events/s ...")
             schema = make_schema("bench-lat")
-            p50, p99 = latency_at_rate(settings, schema, handle, args.rate, lat_seconds, tmp)
+            p50, p99, split = latency_at_rate(settings, schema, handle, args.rate, lat_seconds, tmp)
             log(f"bare broker round trip at {args.rate:.0f} events/s ...")
             broker_p50, broker_p99 = broker_latency(settings, args.rate, lat_seconds)
+            log(f"bare exactly-once relay at {args.rate:.0f} events/s ...")
+            txn = txn_floor_latency(settings, args.rate, lat_seconds)
         result = {
-            **latency_fields(p50, p99, broker_p50, broker_p99),
+            **latency_fields(p50, p99, broker_p50, broker_p99, txn),
+            **split,
             "latency_rate_eps": round(args.rate),
         }
         print_result(result, args.json, width=18)
@@ -272,15 +319,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
 
         log(f"latency at {arrow_eps / 2:.0f} events/s ...")
-        p50, p99 = latency_at_rate(
+        p50, p99, split = latency_at_rate(
             settings, make_schema("bench-lat"), handle, arrow_eps / 2, lat_seconds, tmp
         )
 
         log(f"bare broker round trip at {arrow_eps / 2:.0f} events/s ...")
         broker_p50, broker_p99 = broker_latency(settings, arrow_eps / 2, lat_seconds)
+        log(f"bare exactly-once relay at {arrow_eps / 2:.0f} events/s ...")
+        txn = txn_floor_latency(settings, arrow_eps / 2, lat_seconds)
 
         log("latency at 10000 events/s ...")
-        p50_low, p99_low = latency_at_rate(
+        p50_low, p99_low, _ = latency_at_rate(
             settings, make_schema("bench-lat-low"), handle, 10_000.0, lat_seconds, tmp
         )
 
@@ -288,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         rec = recovery_seconds(settings, make_schema("bench-rec"), handle, rec_keys, tmp)
     result = {
         **throughput,
-        **latency_fields(p50, p99, broker_p50, broker_p99),
+        **latency_fields(p50, p99, broker_p50, broker_p99, txn),
+        **split,
         "recovery_s": round(rec, 2),
         "latency_rate_eps": round(arrow_eps / 2),
         "p50_ms_at_10k_eps": round(p50_low, 1),

@@ -4,11 +4,21 @@
   producing one output message per input message, same key and value, to the same partition number: no
   decoding, no model, no state, no transactions); its events/s and CPU seconds;
 - :func:`broker_round_trip_ms`: the bare broker's round trip, messages sent at a given pace -> fetched by a
-  plain consumer in its own process with the workers' fetch wait.
+  plain consumer in its own process with the workers' fetch wait;
+- :func:`txn_relay_round_trip_ms`: the floor with exactly once: the same messages relayed by a bare
+  kafka-python consume -> transactional produce -> ``send_offsets_to_transaction`` -> commit loop (no
+  decoding, no model) and fetched by a ``read_committed`` reader, timed from the original send (two hops and
+  a commit).
+
+Every process here (and the sender) freezes what it imported before it measures (``gc.freeze``): a full
+collection of a process that imported kafka-python, pyarrow and (the sender) Ray and torch walks ~10^5
+objects, tens to hundreds of ms in which the timestamps of a reader stand still; the pipeline's workers do
+the same (:mod:`rnnstream.workers.gc_pauses`), so the floors and the pipeline are measured alike.
 """
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import time
 from collections.abc import Callable
@@ -35,6 +45,7 @@ def send_paced(settings, schema, table: pa.Table, rate: float) -> None:
 
     chunk = max(100, int(rate / 50))
     with EventProducer(settings, schema, events_per_message=min(chunk, 1000)) as p:
+        gc.freeze()
         t0 = time.monotonic()
         for i in range(0, table.num_rows, chunk):
             p.send_arrow(table.slice(i, chunk))
@@ -105,7 +116,14 @@ def raw_pass_through(
 
 
 def _round_trip_consumer(
-    bootstrap: str, topic: str, partitions: int, fetch_wait_ms: int, ready, expect, out
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    fetch_wait_ms: int,
+    ready,
+    expect,
+    out,
+    isolation_level: str = "read_uncommitted",
 ) -> None:
     """Fetch every message of ``topic`` as it arrives; put each one's ms from its create time to here."""
     from kafka import KafkaConsumer, TopicPartition
@@ -113,7 +131,8 @@ def _round_trip_consumer(
     c = KafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        auto_offset_reset="latest",
+        isolation_level=isolation_level,
         fetch_max_wait_ms=fetch_wait_ms,
         max_poll_records=8192,
     )
@@ -121,6 +140,7 @@ def _round_trip_consumer(
     c.assign(tps)
     for tp in tps:
         c.position(tp)  # offsets resolved before anything is produced
+    gc.freeze()
     ready.put(True)
     lat: list[float] = []
     total = None
@@ -151,4 +171,76 @@ def broker_round_trip_ms(
         lat = np.asarray(out.get(timeout=300))
     finally:
         proc.join(timeout=30)
+    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+
+
+def _txn_relay(bootstrap: str, topic: str, out_topic: str, partitions: int, ready, stop) -> None:
+    """Relay every message of ``topic`` to the same partition of ``out_topic`` (its create time kept), one
+    transaction a poll with the consumed offsets, as a bare exactly-once consume -> produce loop does."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    group = f"{out_topic}-relay"
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+        isolation_level="read_committed",
+        fetch_max_wait_ms=2,
+        max_poll_records=8192,
+    )
+    p = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=group, linger_ms=2, batch_size=256 * 1024)
+    p.init_transactions()
+    tps = [TopicPartition(topic, x) for x in range(partitions)]
+    c.assign(tps)
+    warm = {tp: OffsetAndMetadata(c.position(tp), "", -1) for tp in tps}
+    p.begin_transaction()  # the first transaction's coordinator look-ups, before anything is timed
+    p.send_offsets_to_transaction(warm, group)
+    p.commit_transaction()
+    gc.freeze()
+    ready.put(True)
+    while stop.empty():
+        got = c.poll(timeout_ms=50)
+        if not got:
+            continue
+        p.begin_transaction()
+        offsets = {}
+        for tp, msgs in got.items():
+            for m in msgs:
+                p.send(out_topic, value=m.value, key=m.key, partition=tp.partition, timestamp_ms=m.timestamp)
+            offsets[tp] = OffsetAndMetadata(msgs[-1].offset + 1, "", -1)
+        p.send_offsets_to_transaction(offsets, group)
+        p.commit_transaction()
+    p.close()
+    c.close()
+
+
+def txn_relay_round_trip_ms(
+    settings, topic: str, out_topic: str, partitions: int, send: Callable[[], None], fetch_wait_ms: int = 2
+) -> tuple[float, float]:
+    """(p50, p99) ms from each message's create time until a ``read_committed`` reader fetched its relayed
+    copy: ``send()`` produces to ``topic``, a bare transactional relay (its own process) copies each message
+    to ``out_topic`` in one transaction a poll, the reader (its own process) reads ``out_topic``."""
+    ctx = mp.get_context("spawn")
+    relay_ready, stop, ready, expect, out = (ctx.Queue() for _ in range(5))
+    bootstrap = settings.bootstrap_servers
+    relay = ctx.Process(target=_txn_relay, args=(bootstrap, topic, out_topic, partitions, relay_ready, stop))
+    relay.start()
+    reader = None
+    try:
+        relay_ready.get(timeout=120)
+        args = (bootstrap, out_topic, partitions, fetch_wait_ms, ready, expect, out, "read_committed")
+        reader = ctx.Process(target=_round_trip_consumer, args=args)
+        reader.start()
+        ready.get(timeout=120)
+        before = sum(partition_counts(settings, topic, partitions).values())
+        send()
+        expect.put(sum(partition_counts(settings, topic, partitions).values()) - before)
+        lat = np.asarray(out.get(timeout=300))
+    finally:
+        stop.put(True)
+        relay.join(timeout=30)
+        if reader is not None:
+            reader.join(timeout=30)
     return float(np.percentile(lat, 50)), float(np.percentile(lat, 99))

@@ -46,6 +46,7 @@ from typing import Any
 from rnnstream.workers.commit_policy import CommitPolicy, offsets_after
 from rnnstream.workers.event_codec import EventDecoder
 from rnnstream.workers.failure_record import FailureRecord, backoff_delays
+from rnnstream.workers.gc_pauses import freeze_long_lived
 from rnnstream.workers.loop_calls import LoopCalls
 from rnnstream.workers.model_loading import load_model
 from rnnstream.workers.owned_partitions import OwnedPartitions
@@ -212,6 +213,7 @@ class ScoringWorker:
         )
         polled = sum(map(len, by_partition.values()))
         if polled:  # a batch that will end in a commit attaches its offsets first (see commit_policy)
+            self.metrics.polled([t for m in by_partition.values() for t in (m[0].timestamp, m[-1].timestamp)])
             after = offsets_after(self.parts.next_offsets(), by_partition)
             age_ms = (time.monotonic() - tx.started) * 1000 if tx.open else 0.0
             if self.policy.due(polled, lambda: clients.caught_up(after), age_ms):
@@ -279,10 +281,11 @@ class ScoringWorker:
     def _commit(self) -> None:
         """Commit the scores and dead letters sent and the consumed offsets, atomically (or, without
         transactions, the offsets after every send succeeded)."""
+        t0 = time.monotonic()
         self._clients.commit(self.parts.uncommitted_offsets())
         self._in_flight = 0
         self.parts.mark_committed()
-        self.metrics.scores_committed()
+        self.metrics.scores_committed(since=t0)
 
     def _pause(self) -> None:
         if not self.paused and self.parts:
@@ -311,6 +314,7 @@ class ScoringWorker:
             self.parts.open(p, self.models.champion, self.models.challenger, self._clients)
         self.parts.apply(self._clients)
         self.report.publish(self.parts)
+        freeze_long_lived()  # full GC passes would walk the model and clients each time (gc_pauses)
         return sorted(self.parts)
 
     def _set_partitions(self, partitions: list[int], handle: ModelHandle) -> list[int]:

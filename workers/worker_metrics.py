@@ -7,7 +7,11 @@ paused, lag of all owned partitions and its age (seconds since the broker last a
 series (lag, counts) are not here: a Ray gauge cannot drop the series of a released partition, so the worker
 serves them itself (:mod:`partition_metrics_endpoint`). Histograms: batch size,
 checkpoint duration, latency event time -> score written and broker append -> score written. The local copy
-keeps the latest latencies in a fixed ring (no growth) for p50/p99.
+keeps the latest latencies in a fixed ring (no growth) for p50/p99, and two more rings that split the latency
+(local only): ``fetch`` (a message's create time -> the loop polled it: the broker hop and the wait behind the
+loop's cycle; the oldest and newest message of each partition a poll) and ``commit`` (how long each
+transaction commit blocked the loop: offsets, flush and EndTxn round trips); and each checkpoint's duration
+(the loop writes checkpoints itself: ``checkpoint_max_ms`` is the longest stall they caused).
 """
 
 from __future__ import annotations
@@ -108,6 +112,9 @@ class WorkerMetrics:
         self._lat_event = np.zeros(LATENCY_RING, dtype=np.float64)
         self._lat_append = np.zeros(LATENCY_RING, dtype=np.float64)
         self._lat_n = 0
+        self._fetch = _Ring()
+        self._commit = _Ring()
+        self._checkpoint = _Ring()
         self._ray: _RayMetrics | None = None
         if export:
             try:
@@ -135,6 +142,7 @@ class WorkerMetrics:
 
     def checkpoint(self, duration_ms: float) -> None:
         self.last_checkpoint_ms = float(duration_ms)
+        self._checkpoint.add([float(duration_ms)])
         self.count("checkpoints")
         if self._ray is not None:
             self._ray.hists["checkpoint_ms"].observe(float(duration_ms), tags=self.tags)
@@ -143,8 +151,16 @@ class WorkerMetrics:
         """Scores were sent into the open transaction; their latencies count once it commits."""
         self._pending.append((event_times_ms, append_times_ms))
 
-    def scores_committed(self) -> None:
+    def polled(self, create_times_ms: list[float]) -> None:
+        """Messages the loop just polled (their create times): the fetch latency, create -> polled."""
+        now_ms = time.time() * 1000
+        self._fetch.add([now_ms - t for t in create_times_ms])
+
+    def scores_committed(self, since: float | None = None) -> None:
+        """The open transaction committed; ``since``: when the commit began (monotonic), for ``commit``."""
         self.last_commit_monotonic_s = time.monotonic()
+        if since is not None:
+            self._commit.add([(self.last_commit_monotonic_s - since) * 1000])
         if self._pending:
             now_ms = time.time() * 1000
             ev = np.concatenate([t for t, _ in self._pending])
@@ -177,6 +193,9 @@ class WorkerMetrics:
 
     def reset_latencies(self) -> None:
         self._lat_n = 0
+        self._fetch = _Ring()
+        self._commit = _Ring()
+        self._checkpoint = _Ring()
 
     def snapshot(self) -> dict[str, Any]:
         """Plain numbers for ``rnnstream status`` and tests."""
@@ -195,7 +214,28 @@ class WorkerMetrics:
             "last_commit_monotonic_s": self.last_commit_monotonic_s,
             "latency_event_p50_ms": pct(ev, 50),
             "latency_event_p99_ms": pct(ev, 99),
+            "latency_fetch_p50_ms": pct(self._fetch.values(), 50),
+            "latency_fetch_p99_ms": pct(self._fetch.values(), 99),
+            "commit_p50_ms": pct(self._commit.values(), 50),
+            "commit_p99_ms": pct(self._commit.values(), 99),
+            "checkpoint_max_ms": pct(self._checkpoint.values(), 100),
             "latency_append_p50_ms": pct(ap, 50),
             "latency_append_p99_ms": pct(ap, 99),
             "uptime_s": time.time() - self.started,
         }
+
+
+class _Ring:
+    """The latest ``LATENCY_RING`` values (ms), fixed memory."""
+
+    def __init__(self) -> None:
+        self._v = np.zeros(LATENCY_RING, dtype=np.float64)
+        self._n = 0
+
+    def add(self, values: list[float]) -> None:
+        for v in values[-LATENCY_RING:]:
+            self._v[self._n % LATENCY_RING] = v
+            self._n += 1
+
+    def values(self) -> np.ndarray:
+        return self._v[: min(self._n, LATENCY_RING)].copy()
