@@ -1,5 +1,6 @@
 """The forecast head's adaptive score: a key warming up is neutral and learns nothing, errors as usual score
-about 0.5, and stepping equals the sequence through the warm-up."""
+about 0.5, stepping equals the sequence through the warm-up, a lasting change is relearned once, and the
+compiled recursion is its Python form bit for bit."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import torch
 from rnnstream.rnn_core.anomaly_likelihood import (
     NUM_STATS,
     LikelihoodWindows,
+    _recursion_params,
     likelihood_sequence,
     likelihood_step,
 )
+from rnnstream.rnn_core.likelihood_recursion import likelihood_recursion
 
 PRIOR = (0.8, 0.36)  # training errors' mean and variance
 WINDOWS = LikelihoodWindows()
@@ -64,3 +67,41 @@ def test_a_cold_start_does_not_alarm_after_the_warm_up_either() -> None:
     score, z, _ = _run(e)
     assert float(z.max()) < 2.5  # the cold errors are in neither the short mean nor the history
     assert float(score[: WINDOWS.warmup_events + 10].max()) < 0.99
+
+
+def _lasting_change(seed: int = 5) -> np.ndarray:
+    """Usual errors, then from event 800 on errors twice as large for good (a change of variance the model
+    cannot follow), and at 2400-2500 an anomaly on top of the new normal."""
+    e = np.abs(np.random.default_rng(seed).normal(PRIOR[0], PRIOR[1] ** 0.5, 3000))
+    e[800:] *= 2.0
+    e[2400:2500] *= 3.0
+    return e
+
+
+def test_a_lasting_change_is_relearned_once_and_then_scores_as_usual() -> None:
+    e = _lasting_change()
+    _, z, final = _run(e)
+    assert np.median(z[810:900]) > 1.0  # the change alarms ...
+    # ... is not learned while it could be an anomaly episode, then the key's history restarts (a lasting
+    # change: relearned like a new key's, whatever its errors do meanwhile; a frozen restart at every dip of
+    # the recent mean below the history learned it over ~1500 events instead of ~500)
+    settled = z[800 + WINDOWS.max_frozen + WINDOWS.long_window : 2400]
+    assert abs(float(np.median(settled))) < 0.1 and float(np.mean(settled > 0.5)) < 0.05
+    # relearning ends: an anomaly on top of the new normal keeps its score again (not learned at once)
+    assert float(np.median(z[2410:2500])) > 1.0 and float(z[2450:2500].min()) > 0.5
+    assert float(final[0, 4]) == 0.0  # and the key is out of every episode at the end
+
+
+def test_the_compiled_recursion_equals_its_python_form_bit_for_bit() -> None:
+    e = np.concatenate([np.full(WINDOWS.warmup_events, 9.0), _lasting_change()])[None].astype(np.float32)
+    params = _recursion_params(PRIOR, WINDOWS)
+    outs = []
+    for run in (likelihood_recursion, likelihood_recursion.py_func):
+        stats = np.zeros((1, NUM_STATS), np.float32)
+        stats[:, 1:4] = (PRIOR[0], PRIOR[0], PRIOR[1])
+        zs, scored = np.empty(e.shape, np.float32), np.empty(e.shape, np.bool_)
+        run(e, stats, zs, scored, params)
+        outs.append((zs, scored, stats))
+    for compiled_out, python_out in zip(*outs, strict=True):
+        assert np.array_equal(compiled_out, python_out)
+    assert float(outs[0][2][0, 4]) == 0.0 and bool(outs[0][1][0, -1])
