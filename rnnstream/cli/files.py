@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--members",
         type=int,
         default=None,
-        help="classifiers: a seed ensemble of N models averaged in one (default 3 up to 500k labelled "
+        help="classifiers: a seed ensemble of N models averaged in one (default 3 up to 200k labelled "
         "events, else 1; each member is one more training)",
     )
     fit.add_argument("--threads", type=int, default=1, help="torch threads (small models run best on 1)")

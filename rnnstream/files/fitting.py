@@ -79,7 +79,7 @@ DEFAULT_MAX_EVENTS = 2_000_000
 LABELLED_EPOCH_FACTOR = 3  # classifiers with a held-out part, sessions held out whole: most epochs x3
 CLASSIFIER_AVERAGE_EPOCHS = 1.0  # classifiers keep an EMA of their weights over about the last epoch
 CLASSIFIER_MEMBERS = 3  # classifiers: a seed ensemble of this many models (module docstring)
-ENSEMBLE_MAX_EVENTS = 500_000  # ... up to this many labelled events learned from; one model above
+ENSEMBLE_MAX_EVENTS = 200_000  # ... up to this many labelled events learned from (fit time x3); one above
 MEMBER_SEED_STRIDE = 1000  # member i trains from seed + 1000 * i: seeds 0 and 1 share no member
 POOR_TOP1 = 0.5  # a next-token model right less often than this gets a loud note
 

@@ -9,7 +9,11 @@ import pytest
 import torch
 
 from rnnstream.cli.main import main
+from rnnstream.errors import UsageError
 from rnnstream.files.fitted_model import load_fitted
+from rnnstream.files.fitting import CLASSIFIER_MEMBERS, ENSEMBLE_MAX_EVENTS, FitOptions, ensemble_members
+from rnnstream.rnn_core.config import FeatureSpec, ModelConfig
+from rnnstream.rnn_core.training import seeded_model
 from tests.files.test_fitting import event_frame, fit_args, write
 
 
@@ -43,3 +47,14 @@ def test_members_on_a_model_that_cannot_fold_is_one_clear_error(
     args = [*fit_args(src, tmp_path / "m", token_column="tok"), "--epochs", "1", "--members", "2"]
     assert main(args) != 0
     assert "--members: only classifiers" in capsys.readouterr().err
+
+
+def test_members_default_bounds_the_extra_training() -> None:
+    binary = seeded_model(ModelConfig(features=FeatureSpec(numeric=("a",)), head="binary", hidden_size=4))
+    forecast = seeded_model(ModelConfig(features=FeatureSpec(numeric=("a",)), head="forecast", hidden_size=4))
+    assert ensemble_members(FitOptions(), binary, ENSEMBLE_MAX_EVENTS) == CLASSIFIER_MEMBERS == 3
+    assert ensemble_members(FitOptions(), binary, ENSEMBLE_MAX_EVENTS + 1) == 1  # large files: one model
+    assert ensemble_members(FitOptions(members=5), binary, 10**7) == 5
+    assert ensemble_members(FitOptions(), forecast, 100) == 1
+    with pytest.raises(UsageError):
+        ensemble_members(FitOptions(members=0), binary, 100)
