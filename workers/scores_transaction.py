@@ -33,7 +33,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from rnnstream.workers import stage_trace
 from rnnstream.workers.kafka_io_bulk_send import bulk_supported, send_records
 
 _FENCING_MARKS = ("Fenced", "InvalidProducerEpoch")  # in the error's type name or text
@@ -169,13 +168,10 @@ class ScoresTransaction:
                 self.begin()
             if self.open:
                 self._send_offsets(offsets, group_id)
-                stage_trace.mark("offsets")
                 self._guard(self.producer.flush, timeout=timeout_s)
-                stage_trace.mark("flushed")
                 self._check_sends()
                 self._check_connections_kept()
                 self._guard(self._finish, "begin_commit", self.producer.commit_transaction)
-                stage_trace.mark("endtxn")
         else:
             self.producer.flush(timeout=timeout_s)
             self._check_sends()
