@@ -12,7 +12,17 @@ One run, one broker, one GRU(32->64) model (31 float features + the time delta),
   ``p99_ms_at_10k_eps`` at a fixed 10,000 events/s, for comparing machines);
 - ``broker_p50_ms`` / ``broker_p99_ms``: the bare broker's round trip in the same run: the same messages at
   the same rate, sent -> fetched by a plain consumer in its own process with the workers' fetch wait (one
-  hop: no decoding, no model, no transactions): the floor the scored latency is measured against;
+  hop: no decoding, no model, no transactions): the floor the scored latency is measured against; the
+  consumer's settings are the score reader's and the workers' (fetch wait 2 ms, 8,192 records a poll, 50 ms
+  poll timeout), and every timing process freezes its imports' objects out of the garbage collector alike;
+- ``txn_floor_p50_ms`` / ``txn_floor_p99_ms``: the floor with exactly once, same messages and rate: a bare
+  kafka-python relay (consume -> transactional produce -> offsets in the transaction -> commit, one
+  transaction a poll, its own process) read by a ``read_committed`` reader, from the original send: what
+  the two hops and the commit cost on this broker without anything of rnnstream;
+- ``worker_fetch_p99_ms`` / ``worker_commit_p99_ms`` / ``worker_checkpoint_max_ms``: where the latency run's
+  time went inside the workers (their own metrics, the worst worker, warm-up included): a message's send ->
+  the loop polled it (the broker hop plus the wait behind the loop's cycle), a commit blocking the loop, the
+  longest checkpoint write (it blocks the loop too);
 - ``recovery_s``: kill -9 of a worker holding 1,000,000 keys (100,000 with ``--quick``) -> scoring again
   with its restored state;
 - ``json_vs_raw``: json_eps / raw_eps measured side by side in rounds (the order alternating), the median
@@ -20,9 +30,10 @@ One run, one broker, one GRU(32->64) model (31 float features + the time delta),
   worker processes over the pass-through's (load on a shared machine moves wall time far more than CPU);
   ``arrow_eps`` is the median of as many rounds. ``--only throughput`` runs these alone.
 
-The two floors (raw pass-through, broker round trip) are measured by :mod:`io_floor`. Throughput runs commit
-every 250 ms; the latency runs as soon as a batch is scored while the workers keep up, at least every 50 ms
-when behind (a score is visible to ``read_committed`` readers only once its transaction commits).
+The floors (raw pass-through, broker round trip, exactly-once relay) are measured by :mod:`io_floor`.
+Throughput runs commit every 250 ms; the latency runs as soon as a batch is scored while the workers keep
+up, at least every 50 ms when behind (a score is visible to ``read_committed`` readers only once its
+transaction commits).
 
 Targets (issue 15): json_vs_raw >= 0.8, arrow_eps >= 250000, p99_ms <= broker_p99_ms + 25, recovery_s < 10
 with 1M keys.
