@@ -136,7 +136,7 @@ def wait_committed(
 
     Each check is one OffsetFetch for all the partitions (an admin client made once: a client per check,
     or a request per partition, would cost more CPU than the workers being measured can spare on a small
-    machine). ``alive``: checked too; a False raises at once (the committer died)."""
+    machine). ``alive``: checked too; a False raises at once (the committer failed)."""
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
     tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
@@ -155,7 +155,7 @@ def wait_committed(
             if all(max(getattr(got.get(tp), "offset", 0), 0) >= ends[tp.partition] for tp in want):
                 return time.monotonic()
             if alive is not None and not alive():
-                raise RuntimeError(f"the consumer of {group} ended before committing {ends} on {topic}")
+                raise RuntimeError(f"the consumer of {group} failed before committing {ends} on {topic}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{group} did not commit {ends} on {topic}")
             time.sleep(poll_s)

@@ -191,8 +191,8 @@ def run_peer(python: Path, settings, warm, records, weights: Path, guarantee: st
                 return t.user + t.system
 
             w = release_backlog(
-                settings, f"peer-{tag}", topic, warm, records, f"load-{tag}", cpu, lambda: proc.poll() is None
-            )
+                settings, f"peer-{tag}", topic, warm, records, f"load-{tag}", cpu, lambda: proc.poll() in (None, 0)
+            )  # it exits 0 after its last commit returned, maybe before a check sees that commit
             proc.wait(timeout=600)
         finally:
             if proc.poll() is None:
@@ -228,18 +228,25 @@ def source_records(settings, topic: str) -> list[tuple[int, bytes, bytes, list]]
     return [(m.partition, m.key, m.value, list(m.headers or [])) for m in read_topic(settings, topic)]
 
 
-def warm_up(main, everything) -> list:
-    """The first message on each partition of ``everything`` that is not one of ``main`` (which it
-    begins with, partition by partition): the warm-up; every partition must have one."""
+def after(first, everything) -> list:
+    """The messages of ``everything`` past ``first``, which it begins with partition by partition."""
     skip: dict[int, int] = {}
-    for r in main:
+    for r in first:
         skip[r[0]] = skip.get(r[0], 0) + 1
-    firsts = {}
+    out = []
     for r in everything:
         if skip.get(r[0], 0):
             skip[r[0]] -= 1
         else:
-            firsts.setdefault(r[0], r)
+            out.append(r)
+    return out
+
+
+def one_per_partition(records) -> list:
+    """The first message of each partition (the warm-up); every partition must have one."""
+    firsts: dict[int, tuple] = {}
+    for r in records:
+        firsts.setdefault(r[0], r)
     if len(firsts) != e2e.PARTITIONS:
         raise RuntimeError(f"warm-up messages on partitions {sorted(firsts)} only")
     return [firsts[p] for p in sorted(firsts)]
@@ -341,10 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         for encoding, source in schemas.items():
             log(f"producing {n} events of {n_keys} keys (and a warm-up) as {encoding} ...")
             e2e.create_topics(settings, source.pipeline)
+            e2e.produce(settings, source, warm_table, encoding)  # first: a small topic to read back
+            warm_all = source_records(settings, f"{source.pipeline}.events")
             e2e.produce(settings, source, table, encoding)
-            records[encoding] = source_records(settings, f"{source.pipeline}.events")
-            e2e.produce(settings, source, warm_table, encoding)
-            warm[encoding] = warm_up(records[encoding], source_records(settings, f"{source.pipeline}.events"))
+            records[encoding] = after(warm_all, source_records(settings, f"{source.pipeline}.events"))
+            warm[encoding] = one_per_partition(warm_all)
         errors: dict[str, float] = {}
         complete = True
 

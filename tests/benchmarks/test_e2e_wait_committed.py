@@ -1,7 +1,7 @@
 """``benchmarks/e2e_fixtures.wait_committed`` (the benchmarks' end of a run) against the embedded broker: it
 waits for the group's commits on every partition asked (default: every partition's end), not for less, and
-stops at once when the committer is gone; and the peer benchmark's warm-up picks one message a partition
-beyond the main ones."""
+stops at once when the committer failed; and the peer benchmark's split of a topic into its warm-up (one
+message a partition) and the main messages after it."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_wait_committed_waits_for_every_partition(kafka_settings) -> None:
         consumer.commit({tp: OffsetAndMetadata(3, "", -1) for tp in tps[:2]})  # partitions 2, 3 not yet
         with pytest.raises(TimeoutError):
             e2e.wait_committed(kafka_settings, group, topic, timeout_s=0.3)
-        with pytest.raises(RuntimeError, match="ended before committing"):
+        with pytest.raises(RuntimeError, match="failed before committing"):
             e2e.wait_committed(kafka_settings, group, topic, timeout_s=30, alive=lambda: False)
         assert e2e.wait_committed(kafka_settings, group, topic, timeout_s=5, ends={0: 3, 1: 2, 2: 0}) > 0
         consumer.commit({tp: OffsetAndMetadata(2, "", -1) for tp in tps[2:]})  # every end: 3, 3, 2, 2
@@ -45,10 +45,12 @@ def test_wait_committed_waits_for_every_partition(kafka_settings) -> None:
         consumer.close()
 
 
-def test_warm_up_is_the_first_message_of_each_partition_after_the_main_ones() -> None:
-    main = [(p, b"k", f"m{p}-{i}".encode(), []) for p in range(e2e.PARTITIONS) for i in range(2)]
-    extra = [(p, b"w", f"w{p}-{i}".encode(), []) for p in range(e2e.PARTITIONS) for i in range(2)]
-    everything = sorted(main + extra, key=lambda r: (r[0], r[2].startswith(b"w"), r[2]))
-    assert [r[2] for r in peer_quixstreams.warm_up(main, everything)] == [b"w0-0", b"w1-0", b"w2-0", b"w3-0"]
+def test_warm_up_and_main_messages_split_by_partition() -> None:
+    warm = [(p, b"w", f"w{p}-{i}".encode(), []) for p in range(e2e.PARTITIONS) for i in range(2)]
+    main = [(p, b"k", f"m{p}-{i}".encode(), []) for p in range(e2e.PARTITIONS) for i in range(3)]
+    everything = sorted(warm + main, key=lambda r: (r[0], r[2].startswith(b"m"), r[2]))
+    assert peer_quixstreams.after(warm, everything) == sorted(main)
+    firsts = peer_quixstreams.one_per_partition(warm)
+    assert [r[2] for r in firsts] == [b"w0-0", b"w1-0", b"w2-0", b"w3-0"]
     with pytest.raises(RuntimeError, match="partitions"):
-        peer_quixstreams.warm_up(main, everything[:-2])
+        peer_quixstreams.one_per_partition(warm[:-2])
