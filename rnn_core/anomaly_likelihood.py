@@ -18,16 +18,9 @@ recurrent state (so they are checkpointed with it, restored exactly, and equal o
 - ``frozen``: how long the key has been in an anomaly episode (it starts when ``z`` passes ``freeze_z`` and
   lasts while the recent errors stay above the history). The long statistics do not learn during the first
   ``max_frozen`` events of an episode, so a long anomaly keeps its score instead of settling inside it
-  (SMD's anomalies are segments of ~100 events). An episode that lasts longer is a lasting change, and the
-  key's history restarts: for the next ``long_window - prior_events`` events it learns as a new key's does
-  (weight ``1 / (n + prior_events)`` on its ``n``-th event, the old history counting as ``prior_events``
-  events, down to the long window's ``1 / long_window``), whatever its errors do meanwhile, and no episode
-  starts; then it is an ordinary key again (``frozen`` 0). Why a restart: learning at the long window's
-  pace, with the episode ending at the first dip of the short mean below the history and the next rise
-  starting a fresh frozen episode, learned a change of variance over ~1500 events, alarming on a fifth of
-  them after the first 1000 (``tests/files/test_adaptive_score.py``, seed 3). With inputs that follow the
-  key (:mod:`rnnstream.rnn_core.input_drift`) a level shift ends its episode by itself, once the inputs have
-  followed it.
+  (SMD's anomalies are segments of ~100 events); after that a lasting change is learned as the new normal.
+  With inputs that follow the key (:mod:`rnnstream.rnn_core.input_drift`) a level shift ends its episode by
+  itself, once the inputs have followed it.
 
 The score of an event is ``Phi(z)``, ``z = min(z_key, z_train)``: ``z_key = (short - long) / sqrt(long_var)``
 with ``short`` including the event and ``long``/``long_var`` not yet (how unusual the recent mean error is
@@ -86,7 +79,7 @@ from torch import Tensor
 
 from rnnstream.rnn_core.likelihood_recursion import likelihood_recursion
 
-NUM_STATS = 5  # count, short mean, long mean, long variance, events frozen in a row (or relearning)
+NUM_STATS = 5  # count, short mean, long mean, long variance, events frozen in a row
 _MAX_COUNT = 1.0e6  # float32 counts are exact far beyond this; past it the weights are at their floor anyway
 _MIN_VAR = 1e-4  # a key whose errors never vary still gets a finite z
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
@@ -102,14 +95,12 @@ class LikelihoodWindows:
     prior_events: int = 20
     clip_sigmas: float = 3.0  # an error moves the long statistics by at most this many of their sigmas
     freeze_z: float = 1.0  # the long statistics do not learn from an event whose z is above this ...
-    max_frozen: int = 250  # ... for at most this many events in a row (then a lasting change is relearned)
+    max_frozen: int = 250  # ... for at most this many events in a row (then a lasting change is learned)
     warmup_events: int = 10  # a key's first events (one short window) score 0.5 and are not learned from
 
     def __post_init__(self) -> None:
-        if not 1 <= self.short_window < self.long_window or self.clip_sigmas <= 0:
-            raise ValueError("need 1 <= short_window < long_window and clip_sigmas > 0")
-        if not 1 <= self.prior_events < self.long_window:  # a restarted history relearns for the difference
-            raise ValueError("need 1 <= prior_events < long_window")
+        if not 1 <= self.short_window < self.long_window or self.prior_events < 1 or self.clip_sigmas <= 0:
+            raise ValueError("need 1 <= short_window < long_window, prior_events >= 1 and clip_sigmas > 0")
         if self.warmup_events < 0:
             raise ValueError("warmup_events must be >= 0")
 
@@ -168,7 +159,6 @@ def _recursion_params(prior: tuple[float, float], windows: LikelihoodWindows) ->
             ref_inv_sd,
             windows.freeze_z,
             windows.max_frozen,
-            windows.long_window - windows.prior_events,  # events relearning after a lasting change
         ],
         dtype=np.float32,
     )

@@ -18,7 +18,7 @@ from rnnstream.rnn_core.compiled_loop import compiled
 @compiled()
 def likelihood_recursion(
     e_all: np.ndarray,  # [B, T] float32 standardized errors
-    stats: np.ndarray,  # [B, 5] float32 count, short, long, var, frozen (or relearning); updated in place
+    stats: np.ndarray,  # [B, 5] float32 count, short, long, var, frozen; updated in place
     zs: np.ndarray,  # [B, T] float32 out: the score's z
     scored: np.ndarray,  # [B, T] bool out: the key was warm (scored and learned from)
     params: np.ndarray,  # float32 constants, in the order of anomaly_likelihood._recursion_params
@@ -26,7 +26,7 @@ def likelihood_recursion(
     """Run every key's events in order, writing ``zs``/``scored`` and leaving the final stats in ``stats``."""
     short_w, min_long, prior_n, min_var = params[0], params[1], params[2], params[3]
     max_count, clip, warmup, ref_mean = params[4], params[5], params[6], params[7]
-    ref_inv_sd, freeze, max_frozen, relearn = params[8], params[9], params[10], params[11]
+    ref_inv_sd, freeze, max_frozen = params[8], params[9], params[10]
     one, zero = np.float32(1.0), np.float32(0.0)
     b, t = e_all.shape
     for k in range(b):
@@ -41,16 +41,12 @@ def likelihood_recursion(
             zs[k, i] = min(z_i, (short - ref_mean) * ref_inv_sd)  # ... and against the training errors
             scored[k, i] = warm
             a_long = max(one / (count - warmup + one + prior_n), min_long)
-            if frozen > max_frozen:  # relearning after a lasting change, whatever the errors do meanwhile
-                frozen = frozen + one if frozen - max_frozen < relearn else zero
-            else:  # an episode starts when z passes freeze_z, lasts while recent errors stay above history
-                going = warm and (z_i > freeze or (frozen > zero and z_i > zero))
-                frozen = min(frozen + one, max_count) if going else zero
-                # a flagged stretch is not learned as normal ...
-                if (frozen > zero and frozen <= max_frozen) or not warm:
-                    a_long = zero
-            if frozen > max_frozen:  # ... unless it lasts: then the history restarts, as a new key's
-                a_long = max(a_long, one / (frozen - max_frozen + prior_n))
+            # an episode starts when z passes freeze_z and lasts while recent errors stay above the history
+            going = warm and (z_i > freeze or (frozen > zero and z_i > zero))
+            frozen = min(frozen + one, max_count) if going else zero
+            # a flagged stretch is not learned as normal, unless it lasts: then it is the new normal
+            if (frozen > zero and frozen <= max_frozen) or not warm:
+                a_long = zero
             spread = clip * np.float32(np.sqrt(max(var, min_var)))
             d = min(max(e - long, -spread), spread)  # an outlier moves the history by at most `clip` sigmas
             long = long + a_long * d
