@@ -190,9 +190,9 @@ def run_peer(python: Path, settings, warm, records, weights: Path, guarantee: st
                 t = ps.cpu_times()
                 return t.user + t.system
 
-            w = release_backlog(
-                settings, f"peer-{tag}", topic, warm, records, f"load-{tag}", cpu, lambda: proc.poll() in (None, 0)
-            )  # it exits 0 after its last commit returned, maybe before a check sees that commit
+            # not failed: it exits 0 after its last commit returned, maybe before a check sees that commit
+            running = lambda: proc.poll() in (None, 0)  # noqa: E731
+            w = release_backlog(settings, f"peer-{tag}", topic, warm, records, f"load-{tag}", cpu, running)
             proc.wait(timeout=600)
         finally:
             if proc.poll() is None:
