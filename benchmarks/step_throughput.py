@@ -1,11 +1,13 @@
 """Events per second of one recurrent step per event, with per-key state, three ways, in one run.
 
 1. naive: a dict of per-key hidden tensors and one ``GRUCell`` call per event;
-2. rnnstream: ``StreamScorer.score`` = ``KeyedStateStore`` lookup + gather + ``StreamingModel.step`` + scatter
-   (a batch's repeated keys planned into chunks of distinct keys, last event times kept, every change logged
-   so a failed call rolls back) - the path the workers run, head output included (the kernel row computes
-   no output). Keys arrive as an Arrow string array, as decoded event batches hold them (also timed: a
-   Python list of str);
+2. rnnstream: ``StreamScorer.score`` = ``KeyedStateStore`` lookup + gather + step + scatter (for this
+   one-layer GRU the step is ``rnn_core/slab_step.py``: two ``addmm`` and one compiled pass for the gates, the
+   new state written into the slab and the binary head's score; other models run ``StreamingModel.step``; a
+   batch's repeated keys planned into chunks of distinct keys, last event times kept, every change logged so a
+   failed call rolls back) - the path the workers run, head output included (the kernel rows compute no
+   output). Keys arrive as an Arrow string array, as decoded event batches hold them (also timed: a Python
+   list of str);
 3. bare kernel: the same batched GRU step on preallocated states, with no key lookup and no store, in two
    forms: ``torch.gru_cell`` on the model's weights, and the scorer's own step without the store (two
    ``addmm`` into reused buffers and the compiled gate pass of ``rnn_core/gru_gates.py``, new states
@@ -301,11 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  rnnstream scorer, Arrow keys         : {r['store_eps']:>12,} events/s")
     print(f"  rnnstream scorer, Python list keys   : {r['store_list_eps']:>12,} events/s")
     print(f"  bare batched kernel, no store        : {r['kernel_eps']:>12,} events/s  (the fastest of:)")
-    print(f"    gru_cell, one call per batch of {BATCH}     : {r['kernel_whole_batch_eps']:>12,} events/s")
-    print(f"    gru_cell, calls of {r['step_rows']} rows          : {r['kernel_chunked_eps']:>12,} events/s")
-    print(f"    addmm + compiled gates, whole batch   : {r['kernel_fused_whole_batch_eps']:>12,} events/s")
     rows = r["step_rows"]
-    print(f"    addmm + compiled gates, {rows} rows      : {r['kernel_fused_chunked_eps']:>12,} events/s")
+    for label, field in (
+        (f"gru_cell, one call per batch of {BATCH}", "kernel_whole_batch_eps"),
+        (f"gru_cell, calls of {rows} rows", "kernel_chunked_eps"),
+        ("addmm + compiled gates, whole batch", "kernel_fused_whole_batch_eps"),
+        (f"addmm + compiled gates, {rows} rows", "kernel_fused_chunked_eps"),
+    ):
+        print(f"    {label:<35}: {r[field]:>12,} events/s")
     print(f"  StreamingModel.step alone (no store) : {r['model_step_eps']:>12,} events/s")
     print(
         f"  store / naive  = {r['store_vs_naive']:.1f}x   "
