@@ -47,20 +47,17 @@ class SlabGruStep:
         """Step the batch's events ``events`` (inputs ``xb`` [m, D], their distinct ``slots`` and states
         ``h_prev`` float32 [m, H] gathered from the store): their new states and times (``times`` of the
         whole batch) go into the store, their outputs into rows ``events`` of the batch's ``out`` [N, K]."""
-        m = slots.size
-        buf = self._buf
-        buf.ensure(m)
-        gi, gh, h_new = buf.gi[:m], buf.gh[:m], buf.h[:m]
+        gi, gh, h_new, gi_t, gh_t, h_new_t = self._buf.views(slots.size)
         x, h_prev_t = torch.from_numpy(xb), torch.from_numpy(h_prev)
         z = self._rnn_inputs(x, normalized=self._normalized)
-        torch.addmm(self._b_ih, z, self._w_ih_t, out=buf.gi_t[:m])
-        torch.addmm(self._b_hh, h_prev_t, self._w_hh_t, out=buf.gh_t[:m])
+        torch.addmm(self._b_ih, z, self._w_ih_t, out=gi_t)
+        torch.addmm(self._b_hh, h_prev_t, self._w_hh_t, out=gh_t)
         if self._binary:
             head = (self._head_w, self._head_b, out[:, 0])
             store.step_gru_rows(slots, gi, gh, h_prev, h_new, times, events, head)
             return
         store.step_gru_rows(slots, gi, gh, h_prev, h_new, times, events)
-        out[events] = self._outputs(x, h_prev_t, buf.h_t[:m]).numpy()
+        out[events] = self._outputs(x, h_prev_t, h_new_t).numpy()
 
 
 class GateBuffers:
@@ -69,16 +66,22 @@ class GateBuffers:
     def __init__(self, hidden: int) -> None:
         self.hidden = hidden
         self.step: SlabGruStep | None = None  # the last batch's step (see slab_stepper)
-        self.ensure(0)
+        self._views: dict[int, tuple] = {}  # rows -> the buffers' first rows (numpy, then torch views)
+        self.gi = np.empty((0, 3 * hidden), np.float32)
 
-    def ensure(self, m: int) -> None:
-        if getattr(self, "gi", None) is not None and self.gi.shape[0] >= m:
-            return
-        rows = max(m, 1)
-        self.gi = np.empty((rows, 3 * self.hidden), np.float32)
-        self.gh = np.empty((rows, 3 * self.hidden), np.float32)
-        self.h = np.empty((rows, self.hidden), np.float32)
-        self.gi_t, self.gh_t, self.h_t = (torch.from_numpy(a) for a in (self.gi, self.gh, self.h))
+    def views(self, m: int) -> tuple:
+        """(gi, gh, h) [m, ...] as numpy arrays, then as tensors sharing them (made once for each m)."""
+        found = self._views.get(m)
+        if found is not None:
+            return found
+        if self.gi.shape[0] < m:  # grow: earlier views keep the old buffers, so drop them
+            self.gi = np.empty((m, 3 * self.hidden), np.float32)
+            self.gh = np.empty((m, 3 * self.hidden), np.float32)
+            self.h = np.empty((m, self.hidden), np.float32)
+            self._views.clear()
+        arrays = (self.gi[:m], self.gh[:m], self.h[:m])
+        self._views[m] = found = (*arrays, *(torch.from_numpy(a) for a in arrays))
+        return found
 
 
 def _head_stamp(model: StreamingModel) -> tuple[int, ...] | None:

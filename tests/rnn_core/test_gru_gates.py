@@ -128,7 +128,7 @@ def test_scorer_stepping_into_the_slab_equals_model_step(head: str) -> None:
                 last[key] = int(times[i])
                 np.testing.assert_allclose(out[i], ref[0].numpy(), atol=2e-6, rtol=0)
     # the slab step ran (its buffers grew), except for the forecast head's adaptive likelihood (its own step)
-    ran = scorer._gates is not None and scorer._gates.gi.shape[0] == 16
+    ran = scorer._gates is not None and scorer._gates.gi.shape[0] == 16  # the slab step's buffers
     assert ran == (not model.adaptive)
     stored = scorer.store.gather(names).numpy()
     np.testing.assert_allclose(stored, torch.cat([states[k] for k in names]).numpy(), atol=2e-6, rtol=0)
