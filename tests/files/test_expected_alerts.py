@@ -14,6 +14,7 @@ from rnnstream.files.expected_alerts import (
     expected_line,
     sample_within,
 )
+from rnnstream.files.holdout import between_scores
 
 # one event's next-token distribution: A usual, B a normal choice, C never seen in normal sessions
 EVENT = np.array([0.9, 0.0995, 0.0005], np.float32)
@@ -78,3 +79,17 @@ def test_sample_within_keeps_every_key_that_fits_and_a_seeded_share_of_the_rest(
     assert big.size == 0 or (lengths[big].sum() * 2_000_000 <= 20_000_000)
     kept = sample_within(np.full(100_000, 20), 50)
     assert kept.size == 20_000 and np.array_equal(kept, sample_within(np.full(100_000, 20), 50))
+
+
+def test_the_session_line_sits_halfway_between_scores_not_a_float_step_above_a_tie():
+    """Sessions whose worst event is the same one share a highest score; a line one float step above such a
+    tie flips with the scorer's last-bit differences (tests/files/test_session_end.py flagged 4.5%)."""
+    scores = np.array([0.5, 0.9014761, 0.9014761, 0.9014761, 0.95], np.float32)
+    chosen = choose_threshold("next_token", scores, None, 0.2)  # one of five may alert: 0.95
+    moved = between_scores(chosen.value, scores)
+    assert moved == pytest.approx(0.5 * (0.9014761 + 0.95), rel=1e-6)
+    wide = scores.astype(np.float64)
+    assert np.array_equal(wide >= moved, wide >= chosen.value)  # the same held-out sessions alert
+    assert not (wide[1:4] + 1e-6 >= moved).any()  # ... and the tie is far from the line
+    assert between_scores(1.0, scores) == pytest.approx(0.975)  # above every score: halfway to 1
+    assert between_scores(0.1, scores) == 0.1  # below every score: unchanged
