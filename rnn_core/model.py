@@ -105,6 +105,9 @@ class StreamingModel(nn.Module):
             self.register_buffer("error_scale", torch.ones(self.num_continuous))
             knots = torch.linspace(0.0, UNCALIBRATED_MAX_Z, DEFAULT_CALIBRATION_POINTS)
             self.register_buffer("score_knots", knots)
+            # [mean, variance] of the training error_z the knots come from (the adaptive score's prior);
+            # NaN until fitted, and in models saved before it existed: then the knots' own moments are used.
+            self.register_buffer("error_z_moments", torch.full((2,), float("nan")))
             # Derived from score_knots (not saved): refreshed on fit_score_calibration and load_state_dict.
             self.register_buffer("score_tails", calibration_tails(knots), persistent=False)
             self.register_load_state_dict_post_hook(refresh_score_tails)
@@ -377,9 +380,10 @@ class StreamingModel(nn.Module):
                 xt = torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
                 m = None if mask is None else torch.as_tensor(np.asarray(mask), device=device).bool()
                 errors.append(self._raw_errors(xt, m, state))
-            scale, knots = fit_error_calibration(torch.cat(errors).double(), num_points)
+            scale, knots, moments = fit_error_calibration(torch.cat(errors).double(), num_points)
             self.error_scale.copy_(scale.to(self.error_scale))
             self.score_knots = knots.to(device)
+            self.error_z_moments.copy_(moments.to(self.error_z_moments))
             refresh_score_tails(self)
         finally:
             self.train(was_training)

@@ -20,6 +20,7 @@ Heads and their output columns (:func:`output_names`):
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -108,11 +109,20 @@ def adaptive_score(
     if model.training:
         score, z, new_stats = static, torch.zeros_like(static), stats
     else:
-        knots = model.score_knots
-        prior = (float(knots.mean()), max(float(knots.var()), 1e-4))
         run = likelihood_sequence if out.dim() == 3 else likelihood_step
-        score, z, new_stats = run(error_z, stats, prior, model.windows)
+        score, z, new_stats = run(error_z, stats, training_error_prior(model), model.windows)
     out = torch.cat([score.unsqueeze(-1), out[..., 1:], static.unsqueeze(-1), z.unsqueeze(-1)], dim=-1)
     row = extra_row(model, full).clone()
     row[:, :NUM_STATS] = new_stats
     return out, with_extra_row(model, full, row)
+
+
+def training_error_prior(model: StreamingModel) -> tuple[float, float]:
+    """``(mean, variance)`` of the training ``error_z``: a new key's starting statistics in
+    :func:`adaptive_score`. Models fitted before these were stored (``error_z_moments`` NaN) use the mean
+    and variance of their calibration knots, as they did then."""
+    mean, var = model.error_z_moments.tolist()
+    if math.isnan(mean) or math.isnan(var):
+        knots = model.score_knots
+        mean, var = float(knots.mean()), float(knots.var())
+    return mean, max(var, 1e-4)

@@ -65,10 +65,12 @@ def calibrated_score_with_tails(error_z: Tensor, knots: Tensor, tails: Tensor) -
 
 def fit_error_calibration(
     errors: Tensor, num_points: int = DEFAULT_CALIBRATION_POINTS
-) -> tuple[Tensor, Tensor]:
-    """``(per-column error scale, error_z knots)`` from normalized training errors ``[N, n]`` (float64):
-    the scale is each column's RMS error; the knots are ``num_points`` quantiles of the events' ``error_z``
-    (RMS over columns of error / scale), made non-decreasing."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(per-column error scale, error_z knots, error_z moments)`` from normalized training errors
+    ``[N, n]`` (float64): the scale is each column's RMS error; the knots are ``num_points`` quantiles of the
+    events' ``error_z`` (RMS over columns of error / scale), made non-decreasing; the moments are
+    ``[mean, variance]`` of those same ``error_z`` (not of the knots: the knots weigh the largest training
+    error 1 / ``num_points``)."""
     if errors.shape[0] == 0:
         raise ValueError("fit_score_calibration needs at least one event")
     if num_points < 2:
@@ -76,7 +78,8 @@ def fit_error_calibration(
     scale = errors.square().mean(0).sqrt().clamp_min(1e-6)
     z = (errors / scale).square().mean(-1).sqrt().cpu().numpy()
     knots = np.maximum.accumulate(np.quantile(z, np.linspace(0.0, 1.0, num_points)))
-    return scale, torch.as_tensor(knots, dtype=torch.float32)
+    moments = np.array([z.mean(), z.var()])
+    return scale, torch.as_tensor(knots, dtype=torch.float32), torch.as_tensor(moments, dtype=torch.float32)
 
 
 def refresh_score_tails(model: nn.Module, incompatible_keys: object = None) -> None:

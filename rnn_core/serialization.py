@@ -149,6 +149,10 @@ def _build(doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> StreamingMo
     knots = tensors.get("score_knots")
     if knots is not None and hasattr(model, "score_knots"):
         model.score_knots = torch.empty_like(knots)
+    if hasattr(model, "error_z_moments") and "error_z_moments" not in tensors:
+        # Saved before the training error_z moments were stored: keep NaN, so the adaptive score's prior
+        # stays the knots' mean and variance (as it was when the model was saved).
+        tensors = {**tensors, "error_z_moments": model.error_z_moments.to(device)}
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

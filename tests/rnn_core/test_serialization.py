@@ -6,7 +6,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from rnnstream.rnn_core.config import CELLS, HEADS, FeatureSpec, ModelConfig
 from rnnstream.rnn_core.model import StreamingModel
@@ -121,3 +122,41 @@ def test_bad_inputs_are_reported(tmp_path):
         load_model(tmp_path / "m")
     with pytest.raises(ModelFormatError):
         model_from_bytes(b"\x80\x04not a model")
+
+
+def test_calibration_stores_the_training_error_z_moments():
+    model, x = _fitted_model("gru", "forecast")
+    with torch.no_grad():
+        error_z = model(x)[0][..., 1].double()  # the events the calibration was fitted on, from zero states
+    mean, var = model.error_z_moments.tolist()
+    assert mean == pytest.approx(float(error_z.mean()), rel=1e-5)
+    assert var == pytest.approx(float(error_z.var(unbiased=False)), rel=1e-4)
+    knots = model.score_knots  # 17 quantiles weigh the largest error 1/17: not the same statistic
+    assert abs(float(knots.var()) - var) > 1e-3
+
+
+def test_model_saved_before_error_z_moments_keeps_its_knots_prior(tmp_path):
+    model, x = _fitted_model("gru", "forecast")
+    save_model(model, tmp_path / "m")
+    weights = tmp_path / "m" / WEIGHTS_FILE
+    tensors = load_file(str(weights))
+    metadata = safe_open(str(weights), "pt").metadata()
+    del tensors["error_z_moments"]
+    save_file(tensors, str(weights), metadata=metadata)  # the format as written before the buffer existed
+
+    old = load_model(tmp_path / "m")
+    assert torch.isnan(old.error_z_moments).all()
+    knots = model.score_knots
+    before = model_from_bytes(model_to_bytes(model))  # scoring as it was: the knots' mean and variance
+    before.error_z_moments.copy_(torch.stack([knots.mean(), knots.var()]))
+    x = x.repeat(1, 8, 1)  # past the first events, which score 0.5 whatever the prior
+    with torch.no_grad():
+        out_old, state_old = old(x)
+        out_before, state_before = before(x)
+        out_new = model(x)[0]
+    torch.testing.assert_close(out_old, out_before, atol=0, rtol=0)
+    torch.testing.assert_close(state_old, state_before, atol=0, rtol=0)
+    assert not torch.equal(out_old[..., 0], out_new[..., 0])  # the stored moments do change the score
+    resaved = load_model(save_model(old, tmp_path / "again"))  # re-saving keeps it an old-prior model
+    with torch.no_grad():
+        torch.testing.assert_close(resaved(x)[0], out_old, atol=0, rtol=0)
