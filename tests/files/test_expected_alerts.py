@@ -14,7 +14,7 @@ from rnnstream.files.expected_alerts import (
     expected_line,
     sample_within,
 )
-from rnnstream.files.holdout import between_scores
+from rnnstream.files.holdout import SCORE_TOLERANCE, between_scores
 
 # one event's next-token distribution: A usual, B a normal choice, C never seen in normal sessions
 EVENT = np.array([0.9, 0.0995, 0.0005], np.float32)
@@ -87,9 +87,10 @@ def test_the_session_line_sits_halfway_between_scores_not_a_float_step_above_a_t
     scores = np.array([0.5, 0.9014761, 0.9014761, 0.9014761, 0.95], np.float32)
     chosen = choose_threshold("next_token", scores, None, 0.2)  # one of five may alert: 0.95
     moved = between_scores(chosen.value, scores)
-    assert moved == pytest.approx(0.5 * (0.9014761 + 0.95), rel=1e-6)
     wide = scores.astype(np.float64)
+    assert moved == pytest.approx(wide[1] + SCORE_TOLERANCE, rel=1e-9)
     assert np.array_equal(wide >= moved, wide >= chosen.value)  # the same held-out sessions alert
-    assert not (wide[1:4] + 1e-6 >= moved).any()  # ... and the tie is far from the line
-    assert between_scores(1.0, scores) == pytest.approx(0.975)  # above every score: halfway to 1
+    assert not (wide[1:4] + 1e-6 >= moved).any()  # ... and the tie is not within float noise of the line
+    close = np.array([0.5, 0.9, 0.900002], np.float32)  # a gap under twice the tolerance: halfway
+    assert between_scores(float(np.nextafter(close[1], 1.0)), close) == pytest.approx(0.900001, abs=1e-7)
     assert between_scores(0.1, scores) == 0.1  # below every score: unchanged
