@@ -68,20 +68,21 @@ today's passes 13 in the same replay).
 SMD's long anomalies (most of its anomalous steps are in segments over 250 events) and a change of variance
 that should be normal again within ~1000 events cannot be told apart by this history alone.
 
-Measured and not kept (what ``m0``, ``s0`` really are): the forecast head passes the mean and variance of
-its 101 calibration knots (:func:`~rnnstream.rnn_core.model_heads.adaptive_score`), pooled over keys and
-columns, not of the training errors. The knots are quantiles 0..1, so the largest training ``error_z``
-weighs 1/101: SMD ``m0`` 1.25, ``s0`` 5.53 (max 56.3) where its fit part has 0.73 / 0.68; ASD 0.96 / 2.26
-where it has 0.77 / 0.64 (``error_scale`` makes the mean of ``error_z**2`` exactly 1 on those errors, so
-their sd is at most 1). With that ``s0``, ``z_train`` of ordinary events is almost a constant (held-out
-``z`` interquartile range 0.13 on SMD: -0.17..-0.05) and decides 68% of SMD's normal and 81% of its
-anomalous test events (ASD 80% / 93%): the strongest anomalies rank by the short mean alone. Using the
-true training moments (offline replay of the same ``error_z`` streams, which reproduces today's
-``real_data.py --quick`` figures exactly; the prior of a fresh key's history makes no difference, only
-``s0`` does): SMD best-F1 0.504 -> 0.480, F1 at the stored threshold 0.380 -> 0.424; ASD 0.513 -> 0.513,
-0.448 -> 0.436. A wider ``s0`` trades SMD calibrated F1 for best-F1 (``s0`` 0.45 / 1 / 2 / 5.6 / 10:
-best-F1 0.472 / 0.487 / 0.499 / 0.503 / 0.503, calibrated 0.408 / 0.433 / 0.423 / 0.336 / 0.309 with
-``m0`` 0.75), so no ``s0`` keeps every figure; kept as it is until the combination itself is revisited.
+``m0``, ``s0`` are the mean and standard deviation of the training ``error_z`` themselves (the model's
+``error_z_moments``, fitted with the calibration knots, pooled over keys and columns). Until 5985730 the
+forecast head passed the mean and variance of its 101 knots instead, which weigh the largest training
+``error_z`` 1/101: SMD ``m0`` 1.25, ``s0`` 5.53 (max 56.3) where its fit part has 0.73 / 0.68; ASD 0.96 /
+2.26 where it has 0.77 / 0.64 (``error_scale`` makes the mean of ``error_z**2`` exactly 1 on those errors, so
+their sd is at most 1). With that ``s0``, ``z_train`` of ordinary events was almost a constant (held-out
+``z`` interquartile range 0.13 on SMD) and decided 68% of SMD's normal and 81% of its anomalous test events
+(ASD 80% / 93%). Models saved before the moments were stored keep the knots' figures (NaN buffer).
+Measured with the true moments (``real_data.py --quick``; before: the knots' prior): SMD best-F1
+0.504 -> 0.480, F1 at the stored threshold 0.380 -> 0.424; ASD 0.513 -> 0.513, 0.448 -> 0.436;
+``univariate_drift.py --quick`` NAB 71.27 -> 61.73 (false positives at the scorer's threshold 16 -> 57; at
+the alert column -747.41 -> -772.79), though its series' two priors differ little (sd 0.60 vs 0.65; two
+heavy-tailed series 0.98 vs 1.49, 0.82 vs 1.28). A wider ``s0`` trades SMD calibrated F1 for best-F1
+(offline replay, ``s0`` 0.45 / 1 / 2 / 5.6 / 10: best-F1 0.472 / 0.487 / 0.499 / 0.503 / 0.503, calibrated
+0.408 / 0.433 / 0.423 / 0.336 / 0.309 with ``m0`` 0.75): no ``s0`` keeps every figure.
 """
 
 from __future__ import annotations
