@@ -41,7 +41,18 @@ read ``time.monotonic``, one clock for every process of the machine. The poll th
   key's events within 1e-5 (and each rnnstream run scored every event of its topic exactly once).
 
 Goal (issue 15): peer_ratio_json >= 5, peer_ratio_arrow >= 20. ``--quick``: 100,000 events of the 100,000
-keys (about 63,000 keys seen, 1.6 events each); without it 300,000 (LIMIT300K).
+keys (about 63,000 keys seen, 1.6 events each); without it 300,000 (about 95,000 keys seen).
+
+Why the 300,000-event run used to fail in the peer ("Local: Bad message format" on its watermark and
+metadata requests): the embedded broker (noida-db) answers a Fetch with every requested partition's whole
+backlog, ignoring fetch.max.bytes, and librdkafka refuses a response over ``receive.message.max.bytes``
+(100,000,000 bytes by default): "Receive failed: Invalid response size 101061653 (0..100000000)". It then
+drops the connection, and the requests in flight on it fail with that error. So it happens as soon as the
+backlog of the partitions one Quix consumer fetches passes 100 MB: here about 298,000 JSON events (~335 bytes
+each) on the 4 partitions, whether they were in the topic before the app started or released to it later.
+The peer raises ``receive.message.max.bytes`` (``peer_quix_app.py``); a real Kafka broker honours
+fetch.max.bytes, where the default never binds. kafka-python (rnnstream's client) drops a response over
+100 MB alike; each worker fetches 2 of the 4 partitions, and ``read_topic`` reads one partition at a time.
 """
 
 from __future__ import annotations
