@@ -140,7 +140,12 @@ def run_peer(python: Path, settings, warm, records, weights: Path, guarantee: st
 
             # not failed: it exits 0 after its last commit returned, maybe before a check sees that commit
             running = lambda: proc.poll() in (None, 0)  # noqa: E731
-            w = release_backlog(settings, f"peer-{tag}", topic, warm, records, f"load-{tag}", cpu, running)
+            load = f"load-{tag}"
+            try:
+                w = release_backlog(settings, f"peer-{tag}", topic, warm, records, load, cpu, running)
+            except RuntimeError as exc:  # the peer failed: say why
+                why = stderr.read_text()[-3000:]
+                raise RuntimeError(f"the Quix peer failed ({guarantee}):\n{why}") from exc
             proc.wait(timeout=600)
         finally:
             if proc.poll() is None:
