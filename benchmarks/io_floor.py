@@ -115,6 +115,30 @@ def raw_pass_through(
     return n / (max(r[2] for r in res) - min(r[1] for r in res)), sum(r[3] for r in res)
 
 
+def timing_consumer(
+    bootstrap: str,
+    *,
+    auto_offset_reset: str,
+    isolation_level: str = "read_committed",
+    fetch_wait_ms: int = 2,
+    group_id: str | None = None,
+):
+    """A consumer with the settings every latency measurement here shares (the floors' readers, the relay
+    and the score reader alike, so their round trips compare like for like): no auto-commit, a short fetch
+    wait, 8,192 records a poll."""
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=auto_offset_reset,
+        isolation_level=isolation_level,
+        fetch_max_wait_ms=fetch_wait_ms,
+        max_poll_records=8192,
+    )
+
+
 def _round_trip_consumer(
     bootstrap: str,
     topic: str,
@@ -126,15 +150,10 @@ def _round_trip_consumer(
     isolation_level: str = "read_uncommitted",
 ) -> None:
     """Fetch every message of ``topic`` as it arrives; put each one's ms from its create time to here."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    c = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="latest",
-        isolation_level=isolation_level,
-        fetch_max_wait_ms=fetch_wait_ms,
-        max_poll_records=8192,
+    c = timing_consumer(
+        bootstrap, auto_offset_reset="latest", isolation_level=isolation_level, fetch_wait_ms=fetch_wait_ms
     )
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     c.assign(tps)
@@ -177,19 +196,11 @@ def broker_round_trip_ms(
 def _txn_relay(bootstrap: str, topic: str, out_topic: str, partitions: int, ready, stop) -> None:
     """Relay every message of ``topic`` to the same partition of ``out_topic`` (its create time kept), one
     transaction a poll with the consumed offsets, as a bare exactly-once consume -> produce loop does."""
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka import KafkaProducer, TopicPartition
     from kafka.structs import OffsetAndMetadata
 
     group = f"{out_topic}-relay"
-    c = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="latest",
-        isolation_level="read_committed",
-        fetch_max_wait_ms=2,
-        max_poll_records=8192,
-    )
+    c = timing_consumer(bootstrap, auto_offset_reset="latest", group_id=group)
     p = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=group, linger_ms=2, batch_size=256 * 1024)
     p.init_transactions()
     tps = [TopicPartition(topic, x) for x in range(partitions)]

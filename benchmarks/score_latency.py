@@ -25,18 +25,12 @@ def _score_reader(bootstrap: str, topic: str, partitions: int, ready, expect, ou
     import gc
     import time
 
-    from kafka import KafkaConsumer, TopicPartition
+    from io_floor import timing_consumer
+    from kafka import TopicPartition
 
     from rnnstream.workers.score_codec import decode_scores
 
-    c = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed",
-        fetch_max_wait_ms=2,
-        max_poll_records=8192,
-    )
+    c = timing_consumer(bootstrap, auto_offset_reset="earliest")
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     c.assign(tps)
     for tp in tps:
