@@ -2,7 +2,10 @@
 
 Opened from their newest checkpoints (the restore is counted), checkpointed when due (after freeing expired
 keys) or when released, each with its :class:`PartitionOffsets`; the keys and state-bytes gauges follow what
-is owned now. (Lag is read from the broker apart from the worker's clients: :mod:`partition_lag`.)
+is owned now. A due checkpoint is copied on the loop and written in the background (:mod:`checkpoint_writer`:
+at most one write per partition, a due one skipped while the previous writes); releasing, reopening and the
+final or switch checkpoints first wait for the writes in flight, and write synchronously. (Lag is read from
+the broker apart from the worker's clients: :mod:`partition_lag`.)
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import logging
 import time
 from collections.abc import ItemsView, Iterator, ValuesView
 
+from rnnstream.workers.checkpoint_writer import CheckpointWriter, WrittenCheckpoint
 from rnnstream.workers.partition_checkpoint import PartitionCheckpoints
 from rnnstream.workers.scoring_partition import LoadedModel, ScoringPartition
 from rnnstream.workers.worker_clients import WorkerClients
@@ -29,6 +33,8 @@ class OwnedPartitions:
         self.metrics = metrics
         self.key_ttl_ms = key_ttl_ms
         self._parts: dict[int, ScoringPartition] = {}
+        self.writer = CheckpointWriter(checkpoints)
+        self._copy_ms: dict[int, float] = {}
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._parts)
@@ -92,6 +98,7 @@ class OwnedPartitions:
         self, champion: LoadedModel, challenger: LoadedModel | None, clients: WorkerClients
     ) -> None:
         """Every owned partition again from its checkpoint (after a Kafka error), then :meth:`apply`."""
+        self._settle(self.writer.wait())
         owned = sorted(self._parts)
         self._parts.clear()
         for p in owned:
@@ -107,6 +114,7 @@ class OwnedPartitions:
         """Give up ``partitions`` (call with nothing uncommitted), each with a final checkpoint unless its
         newest one is current; returns their next offsets."""
         out = {}
+        self._settle(self.writer.wait(partitions))  # a handover's checkpoint is complete before it returns
         for p in sorted(set(partitions) & set(self._parts)):
             part = self._parts[p]
             if (
@@ -122,6 +130,8 @@ class OwnedPartitions:
     # --------------------------------------------------------------------------------------- checkpoints
 
     def checkpoint(self, part: ScoringPartition) -> None:
+        """Checkpoint ``part`` now and wait until it is written (after its write in flight, if any)."""
+        self._settle(self.writer.wait([part.partition]))
         t0 = time.perf_counter()
         part.snapshot(self.checkpoints)
         self.metrics.checkpoint((time.perf_counter() - t0) * 1000)
@@ -133,12 +143,37 @@ class OwnedPartitions:
         return self.next_offsets()
 
     def checkpoint_due(self, every_events: int, every_seconds: float) -> None:
-        """Checkpoint each partition that is due (expired keys freed first: it changes no score)."""
-        now = time.monotonic()
-        for part in self._parts.values():
-            if part.offsets.checkpoint_due(every_events, every_seconds, now):
-                self.metrics.count("evicted", part.sweep())
-                self.checkpoint(part)
+        """Checkpoint each partition that is due (expired keys freed first: it changes no score): the copy
+        here, the write in the background; a partition whose previous write is in flight waits for a later
+        boundary. Writes that ended are collected first (a failed one is raised)."""
+        self._settle(self.writer.finished())
+        now, taken = time.monotonic(), False
+        for p, part in self._parts.items():
+            if self.writer.writing(p) or not part.offsets.checkpoint_due(every_events, every_seconds, now):
+                continue
+            self.metrics.count("evicted", part.sweep())
+            t0 = time.perf_counter()
+            prepared = part.prepare_snapshot(self.checkpoints)
+            part.offsets.events_since_checkpoint = 0  # due again only after another interval
+            part.offsets.last_checkpoint_time = time.monotonic()
+            self._copy_ms[p] = (time.perf_counter() - t0) * 1000
+            self.writer.submit(prepared)
+            taken = True
+        if taken:
+            self.update_state_gauges()
+
+    def _settle(self, written: list[WrittenCheckpoint]) -> None:
+        """Record checkpoints whose background write completed (the owner's checkpoint offset, the time)."""
+        for w in written:
+            p = w.info.partition
+            self.metrics.checkpoint(self._copy_ms.pop(p, 0.0) + w.write_ms)
+            part = self._parts.get(p)
+            if part is not None and part.champion.version == w.info.model_version:
+                part.offsets.checkpoint_offset = max(part.offsets.checkpoint_offset, w.info.next_offset)
+
+    def close(self) -> None:
+        """Wait for the writes in flight (a failure is raised) and end the writer's thread."""
+        self.writer.close()
 
     # ------------------------------------------------------------------------------------------ gauges
 

@@ -28,6 +28,7 @@ from urllib.parse import quote, unquote
 
 import pyarrow.fs as pafs
 
+from rnnstream.rnn_core.state_snapshot import write_snapshot
 from rnnstream.rnn_core.storage import resolve_filesystem
 from rnnstream.workers.worker_config import DEFAULT_DEPLOYMENT
 
@@ -47,6 +48,14 @@ class CheckpointInfo:
     next_offset: int
     model_version: str
     path: str
+
+
+@dataclass(frozen=True)
+class PreparedCheckpoint:
+    """A checkpoint taken but not written yet: where it goes and the copy of the states (Arrow table)."""
+
+    info: CheckpointInfo
+    table: Any
 
 
 class CheckpointsUnreadable(RuntimeError):
@@ -101,9 +110,19 @@ class PartitionCheckpoints:
         extra: dict[str, str] | None = None,
     ) -> CheckpointInfo:
         """Snapshot every key of ``store`` (one partition's) with ``next_offset`` and the model version."""
-        self.filesystem.create_dir(self.partition_dir(partition), recursive=True)
+        return self.write_prepared(self.prepare(partition, store, next_offset, model_version, extra))
+
+    def prepare(
+        self,
+        partition: int,
+        store,
+        next_offset: int,
+        model_version: str,
+        extra: dict[str, str] | None = None,
+    ) -> PreparedCheckpoint:
+        """The snapshot of ``store`` now, as an in-memory copy (the store may change right after), to be
+        written by :meth:`write_prepared` (on another thread if need be)."""
         name = f"ckpt-{int(next_offset):020d}-v{quote(str(model_version), safe='')}.arrow"
-        path = f"{self.partition_dir(partition)}/{name}"
         metadata = {
             META_NEXT_OFFSET: str(int(next_offset)),
             META_MODEL_VERSION: str(model_version),
@@ -112,9 +131,18 @@ class PartitionCheckpoints:
             META_WRITTEN_AT: str(int(time.time() * 1000)),
             **(extra or {}),
         }
-        store.snapshot(None, path, filesystem=self.filesystem, metadata=metadata)
-        self.prune(partition, model_version)
-        return CheckpointInfo(int(partition), int(next_offset), str(model_version), path)
+        path = f"{self.partition_dir(partition)}/{name}"
+        info = CheckpointInfo(int(partition), int(next_offset), str(model_version), path)
+        return PreparedCheckpoint(info, store.snapshot_table(None, metadata))
+
+    def write_prepared(self, prepared: PreparedCheckpoint) -> CheckpointInfo:
+        """Write a prepared snapshot (visible only once whole: temp name + rename, or one upload), then
+        prune the older ones."""
+        info = prepared.info
+        self.filesystem.create_dir(self.partition_dir(info.partition), recursive=True)
+        write_snapshot(prepared.table, info.path, self.filesystem)
+        self.prune(info.partition, info.model_version)
+        return info
 
     def restore(self, info: CheckpointInfo, store) -> dict[str, str]:
         """Load a checkpoint's states into ``store``; returns its metadata (checked against the file name)."""

@@ -42,6 +42,7 @@ from rnnstream.workers.partition_checkpoint import (
     CheckpointInfo,
     CheckpointsUnreadable,
     PartitionCheckpoints,
+    PreparedCheckpoint,
     RestoredCheckpoint,
 )
 from rnnstream.workers.partition_offsets import PartitionOffsets
@@ -323,11 +324,16 @@ class ScoringPartition:
 
     def snapshot(self, checkpoints: PartitionCheckpoints) -> CheckpointInfo:
         """Write the champion's states at the (committed) next offset."""
-        if self.offsets.uncommitted:
-            raise RuntimeError("a checkpoint may never be ahead of the committed offset")
-        info = checkpoints.write(self.partition, self.store, self.offsets.next_offset, self.champion.version)
+        info = checkpoints.write_prepared(self.prepare_snapshot(checkpoints))
         self.offsets.checkpointed()
         return info
+
+    def prepare_snapshot(self, checkpoints: PartitionCheckpoints) -> PreparedCheckpoint:
+        """A copy of the champion's states at the (committed) next offset, to be written later."""
+        if self.offsets.uncommitted:
+            raise RuntimeError("a checkpoint may never be ahead of the committed offset")
+        offset, version = self.offsets.next_offset, self.champion.version
+        return checkpoints.prepare(self.partition, self.store, offset, version)
 
     def attach_challenger(self, challenger: LoadedModel) -> None:
         """Score the same events with ``challenger`` from here on, with its own fresh states (warm-up)."""

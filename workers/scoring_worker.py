@@ -197,6 +197,11 @@ class ScoringWorker:
                 self._fenced(exc)
             except Exception as exc:  # Kafka trouble (bad input never raises): reset to checkpoints, retry
                 self._recover_from_error(exc)
+        try:
+            self.parts.close()  # the checkpoint writes in flight end before the loop does
+        except Exception as exc:
+            self.health.note(f"checkpoint write failed: {type(exc).__name__}: {exc}")
+            log.error("%s: checkpoint write failed: %s", self.name, exc)
         self._calls.refuse(f"{self.name} loop ended: {self.health.last_error}", self._stop_loop, dict)
 
     def _fenced(self, exc: Exception) -> None:
