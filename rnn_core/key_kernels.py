@@ -22,10 +22,6 @@ reads one table entry and one 16-byte fingerprint row per key.
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
 from rnnstream.rnn_core.compiled_loop import compiled
 
@@ -40,36 +36,6 @@ _ODD1 = np.uint64(0x9E3779B97F4A7C15)
 _ODD2 = np.uint64(0xD6E8FEB86659FD93)
 _S27, _S30, _S31, _S33 = np.uint64(27), np.uint64(30), np.uint64(31), np.uint64(33)
 _ZERO, _EIGHT, _BYTE = np.uint64(0), np.uint64(8), np.uint64(0xFF)
-
-
-PREFETCH_AHEAD = 8  # rows a gather asks the memory for before it copies them (~ the core's fill buffers / 2)
-
-
-@intrinsic
-def _prefetch(typingctx, arr, row, col):
-    """Ask the CPU to bring the cache line of ``arr[row, col]`` (a 2-d array) into its caches, without
-    waiting for it (LLVM's ``llvm.prefetch``: a read, kept in all levels). A hint: it never faults."""
-
-    def codegen(context, builder, sig, args):
-        array_type = sig.args[0]
-        ary = context.make_array(array_type)(context, builder, args[0])
-        where = [args[1], args[2]]
-        ptr = cgutils.get_item_pointer(context, builder, array_type, ary, where, wraparound=False)
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        fn_type = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fn_type, "llvm.prefetch.p0")
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return types.none(arr, row, col), codegen
-
-
-@compiled(inline="always")
-def _prefetch_row(rows, s):
-    """Prefetch every cache line of ``rows[s]`` (float32 rows; 16 floats a 64-byte line)."""
-    for k in range(0, rows.shape[1], 16):
-        _prefetch(rows, s, k)
-    _prefetch(rows, s, rows.shape[1] - 1)
 
 
 @compiled(inline="always")
@@ -296,16 +262,7 @@ def gather_chunk(x, idx, slots, times, rows, slot_times, xb, h_prev, prev_times,
     event (0 for none, never negative; the scorer's time-delta input). An IndexError for a slot outside
     the slab."""
     n, w = rows.shape
-    m = idx.size
-    for i in range(min(m, PREFETCH_AHEAD)):
-        s = slots[idx[i]]
-        if 0 <= s < n:
-            _prefetch_row(rows, s)
-    for i in range(m):
-        if i + PREFETCH_AHEAD < m:  # the row PREFETCH_AHEAD on is on its way while this one is copied
-            t = slots[idx[i + PREFETCH_AHEAD]]
-            if 0 <= t < n:
-                _prefetch_row(rows, t)
+    for i in range(idx.size):
         e = idx[i]
         s = slots[e]
         if s < 0 or s >= n:
