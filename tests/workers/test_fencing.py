@@ -31,12 +31,21 @@ def test_a_woken_old_owner_cannot_commit_after_the_handover(new_stream, tmp_path
     old = ScoringWorker(1, config, export_metrics=False)
     new = None
     gate = threading.Event()
+    frozen_now = threading.Event()
+
+    def hold_loop() -> None:
+        frozen_now.set()
+        gate.wait()
+
     try:
         old.assign(list(range(PARTITIONS)), handle)
         produce(settings, schema, events.slice(0, 2000))
         wait_for(lambda: committed_all(settings, config), 60, "the old owner to commit the first events")
-        frozen = threading.Thread(target=old._calls.call, args=(gate.wait,), kwargs={"timeout": None})
-        frozen.start()  # its loop now hangs between two cycles, like a process under SIGSTOP
+        frozen = threading.Thread(target=old._calls.call, args=(hold_loop,), kwargs={"timeout": None})
+        frozen.start()
+        # its loop now hangs between two cycles, like a process under SIGSTOP; the next events are sent
+        # only once it does (else its current cycle may still fetch and commit some of them)
+        wait_for(frozen_now.is_set, 30, "the old owner's loop to freeze")
         produce(settings, schema, events.slice(2000, 2000))  # the old owner will see these when it wakes
 
         assert fence_slot(config, 1)  # the handover rule: fence the silent owner, then hand over
