@@ -74,5 +74,10 @@ class PartitionOffsets:
         if self.uncommitted:
             raise RuntimeError("a checkpoint may never be ahead of the committed offset")
         self.checkpoint_offset = self.next_offset
+        self.copied()
+
+    def copied(self) -> None:
+        """A checkpoint's copy was taken: due again only after another interval (its write may still run;
+        ``checkpoint_offset`` moves once it is written)."""
         self.events_since_checkpoint = 0
         self.last_checkpoint_time = time.monotonic()
