@@ -65,8 +65,13 @@ def test_overload_memory_bounded_and_lag_drains(new_stream, ray_local, tmp_path)
         produce(settings, schema, events.slice(WARMUP), encoding="json")  # as fast as kafka-python sends
         burst_s = time.monotonic() - t0
         wait_for(lambda: committed_all(settings, config), 180, "the lag to drain")
-        time.sleep(0.5)
-        status = _ray.get(coord.status.remote())["workers"][0]
+
+        # the lag watcher reads the broker on its own cadence: wait for it to report the drained lag
+        def worker_status() -> dict:
+            return _ray.get(coord.status.remote(), timeout=30)["workers"][0]
+
+        wait_for(lambda: worker_status().get("lag_total") == 0, 60, "the reported lag to reach 0")
+        status = worker_status()
     finally:
         done.set()
         sampler.join()
