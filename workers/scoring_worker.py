@@ -46,7 +46,6 @@ from typing import Any
 from rnnstream.workers.commit_policy import CommitPolicy, offsets_after
 from rnnstream.workers.event_codec import EventDecoder
 from rnnstream.workers.failure_record import FailureRecord, backoff_delays
-from rnnstream.workers.gc_pauses import freeze_long_lived
 from rnnstream.workers.loop_calls import LoopCalls
 from rnnstream.workers.model_loading import load_model
 from rnnstream.workers.owned_partitions import OwnedPartitions
@@ -55,7 +54,8 @@ from rnnstream.workers.scores_transaction import ProducerFenced
 from rnnstream.workers.scoring_partition import ScoringPartition
 from rnnstream.workers.served_models import ModelIncompatible, ServedModels
 from rnnstream.workers.worker_clients import WorkerClients
-from rnnstream.workers.worker_config import ModelHandle, WorkerConfig
+from rnnstream.workers.worker_commands import WorkerCommands
+from rnnstream.workers.worker_config import WorkerConfig
 from rnnstream.workers.worker_metrics import WorkerMetrics
 from rnnstream.workers.worker_report import WorkerReport
 
@@ -64,8 +64,9 @@ __all__ = ["ModelIncompatible", "ScoringWorker"]
 log = logging.getLogger(__name__)
 
 
-class ScoringWorker:
-    """The loop and its state; wrapped by the Ray actor :class:`ScoringWorkerActor` (usable without Ray)."""
+class ScoringWorker(WorkerCommands):
+    """The loop and its state (the control calls are :class:`WorkerCommands`'s); wrapped by the Ray actor
+    :class:`ScoringWorkerActor` (usable without Ray)."""
 
     def __init__(
         self,
@@ -99,68 +100,6 @@ class ScoringWorker:
         alive = self._thread.is_alive
         self.report = WorkerReport(self.slot, config, self.models, self.health, self.metrics, alive)
         self._thread.start()
-
-    # ---------------------------------------------------------------------------------------- control API
-
-    def assign(self, partitions: list[int], handle: ModelHandle) -> list[int]:
-        """Take ``partitions`` (restored from their checkpoints); returns all owned partitions."""
-        return self._on_loop(self._assign, list(partitions), handle)
-
-    def set_partitions(self, partitions: list[int], handle: ModelHandle) -> list[int]:
-        """Own exactly ``partitions``: release the others (final checkpoints), open the new ones."""
-        return self._on_loop(self._set_partitions, list(partitions), handle)
-
-    def release(self, partitions: list[int]) -> dict[int, int]:
-        """Commit, write a final checkpoint of each partition, give them up; returns their next offsets."""
-        return self._on_loop(self._release, list(partitions))
-
-    def final_checkpoint(self) -> dict[int, int]:
-        """Commit and checkpoint every owned partition now; returns their next offsets."""
-        return self._on_loop(self._final_checkpoint)
-
-    def prepare_model(self, handle: ModelHandle, shadow: bool) -> dict[int, int]:
-        """Load ``handle`` as a challenger scoring the same events with fresh states from here on (into the
-        shadow topic too when ``shadow``). Returns each partition's warm-up start offset."""
-        return self._on_loop(self._prepare_model, handle, bool(shadow))
-
-    def switch_model(self) -> dict[str, Any]:
-        """Make the warmed challenger champion at this commit boundary. Returns the switch offsets and how
-        many of the champion's keys the challenger had states of (``keys_warmed``) or not (``keys_cold``:
-        they start from an empty state under the new model)."""
-        return self._on_loop(self._switch_model)
-
-    def drop_challenger(self) -> None:
-        self._on_loop(self._drop_challenger)
-
-    def stop(self, timeout: float = 120.0) -> dict[int, int]:
-        """Release every partition (final checkpoints), close the clients and end the loop."""
-        if not self._thread.is_alive():
-            return {}
-        return self._on_loop(self._stop_loop, timeout=timeout)
-
-    def shutdown(self, timeout: float = 60.0) -> None:
-        """:meth:`stop`, then wait for the loop thread; the lag watcher and the endpoint end too."""
-        try:
-            if self._thread.is_alive():
-                try:
-                    self.stop(timeout=timeout)
-                finally:
-                    self._thread.join(timeout=timeout)
-        finally:
-            self.report.close()
-
-    def status(self) -> dict[str, Any]:
-        """Cheap, lock-free status (answered from the caller's thread, see :class:`WorkerReport`)."""
-        return self.report.status()
-
-    def metrics_snapshot(self) -> dict[str, Any]:
-        return self.report.metrics_snapshot()
-
-    def _on_loop(self, fn: Callable[..., Any], *args: Any, timeout: float | None = 120.0) -> Any:
-        """Run ``fn(*args)`` on the loop thread between cycles and return its result."""
-        if not self._thread.is_alive():
-            raise RuntimeError(f"{self.name} loop is not running ({self.health.last_error})")
-        return self._calls.call(fn, *args, timeout=timeout)
 
     # ---------------------------------------------------------------------------------------- Kafka clients
 
@@ -304,66 +243,6 @@ class ScoringWorker:
             self._clients.resume(self.parts)
             self.paused = False
             self.metrics.set_gauge("paused", 0)
-
-    # ------------------------------------------------------------------------------------------- commands
-
-    def _quiesce(self) -> None:
-        if self._clients.tx.open or bool(self.parts.uncommitted_offsets()):
-            self._commit()
-        self._resume()
-
-    def _assign(self, partitions: list[int], handle: ModelHandle) -> list[int]:
-        self._quiesce()
-        self.models.ensure_champion(handle, self.parts)
-        for p in sorted(set(partitions) - set(self.parts)):
-            self.parts.open(p, self.models.champion, self.models.challenger, self._clients)
-        self.parts.apply(self._clients)
-        self.report.publish(self.parts)
-        freeze_long_lived()  # full GC passes would walk the model and clients each time (gc_pauses)
-        return sorted(self.parts)
-
-    def _set_partitions(self, partitions: list[int], handle: ModelHandle) -> list[int]:
-        drop = sorted(set(self.parts) - set(partitions))
-        if drop:
-            self._release(drop)
-        return self._assign(partitions, handle)
-
-    def _release(self, partitions: list[int]) -> dict[int, int]:
-        self._quiesce()
-        out = self.parts.release(partitions)
-        self.parts.apply(self._clients)
-        self.report.publish(self.parts)
-        return out
-
-    def _final_checkpoint(self) -> dict[int, int]:
-        self._quiesce()
-        return self.parts.checkpoint_all()
-
-    def _stop_now(self) -> dict[int, int]:
-        """Stop without Kafka (it is unreachable): end the loop; partitions restart from checkpoints."""
-        self._stop.set()
-        self._close_clients()
-        return {}
-
-    def _stop_loop(self) -> dict[int, int]:
-        out = self._release(sorted(self.parts)) if self.parts else {}
-        self._close_clients()
-        self._stop.set()
-        return out
-
-    def _prepare_model(self, handle: ModelHandle, shadow: bool) -> dict[int, int]:
-        challenger = self.models.load(handle)
-        self._quiesce()
-        return self.models.prepare(challenger, shadow, self.parts)
-
-    def _switch_model(self) -> dict[str, Any]:
-        if self.models.challenger is None:
-            raise RuntimeError("no challenger prepared")
-        self._quiesce()
-        return self.models.switch(self.parts)
-
-    def _drop_challenger(self) -> None:
-        self.models.drop(self.parts)
 
     # ----------------------------------------------------------------------------------------- recovery
 
