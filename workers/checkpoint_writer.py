@@ -12,7 +12,11 @@ means a longer replay after a crash, as with a less frequent checkpoint. A crash
 previous complete checkpoint, from which recovery replays as before.
 
 A failed write is raised on the loop thread when it is collected (:meth:`finished`, :meth:`wait`), where a
-synchronous write's error was raised, so it reaches the worker's health the same way.
+synchronous write's error was raised, so it reaches the worker's health the same way (the worker resets to its
+checkpoints, and the partition is checkpointed again at a later boundary: a checkpoint lags, never leads).
+When several writes are collected at once, one :class:`CheckpointWriteFailed` names every failed partition
+with its reason and carries the writes that did complete, so the caller records those before it handles
+the failure.
 """
 
 from __future__ import annotations
@@ -34,13 +38,29 @@ class WrittenCheckpoint:
     write_ms: float
 
 
+class CheckpointWriteFailed(RuntimeError):
+    """Collected writes that failed (partition -> the checkpoint and its error), and ``written``: the ones
+    collected with them that completed (each a complete checkpoint in storage, to be recorded)."""
+
+    def __init__(
+        self, failures: dict[int, tuple[CheckpointInfo, BaseException]], written: list[WrittenCheckpoint]
+    ) -> None:
+        self.failures = failures
+        self.written = written
+        reasons = "; ".join(
+            f"partition {p} at offset {info.next_offset}: {type(exc).__name__}: {exc}"
+            for p, (info, exc) in sorted(failures.items())
+        )
+        super().__init__(f"checkpoint write failed: {reasons}")
+
+
 class CheckpointWriter:
     """Writes prepared checkpoints on one background thread; every other method is for the loop thread."""
 
     def __init__(self, checkpoints: PartitionCheckpoints) -> None:
         self.checkpoints = checkpoints
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
-        self._in_flight: dict[int, Future[WrittenCheckpoint]] = {}
+        self._in_flight: dict[int, tuple[CheckpointInfo, Future[WrittenCheckpoint]]] = {}
 
     def writing(self, partition: int) -> bool:
         """True while a checkpoint of ``partition`` is being written (or waits for the thread)."""
@@ -50,7 +70,7 @@ class CheckpointWriter:
         p = prepared.info.partition
         if p in self._in_flight:
             raise RuntimeError(f"partition {p}: a checkpoint is already being written")
-        self._in_flight[p] = self._pool.submit(self._write, prepared)
+        self._in_flight[p] = (prepared.info, self._pool.submit(self._write, prepared))
 
     def _write(self, prepared: PreparedCheckpoint) -> WrittenCheckpoint:
         t0 = time.perf_counter()
@@ -58,24 +78,32 @@ class CheckpointWriter:
         return WrittenCheckpoint(info, (time.perf_counter() - t0) * 1000)
 
     def finished(self) -> list[WrittenCheckpoint]:
-        """The writes that ended since the last call; a failed one is raised (and no longer in flight)."""
-        return self._collect([p for p, f in self._in_flight.items() if f.done()])
+        """The writes that ended since the last call (none is in flight any more); when any failed,
+        :class:`CheckpointWriteFailed` is raised with every failure and the completed ones."""
+        return self._collect([p for p, (_, f) in self._in_flight.items() if f.done()])
 
     def wait(self, partitions: Iterable[int] | None = None) -> list[WrittenCheckpoint]:
         """Wait for the writes of ``partitions`` (None: all) and collect them (see :meth:`finished`)."""
         ps = list(self._in_flight) if partitions is None else [p for p in partitions if p in self._in_flight]
-        wait_futures([self._in_flight[p] for p in ps])
+        wait_futures([self._in_flight[p][1] for p in ps])
         return self._collect(ps)
 
     def _collect(self, partitions: list[int]) -> list[WrittenCheckpoint]:
-        futures = [self._in_flight.pop(p) for p in sorted(partitions)]
-        failed = [f.exception() for f in futures if f.exception() is not None]
-        if failed:
-            raise failed[0]
-        return [f.result() for f in futures]
+        written: list[WrittenCheckpoint] = []
+        failures: dict[int, tuple[CheckpointInfo, BaseException]] = {}
+        for p in sorted(partitions):
+            info, future = self._in_flight.pop(p)
+            exc = future.exception()
+            if exc is None:
+                written.append(future.result())
+            else:
+                failures[p] = (info, exc)
+        if failures:
+            raise CheckpointWriteFailed(failures, written) from next(iter(failures.values()))[1]
+        return written
 
     def close(self) -> None:
-        """Wait for every write (a failure is raised), then end the thread."""
+        """Wait for every write (failures are raised, see :meth:`finished`), then end the thread."""
         try:
             self.wait()
         finally:

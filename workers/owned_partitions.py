@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import ItemsView, Iterator, ValuesView
+from collections.abc import Callable, ItemsView, Iterator, ValuesView
 
-from rnnstream.workers.checkpoint_writer import CheckpointWriter, WrittenCheckpoint
+from rnnstream.workers.checkpoint_writer import CheckpointWriteFailed, CheckpointWriter, WrittenCheckpoint
 from rnnstream.workers.partition_checkpoint import PartitionCheckpoints
 from rnnstream.workers.scoring_partition import LoadedModel, ScoringPartition
 from rnnstream.workers.worker_clients import WorkerClients
@@ -98,7 +98,7 @@ class OwnedPartitions:
         self, champion: LoadedModel, challenger: LoadedModel | None, clients: WorkerClients
     ) -> None:
         """Every owned partition again from its checkpoint (after a Kafka error), then :meth:`apply`."""
-        self._settle(self.writer.wait())
+        self._collect(self.writer.wait)
         owned = sorted(self._parts)
         self._parts.clear()
         for p in owned:
@@ -114,7 +114,8 @@ class OwnedPartitions:
         """Give up ``partitions`` (call with nothing uncommitted), each with a final checkpoint unless its
         newest one is current; returns their next offsets."""
         out = {}
-        self._settle(self.writer.wait(partitions))  # a handover's checkpoint is complete before it returns
+        # a handover's checkpoint is complete before it returns
+        self._collect(lambda: self.writer.wait(partitions))
         for p in sorted(set(partitions) & set(self._parts)):
             part = self._parts[p]
             if (
@@ -131,7 +132,7 @@ class OwnedPartitions:
 
     def checkpoint(self, part: ScoringPartition) -> None:
         """Checkpoint ``part`` now and wait until it is written (after its write in flight, if any)."""
-        self._settle(self.writer.wait([part.partition]))
+        self._collect(lambda: self.writer.wait([part.partition]))
         t0 = time.perf_counter()
         part.snapshot(self.checkpoints)
         self.metrics.checkpoint((time.perf_counter() - t0) * 1000)
@@ -146,7 +147,7 @@ class OwnedPartitions:
         """Checkpoint each partition that is due (expired keys freed first: it changes no score): the copy
         here, the write in the background; a partition whose previous write is in flight waits for a later
         boundary. Writes that ended are collected first (a failed one is raised)."""
-        self._settle(self.writer.finished())
+        self._collect(self.writer.finished)
         now, taken = time.monotonic(), False
         for p, part in self._parts.items():
             if self.writer.writing(p) or not part.offsets.checkpoint_due(every_events, every_seconds, now):
@@ -161,6 +162,18 @@ class OwnedPartitions:
         if taken:
             self.update_state_gauges()
 
+    def _collect(self, collect: Callable[[], list[WrittenCheckpoint]]) -> None:
+        """Record the background writes ``collect`` returns; when some failed, record the ones that completed
+        first, then raise (the worker resets to its checkpoints: a checkpoint lags, never leads)."""
+        try:
+            written = collect()
+        except CheckpointWriteFailed as failed:
+            self._settle(failed.written)
+            for p in failed.failures:
+                self._copy_ms.pop(p, None)
+            raise
+        self._settle(written)
+
     def _settle(self, written: list[WrittenCheckpoint]) -> None:
         """Record checkpoints whose background write completed (the owner's checkpoint offset, the time)."""
         for w in written:
@@ -172,7 +185,10 @@ class OwnedPartitions:
 
     def close(self) -> None:
         """Wait for the writes in flight (a failure is raised) and end the writer's thread."""
-        self.writer.close()
+        try:
+            self._collect(self.writer.wait)
+        finally:
+            self.writer.close()
 
     # ------------------------------------------------------------------------------------------ gauges
 

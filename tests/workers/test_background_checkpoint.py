@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rnnstream.rnn_core.state_store import KeyedStateStore
-from rnnstream.workers.checkpoint_writer import CheckpointWriter
+from rnnstream.workers.checkpoint_writer import CheckpointWriteFailed, CheckpointWriter
 from rnnstream.workers.event_producer import EventProducer
 from rnnstream.workers.partition_checkpoint import CheckpointInfo, PartitionCheckpoints, PreparedCheckpoint
 from rnnstream.workers.scoring_worker import ScoringWorker
@@ -161,7 +161,7 @@ def test_writer_holds_one_write_per_partition_and_raises_a_failure(tmp_path) -> 
         ckpts.fail, ckpts.held = True, None
         ckpts.gate.set()
         writer.submit(_prepared(ckpts, 0, 20))
-        with pytest.raises(OSError, match="storage refused"):
+        with pytest.raises(CheckpointWriteFailed, match="partition 0 at offset 20: OSError: storage refused"):
             writer.wait()
         assert not writer.writing(0) and ckpts.latest(0).next_offset == 10
     finally:
