@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, ItemsView, Iterator, ValuesView
+from collections.abc import Callable, ItemsView, Iterator, Mapping, ValuesView
 
 from rnnstream.workers.checkpoint_writer import CheckpointWriteFailed, CheckpointWriter, WrittenCheckpoint
 from rnnstream.workers.partition_checkpoint import PartitionCheckpoints
@@ -66,9 +66,14 @@ class OwnedPartitions:
         """Next offsets of the partitions with events applied past their committed offset."""
         return {p: part.offsets.next_offset for p, part in self._parts.items() if part.offsets.uncommitted}
 
-    def mark_committed(self) -> None:
-        for part in self._parts.values():
-            part.offsets.mark_committed()
+    def mark_committed(self, offsets: Mapping[int, int] | None = None) -> None:
+        """Record a commit: of ``offsets`` (partition -> next offset; what a commit started before the
+        partitions moved on made durable), or of every partition's next offset."""
+        for p, part in self._parts.items():
+            if offsets is None:
+                part.offsets.mark_committed()
+            elif p in offsets:
+                part.offsets.mark_committed(offsets[p])
 
     # ----------------------------------------------------------------------------------------- lifecycle
 
@@ -142,6 +147,15 @@ class OwnedPartitions:
         for part in self._parts.values():
             self.checkpoint(part)
         return self.next_offsets()
+
+    def checkpoint_wanted(self, every_events: int, every_seconds: float) -> bool:
+        """Some partition's checkpoint interval is up (whether or not it has uncommitted events): the loop
+        then waits for its commit so that :meth:`checkpoint_due` finds a committed boundary."""
+        now = time.monotonic()
+        return any(
+            not self.writer.writing(p) and part.offsets.interval_due(every_events, every_seconds, now)
+            for p, part in self._parts.items()
+        )
 
     def checkpoint_due(self, every_events: int, every_seconds: float) -> None:
         """Checkpoint each partition that is due (expired keys freed first: it changes no score): the copy

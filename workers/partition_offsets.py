@@ -57,12 +57,17 @@ class PartitionOffsets:
     def uncommitted(self) -> bool:
         return self.next_offset > self.committed
 
-    def mark_committed(self) -> None:
-        self.committed = max(self.committed, self.next_offset)
+    def mark_committed(self, offset: int | None = None) -> None:
+        """Committed up to ``offset`` (a commit started earlier), or up to everything applied."""
+        self.committed = max(self.committed, self.next_offset if offset is None else int(offset))
 
     def checkpoint_due(self, every_events: int, every_seconds: float, now: float | None = None) -> bool:
-        """True when a checkpoint is allowed (nothing uncommitted, something new) and one is due."""
-        if self.next_offset <= self.checkpoint_offset or self.uncommitted:
+        """True when a checkpoint is allowed (nothing uncommitted) and one is due."""
+        return not self.uncommitted and self.interval_due(every_events, every_seconds, now)
+
+    def interval_due(self, every_events: int, every_seconds: float, now: float | None = None) -> bool:
+        """Something new since the last checkpoint and its interval (events or seconds) is up."""
+        if self.next_offset <= self.checkpoint_offset:
             return False
         now = time.monotonic() if now is None else now
         return (

@@ -43,7 +43,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rnnstream.workers.commit_policy import CommitPolicy, offsets_after
+from rnnstream.workers.commit_in_flight import CommitInFlight
+from rnnstream.workers.commit_policy import IDLE_POLL_MS, CommitPolicy, offsets_after
 from rnnstream.workers.event_codec import EventDecoder
 from rnnstream.workers.failure_record import FailureRecord, backoff_delays
 from rnnstream.workers.loop_calls import LoopCalls
@@ -51,7 +52,7 @@ from rnnstream.workers.model_loading import load_model
 from rnnstream.workers.owned_partitions import OwnedPartitions
 from rnnstream.workers.partition_checkpoint import PartitionCheckpoints
 from rnnstream.workers.scores_transaction import ProducerFenced
-from rnnstream.workers.scoring_partition import ScoringPartition
+from rnnstream.workers.scoring_partition import ScoredBatch, ScoringPartition
 from rnnstream.workers.served_models import ModelIncompatible, ServedModels
 from rnnstream.workers.worker_clients import WorkerClients
 from rnnstream.workers.worker_commands import WorkerCommands
@@ -92,6 +93,7 @@ class ScoringWorker(WorkerCommands):
         self._stop = threading.Event()
         self._clients: WorkerClients | None = None
         self._in_flight = 0
+        self._committing = CommitInFlight(f"rnnstream-{self.name}")
         with contextlib.suppress(Exception):
             import torch
 
@@ -136,6 +138,7 @@ class ScoringWorker(WorkerCommands):
                 self._fenced(exc)
             except Exception as exc:  # Kafka trouble (bad input never raises): reset to checkpoints, retry
                 self._recover_from_error(exc)
+        self._committing.close()
         try:
             self.parts.close()  # the checkpoint writes in flight end before the loop does
         except Exception as exc:
@@ -144,6 +147,7 @@ class ScoringWorker(WorkerCommands):
         self._calls.refuse(f"{self.name} loop ended: {self.health.last_error}", self._stop_loop, dict)
 
     def _fenced(self, exc: Exception) -> None:
+        self._committing.abandon()
         self.health.fence(exc)
         log.error("%s fenced by a newer incarnation; stopping without writing again", self.name)
         self._close_clients()
@@ -152,21 +156,26 @@ class ScoringWorker(WorkerCommands):
         cfg = self.config
         clients = self._clients
         tx = clients.tx
-        by_partition = clients.poll_batch(
-            cfg.max_batch_events, cfg.batch_linger_ms, self.policy.poll_wait_ms(tx.open, tx.started)
-        )
+        if self._committing.done():
+            self._settle_commit()
+        committing = self._committing.pending  # then the commit thread owns the producer and ``tx``
+        wait_ms = IDLE_POLL_MS if committing else self.policy.poll_wait_ms(tx.open, tx.started)
+        by_partition = clients.poll_batch(cfg.max_batch_events, cfg.batch_linger_ms, wait_ms)
         polled = sum(map(len, by_partition.values()))
         if polled:  # a batch that will end in a commit attaches its offsets first (see commit_policy)
             self.metrics.polled([t for m in by_partition.values() for t in (m[0].timestamp, m[-1].timestamp)])
             after = offsets_after(self.parts.next_offsets(), by_partition)
-            age_ms = (time.monotonic() - tx.started) * 1000 if tx.open else 0.0
-            if self.policy.due(polled, lambda: clients.caught_up(after), age_ms):
+            age_ms = (time.monotonic() - tx.started) * 1000 if not committing and tx.open else 0.0
+            if not committing and self.policy.due(polled, lambda: clients.caught_up(after), age_ms):
                 committed = {p: part.offsets.committed for p, part in self.parts.items()}
                 clients.offer_offsets({p: o for p, o in after.items() if o > committed[p]})
-        for p, msgs in by_partition.items():
-            part = self.parts.get(p)
-            if part is not None:
-                self._process(part, msgs)
+        owned = [(part, msgs) for p, msgs in by_partition.items() if (part := self.parts.get(p)) is not None]
+        batches = [(part, msgs, part.process(msgs, self.decoder)) for part, msgs in owned]  # no Kafka
+        if self._committing.pending:  # batch N+1 is scored: its scores go out once N is committed
+            self._settle_commit()
+        for part, msgs, batch in batches:
+            if batch is not None:
+                self._emit(part, msgs, batch)
         age_ms = (time.monotonic() - tx.started) * 1000
         full = self._in_flight >= cfg.max_in_flight
         if tx.open and (
@@ -174,18 +183,18 @@ class ScoringWorker(WorkerCommands):
         ):
             if full:
                 self._pause()
-            self._commit()
+            self._commit(wait=full or self.parts.checkpoint_wanted(*self._checkpoint_every()))
             self._resume()
         elif not tx.open and bool(self.parts.uncommitted_offsets()):
             self._commit()  # replay-only progress past the committed offset (e.g. all rejects)
-        if not tx.open:
-            self.parts.checkpoint_due(cfg.checkpoint_interval_events, cfg.checkpoint_interval_seconds)
+        if not self._committing.pending and not tx.open:
+            self.parts.checkpoint_due(*self._checkpoint_every())
 
-    def _process(self, part: ScoringPartition, msgs: list) -> None:
-        """One partition's messages: score, then send scores and dead letters into the open transaction."""
-        scored = part.process(msgs, self.decoder)
-        if scored is None:
-            return
+    def _checkpoint_every(self) -> tuple[int, float]:
+        return self.config.checkpoint_interval_events, self.config.checkpoint_interval_seconds
+
+    def _emit(self, part: ScoringPartition, msgs: list, scored: ScoredBatch) -> None:
+        """One partition's scored messages: send scores and dead letters into the open transaction."""
         m = self.metrics
         d = scored.decoded
         m.count("events", d.events_in)
@@ -222,14 +231,28 @@ class ScoringWorker(WorkerCommands):
 
     # ----------------------------------------------------------------------------------- commit and lag
 
-    def _commit(self) -> None:
+    def _commit(self, wait: bool = True) -> None:
         """Commit the scores and dead letters sent and the consumed offsets, atomically (or, without
-        transactions, the offsets after every send succeeded)."""
-        t0 = time.monotonic()
-        self._clients.commit(self.parts.uncommitted_offsets())
+        transactions, the offsets after every send succeeded). With transactions and ``wait`` False the
+        commit runs in the background (:class:`CommitInFlight`) while the loop reads and scores the next
+        batch; a commit already in flight is collected first."""
+        if self._committing.pending:
+            self._settle_commit()
+        offsets = self.parts.uncommitted_offsets()
+        if not self._clients.tx.open and not offsets:
+            return
+        clients = self._clients
+        background = not wait and self.config.transactions  # without transactions the consumer commits
+        self._committing.start(lambda: clients.commit(offsets), offsets, background=background)
         self._in_flight = 0
-        self.parts.mark_committed()
-        self.metrics.scores_committed(since=t0)
+        if not background:
+            self._settle_commit()
+
+    def _settle_commit(self) -> None:
+        """Wait for the commit in flight (raising what it raised) and record it as committed."""
+        done = self._committing.wait()
+        self.parts.mark_committed(done.offsets)
+        self.metrics.scores_committed(since=done.started, ended=done.ended, waited_s=done.waited_s)
 
     def _pause(self) -> None:
         if not self.paused and self.parts:
@@ -249,6 +272,7 @@ class ScoringWorker(WorkerCommands):
     def _recover_from_error(self, exc: Exception) -> None:
         """Abort, drop the clients, and reconnect with a bounded exponential backoff; then every partition
         starts again from its checkpoint (replaying what was not committed)."""
+        self._committing.abandon()  # its outcome is read back from the broker by the reset below
         self.health.failed(exc)
         self.metrics.count("kafka_errors")
         log.warning("%s: %s; resetting to checkpoints", self.name, self.health.last_error)

@@ -18,6 +18,7 @@ from rnnstream.workers.worker_config import ModelHandle
 if TYPE_CHECKING:
     import threading
 
+    from rnnstream.workers.commit_in_flight import CommitInFlight
     from rnnstream.workers.failure_record import FailureRecord
     from rnnstream.workers.loop_calls import LoopCalls
     from rnnstream.workers.owned_partitions import OwnedPartitions
@@ -39,6 +40,7 @@ class WorkerCommands:
     _stop: threading.Event
     _thread: threading.Thread
     _clients: WorkerClients | None
+    _committing: CommitInFlight
 
     # ---------------------------------------------------------------------------------------- control API
 
@@ -105,7 +107,7 @@ class WorkerCommands:
     # ------------------------------------------------------------------------------------------- commands
 
     def _quiesce(self) -> None:
-        if self._clients.tx.open or bool(self.parts.uncommitted_offsets()):
+        if self._committing.pending or self._clients.tx.open or bool(self.parts.uncommitted_offsets()):
             self._commit()
         self._resume()
 

@@ -114,6 +114,7 @@ class WorkerMetrics:
         self._lat_n = 0
         self._fetch = _Ring()
         self._commit = _Ring()
+        self._commit_wait = _Ring()
         self._checkpoint = _Ring()
         self._ray: _RayMetrics | None = None
         if export:
@@ -156,13 +157,20 @@ class WorkerMetrics:
         now_ms = time.time() * 1000
         self._fetch.add([now_ms - t for t in create_times_ms])
 
-    def scores_committed(self, since: float | None = None) -> None:
-        """The open transaction committed; ``since``: when the commit began (monotonic), for ``commit``."""
-        self.last_commit_monotonic_s = time.monotonic()
+    def scores_committed(
+        self, since: float | None = None, ended: float | None = None, waited_s: float | None = None
+    ) -> None:
+        """The open transaction committed; ``since``/``ended``: when the commit began and returned
+        (monotonic; ``ended`` defaults to now), for ``commit``; ``waited_s``: how long the loop waited for
+        it (a commit in the background overlaps the next batch), for ``commit_wait``."""
+        mono = time.monotonic()
+        self.last_commit_monotonic_s = mono if ended is None else ended
         if since is not None:
             self._commit.add([(self.last_commit_monotonic_s - since) * 1000])
+        if waited_s is not None:
+            self._commit_wait.add([waited_s * 1000])
         if self._pending:
-            now_ms = time.time() * 1000
+            now_ms = (time.time() - (mono - self.last_commit_monotonic_s)) * 1000
             ev = np.concatenate([t for t, _ in self._pending])
             ap = np.concatenate([a for _, a in self._pending])
             self._pending.clear()
@@ -195,6 +203,7 @@ class WorkerMetrics:
         self._lat_n = 0
         self._fetch = _Ring()
         self._commit = _Ring()
+        self._commit_wait = _Ring()
         self._checkpoint = _Ring()
 
     def snapshot(self) -> dict[str, Any]:
@@ -218,6 +227,7 @@ class WorkerMetrics:
             "latency_fetch_p99_ms": pct(self._fetch.values(), 99),
             "commit_p50_ms": pct(self._commit.values(), 50),
             "commit_p99_ms": pct(self._commit.values(), 99),
+            "commit_wait_p99_ms": pct(self._commit_wait.values(), 99),
             "checkpoint_max_ms": pct(self._checkpoint.values(), 100),
             "latency_append_p50_ms": pct(ap, 50),
             "latency_append_p99_ms": pct(ap, 99),
