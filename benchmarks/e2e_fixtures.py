@@ -164,22 +164,24 @@ def wait_committed(
 
 
 # ------------------------------------------------------------------------------------------------ rnnstream
+WORKER_SETTINGS: dict[str, Any] = {  # the benchmarks' worker settings (throughput runs)
+    "max_batch_events": 8192,
+    "max_poll_records": 8192,
+    "batch_linger_ms": 5,
+    "commit_interval_ms": 250,
+    "max_in_flight": 100_000,
+    "checkpoint_interval_events": 200_000,
+    "checkpoint_interval_seconds": 5.0,
+    "max_partition_fetch_bytes": 8 * 1024 * 1024,
+    "fetch_max_bytes": 32 * 1024 * 1024,
+}
+
+
 def run_workers(settings, schema, handle, ckpt: Path, workers: int = 2, **kw):
     from rnnstream.workers.serving import start_coordinator
     from rnnstream.workers.worker_config import WorkerConfig
 
-    settings_kw = {
-        "max_batch_events": 8192,
-        "max_poll_records": 8192,
-        "batch_linger_ms": 5,
-        "commit_interval_ms": 250,
-        "max_in_flight": 100_000,
-        "checkpoint_interval_events": 200_000,
-        "checkpoint_interval_seconds": 5.0,
-        "max_partition_fetch_bytes": 8 * 1024 * 1024,
-        "fetch_max_bytes": 32 * 1024 * 1024,
-        **kw,
-    }
+    settings_kw = {**WORKER_SETTINGS, **kw}
     config = WorkerConfig(
         pipeline=schema.pipeline, schema=schema, kafka=settings, checkpoint_uri=str(ckpt), **settings_kw
     )
@@ -187,34 +189,6 @@ def run_workers(settings, schema, handle, ckpt: Path, workers: int = 2, **kw):
     return config, coord
 
 
-def end_to_end_run(
-    settings, schema, handle, n_events: int, tmp: Path, deployment: str = "rnnstream"
-) -> tuple[float, float]:
-    """(events/s, CPU seconds of the worker processes) of 2 workers of release ``deployment`` scoring the
-    ``n_events`` already in the events topic. Timed from the workers holding their partitions to every offset
-    committed; the events scored before the clock starts (the workers begin as soon as they are assigned)
-    are not counted."""
-    import psutil
-    import ray
-
-    from rnnstream.workers.kafka_io import TopicAdmin
-    from rnnstream.workers.serving import stop_coordinator
-    from rnnstream.workers.worker_config import release_topic
-
-    with TopicAdmin(settings) as admin:
-        p, d = schema.pipeline, deployment
-        admin.create_topics([release_topic(p, d, k) for k in ("scores", "dlq", "scores.shadow")], PARTITIONS)
-    config, coord = run_workers(
-        settings, schema, handle, tmp / f"ckpt-{schema.pipeline}-{deployment}", deployment=deployment
-    )
-    procs = [psutil.Process(pid) for pid in ray.get(coord.worker_pids.remote()).values()]
-    t0, cpu0 = time.monotonic(), _cpu_s(procs)
-    done0 = sum(w.get("events", 0) for w in ray.get(coord.status.remote())["workers"])
-    t1 = wait_committed(settings, config.group_id, config.events_topic)
-    cpu = _cpu_s(procs) - cpu0
-    stop_coordinator(coord)
-    return (n_events - done0) / (t1 - t0), cpu
-
-
-def _cpu_s(procs) -> float:
+def cpu_seconds(procs) -> float:
+    """CPU seconds (user + system) of ``procs`` (psutil processes), summed."""
     return sum(sum(p.cpu_times()[:2]) for p in procs)

@@ -26,9 +26,21 @@ One run, one broker, one GRU(32->64) model (31 float features + the time delta),
 - ``recovery_s``: kill -9 of a worker holding 1,000,000 keys (100,000 with ``--quick``) -> scoring again
   with its restored state;
 - ``json_vs_raw``: json_eps / raw_eps measured side by side in rounds (the order alternating), the median
-  ratio (``json_vs_raw_rounds``: each round's); ``json_vs_raw_cpu``: events per CPU-second of rnnstream's
-  worker processes over the pass-through's (load on a shared machine moves wall time far more than CPU);
-  ``arrow_eps`` is the median of as many rounds. ``--only throughput`` runs these alone.
+  ratio (``json_vs_raw_rounds``: each round's; ``raw_eps_rounds`` / ``json_eps_rounds``: each side's);
+  ``json_vs_raw_cpu``: events per CPU-second of rnnstream's 2 worker processes over the pass-through's 2
+  (load on a shared machine moves wall time far more than CPU; ``*_cpu_us_per_event`` each side's);
+  ``arrow_eps`` is the median of as many rounds (``arrow_cpu_us_per_event``: the workers' CPU an event).
+  ``--only throughput`` runs these alone.
+
+Every throughput run is timed alike (:mod:`release_window`, the peer benchmark's window): the run gets an
+events topic of its own and its consumers (rnnstream's 2 workers, or the pass-through's 2 processes, with the
+workers' fetch settings and ``read_committed``) start on it empty; a warm-up message a partition goes first
+and the run waits until it went through (start-up, first fetch, first transaction: paid once by a service,
+left out alike); then the backlog (the same messages every run) is released in one transaction, and the
+window runs from that commit's return to the workers' last commit returning (each worker reports the moment)
+or the pass-through's last message acknowledged. ``*_window_s``: the median windows. Timing from the workers'
+start-up instead, over 50,000 events (0.6-1.5 s), let start-up, the first transaction and the commit cadence
+decide single rounds (0.2-2.8x of each other).
 
 The floors (raw pass-through, broker round trip, exactly-once relay) are measured by :mod:`io_floor`.
 Throughput runs commit every 250 ms; the latency runs as soon as a batch is scored while the workers keep
@@ -37,7 +49,8 @@ transaction commits).
 
 Targets (issue 15): json_vs_raw >= 0.8, arrow_eps >= 250000, p99_ms <= broker_p99_ms + 25, recovery_s < 10
 with 1M keys.
-``--quick`` uses fewer events; ``--json`` prints one JSON object.
+``--quick`` uses fewer events (150,000 JSON, 400,000 Arrow; else 300,000 and 600,000); ``--json`` prints one
+JSON object.
 """
 
 from __future__ import annotations
@@ -55,9 +68,9 @@ import pyarrow as pa
 from e2e_fixtures import (
     LOAD_SLICE_EVENTS,
     PARTITIONS,
+    WORKER_SETTINGS,
     broker_and_ray,
     create_topics,
-    end_to_end_run,
     make_events,
     make_schema,
     print_result,
@@ -66,51 +79,80 @@ from e2e_fixtures import (
     seeded_model,
     wait_committed,
 )
-from io_floor import (
-    broker_round_trip_ms,
-    partition_counts,
-    raw_pass_through,
-    send_paced,
-    txn_relay_round_trip_ms,
-)
+from io_floor import broker_round_trip_ms, send_paced, txn_relay_round_trip_ms
+from release_window import raw_window, release_records, rnnstream_window
 from score_latency import scored_latency_ms
 
 
-def json_vs_raw(settings, schema, handle, table, rounds: int, tmp: Path, log) -> dict[str, Any]:
-    """rnnstream's 2 workers and the bare pass-through's 2 processes over the same JSON events, side by side:
-    ``rounds`` rounds, the order alternating, each a ratio; the medians decide (machine noise moves both
-    runs of a round alike). Also CPU: events per CPU-second of each, and their ratio."""
-    name = schema.pipeline
-    create_topics(settings, name)
-    produce(settings, schema, table, "json")
-    counts = partition_counts(settings, f"{name}.events", PARTITIONS)
-    n = table.num_rows
-    raw, ours, ratios, cpu_ratios = [], [], [], []
+def worker_fetch_settings() -> dict[str, Any]:
+    """The scoring workers' consumer fetch settings (:func:`e2e_fixtures.run_workers`), for the bare
+    pass-through: both sides fetch alike, only what they do with a message differs."""
+    return {
+        "fetch_max_wait_ms": WORKER_SETTINGS["batch_linger_ms"],
+        "max_poll_records": WORKER_SETTINGS["max_poll_records"],
+        "fetch_max_bytes": WORKER_SETTINGS["fetch_max_bytes"],
+        "max_partition_fetch_bytes": WORKER_SETTINGS["max_partition_fetch_bytes"],
+    }
+
+
+def json_vs_raw(settings, schema, handle, warm, records, rounds: int, tmp: Path, log) -> dict[str, Any]:
+    """rnnstream's 2 workers and the bare pass-through's 2 processes over the same released JSON backlog
+    (:mod:`release_window`: each run its own topic, warmed, the backlog released in one transaction, timed
+    from the release to the last commit / acknowledgement): ``rounds`` rounds, the order alternating, each a
+    ratio; the medians decide (machine noise moves both runs of a round alike). Also CPU: events per
+    CPU-second of each, and their ratio."""
+    n = len(records)
+    raw, ours = [], []
     for r in range(rounds):
         runs = {}
         for which in ("raw", "rnnstream") if r % 2 == 0 else ("rnnstream", "raw"):
             log(f"round {r + 1}/{rounds}: {which} over {n} JSON events ...")
             if which == "raw":
-                runs[which] = raw_pass_through(settings, name, counts, out_topic=f"{name}.raw")
+                fetch = worker_fetch_settings()
+                runs[which] = raw_window(settings, schema.pipeline, warm, records, f"raw{r}", fetch)
             else:
-                runs[which] = end_to_end_run(settings, schema, handle, n, tmp, deployment=f"round-{r}")
-        (raw_eps_r, raw_cpu), (eps, cpu) = runs["raw"], runs["rnnstream"]
-        raw.append(raw_eps_r)
-        ours.append(eps)
-        ratios.append(eps / raw_eps_r)
-        cpu_ratios.append((n / cpu) / (n / raw_cpu) if cpu and raw_cpu else float("nan"))
-        raw_cpu_per_event, cpu_per_event = raw_cpu / n, cpu / n
-        log(
-            f"  raw {raw_eps_r:,.0f} ev/s ({raw_cpu_per_event * 1e6:.1f} CPU-us/ev), "
-            f"rnnstream {eps:,.0f} ev/s ({cpu_per_event * 1e6:.1f} CPU-us/ev): {ratios[-1]:.3f}"
-        )
+                runs[which] = rnnstream_window(settings, schema, handle, warm, records, n, f"r{r}", tmp)
+        raw.append(runs["raw"])
+        ours.append(runs["rnnstream"])
+        log(f"  raw {describe(runs['raw'])}\n  rnnstream {describe(runs['rnnstream'])}")
     return {
-        "raw_eps": round(float(np.median(raw))),
-        "json_eps": round(float(np.median(ours))),
-        "json_vs_raw": round(float(np.median(ratios)), 3),
-        "json_vs_raw_rounds": [round(x, 3) for x in ratios],
-        "json_vs_raw_cpu": round(float(np.median(cpu_ratios)), 3),
+        "raw_eps": round(float(np.median([x.eps for x in raw]))),
+        "json_eps": round(float(np.median([x.eps for x in ours]))),
+        "json_vs_raw": round(float(np.median([a.eps / b.eps for a, b in zip(ours, raw, strict=True)])), 3),
+        "json_vs_raw_rounds": [round(a.eps / b.eps, 3) for a, b in zip(ours, raw, strict=True)],
+        "raw_eps_rounds": [round(x.eps) for x in raw],
+        "json_eps_rounds": [round(x.eps) for x in ours],
+        "json_vs_raw_cpu": round(
+            float(np.median([a.eps_per_cpu_s / b.eps_per_cpu_s for a, b in zip(ours, raw, strict=True)])), 3
+        ),
+        "raw_cpu_us_per_event": round(float(np.median([1e6 / x.eps_per_cpu_s for x in raw])), 2),
+        "json_cpu_us_per_event": round(float(np.median([1e6 / x.eps_per_cpu_s for x in ours])), 2),
+        "raw_window_s": round(float(np.median([x.window_s for x in raw])), 3),
+        "json_window_s": round(float(np.median([x.window_s for x in ours])), 3),
     }
+
+
+def arrow_rounds(settings, schema, handle, warm, records, n: int, rounds: int, tmp: Path, log) -> dict:
+    """rnnstream's 2 workers over the same released Arrow backlog, ``rounds`` times: the median events/s
+    and CPU-us an event (the two worker processes')."""
+    runs = []
+    for r in range(rounds):
+        log(f"arrow round {r + 1}/{rounds}: {n} events ...")
+        runs.append(rnnstream_window(settings, schema, handle, warm, records, n, f"r{r}", tmp))
+        log(f"  rnnstream {describe(runs[-1])}")
+    return {
+        "arrow_eps": round(float(np.median([x.eps for x in runs]))),
+        "arrow_eps_rounds": [round(x.eps) for x in runs],
+        "arrow_cpu_us_per_event": round(float(np.median([1e6 / x.eps_per_cpu_s for x in runs])), 2),
+        "arrow_window_s": round(float(np.median([x.window_s for x in runs])), 3),
+    }
+
+
+def describe(run) -> str:
+    return (
+        f"{run.eps:,.0f} ev/s ({1e6 / run.eps_per_cpu_s:.1f} CPU-us/ev; window {run.window_s:.3f} s, "
+        f"warm-up {run.warm_s:.2f} s, release {run.release_s:.3f} s, notice {run.notice_s:.3f} s)"
+    )
 
 
 def latency_fields(
@@ -265,9 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
-    n_json = 50_000 if args.quick else 100_000
+    n_json = 150_000 if args.quick else 300_000
     rounds = args.rounds or (3 if args.quick else 5)
-    n_arrow = 100_000 if args.quick else 400_000
+    n_arrow = 400_000 if args.quick else 600_000
     lat_seconds = 4.0 if args.quick else 10.0
     rec_keys = args.recovery_keys or (100_000 if args.quick else 1_000_000)
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
@@ -306,23 +348,19 @@ def main(argv: list[str] | None = None) -> int:
 
         schema = make_schema("bench-json")
         table = make_events(schema, n_json, 10_000, seed=1, start_ms=start)
-        json_figures = json_vs_raw(settings, schema, handle, table, rounds, tmp, log)
+        warm_table = make_events(schema, 64, 64, seed=9, start_ms=start - 60_000, key_prefix="warm")
+        warm, records = release_records(settings, schema, warm_table, table, "json")
+        json_figures = json_vs_raw(settings, schema, handle, warm, records, rounds, tmp, log)
 
         schema = make_schema("bench-arrow")
         table = make_events(schema, n_arrow, 10_000, seed=2, start_ms=start)
-        create_topics(settings, schema.pipeline)
-        produce(settings, schema, table, "arrow")
-        arrow_runs = []
-        for r in range(rounds):
-            log(f"arrow round {r + 1}/{rounds}: {n_arrow} events ...")
-            arrow_runs.append(end_to_end_run(settings, schema, handle, n_arrow, tmp, f"round-{r}"))
-        arrow_eps = float(np.median([eps for eps, _ in arrow_runs]))
+        warm_table = make_events(schema, 64, 64, seed=9, start_ms=start - 60_000, key_prefix="warm")
+        warm, records = release_records(settings, schema, warm_table, table, "arrow")
         throughput = {
             **json_figures,
-            "arrow_eps": round(arrow_eps),
-            "arrow_eps_rounds": [round(eps) for eps, _ in arrow_runs],
-            "arrow_cpu_us_per_event": round(float(np.median([c / n_arrow * 1e6 for _, c in arrow_runs])), 2),
+            **arrow_rounds(settings, schema, handle, warm, records, n_arrow, rounds, tmp, log),
         }
+        arrow_eps = throughput["arrow_eps"]
         if args.only == "throughput":
             targets = {"json_vs_raw": ">= 0.8", "arrow_eps": ">= 250000"}
             result = {**throughput, "events_json": n_json, "events_arrow": n_arrow, "rounds": rounds}

@@ -1,8 +1,9 @@
 """The I/O floors the end-to-end benchmark measures rnnstream against, on the same broker in the same run.
 
-- :func:`raw_pass_through`: a bare kafka-python pass-through (2 processes, each consuming 2 partitions and
+- :class:`RawRelays`: a bare kafka-python pass-through (2 processes, each consuming 2 partitions and
   producing one output message per input message, same key and value, to the same partition number: no
-  decoding, no model, no state, no transactions); its events/s and CPU seconds;
+  decoding, no model, no state, no transactions) over a backlog released by :mod:`release_window`, which
+  times it as it times rnnstream's workers;
 - :func:`broker_round_trip_ms`: the bare broker's round trip, messages sent at a given pace -> fetched by a
   plain consumer in its own process with the workers' fetch wait;
 - :func:`txn_relay_round_trip_ms`: the floor with exactly once: the same messages relayed by a bare
@@ -55,64 +56,105 @@ def send_paced(settings, schema, table: pa.Table, rate: float) -> None:
                 time.sleep(ahead)
 
 
-def _raw_passthrough(bootstrap: str, topic: str, out_topic: str, parts: list[int], expect: int, q) -> None:
+def _raw_relay(
+    bootstrap: str, topic: str, out_topic: str, parts: list[int], warm_n: int, n: int, fetch: dict, q
+) -> None:
+    """The pass-through of :class:`RawRelays`: relay ``warm_n`` messages (the warm-up), report, then ``n``
+    more, and report when the last one was acknowledged (monotonic) and the process's CPU seconds then."""
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     c = KafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_poll_records=5000,
+        **{"isolation_level": "read_committed", **fetch},  # the backlog is released in one transaction
     )
     p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=256 * 1024)
     tps = [TopicPartition(topic, x) for x in parts]
     c.assign(tps)
     c.seek_to_beginning(*tps)
-    n = 0
-    t0 = cpu0 = None
-    while n < expect:
-        for tp, msgs in c.poll(timeout_ms=200).items():
-            if t0 is None:
-                t0, cpu0 = time.monotonic(), time.process_time()
-            for m in msgs:
-                p.send(out_topic, value=m.value, key=m.key, partition=tp.partition)
-            n += len(msgs)
-    p.flush()
-    q.put((n, t0, time.monotonic(), time.process_time() - cpu0))
+    for tp in tps:
+        c.position(tp)
+    gc.freeze()
+    q.put(("ready", 0.0, 0.0))
+    got = 0
+    for want, what in ((warm_n, "warm"), (warm_n + n, "done")):
+        while got < want:
+            for tp, msgs in c.poll(timeout_ms=50).items():
+                for m in msgs:
+                    p.send(out_topic, value=m.value, key=m.key, partition=tp.partition)
+                got += len(msgs)
+        p.flush()
+        q.put((what, time.monotonic(), time.process_time()))
     c.close()
     p.close()
 
 
-def raw_eps(settings, pipeline: str, counts: dict[int, int]) -> float:
-    """Events/s of the bare pass-through over ``<pipeline>.events`` (see :func:`raw_pass_through`)."""
-    return raw_pass_through(settings, pipeline, counts)[0]
+class RawRelays:
+    """The bare pass-through for a released backlog (:mod:`release_window`): 2 processes of 2 partitions
+    each (as rnnstream's 2 workers), started on the empty ``topic`` with the workers' fetch settings
+    (``read_committed``, fetch wait, records a poll, fetch sizes), each relaying every message to the same
+    partition of ``out_topic`` (no decoding, no model, no state, no transactions). ``warm_counts`` /
+    ``counts``: the warm-up's and the backlog's messages in each partition."""
 
+    GROUPS = ([0, 2], [1, 3])
 
-def raw_pass_through(
-    settings, pipeline: str, counts: dict[int, int], out_topic: str | None = None
-) -> tuple[float, float]:
-    """(events/s, CPU seconds) of the bare pass-through of every message of ``<pipeline>.events`` into
-    ``out_topic`` (``<pipeline>.raw``): 2 processes of 2 partitions each, as rnnstream's 2 workers; wall time
-    from the first message fetched to the last one acknowledged, CPU of both processes over that time."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    bootstrap = settings.bootstrap_servers
-    out = out_topic or f"{pipeline}.raw"
-    groups = [[0, 2], [1, 3]]
-    procs = [
-        ctx.Process(
-            target=_raw_passthrough,
-            args=(bootstrap, f"{pipeline}.events", out, g, sum(counts[p] for p in g), q),
-        )
-        for g in groups
-    ]
-    for pr in procs:
-        pr.start()
-    res = [q.get(timeout=600) for _ in procs]
-    for pr in procs:
-        pr.join()
-    n = sum(r[0] for r in res)
-    return n / (max(r[2] for r in res) - min(r[1] for r in res)), sum(r[3] for r in res)
+    def __init__(
+        self, settings, topic: str, out_topic: str, warm_counts: dict, counts: dict, fetch: dict
+    ) -> None:
+        ctx = mp.get_context("spawn")
+        self._queues = [ctx.Queue() for _ in self.GROUPS]
+        self._procs = [
+            ctx.Process(
+                target=_raw_relay,
+                args=(
+                    settings.bootstrap_servers,
+                    topic,
+                    out_topic,
+                    g,
+                    sum(warm_counts.get(x, 0) for x in g),
+                    sum(counts.get(x, 0) for x in g),
+                    fetch,
+                    q,
+                ),
+            )
+            for g, q in zip(self.GROUPS, self._queues, strict=True)
+        ]
+        for pr in self._procs:
+            pr.start()
+        self._expect("ready", 120)
+
+    def _expect(self, what: str, timeout_s: float) -> list[tuple[float, float]]:
+        out = []
+        for q in self._queues:
+            got = q.get(timeout=timeout_s)
+            if got[0] != what:
+                raise RuntimeError(f"raw relay said {got[0]!r}, expected {what!r}")
+            out.append(got[1:])
+        return out
+
+    def warmed(self, _ends=None) -> None:
+        """Wait until both relayed the warm-up."""
+        self._expect("warm", 180)
+
+    def cpu(self) -> float:
+        """Both processes' CPU seconds so far (user + system)."""
+        import psutil
+
+        return sum(sum(psutil.Process(pr.pid).cpu_times()[:2]) for pr in self._procs)
+
+    def finished(self, _ends=None) -> float:
+        """Wait until both relayed the backlog; now (monotonic). Then ``end`` / ``cpu_end`` hold the last
+        acknowledgement's moment and both processes' CPU seconds at their ends (as :meth:`cpu` counts)."""
+        res = self._expect("done", 600)
+        self.end, self.cpu_end = max(t for t, _ in res), sum(c for _, c in res)
+        return time.monotonic()
+
+    def close(self) -> None:
+        for pr in self._procs:
+            pr.join(timeout=30)
+            if pr.is_alive():
+                pr.kill()
 
 
 def timing_consumer(

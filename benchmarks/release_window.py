@@ -38,7 +38,10 @@ def send_records(producer, topic: str, records) -> dict[int, int]:
     return ends
 
 
-def release_backlog(settings, group: str, topic: str, warm, records, txn_id: str, cpu, alive=None) -> dict:
+def release_backlog(
+    settings, group: str, topic: str, warm, records, txn_id: str, cpu, alive=None, *, warmed=None,
+    finished=None,
+) -> dict:  # fmt: skip
     """The same timing for both sides, whose consumer (group ``group``) is started on ``topic``, empty.
 
     1. ``warm`` (a message on each partition, keys of their own) in one transaction, then wait until
@@ -47,7 +50,9 @@ def release_backlog(settings, group: str, topic: str, warm, records, txn_id: str
     2. ``records`` in one more open transaction, committed at once: the whole backlog visible together. The
        window starts when that commit returns; the committer's own last commit moment ends it (the caller's).
     Returns {"t0", "cpu0" (``cpu()`` just before the release), "warm_s", "release_s", "noticed" (when
-    wait_committed saw every offset committed), "cpu_noticed"}."""
+    wait_committed saw every offset committed), "cpu_noticed"}. A consumer that commits no offsets (the
+    bare pass-through) says itself when it is through: ``warmed(ends)`` waits for the warm-up's ``ends``
+    (next offset a partition), ``finished(ends)`` for the backlog's and returns when it saw that."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(
@@ -59,14 +64,20 @@ def release_backlog(settings, group: str, topic: str, warm, records, txn_id: str
         tw = time.monotonic()
         warm_ends = send_records(producer, topic, warm)
         producer.commit_transaction()
-        e2e.wait_committed(settings, group, topic, 180, warm_ends, alive=alive)
+        if warmed is None:
+            e2e.wait_committed(settings, group, topic, 180, warm_ends, alive=alive)
+        else:
+            warmed(warm_ends)
         warm_s = time.monotonic() - tw
         producer.begin_transaction()
         ends = send_records(producer, topic, records)
         cpu0, tr = cpu(), time.monotonic()
         producer.commit_transaction()
         t0 = time.monotonic()
-        noticed = e2e.wait_committed(settings, group, topic, 600, ends, alive=alive)
+        if finished is None:
+            noticed = e2e.wait_committed(settings, group, topic, 600, ends, alive=alive)
+        else:
+            noticed = finished(ends)
         return {"t0": t0, "cpu0": cpu0, "warm_s": warm_s, "release_s": t0 - tr, "noticed": noticed,
                 "cpu_noticed": cpu()}  # fmt: skip
     finally:
@@ -107,3 +118,80 @@ def one_per_partition(records) -> list:
     if len(firsts) != e2e.PARTITIONS:
         raise RuntimeError(f"warm-up messages on partitions {sorted(firsts)} only")
     return [firsts[p] for p in sorted(firsts)]
+
+
+def release_records(settings, schema, warm_table, table, encoding: str) -> tuple[list, list]:
+    """``warm_table`` then ``table`` produced (``encoding``) into ``schema``'s events topic and read back:
+    (the warm-up: one message a partition, the backlog: the messages of ``table``), to send as they are to
+    every run's own topic."""
+    e2e.create_topics(settings, schema.pipeline)
+    topic = f"{schema.pipeline}.events"
+    e2e.produce(settings, schema, warm_table, encoding)
+    warm_all = source_records(settings, topic)
+    e2e.produce(settings, schema, table, encoding)
+    return one_per_partition(warm_all), after(warm_all, source_records(settings, topic))
+
+
+def rnnstream_window(settings, schema, handle, warm, records, n: int, release: str, tmp) -> Run:
+    """rnnstream's 2 workers (exactly-once, :func:`e2e.run_workers`), release ``release`` of ``schema``'s
+    pipeline on an events topic of its own, scoring ``n`` events (``records``) released by
+    :func:`release_backlog`; the window ends when the later of the two workers' last commits returned.
+    CPU: the two worker processes'."""
+    import psutil
+    import ray
+
+    from rnnstream.workers.kafka_io import TopicAdmin
+    from rnnstream.workers.serving import stop_coordinator
+    from rnnstream.workers.worker_config import release_topic
+
+    events_topic = f"{schema.pipeline}.{release}.events"
+    with TopicAdmin(settings) as admin:
+        kinds = ("scores", "dlq", "scores.shadow")
+        admin.create_topics(
+            [events_topic, *(release_topic(schema.pipeline, release, k) for k in kinds)], e2e.PARTITIONS
+        )
+    ckpt = tmp / f"ckpt-{schema.pipeline}-{release}"
+    config, coord = e2e.run_workers(
+        settings, schema, handle, ckpt, deployment=release, events_topic=events_topic
+    )
+    try:
+        procs = [psutil.Process(pid) for pid in ray.get(coord.worker_pids.remote()).values()]
+        w = release_backlog(
+            settings, config.group_id, events_topic, warm, records, f"{release}-{schema.pipeline}-load",
+            lambda: e2e.cpu_seconds(procs),
+        )  # fmt: skip
+        ends = [x.get("last_commit_monotonic_s") for x in ray.get(coord.status.remote())["workers"]]
+    finally:
+        stop_coordinator(coord)
+    if None in ends:
+        raise RuntimeError(f"a worker of {schema.pipeline} reported no commit: {ends}")
+    return timed_run(n, w, max(ends), w["cpu_noticed"])
+
+
+def raw_window(settings, pipeline: str, warm, records, release: str, fetch: dict) -> Run:
+    """The bare kafka-python pass-through (:class:`io_floor.RawRelays`) over the same released backlog: the
+    window ends when the later of its two processes had its last relayed message acknowledged. CPU: the two
+    processes', from just before the release (as the workers') to their end."""
+    from io_floor import RawRelays
+
+    from rnnstream.workers.kafka_io import TopicAdmin
+
+    topic, out = f"{pipeline}.{release}.events", f"{pipeline}.{release}.raw"
+    with TopicAdmin(settings) as admin:
+        admin.create_topics([topic, out], e2e.PARTITIONS)
+    relays = RawRelays(settings, topic, out, _per_partition(warm), _per_partition(records), fetch)
+    try:
+        w = release_backlog(
+            settings, "", topic, warm, records, f"{release}-{pipeline}-load", relays.cpu,
+            warmed=relays.warmed, finished=relays.finished,
+        )  # fmt: skip
+    finally:
+        relays.close()
+    return timed_run(len(records), w, relays.end, relays.cpu_end)
+
+
+def _per_partition(records) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for r in records:
+        counts[r[0]] = counts.get(r[0], 0) + 1
+    return counts
