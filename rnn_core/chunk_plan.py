@@ -92,6 +92,57 @@ def _plan(slots, rows, shift, seen, entry, chunk_of, fill, order, bounds):
     return chunks, most, moved
 
 
+@compiled()
+def _plan_linked(prev, rows, count, chunk_of, fill, order, bounds):
+    """:func:`_plan` from the batch's links instead of its slots: ``prev[i]`` is the previous event of
+    event ``i``'s key in the batch (-1 for none; :meth:`.KeyedStateStore.lookup_linked` finds them during
+    the lookup), so no set of the batch's keys is built. The same plan as :func:`_plan`: a key's events are
+    placed in batch order, each after the chunk of the one before it. ``count`` (scratch [n]) ends up as
+    each event's number within its key (1 for the first, then 2, ...), and as -1 for a first event whose
+    key repeats."""
+    n = prev.size
+    most = 1
+    for i in range(n):
+        p = prev[i]
+        if p < 0:
+            count[i] = 1
+        else:
+            count[i] = abs(count[p]) + 1
+            most = max(most, count[i])
+            if count[p] == 1:
+                count[p] = -1  # p is its key's first event and the key repeats
+    chunks = (n + rows - 1) // rows
+    if most == 1:  # the identity: chunk after chunk of ``rows`` events in batch order
+        for c in range(chunks + 1):
+            bounds[c] = min(n, c * rows)
+        return chunks, most, False
+    first_open = 0  # chunks before it are full
+    chunks = 0
+    for phase in range(2):
+        for i in range(n):
+            if (count[i] == -1) != (phase == 0):
+                continue
+            c = first_open if prev[i] < 0 else max(first_open, chunk_of[prev[i]] + 1)
+            while fill[c] == rows:
+                c += 1
+            chunk_of[i] = c
+            fill[c] += 1
+            chunks = max(chunks, c + 1)
+            while fill[first_open] == rows:
+                first_open += 1
+    bounds[0] = 0
+    for c in range(chunks):
+        bounds[c + 1] = bounds[c] + fill[c]
+        fill[c] = bounds[c]  # now the next free position of chunk c in order
+    moved = False
+    for i in range(n):
+        c = chunk_of[i]
+        order[fill[c]] = i
+        moved |= fill[c] != i
+        fill[c] += 1
+    return chunks, most, moved
+
+
 class ChunkPlan:
     """The chunks of one batch: ``order`` (event indices, chunk after chunk, batch order within a chunk;
     None when it is the identity) and ``bounds`` (``chunks + 1`` offsets into it); ``most`` is the largest
@@ -131,6 +182,19 @@ class ChunkPlanner:
         chunks, most, moved = _plan(
             slots, rows, self._shift, self._seen, self._entry, self._chunk_of, fill, order, bounds,
         )  # fmt: skip
+        fill[: chunks + 1] = 0
+        return ChunkPlan(order if moved else None, bounds[: chunks + 1], int(most))
+
+    def plan_linked(self, prev: np.ndarray, rows: int) -> ChunkPlan:
+        """The same plan from the batch's links (int64 [n]: each event's previous event of its key, -1 for
+        none), as :meth:`.KeyedStateStore.lookup_linked` returns them: no set of the batch's keys to build."""
+        n = prev.size
+        if n > self._size:
+            self._grow(n)
+        fill = self._fill
+        order = np.empty(n, np.int64)
+        bounds = np.empty(n + 1, np.int64)
+        chunks, most, moved = _plan_linked(prev, rows, self._entry, self._chunk_of, fill, order, bounds)
         fill[: chunks + 1] = 0
         return ChunkPlan(order if moved else None, bounds[: chunks + 1], int(most))
 

@@ -15,8 +15,9 @@ not see that file change.
 
 Index layout: ``tab`` (int32, a power of two long) holds slot numbers, ``EMPTY`` where free; a key's home
 position is the top bits of the first fingerprint half, collisions probe linearly, and removal shifts the
-following entries back (no tombstones). ``fp[slot]`` holds the slot key's two fingerprint halves, so a probe
-reads one table entry and one 16-byte fingerprint row per key.
+following entries back (no tombstones). ``fp[slot]`` holds the slot key's two fingerprint halves (then its
+last event time and its mark: see :func:`probe_keys`), so a probe reads one table entry and one 32-byte
+row per key.
 """
 
 from __future__ import annotations
@@ -110,28 +111,43 @@ def probe_hashes(hashes, tab, shift, fp, slots):
 
 
 @compiled()
-def probe_keys(data, offsets, seed1, seed2, tab, shift, fp, slots, hashes):
+def probe_keys(data, offsets, seed1, seed2, tab, shift, fp, slots, hashes, marks, stamp, prev):
     """Fingerprint and find every key of a batch: ``hashes[i]`` its fingerprint, ``slots[i]`` its slot or
-    -1; returns how many were not found."""
+    -1; returns how many were not found.
+
+    Also links each found key's events: ``prev[i]`` is the batch's previous event of the same key (-1 for
+    none or a key not found), read from the slot's mark (``marks[slot]``: ``stamp + i`` of the last event
+    that looked the slot up, where ``stamp`` is this batch's, above every earlier batch's marks by at
+    least ``2**32``). The slot's row was just read for the fingerprint check, so this costs no new miss.
+    """
     for i in range(offsets.size - 1):
         hashes[i, 0], hashes[i, 1] = _fingerprint(data, offsets[i], offsets[i + 1], seed1, seed2)
-    return probe_hashes(hashes, tab, shift, fp, slots)
+    missing = probe_hashes(hashes, tab, shift, fp, slots)
+    for i in range(slots.size):
+        s = slots[i]
+        prev[i] = -1
+        if s >= 0:
+            if marks[s] >= stamp:
+                prev[i] = marks[s] - stamp
+            marks[s] = stamp + i
+    return missing
 
 
 @compiled()
 def insert_keys(
     todo, hashes, data, offsets, tab, shift, fp, times, key_start, key_len, arena, arena_used, free, num_free,
-    next_fresh, slots,
+    next_fresh, slots, marks, stamp, prev,
 ):  # fmt: skip
-    """Give each event ``todo[i]`` whose key has no slot yet one (a repeated new key gets the slot its first
-    event got): the top of the ``free`` stack first, then fresh slots from ``next_fresh``. Its fingerprint,
-    table entry and key bytes (appended to ``arena``) are written, its time set to -1 (its state row is
-    zero already). The caller made room for every event of ``todo``. Returns (num_free, next_fresh,
-    arena_used, keys added)."""
+    """Give each event ``todo[i]`` (ascending) whose key has no slot yet one (a repeated new key gets the
+    slot its first event got, and ``prev[i]`` links it as in :func:`probe_keys`): the top of the ``free``
+    stack first, then fresh slots from ``next_fresh``. Its fingerprint, table entry, mark and key bytes
+    (appended to ``arena``) are written, its time set to -1 (its state row is zero already). The caller
+    made room for every event of ``todo``. Returns (num_free, next_fresh, arena_used, keys added)."""
     added = 0
     for i in todo:
         h1, h2 = hashes[i, 0], hashes[i, 1]
         s, pos = _find(tab, shift, fp, h1, h2)
+        prev[i] = -1 if s == EMPTY else marks[s] - stamp
         if s == EMPTY:
             if num_free > 0:
                 num_free -= 1
@@ -149,6 +165,7 @@ def insert_keys(
                 arena[arena_used + k] = data[lo + k]
             arena_used += hi - lo
             added += 1
+        marks[s] = stamp + i
         slots[i] = s
     return num_free, next_fresh, arena_used, added
 

@@ -77,12 +77,14 @@ class KeyedStateStore:
         rng = np.random.default_rng(secrets.randbits(128) if hash_seed is None else hash_seed)
         self._seeds = rng.integers(0, 2**64, 2, dtype=np.uint64).reshape(2, 1)
         self._seed1, self._seed2 = np.uint64(self._seeds[0, 0]), np.uint64(self._seeds[1, 0])
-        # per slot: state row, key bytes (in the arena), and one 24-byte row [h1, h2, last time]: the
-        # fingerprint check of a lookup brings the slot's time into the cache for the step that follows
+        # per slot: state row, key bytes (in the arena), and one 32-byte row [h1, h2, last time, mark]: the
+        # fingerprint check of a lookup brings the slot's time into the cache for the step that follows, and
+        # the mark (the last lookup's stamp + event) links a batch's events of a key (key_kernels.probe_keys)
         self._capacity = 0
         self._rows = np.zeros((0, int(np.prod(self._state_shape))), np.float32)
-        self._fp = np.zeros((0, 3), np.uint64)
-        self._times = self._fp.view(np.int64)[:, 2]
+        self._fp = np.zeros((0, 4), np.uint64)
+        self._times, self._marks = self._fp.view(np.int64)[:, 2], self._fp.view(np.int64)[:, 3]
+        self._batch = 0  # lookups so far (a lookup's stamp is this << 32; marks restart before it overflows)
         self._keys = KeyArena()
         self._next_fresh = 0  # slots >= this were never used
         self._free = np.empty(64, np.int64)  # stack of freed (zeroed) slots
@@ -140,25 +142,40 @@ class KeyedStateStore:
 
         Repeated keys in the batch get the same slot; new keys get slots in the order they first appear.
         """
+        return self.lookup_linked(keys, create)[0]
+
+    def lookup_linked(self, keys: KeyBatch, create: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`lookup`, and for each event the batch's previous event of the same key (int64 [N], -1 for
+        its first, and for keys without a slot): found in the same pass, from each slot's mark."""
         arr = as_string_array(keys)
         n = len(arr)
         if n == 0:
-            return np.empty(0, np.int64)
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        if n >= 2**32:
+            raise ValueError(f"a lookup takes fewer than 2**32 keys, got {n}")
         data, offsets = key_buffers(arr)
         if self._hashes.shape[0] < n:
             self._hashes = np.empty((max(n, 2 * self._hashes.shape[0]), 2), np.uint64)
         hashes = self._hashes[:n]
-        slots = np.empty(n, np.int64)
+        slots, prev = np.empty(n, np.int64), np.empty(n, np.int64)
+        self._batch += 1
+        if self._batch >= 2**31:  # stamps stay int64: forget every mark and count again
+            self._marks[:] = 0
+            self._batch = 1
+        stamp = self._batch << 32
         table = self._table
-        args = (data, offsets, self._seed1, self._seed2, table.tab, table.shift, self._fp, slots, hashes)
-        missing = probe_keys(*args)
+        missing = probe_keys(
+            data, offsets, self._seed1, self._seed2, table.tab, table.shift, self._fp, slots, hashes,
+            self._marks, stamp, prev,
+        )  # fmt: skip
         if create and missing:
-            self._insert(np.flatnonzero(slots < 0), hashes, data, offsets, slots)
-        return slots
+            self._insert(np.flatnonzero(slots < 0), hashes, data, offsets, slots, stamp, prev)
+        return slots, prev
 
     def _insert(
-        self, todo: np.ndarray, hashes: np.ndarray, data: np.ndarray, offsets: np.ndarray, slots: np.ndarray
-    ) -> None:
+        self, todo: np.ndarray, hashes: np.ndarray, data: np.ndarray, offsets: np.ndarray, slots: np.ndarray,
+        stamp: int, prev: np.ndarray,
+    ) -> None:  # fmt: skip
         """Give the keys of events ``todo`` (not in the index) slots, one per distinct key."""
         m = todo.size  # at most this many new keys (fewer when one repeats)
         fresh_needed = self._next_fresh + max(0, m - self._num_free)
@@ -174,6 +191,7 @@ class KeyedStateStore:
         self._num_free, self._next_fresh, arena.used, added = insert_keys(
             todo, hashes, data, offsets, table.tab, table.shift, self._fp, self._times, arena.start,
             arena.length, arena.buf, arena.used, self._free, self._num_free, self._next_fresh, slots,
+            self._marks, stamp, prev,
         )  # fmt: skip
         self._num_keys += added
         table.count += added
@@ -186,9 +204,9 @@ class KeyedStateStore:
         rows = zeros((new_cap, self._rows.shape[1]), np.float32)
         rows[:old] = self._rows[:old]
         self._rows = rows
-        fp = zeros((new_cap, 3), np.uint64)
+        fp = zeros((new_cap, 4), np.uint64)
         fp[:old] = self._fp
-        self._fp, self._times = fp, fp.view(np.int64)[:, 2]
+        self._fp, self._times, self._marks = fp, fp.view(np.int64)[:, 2], fp.view(np.int64)[:, 3]
         self._times[old:] = -1
         self._keys.grow_slots(new_cap)
         self._capacity = new_cap

@@ -186,8 +186,8 @@ class StreamScorer:
     def _score(self, keys: pa.Array, times: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Step the events in order through the store (no expiry), chunk by chunk (:mod:`.chunk_plan`)."""
         n = len(keys)
-        slots = self.store.lookup(keys, create=True)
-        plan = self._planner.plan(slots, self.step_rows)
+        slots, prev = self.store.lookup_linked(keys, create=True)
+        plan = self._planner.plan_linked(prev, self.step_rows)
         if plan.most >= SEQUENCE_MIN_EVENTS:
             return self._score_runs(keys, slots, times, x)
         out = np.empty((n, len(self._output_names)), np.float32)

@@ -51,3 +51,32 @@ def test_one_key_all_the_time() -> None:
     plan = plan_chunks(np.zeros(5, np.int64), 1024)
     assert plan.bounds.tolist() == [0, 1, 2, 3, 4, 5]
     assert plan.most == 5
+
+
+def links_of(slots: np.ndarray) -> np.ndarray:
+    """Each event's previous event of the same slot (-1 for none), the slow way."""
+    prev = np.full(slots.size, -1, np.int64)
+    last: dict[int, int] = {}
+    for i, s in enumerate(slots.tolist()):
+        prev[i] = last.get(s, -1)
+        last[s] = i
+    return prev
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("rows", [1, 3, 16, 256])
+def test_plan_from_links_is_the_plan_from_slots(seed: int, rows: int) -> None:
+    """plan_linked (the scorer's: links found during the lookup) gives exactly plan's chunks, on batches
+    from all distinct keys to a few keys repeated many times."""
+    rng = np.random.default_rng(seed)
+    planner = ChunkPlanner()
+    for n, keys in ((1, 5), (300, 10**6), (300, 40), (1000, 3), (700, 700)):
+        slots = rng.integers(0, keys, n).astype(np.int64)
+        want = planner.plan(slots, rows)
+        got = planner.plan_linked(links_of(slots), rows)
+        check(slots, rows, got.order, got.bounds)
+        assert got.most == want.most
+        np.testing.assert_array_equal(got.bounds, want.bounds)
+        assert (got.order is None) == (want.order is None)
+        if want.order is not None:
+            np.testing.assert_array_equal(got.order, want.order)

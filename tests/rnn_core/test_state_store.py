@@ -255,3 +255,22 @@ def test_forgotten_key_bytes_are_compacted_away() -> None:
     assert store.last_times(keys[29_998:]).tolist() == [29_998, 29_999]
     fresh = store.lookup(["new-key"])
     assert store.slot_keys(fresh).tolist() == ["new-key"]
+
+
+def test_lookup_links_each_event_to_its_keys_previous_one() -> None:
+    """lookup_linked: the batch's previous event of the same key, for known and new keys, and none from an
+    earlier batch (nor from a key removed and added again)."""
+    store = KeyedStateStore((1, 1, 2), capacity=4, hash_seed=3)
+    store.lookup(["a", "b"])
+    slots, prev = store.lookup_linked(["a", "x", "a", "b", "x", "x", "c", "a"])
+    np.testing.assert_array_equal(prev, [-1, -1, 0, -1, 1, 4, -1, 2])
+    assert slots[0] == slots[2] == slots[7] and slots[1] == slots[4] == slots[5]
+    slots2, prev2 = store.lookup_linked(["x", "c", "c", "zz"])
+    np.testing.assert_array_equal(prev2, [-1, -1, 1, -1])
+    assert slots2[0] == slots[1]
+    store.remove(["c"])
+    unknown = store.lookup_linked(["c", "q", "c"], create=False)
+    np.testing.assert_array_equal(unknown[0], [-1, -1, -1])
+    np.testing.assert_array_equal(unknown[1], [-1, -1, -1])
+    _, prev3 = store.lookup_linked(["c", "q", "c", "q"])
+    np.testing.assert_array_equal(prev3, [-1, -1, 0, 1])
