@@ -22,7 +22,13 @@ row per key.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from rnnstream.rnn_core.compiled_loop import compiled
 
@@ -39,19 +45,41 @@ _S27, _S30, _S31, _S33 = np.uint64(27), np.uint64(30), np.uint64(31), np.uint64(
 _ZERO, _EIGHT, _BYTE = np.uint64(0), np.uint64(8), np.uint64(0xFF)
 
 
+_LITTLE_ENDIAN = sys.byteorder == "little"  # a word loaded as it lies in memory is the little-endian word
+
+
+@intrinsic
+def _load_word(typingctx, data, p):
+    """The 8 bytes ``data[p:p + 8]`` of a uint8 array as one uint64, as they lie in memory (one unaligned
+    load; the caller keeps ``p + 8`` inside the array)."""
+
+    def codegen(context, builder, sig, args):
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        where = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, sig.args[0], ary, [where], wraparound=False)
+        word = builder.bitcast(ptr, ir.IntType(64).as_pointer())
+        return builder.load(word, align=1)
+
+    return types.uint64(data, p), codegen
+
+
 @compiled(inline="always")
 def _fingerprint(data, start, end, seed1, seed2):
     """Two 64-bit hashes of ``data[start:end]``: chains ``h = mix(h ^ word)`` over its little-endian 8-byte
-    words (the last one zero-padded), from a seed and the length; splitmix64's and murmur3's finalizers."""
+    words (the last one zero-padded), from a seed and the length; splitmix64's and murmur3's finalizers.
+    Whole words are read with one load each on little-endian machines, byte by byte otherwise."""
     length = np.uint64(end - start)
     a = (length * _ODD1) ^ seed1
     b = (length * _ODD2) ^ seed2
     p = start
     while p < end:
-        w = _ZERO
         k = min(8, end - p)
-        for j in range(k):
-            w |= (np.uint64(data[p + j]) & _BYTE) << (_EIGHT * np.uint64(j))
+        if _LITTLE_ENDIAN and k == 8:
+            w = _load_word(data, p)
+        else:
+            w = _ZERO
+            for j in range(k):
+                w |= (np.uint64(data[p + j]) & _BYTE) << (_EIGHT * np.uint64(j))
         p += 8
         a ^= w
         a ^= a >> _S30

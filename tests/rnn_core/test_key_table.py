@@ -28,6 +28,34 @@ def test_fingerprints_are_per_key_and_seeded() -> None:
     assert not np.array_equal(other[0], h1)  # another store's seeds: other fingerprints
 
 
+def reference_fingerprint(key: bytes, seed1: int, seed2: int) -> tuple[int, int]:
+    """The fingerprint's definition in plain Python: two chains over the key's little-endian 8-byte words."""
+    mask = 2**64 - 1
+    a = (len(key) * 0x9E3779B97F4A7C15 & mask) ^ seed1
+    b = (len(key) * 0xD6E8FEB86659FD93 & mask) ^ seed2
+    for p in range(0, len(key), 8):
+        w = int.from_bytes(key[p : p + 8], "little")
+        a ^= w
+        a = ((a ^ (a >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        a = ((a ^ (a >> 27)) * 0x94D049BB133111EB) & mask
+        a ^= a >> 31
+        b ^= w
+        b = ((b ^ (b >> 33)) * 0xFF51AFD7ED558CCD) & mask
+        b = ((b ^ (b >> 33)) * 0xC4CEB9FE1A85EC53) & mask
+        b ^= b >> 33
+    return a, b
+
+
+def test_fingerprints_follow_their_definition_at_every_length_and_offset() -> None:
+    """Whole words are loaded at once (unaligned): the same hashes as word by word from the bytes, for keys
+    of 0 to 40 bytes starting anywhere in the Arrow buffer, multi-byte UTF-8 included."""
+    keys = ["x" * (i % 3) + "é€" * (i % 5) + "k" * i for i in range(41)]
+    arr = as_string_array(keys).slice(1)  # an offset into the buffers
+    h1, h2 = fingerprints(arr, SEEDS)
+    for i, key in enumerate(keys[1:]):
+        assert (int(h1[i]), int(h2[i])) == reference_fingerprint(key.encode(), 12345, 67890), key
+
+
 def test_table_finds_what_was_placed_and_forgets_released_slots() -> None:
     """Removal shifts later entries of a probe run back: every other key stays findable, also in a small,
     crowded table (long runs that wrap around its end)."""
