@@ -47,6 +47,7 @@ import contextlib
 import io
 import json
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -82,7 +83,9 @@ def write_csv(series: gen.GeneratedSeries, path: Path, rows: int | None = None) 
     frame.to_csv(path, index=False)
 
 
-def run_rnnstream(series: gen.GeneratedSeries, folder: Path, fit_extra: tuple[str, ...] = ()) -> dict:
+def run_rnnstream(
+    series: gen.GeneratedSeries, folder: Path, fit_extra: tuple[str, ...] = (), keep: Path | None = None
+) -> dict:
     """fit-file on the first 15%, score-file on the whole series; the output's score and alert columns."""
     full, train = folder / f"{series.name}.csv", folder / f"{series.name}_train.csv"
     write_csv(series, full)
@@ -104,6 +107,9 @@ def run_rnnstream(series: gen.GeneratedSeries, folder: Path, fit_extra: tuple[st
     score_s = time.perf_counter() - started
     if rc != 0:
         raise RuntimeError(f"score-file failed on {series.name}")
+    if keep is not None:  # score-file's whole output (error_z, anomaly_z, ...) for offline replays
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out, keep / out.name)
     table = pacsv.read_csv(out)
     return {
         "score": table.column("score").to_numpy().astype(np.float64),
@@ -156,14 +162,14 @@ def figures(series: list[nab.Series], scores: list[np.ndarray], alerts: list[np.
     return out
 
 
-def run(count: int, seed: int, log, fit_extra: tuple[str, ...] = ()) -> list[dict]:
+def run(count: int, seed: int, log, fit_extra: tuple[str, ...] = (), keep: Path | None = None) -> list[dict]:
     data = gen.generate(count, seed)
     series = [nab.Series(len(g.values), nab.label_windows(len(g.values), g.anomalies)) for g in data]
     rng = np.random.default_rng(seed)
     model_scores, alerts, fit_s, score_s = [], [], 0.0, 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for g in data:
-            r = run_rnnstream(g, Path(tmp), fit_extra)
+            r = run_rnnstream(g, Path(tmp), fit_extra, keep)
             model_scores.append(r["score"])
             alerts.append(r["alert"])
             fit_s += r["fit_s"]
@@ -190,13 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--series", type=int, default=None, help="how many series (default 30, quick 10)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fit-args", default="", help="extra fit-file arguments (default: none)")
+    parser.add_argument("--keep", type=Path, default=None, help="copy each series' score-file output here")
     args = parser.parse_args(argv)
     count = args.series or (len(gen.KINDS) if args.quick else 3 * len(gen.KINDS))
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    rows = run(count, args.seed, log, tuple(shlex.split(args.fit_args)))
+    rows = run(count, args.seed, log, tuple(shlex.split(args.fit_args)), args.keep)
     for row in rows:
         print(json.dumps(row) if args.json else "  ".join(f"{k}={v}" for k, v in row.items()))
     return 0

@@ -3,8 +3,8 @@
 A key's state is ``[S + E, L, H]``: ``S`` recurrent tensors, then ``E`` statistics slabs
 (:attr:`ModelConfig.statistics_slabs`) read as one flat row of ``E * L * H`` values per key:
 
-- ``[0, 5)``: the adaptive score's error statistics (:mod:`rnnstream.rnn_core.anomaly_likelihood`);
-- ``[5, 5 + 1 + 3n)``, with ``adaptive_inputs``: the key's input level, scale and outlier runs
+- ``[0, 6)``: the adaptive score's error statistics (:mod:`rnnstream.rnn_core.anomaly_likelihood`);
+- ``[6, 6 + 1 + 3n)``, with ``adaptive_inputs``: the key's input level, scale and outlier runs
   (:mod:`rnnstream.rnn_core.input_drift`); the rest is zero.
 """
 

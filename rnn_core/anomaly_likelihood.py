@@ -6,7 +6,7 @@ scale differs from series to series, so one threshold cannot serve many. The det
 monitoring data keep learning while they score: an anomaly *likelihood* of each stream's recent errors
 against that stream's own error history (Numenta's HTM likelihood is the best-known form).
 
-Per key, five running statistics of the standardized forecast error ``e`` (``error_z``) are kept beside the
+Per key, six running statistics of the standardized forecast error ``e`` (``error_z``) are kept beside the
 recurrent state (so they are checkpointed with it, restored exactly, and equal offline and online):
 
 - ``count`` of events seen (capped, so it stays exact in float32);
@@ -20,7 +20,9 @@ recurrent state (so they are checkpointed with it, restored exactly, and equal o
   ``max_frozen`` events of an episode, so a long anomaly keeps its score instead of settling inside it
   (SMD's anomalies are segments of ~100 events); after that a lasting change is learned as the new normal.
   With inputs that follow the key (:mod:`rnnstream.rnn_core.input_drift`) a level shift ends its episode by
-  itself, once the inputs have followed it.
+  itself, once the inputs have followed it;
+- ``quiet_var``: the mean square of ``log(short / long)`` (the quiet side's spread, below), starting from
+  the training errors' (``error_z_quiet_var``, fitted with the calibration) and learning when ``long`` does.
 
 The score of an event is ``Phi(z)``, ``z = min(z_key, z_train)``: ``z_key = (short - long) / sqrt(long_var)``
 with ``short`` including the event and ``long``/``long_var`` not yet (how unusual the recent mean error is
@@ -35,6 +37,24 @@ comparable across keys and series (both parts are standardized). Only ``z_key`` 
 episodes. ``z`` is returned too (it does not saturate, so it ranks the strongest anomalies apart). Measured
 on the no-code path (``benchmarks/real_data.py --quick``, 97bb686 -> 54b7c5e), best-F1 ASD 0.511 -> 0.530, SMD
 0.371 -> 0.443 against ``z_key`` alone.
+
+**The quiet side** (two-sided score): errors that collapse are as unusual as errors that grow: a stuck sensor
+or a lost pattern the forecaster follows exactly, an idle machine. One-sided, such a stretch scores ``z`` < 0
+and never alarms. But the errors are non-negative, so ``(long - short) / sqrt(long_var)`` can reach only
+``long / sd`` (~1.3 for usual errors, below any alert line) however complete the collapse. The quiet side is
+measured in log scale instead, ``q = min(log(long / short) / sd_q, log(m0 / short) / s_q)`` with ``sd_q`` the
+key's own spread of that log ratio (``quiet_var``) and ``s_q`` the training errors' (the smaller of the two,
+as above: the key's own history and the model's training errors must both find it quiet), error_z below
+``QUIET_FLOOR`` counting as it; and ``z = max(z_up, q - quiet_sigmas)``, ``z_up`` the one-sided ``z`` above,
+from a key's first full short window on. ``quiet_sigmas`` (3) keeps the quiet side out of ordinary events:
+``q`` is a standard score of a 10-event mean, whose ordinary spread is several times ``z_up``'s (``z_up``
+divides by a single event's spread), and without the offset its normal variation went above the alert line
+(offline replay of the stored error streams: ASD best-F1 / F1 at the stored line 0.513 / 0.436 -> 0.496 /
+0.415 at offset 1, 0.513 / 0.433 at 2, unchanged at 3; SMD 0.480 / 0.424 -> 0.464 / 0.364 at 1, 0.480 / 0.424
+at 2 and 3; the linear ``(long - short)`` against its own spread, offset 0: ASD 0.491 / 0.380, SMD 0.462 /
+0.258). On the generated univariate series a stuck sensor the forecaster follows scores ``q - 3`` of 6-9
+(0.7-0.8 one-sided). Models saved before ``error_z_quiet_var`` existed (NaN) score one-sided, as then;
+``LikelihoodWindows(two_sided=False)`` does too. Only ``z_key`` (the up side) opens anomaly episodes.
 
 A key's first ``warmup_events`` (one short window, 10) score exactly 0.5 (``z`` = 0) and teach the
 statistics nothing: a fresh key's recurrent state is cold, so its first errors say how far the state is from
@@ -98,11 +118,12 @@ from torch import Tensor
 
 from rnnstream.rnn_core.likelihood_recursion import likelihood_recursion
 
-NUM_STATS = 5  # count, short mean, long mean, long variance, events frozen in a row
+NUM_STATS = 6  # count, short mean, long mean, long variance, events frozen in a row, quiet log-ratio variance
 _MAX_COUNT = 1.0e6  # float32 counts are exact far beyond this; past it the weights are at their floor anyway
 _MIN_VAR = 1e-4  # a key whose errors never vary still gets a finite z
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
 _TAIL_Z = 3.0  # above this z the score follows a slow logarithmic tail (see likelihood_score)
+QUIET_FLOOR = 1e-3  # error_z below this counts as this in the quiet side's logarithms (a thousandth of usual)
 
 
 @dataclass(frozen=True)
@@ -116,6 +137,8 @@ class LikelihoodWindows:
     freeze_z: float = 1.0  # the long statistics do not learn from an event whose z is above this ...
     max_frozen: int = 250  # ... for at most this many events in a row (then a lasting change is learned)
     warmup_events: int = 10  # a key's first events (one short window) score 0.5 and are not learned from
+    two_sided: bool = True  # a short mean fallen far below the history (quiet errors) scores too (see above)
+    quiet_sigmas: float = 3.0  # ... from this many of its own standard deviations on
 
     def __post_init__(self) -> None:
         if not 1 <= self.short_window < self.long_window or self.prior_events < 1 or self.clip_sigmas <= 0:
@@ -152,7 +175,7 @@ def likelihood_z(score: np.ndarray) -> np.ndarray:
 
 
 def likelihood_step(
-    error_z: Tensor, stats: Tensor, prior: tuple[float, float], windows: LikelihoodWindows
+    error_z: Tensor, stats: Tensor, prior: tuple[float, ...], windows: LikelihoodWindows
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One event per key: ``error_z[B]``, ``stats[B, 5]`` -> (score[B], z[B], new stats[B, 5]).
 
@@ -162,7 +185,7 @@ def likelihood_step(
     return score[:, 0], z[:, 0], final
 
 
-def _recursion_params(prior: tuple[float, float], windows: LikelihoodWindows) -> np.ndarray:
+def _recursion_params(prior: tuple[float, ...], windows: LikelihoodWindows) -> np.ndarray:
     """The recursion's constants as float32, in the order :func:`likelihood_recursion` reads them."""
     ref_inv_sd = 1.0 / math.sqrt(max(prior[1], _MIN_VAR))
     return np.array(
@@ -178,13 +201,16 @@ def _recursion_params(prior: tuple[float, float], windows: LikelihoodWindows) ->
             ref_inv_sd,
             windows.freeze_z,
             windows.max_frozen,
+            prior[2] if len(prior) > 2 else math.nan,
+            windows.quiet_sigmas,
+            QUIET_FLOOR,
         ],
         dtype=np.float32,
     )
 
 
 def likelihood_sequence(
-    error_z: Tensor, stats: Tensor, prior: tuple[float, float], windows: LikelihoodWindows
+    error_z: Tensor, stats: Tensor, prior: tuple[float, ...], windows: LikelihoodWindows
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Whole sequences: ``error_z[B, T]`` from ``stats[B, 5]`` -> (score[B, T], z[B, T], final stats).
 
@@ -200,6 +226,8 @@ def likelihood_sequence(
     state = np.array(stats.detach().cpu().float().numpy(), dtype=np.float32, order="C")
     fresh = state[:, 0] <= 0  # new or expired keys start from the training errors
     state[fresh, 1:4] = (f32(prior[0]), f32(prior[0]), f32(prior[1]))
+    if len(prior) > 2 and math.isfinite(prior[2]):  # new keys, and keys whose state predates the statistic
+        state[state[:, 5] <= 0, 5] = f32(prior[2])
     zs = np.empty((b, t), np.float32)
     scored = np.empty((b, t), np.bool_)
     likelihood_recursion(e_all, state, zs, scored, _recursion_params(prior, windows))

@@ -140,11 +140,11 @@ class ModelConfig:
 
     @property
     def statistics_slabs(self) -> int:
-        """State slabs after the recurrent ones for the per-key statistics: 5 error statistics, and with
+        """State slabs after the recurrent ones for the per-key statistics: 6 error statistics, and with
         ``adaptive_inputs`` a count and a level, a variance and an outlier run per continuous column."""
         if not self.adaptive_likelihood:
             return 0
-        values = 5 + (1 + 3 * self.features.num_continuous if self.adaptive_inputs else 0)
+        values = 6 + (1 + 3 * self.features.num_continuous if self.adaptive_inputs else 0)
         return -(-values // (self.num_layers * self.hidden_size))
 
     @property

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from rnnstream.rnn_core import forecast_rollout, inference_step, model_heads
 from rnnstream.rnn_core.adaptive_state import KeyInputs, drift_slice, extra_row, key_inputs, with_extra_row
-from rnnstream.rnn_core.anomaly_likelihood import LikelihoodWindows
+from rnnstream.rnn_core.anomaly_likelihood import QUIET_FLOOR, LikelihoodWindows
 from rnnstream.rnn_core.config import ConfigError, ModelConfig
 from rnnstream.rnn_core.features import feature_slices
 from rnnstream.rnn_core.folded_weights import CellWeights, inference_weights
@@ -47,7 +47,9 @@ from rnnstream.rnn_core.score_calibration import (
     calibrated_score,
     calibrated_score_with_tails,
     calibration_tails,
+    error_z_of,
     fit_error_calibration,
+    quiet_log_variance,
     refresh_score_tails,
 )
 from rnnstream.rnn_core.sequence_loss import sequence_loss
@@ -108,6 +110,9 @@ class StreamingModel(nn.Module):
             # [mean, variance] of the training error_z the knots come from (the adaptive score's prior);
             # NaN until fitted, and in models saved before it existed: then the knots' own moments are used.
             self.register_buffer("error_z_moments", torch.full((2,), float("nan")))
+            # The mean square of log(short mean / mean) of the training error_z (the two-sided score's prior
+            # for a quiet stretch); NaN until fitted, and in models saved before it: they score one-sided.
+            self.register_buffer("error_z_quiet_var", torch.full((1,), float("nan")))
             # Derived from score_knots (not saved): refreshed on fit_score_calibration and load_state_dict.
             self.register_buffer("score_tails", calibration_tails(knots), persistent=False)
             self.register_load_state_dict_post_hook(refresh_score_tails)
@@ -384,6 +389,12 @@ class StreamingModel(nn.Module):
             self.error_scale.copy_(scale.to(self.error_scale))
             self.score_knots = knots.to(device)
             self.error_z_moments.copy_(moments.to(self.error_z_moments))
+            runs = [error_z_of(err, scale) for err in errors]  # each key's events in order
+            if not isinstance(x, (list, tuple)) and mask is None:  # a batch [B, T, D]: a run per row
+                runs = list(runs[0].reshape(xt.shape[0], -1))
+            w = self.windows
+            quiet = quiet_log_variance(runs, float(moments[0]), w.short_window, w.warmup_events, QUIET_FLOOR)
+            self.error_z_quiet_var.fill_(quiet)
             refresh_score_tails(self)
         finally:
             self.train(was_training)

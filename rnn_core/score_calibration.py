@@ -4,6 +4,8 @@ of training errors (:func:`calibrated_score`), and fitting those quantiles (:fun
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -80,6 +82,37 @@ def fit_error_calibration(
     knots = np.maximum.accumulate(np.quantile(z, np.linspace(0.0, 1.0, num_points)))
     moments = np.array([z.mean(), z.var()])
     return scale, torch.as_tensor(knots, dtype=torch.float32), torch.as_tensor(moments, dtype=torch.float32)
+
+
+def error_z_of(errors: Tensor, scale: Tensor) -> np.ndarray:
+    """``error_z`` of normalized errors ``[N, n]``: the RMS over columns of error / scale (float64)."""
+    return (errors.double() / scale.double()).square().mean(-1).sqrt().cpu().numpy()
+
+
+def quiet_log_variance(
+    runs: list[np.ndarray], mean: float, short_window: int, warmup: int, floor: float
+) -> float:
+    """The two-sided score's prior for how far its short mean of ``error_z`` strays in log scale: the mean
+    square of ``log(short / mean)`` on training runs (each a key's events in order; both at least
+    ``floor``). The short mean is formed as :mod:`~rnnstream.rnn_core.likelihood_recursion` forms it: after
+    a key's ``warmup`` events, the plain mean of the first ``short_window``, then their exponentially
+    weighted mean (weight ``1 / short_window``), counted once it is a full window's. NaN when no run is
+    that long."""
+    deviations = []
+    log_mean = math.log(max(mean, floor))
+    for z in runs:
+        z = np.asarray(z, dtype=np.float64)[warmup:]
+        if z.size <= short_window:
+            continue
+        short = np.empty_like(z)
+        m = 0.0
+        for i, e in enumerate(z):
+            m += max(1.0 / (i + 1), 1.0 / short_window) * (e - m)
+            short[i] = m
+        deviations.append(np.log(np.maximum(short[short_window:], floor)) - log_mean)
+    if not deviations:
+        return math.nan
+    return float(np.mean(np.square(np.concatenate(deviations))))
 
 
 def refresh_score_tails(model: nn.Module, incompatible_keys: object = None) -> None:

@@ -153,6 +153,9 @@ def _build(doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> StreamingMo
         # Saved before the training error_z moments were stored: keep NaN, so the adaptive score's prior
         # stays the knots' mean and variance (as it was when the model was saved).
         tensors = {**tensors, "error_z_moments": model.error_z_moments.to(device)}
+    if hasattr(model, "error_z_quiet_var") and "error_z_quiet_var" not in tensors:
+        # Saved before the quiet side's training spread was stored: keep NaN, so it scores one-sided.
+        tensors = {**tensors, "error_z_quiet_var": model.error_z_quiet_var.to(device)}
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

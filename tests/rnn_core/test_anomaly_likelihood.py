@@ -35,7 +35,7 @@ def test_a_warming_key_scores_neutral_and_does_not_learn() -> None:
     e = np.full(WINDOWS.warmup_events, 9.0)  # a cold hidden state's large first errors
     score, z, final = _run(e)
     assert np.all(z == 0.0) and np.all(score == 0.5)
-    count, _, long, var, frozen = final[0].tolist()
+    count, _, long, var, frozen, _ = final[0].tolist()
     assert count == WINDOWS.warmup_events and frozen == 0.0
     assert abs(long - PRIOR[0]) < 1e-6 and abs(var - PRIOR[1]) < 1e-6  # the history is still the prior
     # the first event after warm-up is scored, and a usual one is not alarming
