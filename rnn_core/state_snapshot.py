@@ -3,7 +3,9 @@
 Columns ``key`` (string), ``state`` (fixed_size_list<float32>[S*L*H]), ``last_time`` (int64 ms); the schema
 metadata holds the state shape, the format name, the store's event-time watermark and the caller's entries.
 Files are written atomically to any ``pyarrow.fs`` filesystem (temp name + fsync + rename locally; one upload
-on object stores).
+on object stores). A local file is read memory-mapped: the columns are views of the file's pages, so a restore
+copies each state once, from the page cache into the store's slab (a file is never changed in place once it
+has its name, only replaced by a rename, so a mapping stays whole).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from rnnstream.rnn_core.storage import resolve_filesystem, write_atomic
+from rnnstream.rnn_core.storage import local_path, resolve_filesystem, write_atomic
 
 STATE_SHAPE_META = "rnnstream.state_shape"
 FORMAT_META = "rnnstream.snapshot_format"
@@ -51,7 +53,8 @@ def read_snapshot_table(
     table: pa.Table, state_shape: tuple[int, int, int]
 ) -> tuple[pa.ChunkedArray, np.ndarray, np.ndarray, int, dict[str, str]]:
     """(keys, state rows ``[n, S*L*H]``, last times, watermark, the caller's metadata) of a snapshot;
-    ``ValueError`` when it holds states of another shape."""
+    ``ValueError`` when it holds states of another shape. The rows are a read-only view of the table's
+    buffer when the state column is one chunk without nulls (as written), else a copy."""
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     shape = meta.pop(STATE_SHAPE_META, None)
     meta.pop(FORMAT_META, None)
@@ -61,7 +64,9 @@ def read_snapshot_table(
             f"snapshot state shape {shape} does not match this store's {list(state_shape)}; "
             "restore it with the model it was written with"
         )
-    states = table.column("state").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    column = table.column("state")
+    one = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    states = one.flatten().to_numpy(zero_copy_only=not one.null_count)
     rows = states.reshape(table.num_rows, int(np.prod(state_shape)))  # also a snapshot of no keys
     times = table.column("last_time").to_numpy().astype(np.int64)
     return table.column("key"), rows, times, watermark, meta
@@ -79,7 +84,11 @@ def write_snapshot(table: pa.Table, path: str, filesystem: pafs.FileSystem | Non
 
 
 def read_snapshot(path: str, filesystem: pafs.FileSystem | None = None) -> pa.Table:
-    """Read a snapshot file."""
+    """Read a snapshot file (memory-mapped when it is on the local disk)."""
     fs, fs_path = resolve_filesystem(path, filesystem)
+    on_disk = local_path(fs, fs_path)
+    if on_disk is not None:
+        with pa.memory_map(on_disk) as mapped:
+            return pa.ipc.open_file(mapped).read_all()
     with fs.open_input_file(fs_path) as f:
         return pa.ipc.open_file(f).read_all()

@@ -376,10 +376,17 @@ class KeyedStateStore:
         """Load an in-memory snapshot table (see :meth:`restore`)."""
         keys, rows, times, watermark, meta = read_snapshot_table(table, self.state_shape)
         self.watermark_ms = max(self.watermark_ms, watermark)
-        if len(keys):
+        n = len(keys)
+        if n:
+            self.reserve(self._num_keys + n)  # one allocation, not a doubling per power of two
             slots = self.lookup(keys, create=True)
-            self._rows[slots] = rows
-            self._times[slots] = times
+            first = int(slots[0])
+            if int(slots[-1]) - first == n - 1 and bool((np.diff(slots) == 1).all()):
+                self._rows[first : first + n] = rows  # fresh slots in order (an empty store): one block copy
+                self._times[first : first + n] = times
+            else:
+                self._rows[slots] = rows
+                self._times[slots] = times
         return meta
 
     def reserve(self, n: int) -> None:
