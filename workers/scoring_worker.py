@@ -167,12 +167,13 @@ class ScoringWorker(WorkerCommands):
             after = offsets_after(self.parts.next_offsets(), by_partition)
             age_ms = (time.monotonic() - tx.started) * 1000 if not committing and tx.open else 0.0
             if not committing and self.policy.due(polled, lambda: clients.caught_up(after), age_ms):
-                committed = {p: part.offsets.committed for p, part in self.parts.items()}
-                clients.offer_offsets({p: o for p, o in after.items() if o > committed[p]})
+                self._offer(after)
         owned = [(part, msgs) for p, msgs in by_partition.items() if (part := self.parts.get(p)) is not None]
         batches = [(part, msgs, part.process(msgs, self.decoder)) for part, msgs in owned]  # no Kafka
         if self._committing.pending:  # batch N+1 is scored: its scores go out once N is committed
             self._settle_commit()
+            if polled and self.policy.due(polled, lambda: clients.caught_up(self.parts.next_offsets()), 0.0):
+                self._offer(self.parts.next_offsets())  # its round trips overlap the sends, as above
         for part, msgs, batch in batches:
             if batch is not None:
                 self._emit(part, msgs, batch)
@@ -189,6 +190,11 @@ class ScoringWorker(WorkerCommands):
             self._commit()  # replay-only progress past the committed offset (e.g. all rejects)
         if not self._committing.pending and not tx.open:
             self.parts.checkpoint_due(*self._checkpoint_every())
+
+    def _offer(self, after: dict[int, int]) -> None:
+        """Attach the offsets the batch in hand reaches to the transaction ahead of its commit."""
+        committed = {p: part.offsets.committed for p, part in self.parts.items()}
+        self._clients.offer_offsets({p: o for p, o in after.items() if o > committed[p]})
 
     def _checkpoint_every(self) -> tuple[int, float]:
         return self.config.checkpoint_interval_events, self.config.checkpoint_interval_seconds
