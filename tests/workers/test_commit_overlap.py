@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from rnnstream.workers.commit_in_flight import CommitInFlight
+from rnnstream.workers.partition_offsets import PartitionOffsets
 from rnnstream.workers.scoring_worker import ScoringWorker
 from rnnstream.workers.worker_config import committed_all
 from tests.workers.worker_harness import make_events, produce, run_verifier, wait_for, worker_config
@@ -74,3 +76,40 @@ def test_commit_failure_mid_overlap_loses_and_duplicates_nothing(new_stream, tmp
     assert verdict.expected == EVENTS and verdict.scored == EVENTS
     assert verdict.state_keys_checked > 0
     assert verdict.ok, verdict.line
+
+
+def test_commit_in_flight_hands_back_offsets_and_errors():
+    gate = threading.Event()
+    inflight = CommitInFlight("test")
+    try:
+        inflight.start(gate.wait, {0: 10, 1: 7})
+        assert inflight.pending and not inflight.done()
+        with pytest.raises(RuntimeError):
+            inflight.start(lambda: None, {0: 11})  # one transaction at a time
+        gate.set()
+        done = inflight.wait()
+        assert done.offsets == {0: 10, 1: 7} and done.ended >= done.started and not inflight.pending
+
+        def fail() -> None:
+            raise ConnectionError("commit failed")
+
+        inflight.start(fail, {0: 12})
+        with pytest.raises(ConnectionError):
+            inflight.wait()
+        inflight.start(fail, {0: 12}, background=False)  # at once, on this thread: the outcome waits too
+        assert inflight.done()
+        assert isinstance(inflight.abandon(), ConnectionError) and not inflight.pending
+    finally:
+        inflight.close()
+
+
+def test_a_partition_scored_past_a_commit_in_flight_is_not_checkpointed_yet():
+    offsets = PartitionOffsets.restored(0, 0, None)
+    offsets.applied(99, 100)  # batch N, committing in the background
+    committing = offsets.next_offset
+    offsets.applied(149, 50)  # batch N+1, scored behind it
+    offsets.mark_committed(committing)
+    assert offsets.committed == 100 and offsets.uncommitted
+    assert offsets.interval_due(100, 60.0) and not offsets.checkpoint_due(100, 60.0)
+    offsets.mark_committed()
+    assert offsets.checkpoint_due(100, 60.0)
