@@ -1,5 +1,6 @@
 """The end-to-end benchmarks' shared set-up: the event schema and generator, the embedded broker and Ray,
-the seeded model, topics, producing, and 2 scoring workers timed to every offset committed.
+the seeded model, topics, producing, the benchmarks' worker settings, starting workers and waiting until a
+group committed every offset (the runs themselves are timed by :mod:`release_window`).
 
 Used by :mod:`e2e_throughput`, :mod:`worker_scaling`, :mod:`peer_quixstreams` and :mod:`chaos`.
 """
