@@ -69,7 +69,10 @@ def read_snapshot_table(
     states = one.flatten().to_numpy(zero_copy_only=not one.null_count)
     rows = states.reshape(table.num_rows, int(np.prod(state_shape)))  # also a snapshot of no keys
     times = table.column("last_time").to_numpy().astype(np.int64)
-    return table.column("key"), rows, times, watermark, meta
+    # the keys copied out of the file (13 bytes a key or so): the compiled key index takes writable buffers,
+    # and one compiled variant of it serves restores and scoring alike (a memory map's pages are read-only)
+    keys = pa.chunked_array([table.column("key").combine_chunks()])
+    return keys, rows, times, watermark, meta
 
 
 def write_snapshot(table: pa.Table, path: str, filesystem: pafs.FileSystem | None = None) -> None:

@@ -7,6 +7,10 @@ every other key would start from an empty state under the new model. With the ar
 take-over offset and N at least a key's history, the challenger's states are exactly the new model's
 states over the whole history; a shorter N bounds the cost per key. Events the archive does not hold yet
 (between its end and the take-over offset) are reported as the gap.
+
+``pyarrow.dataset`` (which imports pandas) and the archive sink are imported by :func:`recent_history` when it
+runs, not with this module: every worker imports it, and a restarted worker should not pay for them before
+it scores again (only a hot swap with archive warm-up reads the archive).
 """
 
 from __future__ import annotations
@@ -16,16 +20,12 @@ from dataclasses import astuple, dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from rnnstream.rnn_core.event_schema import KEY_COLUMN, TIME_COLUMN
 from rnnstream.rnn_core.features import features_from_arrow
 from rnnstream.rnn_core.storage import resolve_filesystem
 from rnnstream.rnn_core.stream_scorer import StreamScorer
-from rnnstream.workers.archive_sink import PROVENANCE_COLUMNS
-
-_BY_DATE = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
 
 _CHUNK = 8192
 
@@ -48,11 +48,16 @@ def recent_history(
 ) -> tuple[pa.Table, int]:
     """The archived events of ``partition`` below ``before_offset``, the last ``last_n`` of each key, in log
     order; and the archive's next offset for that partition (0 when it holds none)."""
+    import pyarrow.dataset as ds
+
+    from rnnstream.workers.archive_sink import PROVENANCE_COLUMNS
+
     fs, root = resolve_filesystem(archive_uri)
     folder = f"{root.rstrip('/')}/pipeline={pipeline}"
     if fs.get_file_info(folder).type == pafs.FileType.NotFound:
         return pa.table({}), 0
-    dataset = ds.dataset(folder, filesystem=fs, format="parquet", partitioning=_BY_DATE)
+    by_date = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
+    dataset = ds.dataset(folder, filesystem=fs, format="parquet", partitioning=by_date)
     part_col, offset_col, _ = PROVENANCE_COLUMNS
     wanted = (pc.field(part_col) == partition) & (pc.field(offset_col) < before_offset)
     table = dataset.to_table(filter=wanted)

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from rnnstream.workers.kernel_warmup import start_kernel_warmup
 from rnnstream.workers.scoring_worker import ScoringWorker
 from rnnstream.workers.worker_config import ModelHandle, WorkerConfig, transactional_id
 
@@ -25,6 +26,7 @@ class ScoringWorkerActor:
     def __init__(
         self, slot: int, config: WorkerConfig, model_loader: Callable[[str], Any] | None = None
     ) -> None:
+        start_kernel_warmup()  # compiled kernels loaded while Kafka connects and the partitions are due
         self.worker = ScoringWorker(slot, config, model_loader=model_loader)
 
     def status(self) -> dict[str, Any]:
