@@ -19,10 +19,12 @@ One run, one broker, one GRU(32->64) model (31 float features + the time delta),
   kafka-python relay (consume -> transactional produce -> offsets in the transaction -> commit, one
   transaction a poll, its own process) read by a ``read_committed`` reader, from the original send: what
   the two hops and the commit cost on this broker without anything of rnnstream;
-- ``worker_fetch_p99_ms`` / ``worker_commit_p99_ms`` / ``worker_checkpoint_max_ms``: where the latency run's
-  time went inside the workers (their own metrics, the worst worker, warm-up included): a message's send ->
-  the loop polled it (the broker hop plus the wait behind the loop's cycle), a commit blocking the loop, the
-  longest checkpoint write (it blocks the loop too);
+- ``worker_fetch_p99_ms`` / ``worker_commit_p99_ms`` / ``worker_commit_wait_p99_ms`` /
+  ``worker_checkpoint_max_ms``: where the latency run's time went inside the workers (their own metrics, the
+  worst worker, warm-up included): a message's send -> the loop polled it (the broker hop plus the wait
+  behind the loop's cycle), a transaction commit (it runs in the background while the loop scores the next
+  batch), how long the loop then waited for it before sending that batch's scores, the longest checkpoint
+  (its copy on the loop and its write in the background);
 - ``recovery_s``: kill -9 of a worker holding 1,000,000 keys (100,000 with ``--quick``) -> scoring again
   with its restored state;
 - ``json_vs_raw``: json_eps / raw_eps measured side by side in rounds (the order alternating), the median
@@ -182,8 +184,8 @@ def latency_at_rate(
     Arrow events sent at ``rate`` for ``seconds`` after a warm-up of a quarter of that at the same rate; and
     the workers' own split (the worst worker's, warm-up included, :class:`WorkerMetrics`):
     ``worker_fetch_p99_ms`` (a message's send -> the worker's loop polled it), ``worker_commit_p99_ms`` (a
-    transaction commit blocking the loop) and ``worker_checkpoint_max_ms`` (the longest checkpoint write,
-    which blocks the loop too)."""
+    transaction commit), ``worker_commit_wait_p99_ms`` (the loop waiting for one) and
+    ``worker_checkpoint_max_ms`` (the longest checkpoint)."""
     import ray
 
     from rnnstream.workers.serving import stop_coordinator
@@ -223,6 +225,7 @@ def latency_at_rate(
             for k, m in (
                 ("fetch_p99", "latency_fetch_p99_ms"),
                 ("commit_p99", "commit_p99_ms"),
+                ("commit_wait_p99", "commit_wait_p99_ms"),
                 ("checkpoint_max", "checkpoint_max_ms"),
             )
         }
