@@ -40,7 +40,8 @@ from rnnstream.rnn_core.state_undo import StateUndoLog
 
 DEFAULT_STEP_ROWS = 256  # on the CPU: a chunk's gate buffers (~0.4 MB) stay in a core's L2 cache
 ACCELERATOR_STEP_ROWS = 1024  # on a GPU: fewer, larger launches
-SEQUENCE_MIN_EVENTS = 32  # a key this often in one batch runs through forward() at once
+SEQUENCE_MIN_EVENTS = 32  # a key this much deeper than the wide waves runs through forward() at once
+WIDE_WAVE_ROWS = 64  # a wave (one event of each of its keys) of at least this many rows steps efficiently
 
 
 def _seconds_since(times: np.ndarray, prev: np.ndarray) -> np.ndarray:
@@ -183,13 +184,19 @@ class StreamScorer:
             start = c
         return out
 
-    def _score(self, keys: pa.Array, times: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Step the events in order through the store (no expiry), chunk by chunk (:mod:`.chunk_plan`)."""
+    def _score(
+        self, keys: pa.Array, times: np.ndarray, x: np.ndarray, runs_allowed: bool = True
+    ) -> np.ndarray:
+        """Step the events in order through the store (no expiry), chunk by chunk (:mod:`.chunk_plan`);
+        keys far deeper than the batch's wide waves run whole (:meth:`_score_runs`) unless ``runs_allowed``
+        is off (the rest of such a batch)."""
         n = len(keys)
         slots, prev = self.store.lookup_linked(keys, create=True)
         plan = self._planner.plan_linked(prev, self.step_rows)
-        if plan.most >= SEQUENCE_MIN_EVENTS:
-            return self._score_runs(keys, slots, times, x)
+        if plan.most >= SEQUENCE_MIN_EVENTS and runs_allowed:
+            runs = _long_run_slots(slots)
+            if runs.size:
+                return self._score_runs(keys, slots, runs, times, x)
         out = np.empty((n, len(self._output_names)), np.float32)
         order, bounds = plan.order, plan.bounds.tolist()
         if self._xbuf.shape[0] < min(n, self.step_rows):
@@ -246,24 +253,27 @@ class StreamScorer:
             h_prev, chunk_slots = undo.take_chunk(store, x, idx, slots, times, xb, dt_col)
             step.chunk(xb, h_prev, store, chunk_slots, times, idx, out)
 
-    def _score_runs(self, keys: pa.Array, slots: np.ndarray, times: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """A batch where some keys have ``SEQUENCE_MIN_EVENTS``+ events: each of those keys runs through the
-        model's full-sequence ``forward`` at once (one long series stops costing a Python step per event;
-        the step == forward law makes the results the same), the other events through the stepping path.
-        Keys are independent, so doing one key's run before the others keeps every key's order."""
+    def _score_runs(
+        self, keys: pa.Array, slots: np.ndarray, runs: np.ndarray, times: np.ndarray, x: np.ndarray
+    ) -> np.ndarray:
+        """A batch where the keys ``runs`` (slots, from :func:`_long_run_slots`) have far more events than
+        the batch's wide waves: each of them runs through the model's full-sequence ``forward`` at once (a
+        long series stops costing a narrow step per event; the step == forward law makes the results the
+        same), the other events through the stepping path. Keys are independent, so doing one key's run
+        before or after the others keeps every key's order."""
         out = np.empty((slots.size, len(self._output_names)), np.float32)
-        uniq, counts = np.unique(slots, return_counts=True)
-        runs = uniq[counts >= SEQUENCE_MIN_EVENTS]
         in_run = np.isin(slots, runs)
         rest = np.flatnonzero(~in_run)
         if rest.size:
             idx = pa.array(rest)
-            out[rest] = self._score(keys.take(idx), times[rest], x[rest])
+            out[rest] = self._score(keys.take(idx), times[rest], x[rest], runs_allowed=False)
+        run_rows = np.flatnonzero(in_run)
+        grouped = run_rows[np.argsort(slots[run_rows], kind="stable")]  # each key's rows, in order
+        cuts = np.flatnonzero(np.diff(slots[grouped])) + 1
         store = self.store
         with torch.inference_mode():
-            for slot in runs.tolist():
-                one = np.array([slot], dtype=slots.dtype)
-                rows = np.flatnonzero(slots == slot)
+            for rows in np.split(grouped, cuts):
+                one = slots[rows[:1]]
                 xs = np.array(x[rows], dtype=np.float32)
                 t = times[rows]
                 if self._dt_col is not None:
@@ -304,6 +314,22 @@ class StreamScorer:
         if self.key_ttl_ms is None or self.store.watermark_ms < 0:
             return 0
         return self.store.evict_idle(self.store.watermark_ms, self.key_ttl_ms)
+
+
+def _long_run_slots(slots: np.ndarray) -> np.ndarray:
+    """The slots of a batch that step faster through ``forward`` than through waves.
+
+    Stepping a batch with repeated keys goes in waves: wave ``w`` holds the ``w``-th event of every key with
+    more than ``w`` events. A wave of ``WIDE_WAVE_ROWS`` rows or more batches well; narrower ones cost a
+    near-fixed step each. So a key is run whole only when its events reach ``SEQUENCE_MIN_EVENTS`` or more
+    past the depth where the waves turn narrow: many keys with tens of events each (a replayed backlog)
+    stay in wide waves, one hot key among thousands, or a few keys with long series, run whole. At most
+    ``WIDE_WAVE_ROWS - 1`` keys can qualify, so the per-key calls stay few."""
+    uniq, counts = np.unique(slots, return_counts=True)
+    wide_depth = (
+        int(np.partition(counts, -WIDE_WAVE_ROWS)[-WIDE_WAVE_ROWS]) if counts.size >= WIDE_WAVE_ROWS else 0
+    )
+    return uniq[counts >= wide_depth + SEQUENCE_MIN_EVENTS]
 
 
 def _as_int64_ms(times_ms: np.ndarray | Sequence[int] | pa.Array | pa.ChunkedArray) -> np.ndarray:
