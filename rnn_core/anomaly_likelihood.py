@@ -24,7 +24,8 @@ recurrent state (so they are checkpointed with it, restored exactly, and equal o
 - ``quiet_var``: the mean square of ``log(short / long)`` (the quiet side's spread, below), starting from
   the training errors' (``error_z_quiet_var``, fitted with the calibration) and learning when ``long`` does.
 
-The score of an event is ``Phi(z)``, ``z = min(z_key, z_train)``: ``z_key = (short - long) / sqrt(long_var)``
+The score of an event is ``Phi(z)``, one-sided ``z = min(z_key, z_train)`` (the quiet and spike sides below
+add to it): ``z_key = (short - long) / sqrt(long_var)``
 with ``short`` including the event and ``long``/``long_var`` not yet (how unusual the recent mean error is
 under the key's own error history, Numenta's likelihood), and ``z_train = (short - m0) / s0`` with ``m0``,
 ``s0`` the mean and standard deviation of the training errors (how unusual it is for the model). An event
@@ -38,23 +39,33 @@ episodes. ``z`` is returned too (it does not saturate, so it ranks the strongest
 on the no-code path (``benchmarks/real_data.py --quick``, 97bb686 -> 54b7c5e), best-F1 ASD 0.511 -> 0.530, SMD
 0.371 -> 0.443 against ``z_key`` alone.
 
-**The quiet side** (two-sided score): errors that collapse are as unusual as errors that grow: a stuck sensor
-or a lost pattern the forecaster follows exactly, an idle machine. One-sided, such a stretch scores ``z`` < 0
-and never alarms. But the errors are non-negative, so ``(long - short) / sqrt(long_var)`` can reach only
-``long / sd`` (~1.3 for usual errors, below any alert line) however complete the collapse. The quiet side is
-measured in log scale instead, ``q = min(log(long / short) / sd_q, log(m0 / short) / s_q)`` with ``sd_q`` the
-key's own spread of that log ratio (``quiet_var``) and ``s_q`` the training errors' (the smaller of the two,
-as above: the key's own history and the model's training errors must both find it quiet), error_z below
-``QUIET_FLOOR`` counting as it; and ``z = max(z_up, q - quiet_sigmas)``, ``z_up`` the one-sided ``z`` above,
-from a key's first full short window on. ``quiet_sigmas`` (3) keeps the quiet side out of ordinary events:
-``q`` is a standard score of a 10-event mean, whose ordinary spread is several times ``z_up``'s (``z_up``
-divides by a single event's spread), and without the offset its normal variation went above the alert line
-(offline replay of the stored error streams: ASD best-F1 / F1 at the stored line 0.513 / 0.436 -> 0.496 /
-0.415 at offset 1, 0.513 / 0.433 at 2, unchanged at 3; SMD 0.480 / 0.424 -> 0.464 / 0.364 at 1, 0.480 / 0.424
-at 2 and 3; the linear ``(long - short)`` against its own spread, offset 0: ASD 0.491 / 0.380, SMD 0.462 /
-0.258). On the generated univariate series a stuck sensor the forecaster follows scores ``q - 3`` of 6-9
-(0.7-0.8 one-sided). Models saved before ``error_z_quiet_var`` existed (NaN) score one-sided, as then;
-``LikelihoodWindows(two_sided=False)`` does too. Only ``z_key`` (the up side) opens anomaly episodes.
+**The quiet side** (two-sided score, issue 12's univariate round): errors that collapse are as unusual as
+errors that grow: a stuck sensor or a lost pattern the forecaster follows exactly, an idle machine.
+One-sided, such a stretch scores ``z`` < 0 and never alarms. But the errors are non-negative, so ``(long -
+short) / sqrt(long_var)`` can reach only ``long / sd`` (~1.3 for usual errors, below any alert line)
+however complete the collapse. The quiet side is measured in log scale instead, ``q = min(log(long /
+short) / sd_q, log(m0 / short) / s_q)`` with ``sd_q`` the key's own spread of that log ratio
+(``quiet_var``) and ``s_q`` the training errors' (``error_z_quiet_var``; the smaller of the two, as above:
+the key's history and the model's training errors must both find it quiet), error_z below ``QUIET_FLOOR``
+counting as it; it enters as ``q - quiet_sigmas`` from a key's first full short window on. ``quiet_sigmas``
+(3) keeps it out of ordinary events: ``q`` is a standard score of a 10-event mean, whose ordinary spread is
+several times that of ``z_key`` (which divides by a single event's spread).
+
+**The spike side**: a 1-3 event spike is one tenth of the 10-event short mean (``z`` 2-8 on the generated
+series, below the level that NAB's shared threshold needs). The event's own ``min((e - long) / sd, (e -
+m0) / s0)`` enters as that minus ``spike_sigmas`` (4): only an error beyond 4 single-event sigmas of both
+the key's history and the training errors scores by itself.
+
+So ``z = max(min(z_key, z_train), spike - spike_sigmas, q - quiet_sigmas)``. Only ``z_key`` opens anomaly
+episodes. Models saved before ``error_z_quiet_var`` existed (NaN) score as they did; ``two_sided`` and
+``spike_side`` switch each side off. Measured (offline replays of the stored error streams of
+``real_data.py --quick`` and ``univariate_drift.py --series 30``, reproducing both exactly at offsets
+infinite; best-F1 / F1 at the stored line): quiet side alone at offset 1 / 2 / 3: ASD 0.513 / 0.436 ->
+0.496 / 0.415, 0.513 / 0.433, unchanged; SMD 0.480 / 0.424 -> 0.464 / 0.364, 0.480 / 0.424, unchanged; NAB
+28.9 -> 33.7 / 33.0 / 31.3 (a linear ``(long - short)`` against its own spread at offset 0: ASD 0.491 /
+0.380, SMD 0.462 / 0.258). With the spike side at 2 / 3 / 4 (quiet at 3): ASD 0.499 / 0.424, 0.506 /
+0.433, 0.516 / 0.437; SMD 0.475 / 0.423, 0.481 / 0.427, 0.483 / 0.428; NAB 48.5 / 50.3 / 48.3 (rolling z
+50.5). The spike side without an offset was measured before (below: ASD best-F1 ~0.45).
 
 A key's first ``warmup_events`` (one short window, 10) score exactly 0.5 (``z`` = 0) and teach the
 statistics nothing: a fresh key's recurrent state is cold, so its first errors say how far the state is from
@@ -139,6 +150,8 @@ class LikelihoodWindows:
     warmup_events: int = 10  # a key's first events (one short window) score 0.5 and are not learned from
     two_sided: bool = True  # a short mean fallen far below the history (quiet errors) scores too (see above)
     quiet_sigmas: float = 3.0  # ... from this many of its own standard deviations on
+    spike_side: bool = True  # a single event's error far above the history scores alone too (see above)
+    spike_sigmas: float = 4.0  # ... from this many single-event standard deviations on
 
     def __post_init__(self) -> None:
         if not 1 <= self.short_window < self.long_window or self.prior_events < 1 or self.clip_sigmas <= 0:
@@ -188,6 +201,7 @@ def likelihood_step(
 def _recursion_params(prior: tuple[float, ...], windows: LikelihoodWindows) -> np.ndarray:
     """The recursion's constants as float32, in the order :func:`likelihood_recursion` reads them."""
     ref_inv_sd = 1.0 / math.sqrt(max(prior[1], _MIN_VAR))
+    quiet = prior[2] if len(prior) > 2 else math.nan  # NaN: a model saved before it, scored as then
     return np.array(
         [
             windows.short_window,
@@ -201,9 +215,10 @@ def _recursion_params(prior: tuple[float, ...], windows: LikelihoodWindows) -> n
             ref_inv_sd,
             windows.freeze_z,
             windows.max_frozen,
-            prior[2] if len(prior) > 2 else math.nan,
+            quiet if windows.two_sided else math.nan,
             windows.quiet_sigmas,
             QUIET_FLOOR,
+            windows.spike_sigmas if windows.spike_side and math.isfinite(quiet) else math.nan,
         ],
         dtype=np.float32,
     )

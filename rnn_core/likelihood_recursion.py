@@ -33,7 +33,8 @@ def likelihood_recursion(
     short_w, min_long, prior_n, min_var = params[0], params[1], params[2], params[3]
     max_count, clip, warmup, ref_mean = params[4], params[5], params[6], params[7]
     ref_inv_sd, freeze, max_frozen, ref_quiet_var = params[8], params[9], params[10], params[11]
-    quiet_sigmas, floor = params[12], params[13]
+    quiet_sigmas, floor, spike_sigmas = params[12], params[13], params[14]
+    spikes = not np.isnan(spike_sigmas)
     one, zero = np.float32(1.0), np.float32(0.0)
     two_sided = not np.isnan(ref_quiet_var)  # models fitted before it was stored score one-sided, as then
     ref_quiet_inv_sd = one / np.float32(np.sqrt(max(ref_quiet_var, min_var))) if two_sided else zero
@@ -51,6 +52,8 @@ def likelihood_recursion(
             inv_sd = one / np.float32(np.sqrt(max(var, min_var)))
             z_i = (short - long) * inv_sd  # against the key's own history
             z_up = min(z_i, (short - ref_mean) * ref_inv_sd)  # ... and against the training errors
+            if spikes:  # the event alone, from spike_sigmas of a single event's spread on
+                z_up = max(z_up, min((e - long) * inv_sd, (e - ref_mean) * ref_inv_sd) - spike_sigmas)
             # the other side: log(history / short mean) against its own spread, from quiet_sigmas of it on
             settled = two_sided and count >= full
             log_short = _log(max(short, floor))

@@ -121,10 +121,9 @@ def training_error_prior(model: StreamingModel) -> tuple[float, float, float]:
     """``(mean, variance, quiet variance)`` of the training ``error_z``: a new key's starting
     statistics in :func:`adaptive_score`. Models fitted before these were stored (``error_z_moments`` NaN)
     use the mean and variance of their calibration knots, as they did then; without the quiet side's
-    training spread (``error_z_quiet_var`` NaN, or ``windows.two_sided`` off) the score is one-sided."""
+    training spread (``error_z_quiet_var`` NaN) the score is as it was before the quiet and spike sides."""
     mean, var = model.error_z_moments.tolist()
     if math.isnan(mean) or math.isnan(var):
         knots = model.score_knots
         mean, var = float(knots.mean()), float(knots.var())
-    quiet_var = float(model.error_z_quiet_var) if model.windows.two_sided else math.nan
-    return mean, max(var, 1e-4), quiet_var
+    return mean, max(var, 1e-4), float(model.error_z_quiet_var)

@@ -1,7 +1,7 @@
-"""The adaptive score's quiet side: a stretch whose forecast errors collapse (a stuck sensor the model follows
-exactly) scores high when the model stores the quiet side's training spread, ordinary errors score as they
-did one-sided, stepping equals the sequence, the compiled recursion is its Python form bit for bit, and a
-model saved before the spread was stored scores one-sided, as then."""
+"""The adaptive score's quiet and spike sides: a stretch whose forecast errors collapse (a stuck sensor the
+model follows exactly) and a one-event spike score high when the model stores the quiet side's training
+spread, ordinary errors score as they did one-sided, stepping equals the sequence, the compiled recursion is
+its Python form bit for bit, and a model saved before the spread was stored scores as then."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from rnnstream.rnn_core.adaptive_state import extra_row
 from rnnstream.rnn_core.anomaly_likelihood import (
     NUM_STATS,
     QUIET_FLOOR,
@@ -60,6 +61,16 @@ def test_a_quiet_stretch_alarms_two_sided_and_not_one_sided() -> None:
     assert float(two[1500:1650].max()) > 4.0  # far above a 1% line on usual errors (z ~1-2)
     assert float(one[1500:1650].max()) < 1.0  # one-sided it never did: errors fall, z goes below 0
     assert np.array_equal(two[:1500] > 2.0, one[:1500] > 2.0)  # before it, the same alarms
+
+
+def test_a_one_event_spike_alarms_by_itself() -> None:
+    prior = _prior()
+    e = _usual(2000, seed=9)
+    e[1500] = 8.0  # one event's error 12 training sigmas above the usual
+    with_sides, before = _z(e, prior), _z(e, prior[:2])
+    assert float(with_sides[1500]) > 6.0  # (8 - ~0.8) / 0.6 - spike_sigmas
+    assert float(before[1500]) < 2.0  # one tenth of it in the short mean: (8 - 0.8) / 10 / 0.6 ~ 1.2
+    assert float(with_sides[1501]) < float(with_sides[1500]) - 4.0  # the event's own side ends with it
 
 
 def test_usual_errors_score_as_one_sided() -> None:
@@ -138,11 +149,14 @@ def test_fitting_stores_the_quiet_spread_and_models_saved_before_it_score_one_si
     old = load_model(tmp_path / "m")
     assert torch.isnan(old.error_z_quiet_var).all()
     one_sided = load_model(save_model(model, tmp_path / "again"))
-    object.__setattr__(one_sided, "windows", LikelihoodWindows(two_sided=False))
+    object.__setattr__(one_sided, "windows", LikelihoodWindows(two_sided=False, spike_side=False))
     quiet = x.clone()
     quiet[:, 60:] = quiet[:, 59:60]  # stuck from event 60 on
     with torch.no_grad():
         out_old, state_old = old(quiet)
         out_one, state_one = one_sided(quiet)
-    torch.testing.assert_close(out_old, out_one, atol=0, rtol=0)
-    torch.testing.assert_close(state_old, state_one, atol=0, rtol=0)
+    torch.testing.assert_close(out_old, out_one, atol=0, rtol=0)  # score, anomaly_z and all: as then
+    old_row, one_row = extra_row(old, state_old), extra_row(one_sided, state_one)
+    assert torch.equal(old_row[:, 5], torch.zeros(3))  # the old model never fills the quiet slot
+    one_row[:, 5] = 0.0  # (the one-sided new model keeps its prior there, unused)
+    assert torch.equal(old_row, one_row) and torch.equal(state_old[:, :1], state_one[:, :1])
