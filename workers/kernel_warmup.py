@@ -25,12 +25,16 @@ log = logging.getLogger(__name__)
 
 def warm_kernels() -> None:
     """Run the store's and a GRU scorer's compiled loops once on throwaway objects."""
+    import torch
+
     from rnnstream.rnn_core.config import FeatureSpec, ModelConfig
     from rnnstream.rnn_core.model import StreamingModel
     from rnnstream.rnn_core.state_store import KeyedStateStore
     from rnnstream.rnn_core.stream_scorer import StreamScorer
 
-    model = StreamingModel(ModelConfig(features=FeatureSpec(numeric=("x",)), hidden_size=4)).eval()
+    with torch.random.fork_rng(devices=[]):  # the process's random state is left as it was
+        torch.manual_seed(0)
+        model = StreamingModel(ModelConfig(features=FeatureSpec(numeric=("x",)), hidden_size=4)).eval()
     store = KeyedStateStore(tuple(model.state_shape), capacity=4, hash_seed=0)
     scorer = StreamScorer(model, store)
     keys = pa.array(["a", "b", "a"])

@@ -61,3 +61,13 @@ def test_warmup_leaves_nothing_to_load_on_the_restart_path(tmp_path):
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["warmed"] >= 5  # the store's and the scorer's loops were loaded by the warm-up
     assert report["gained"] == {}, report["gained"]
+
+
+def test_warmup_leaves_the_random_state_as_it_was():
+    from rnnstream.workers.kernel_warmup import warm_kernels
+
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    warm_kernels()
+    assert torch.equal(torch.rand(4), expected)
