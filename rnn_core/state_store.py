@@ -378,7 +378,10 @@ class KeyedStateStore:
         self.watermark_ms = max(self.watermark_ms, watermark)
         n = len(keys)
         if n:
-            self.reserve(self._num_keys + n)  # one allocation, not a doubling per power of two
+            cap = self._capacity  # the size doubling would reach, allocated once instead of step by step
+            while cap < self._num_keys + n:
+                cap *= 2
+            self.reserve(cap)
             slots = self.lookup(keys, create=True)
             first = int(slots[0])
             if int(slots[-1]) - first == n - 1 and bool((np.diff(slots) == 1).all()):

@@ -43,8 +43,11 @@ def test_restore_into_a_fresh_store_is_bit_equal_and_sized_once(tmp_path) -> Non
     path = str(tmp_path / "s.arrow")
     src.snapshot(None, path, metadata={"offset": "9"})
     dst = KeyedStateStore(SHAPE, capacity=4)
+    grown: list[int] = []
+    grow = dst._grow_slots
+    dst._grow_slots = lambda cap: (grown.append(cap), grow(cap))[1]
     assert dst.restore(path) == {"offset": "9"}
-    assert dst.capacity == 5000  # reserved for the snapshot's keys, not doubled up to 8192
+    assert grown == [8192]  # the size doubling from 4 reaches, allocated once (not 8, 16, ... 8192)
     assert dst.watermark_ms == 77
     assert same_states(src, dst)
     new = dst.lookup(["a new key"])  # the store goes on growing past the reserve
