@@ -10,9 +10,9 @@ A cycle: poll (a micro-batch closes on ``max_batch_events`` events or ``batch_li
 partition processes its messages -> the transaction commits as soon as the batch is scored when the worker
 keeps up, at least every ``commit_interval_ms`` when it is behind, or when ``max_in_flight`` events wait
 (:mod:`commit_policy`) -> partitions that are due write a checkpoint whose ``next_offset`` is exactly the
-committed one, after freeing expired keys. With transactions a commit runs in the background
-(:mod:`commit_in_flight`) while the next cycle polls, decodes and scores; that batch's scores are sent only
-once the commit returned (a due checkpoint, a full in-flight budget or a control call wait for it).
+committed one, after freeing expired keys. With transactions and ``overlap_commits`` a commit runs in the
+background (:mod:`commit_in_flight`) while the next cycle polls, decodes and scores; that batch's scores are
+sent only once the commit returned (a due checkpoint, a full in-flight budget or a control call wait for it).
 
 Exactly once: on (re)start a partition restores its newest checkpoint for the serving version (or starts
 empty at the log start), seeks to its ``next_offset`` and replays; events below the group's committed offset
@@ -250,7 +250,8 @@ class ScoringWorker(WorkerCommands):
         if not self._clients.tx.open and not offsets:
             return
         clients = self._clients
-        background = not wait and self.config.transactions  # without transactions the consumer commits
+        cfg = self.config  # without transactions the consumer commits: on the loop only
+        background = not wait and cfg.transactions and cfg.overlap_commits
         self._committing.start(lambda: clients.commit(offsets), offsets, background=background)
         self._in_flight = 0
         if not background:

@@ -38,6 +38,7 @@ def test_commit_failure_mid_overlap_loses_and_duplicates_nothing(new_stream, tmp
         commit_interval_ms=10,
         checkpoint_interval_events=1500,
         checkpoint_interval_seconds=30.0,
+        overlap_commits=True,
     )
     worker = ScoringWorker(0, config, export_metrics=False)
     seen: dict[str, object] = {}
