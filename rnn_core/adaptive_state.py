@@ -3,9 +3,14 @@
 A key's state is ``[S + E, L, H]``: ``S`` recurrent tensors, then ``E`` statistics slabs
 (:attr:`ModelConfig.statistics_slabs`) read as one flat row of ``E * L * H`` values per key:
 
-- ``[0, 6)``: the adaptive score's error statistics (:mod:`rnnstream.rnn_core.anomaly_likelihood`);
-- ``[6, 6 + 1 + 3n)``, with ``adaptive_inputs``: the key's input level, scale and outlier runs
-  (:mod:`rnnstream.rnn_core.input_drift`); the rest is zero.
+- ``[0, 5)``: the adaptive score's first five error statistics (:mod:`rnnstream.rnn_core.anomaly_likelihood`);
+- ``[5, 5 + 1 + 3n)``, with ``adaptive_inputs``: the key's input level, scale and outlier runs
+  (:mod:`rnnstream.rnn_core.input_drift`);
+- then the sixth error statistic (the quiet side's log-ratio variance); the rest is zero.
+
+The sixth statistic came later and goes after the others, so a key state checkpointed before it restores with
+every statistic in its place and a zero there: that key learns the quiet spread as a new key does (its quiet
+z is bounded by the training errors' meanwhile), instead of reading its drift statistics one place off.
 """
 
 from __future__ import annotations
@@ -46,8 +51,19 @@ def with_extra_row(model: StreamingModel, rnn: Tensor, row: Tensor) -> Tensor:
     return torch.cat([rnn[:, :s], extra], dim=1)
 
 
+LEADING_STATS = NUM_STATS - 1  # error statistics before the drift ones; the last one comes after them
+
+
 def drift_slice(model: StreamingModel) -> slice:
-    return slice(NUM_STATS, NUM_STATS + drift_stats_size(model.num_continuous))
+    """Where the drift-following inputs' statistics lie in the statistics row."""
+    return slice(LEADING_STATS, LEADING_STATS + drift_stats_size(model.num_continuous))
+
+
+def error_stats_columns(model: StreamingModel) -> list[int]:
+    """Where the ``NUM_STATS`` error statistics lie in the statistics row, in their order: ``[0, 5)`` and the
+    first place after the drift statistics (right after the five without ``adaptive_inputs``)."""
+    drift = drift_stats_size(model.num_continuous) if model.config.adaptive_inputs else 0
+    return [*range(LEADING_STATS), LEADING_STATS + drift]
 
 
 def key_inputs(model: StreamingModel, x: Tensor, state: Tensor | None) -> KeyInputs:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnstream.rnn_core.adaptive_state import KeyInputs, extra_row, with_extra_row
+from rnnstream.rnn_core.adaptive_state import KeyInputs, error_stats_columns, extra_row, with_extra_row
 from rnnstream.rnn_core.anomaly_likelihood import NUM_STATS, likelihood_sequence, likelihood_step
 from rnnstream.rnn_core.config import ModelConfig
 
@@ -104,7 +104,8 @@ def adaptive_score(
     two agree). While training they are left as they are (the loss does not use them).
     """
     b = out.shape[0]
-    stats = extra_row(model, state)[:, :NUM_STATS] if state is not None else out.new_zeros((b, NUM_STATS))
+    cols = error_stats_columns(model)
+    stats = extra_row(model, state)[:, cols] if state is not None else out.new_zeros((b, NUM_STATS))
     static, error_z = out[..., 0], out[..., 1]
     if model.training:
         score, z, new_stats = static, torch.zeros_like(static), stats
@@ -113,7 +114,7 @@ def adaptive_score(
         score, z, new_stats = run(error_z, stats, training_error_prior(model), model.windows)
     out = torch.cat([score.unsqueeze(-1), out[..., 1:], static.unsqueeze(-1), z.unsqueeze(-1)], dim=-1)
     row = extra_row(model, full).clone()
-    row[:, :NUM_STATS] = new_stats
+    row[:, cols] = new_stats
     return out, with_extra_row(model, full, row)
 
 

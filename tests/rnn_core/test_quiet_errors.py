@@ -12,7 +12,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from rnnstream.rnn_core.adaptive_state import extra_row
+from rnnstream.rnn_core.adaptive_state import (
+    drift_slice,
+    error_stats_columns,
+    extra_row,
+    key_inputs,
+    with_extra_row,
+)
 from rnnstream.rnn_core.anomaly_likelihood import (
     NUM_STATS,
     QUIET_FLOOR,
@@ -157,6 +163,36 @@ def test_fitting_stores_the_quiet_spread_and_models_saved_before_it_score_one_si
         out_one, state_one = one_sided(quiet)
     torch.testing.assert_close(out_old, out_one, atol=0, rtol=0)  # score, anomaly_z and all: as then
     old_row, one_row = extra_row(old, state_old), extra_row(one_sided, state_one)
-    assert torch.equal(old_row[:, 5], torch.zeros(3))  # the old model never fills the quiet slot
-    one_row[:, 5] = 0.0  # (the one-sided new model keeps its prior there, unused)
+    quiet_slot = error_stats_columns(old)[-1]
+    assert torch.equal(old_row[:, quiet_slot], torch.zeros(3))  # the old model never fills the quiet slot
+    one_row[:, quiet_slot] = 0.0  # (the one-sided new model keeps its prior there, unused)
     assert torch.equal(old_row, one_row) and torch.equal(state_old[:, :1], state_one[:, :1])
+
+
+def test_key_states_checkpointed_before_the_quiet_statistic_restore_in_place() -> None:
+    """The drift-following inputs' statistics stay at [5, 5 + 1 + 3n), where states written with five error
+    statistics hold them, and the quiet spread goes after them (a zero there in an old state): a restored old
+    checkpoint reads every statistic from its place, and scoring from it learns the quiet spread anew."""
+    torch.manual_seed(0)
+    spec = FeatureSpec(numeric=("a", "b"))
+    config = ModelConfig(features=spec, head="forecast", hidden_size=8, adaptive_inputs=True)
+    model = StreamingModel(config).eval()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 80, 2, generator=g) + torch.tensor([3.0, -1.0])
+    model.fit_normalization(x.reshape(-1, 2).numpy())
+    model.fit_score_calibration(x)
+    assert drift_slice(model) == slice(5, 5 + 1 + 3 * 2)
+    assert error_stats_columns(model) == [0, 1, 2, 3, 4, 5 + 1 + 3 * 2]
+    with torch.no_grad():
+        _, state = model(x)
+        row = extra_row(model, state)
+        torch.testing.assert_close(row[:, drift_slice(model)], key_inputs(model, x, None).stats)
+        assert (row[:, 0] > 0).all()  # the event count, in its place
+        old = row.clone()
+        old[:, error_stats_columns(model)[-1]] = 0.0  # as a state checkpointed before the statistic
+        more = torch.randn(2, 40, 2, generator=g) + torch.tensor([3.0, -1.0])
+        out_old, _ = model(more, with_extra_row(model, state, old))
+        out_new, _ = model(more, state)
+    assert torch.isfinite(out_old).all()
+    # the score reads the old state's statistics from their places: ordinary events score as from the new one
+    assert (out_old[..., 0] - out_new[..., 0]).abs().max() < 0.25
