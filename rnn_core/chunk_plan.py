@@ -23,6 +23,24 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @compiled()
+def _place(chunk_of, fill, n, chunks, order, bounds):
+    """From each of the ``n`` events' chunk (``chunk_of``) and each chunk's event count (``fill``, reused):
+    ``bounds`` (chunk offsets) and ``order`` (event indices chunk after chunk, batch order within one);
+    returns whether ``order`` is not the identity."""
+    bounds[0] = 0
+    for c in range(chunks):
+        bounds[c + 1] = bounds[c] + fill[c]
+        fill[c] = bounds[c]  # now the next free position of chunk c in order
+    moved = False
+    for i in range(n):
+        c = chunk_of[i]
+        order[fill[c]] = i
+        moved |= fill[c] != i
+        fill[c] += 1
+    return moved
+
+
+@compiled()
 def _plan(slots, rows, shift, seen, entry, chunk_of, fill, order, bounds):
     """Fill ``order`` (event indices chunk after chunk, batch order within one) and ``bounds`` (chunk
     offsets into it); returns (chunks, most events of one key, whether ``order`` is not the identity).
@@ -79,17 +97,7 @@ def _plan(slots, rows, shift, seen, entry, chunk_of, fill, order, bounds):
                 first_open += 1
     for i in range(n):
         seen[entry[i], 0] = -1
-    bounds[0] = 0
-    for c in range(chunks):
-        bounds[c + 1] = bounds[c] + fill[c]
-        fill[c] = bounds[c]  # now the next free position of chunk c in order
-    moved = False
-    for i in range(n):
-        c = chunk_of[i]
-        order[fill[c]] = i
-        moved |= fill[c] != i
-        fill[c] += 1
-    return chunks, most, moved
+    return chunks, most, _place(chunk_of, fill, n, chunks, order, bounds)
 
 
 @compiled()
@@ -130,17 +138,7 @@ def _plan_linked(prev, rows, count, chunk_of, fill, order, bounds):
             chunks = max(chunks, c + 1)
             while fill[first_open] == rows:
                 first_open += 1
-    bounds[0] = 0
-    for c in range(chunks):
-        bounds[c + 1] = bounds[c] + fill[c]
-        fill[c] = bounds[c]  # now the next free position of chunk c in order
-    moved = False
-    for i in range(n):
-        c = chunk_of[i]
-        order[fill[c]] = i
-        moved |= fill[c] != i
-        fill[c] += 1
-    return chunks, most, moved
+    return chunks, most, _place(chunk_of, fill, n, chunks, order, bounds)
 
 
 class ChunkPlan:
