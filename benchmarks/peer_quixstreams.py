@@ -75,7 +75,15 @@ PEER_PIN = "quixstreams==3.28.1"
 sys.path.insert(0, str(HERE))
 
 import e2e_fixtures as e2e  # noqa: E402  (the shared event generator, producer and worker runner)
-from release_window import Run, after, one_per_partition, release_backlog, source_records, timed_run  # noqa: E402
+from release_window import (  # noqa: E402
+    Run,
+    after,
+    one_per_partition,
+    release_backlog,
+    rnnstream_release,
+    source_records,
+    timed_run,
+)
 
 
 def peer_python() -> Path:
@@ -174,39 +182,6 @@ def ray_cpu_seconds() -> float:
     return total
 
 
-def run_rnnstream(settings, schema, handle, warm, records, n: int, release: str, tmp: Path):
-    """rnnstream's 2 workers scoring ``n`` events (``records``: JSON messages or Arrow batches),
-    exactly-once, as release ``release`` of ``schema``'s pipeline on an events
-    topic of its own, then ``release_backlog``; the window ends when the later of the two workers' last
-    commits returned (each worker reports it). Returns (Run, events topic, scores topic)."""
-    import ray
-
-    from rnnstream.workers.kafka_io import TopicAdmin
-    from rnnstream.workers.serving import stop_coordinator
-    from rnnstream.workers.worker_config import release_topic
-
-    events_topic = f"{schema.pipeline}.{release}.events"
-    kinds = ("scores", "dlq", "scores.shadow")
-    with TopicAdmin(settings) as admin:
-        topics = [events_topic, *(release_topic(schema.pipeline, release, k) for k in kinds)]
-        admin.create_topics(topics, e2e.PARTITIONS)
-    ckpt = tmp / f"ckpt-{schema.pipeline}"
-    config, coord = e2e.run_workers(
-        settings, schema, handle, ckpt, deployment=release, events_topic=events_topic
-    )
-    try:
-        w = release_backlog(
-            settings, config.group_id, events_topic, warm, records, f"{release}-{schema.pipeline}-load",
-            ray_cpu_seconds,
-        )  # fmt: skip
-        ends = [x.get("last_commit_monotonic_s") for x in ray.get(coord.status.remote())["workers"]]
-    finally:
-        stop_coordinator(coord)
-    if None in ends:
-        raise RuntimeError(f"a worker of {schema.pipeline} reported no commit: {ends}")
-    return timed_run(n, w, max(ends), w["cpu_noticed"]), events_topic, config.scores_topic
-
-
 def peer_scores(settings, topic: str) -> dict[tuple[str, int], float]:
     from rnnstream.workers.score_verifier import read_topic
 
@@ -282,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             nonlocal complete
             log(f"round {r}: rnnstream, {encoding}, exactly-once ...")
             schema = schemas[encoding]
-            run, events_topic, scores_topic = run_rnnstream(
-                settings, schema, handle, warm[encoding], records[encoding], n, f"r{r}", tmp
+            run, events_topic, scores_topic = rnnstream_release(
+                settings, schema, handle, warm[encoding], records[encoding], n, f"r{r}", tmp, ray_cpu_seconds
             )
             runs[encoding].append(run)
             _, events, ref = reference_by_event(settings, schema, model, events_topic)

@@ -10,6 +10,7 @@ returned), which ``timed_run`` turns into a :class:`Run`. ``source_records``, ``
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import e2e_fixtures as e2e
@@ -132,11 +133,21 @@ def release_records(settings, schema, warm_table, table, encoding: str) -> tuple
     return one_per_partition(warm_all), after(warm_all, source_records(settings, topic))
 
 
-def rnnstream_window(settings, schema, handle, warm, records, n: int, release: str, tmp) -> Run:
+def rnnstream_window(
+    settings, schema, handle, warm, records, n: int, release: str, tmp, cpu: Callable[[], float] | None = None
+) -> Run:
+    """:func:`rnnstream_release`'s run alone."""
+    return rnnstream_release(settings, schema, handle, warm, records, n, release, tmp, cpu)[0]
+
+
+def rnnstream_release(
+    settings, schema, handle, warm, records, n: int, release: str, tmp, cpu: Callable[[], float] | None = None
+) -> tuple[Run, str, str]:
     """rnnstream's 2 workers (exactly-once, :func:`e2e.run_workers`), release ``release`` of ``schema``'s
-    pipeline on an events topic of its own, scoring ``n`` events (``records``) released by
-    :func:`release_backlog`; the window ends when the later of the two workers' last commits returned.
-    CPU: the two worker processes'."""
+    pipeline on an events topic of its own, scoring ``n`` events (``records``: JSON messages or Arrow
+    batches) released by :func:`release_backlog`; the window ends when the later of the two workers' last
+    commits returned (each worker reports it). CPU: ``cpu()`` seconds, by default the two worker
+    processes'. Returns (the run, its events topic, its scores topic)."""
     import psutil
     import ray
 
@@ -155,17 +166,18 @@ def rnnstream_window(settings, schema, handle, warm, records, n: int, release: s
         settings, schema, handle, ckpt, deployment=release, events_topic=events_topic
     )
     try:
-        procs = [psutil.Process(pid) for pid in ray.get(coord.worker_pids.remote()).values()]
+        if cpu is None:
+            procs = [psutil.Process(pid) for pid in ray.get(coord.worker_pids.remote()).values()]
+            cpu = lambda: e2e.cpu_seconds(procs)  # noqa: E731
         w = release_backlog(
-            settings, config.group_id, events_topic, warm, records, f"{release}-{schema.pipeline}-load",
-            lambda: e2e.cpu_seconds(procs),
-        )  # fmt: skip
+            settings, config.group_id, events_topic, warm, records, f"{release}-{schema.pipeline}-load", cpu
+        )
         ends = [x.get("last_commit_monotonic_s") for x in ray.get(coord.status.remote())["workers"]]
     finally:
         stop_coordinator(coord)
     if None in ends:
         raise RuntimeError(f"a worker of {schema.pipeline} reported no commit: {ends}")
-    return timed_run(n, w, max(ends), w["cpu_noticed"])
+    return timed_run(n, w, max(ends), w["cpu_noticed"]), events_topic, config.scores_topic
 
 
 def raw_window(settings, pipeline: str, warm, records, release: str, fetch: dict) -> Run:
