@@ -178,7 +178,7 @@ def latency_fields(
 
 
 def latency_at_rate(
-    settings, schema, handle, rate: float, seconds: float, tmp: Path
+    settings, schema, handle, rate: float, seconds: float, tmp: Path, overlap_commits: bool = False
 ) -> tuple[float, float, dict[str, float]]:
     """(p50, p99) ms from an event's send to its score read by a read_committed reader (:mod:`score_latency`),
     Arrow events sent at ``rate`` for ``seconds`` after a warm-up of a quarter of that at the same rate; and
@@ -200,6 +200,7 @@ def latency_at_rate(
         max_batch_events=8192,
         batch_linger_ms=2,
         commit_interval_ms=50,
+        overlap_commits=overlap_commits,
     )
     now = int(time.time() * 1000)
     warm = make_events(schema, int(rate * seconds / 4), 20_000, seed=7, start_ms=now)
@@ -310,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, help="throughput rounds, medians reported (default 3, 5 full)")
     ap.add_argument("--rate", type=float, default=40_000.0, help="events/s of --only latency")
     ap.add_argument(
+        "--overlap-commits",
+        action="store_true",
+        help="latency runs with overlap_commits on (a commit runs while the next batch is scored)",
+    )
+    ap.add_argument(
         "--recovery-keys", type=int, help="keys the recovered worker holds (default 1M, 100k quick)"
     )
     args = ap.parse_args(argv)
@@ -337,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
             _, handle = seeded_model(tmp)
             log(f"latency at {args.rate:.0f} events/s ...")
             schema = make_schema("bench-lat")
-            p50, p99, split = latency_at_rate(settings, schema, handle, args.rate, lat_seconds, tmp)
+            p50, p99, split = latency_at_rate(
+                settings, schema, handle, args.rate, lat_seconds, tmp, args.overlap_commits
+            )
             log(f"bare broker round trip at {args.rate:.0f} events/s ...")
             broker_p50, broker_p99 = broker_latency(settings, args.rate, lat_seconds)
             log(f"bare exactly-once relay at {args.rate:.0f} events/s ...")
@@ -376,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
 
         log(f"latency at {arrow_eps / 2:.0f} events/s ...")
         p50, p99, split = latency_at_rate(
-            settings, make_schema("bench-lat"), handle, arrow_eps / 2, lat_seconds, tmp
+            settings, make_schema("bench-lat"), handle, arrow_eps / 2, lat_seconds, tmp, args.overlap_commits
         )
 
         log(f"bare broker round trip at {arrow_eps / 2:.0f} events/s ...")
@@ -386,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
 
         log("latency at 10000 events/s ...")
         p50_low, p99_low, _ = latency_at_rate(
-            settings, make_schema("bench-lat-low"), handle, 10_000.0, lat_seconds, tmp
+            settings, make_schema("bench-lat-low"), handle, 10_000.0, lat_seconds, tmp, args.overlap_commits
         )
 
         log(f"recovery with {rec_keys} keys ...")
