@@ -45,6 +45,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rnnstream.workers.checkpoint_writer import CheckpointWriteFailed
 from rnnstream.workers.commit_in_flight import CommitInFlight
 from rnnstream.workers.commit_policy import IDLE_POLL_MS, CommitPolicy, offsets_after
 from rnnstream.workers.event_codec import EventDecoder
@@ -143,6 +144,9 @@ class ScoringWorker(WorkerCommands):
         self._committing.close()
         try:
             self.parts.close()  # the checkpoint writes in flight end before the loop does
+        except CheckpointWriteFailed as exc:  # its message names each partition, offset and reason
+            self.health.note(str(exc))
+            log.error("%s: %s", self.name, exc)
         except Exception as exc:
             self.health.note(f"checkpoint write failed: {type(exc).__name__}: {exc}")
             log.error("%s: checkpoint write failed: %s", self.name, exc)
