@@ -180,10 +180,7 @@ class KeyedStateStore:
         m = todo.size  # at most this many new keys (fewer when one repeats)
         fresh_needed = self._next_fresh + max(0, m - self._num_free)
         if fresh_needed > self._capacity:
-            cap = self._capacity
-            while cap < fresh_needed:
-                cap *= 2
-            self._grow_slots(cap)
+            self._grow_slots(self._doubled_capacity(fresh_needed))
         if not self._table.fits(m):
             self._table.rebuild(3 * (self._num_keys + m), self._fp, self._live_slots())
         self._keys.make_room(int((offsets[todo + 1] - offsets[todo]).sum(dtype=np.int64)))
@@ -195,6 +192,13 @@ class KeyedStateStore:
         )  # fmt: skip
         self._num_keys += added
         table.count += added
+
+    def _doubled_capacity(self, need: int) -> int:
+        """The capacity that doubling reaches for ``need`` slots (the growth rule, kept in one place)."""
+        cap = self._capacity
+        while cap < need:
+            cap *= 2
+        return cap
 
     def _grow_slots(self, new_cap: int) -> None:
         if new_cap > MAX_SLOTS:
@@ -378,10 +382,7 @@ class KeyedStateStore:
         self.watermark_ms = max(self.watermark_ms, watermark)
         n = len(keys)
         if n:
-            cap = self._capacity  # the size doubling would reach, allocated once instead of step by step
-            while cap < self._num_keys + n:
-                cap *= 2
-            self.reserve(cap)
+            self.reserve(self._doubled_capacity(self._num_keys + n))  # allocated once, not step by step
             slots = self.lookup(keys, create=True)
             first = int(slots[0])
             if int(slots[-1]) - first == n - 1 and bool((np.diff(slots) == 1).all()):
