@@ -51,6 +51,9 @@ from rnnstream.workers.worker_slots import WorkerSlots
 
 log = logging.getLogger(__name__)
 
+# the coordinator attributes its ControlRecord holds (what a restarted coordinator resumes from)
+_RECORDED = ("_target", "model", "generation", "shadow_handle", "swap", "swaps", "resumes")
+
 
 def coordinator_name(pipeline: str, deployment: str = DEFAULT_DEPLOYMENT) -> str:
     """The Ray actor name of a release's coordinator of ``pipeline`` (namespace ``rnnstream``): two releases
@@ -149,20 +152,30 @@ class Coordinator:
             self._persist(stopped=True)
         return out
 
-    def _persist(self, stopped: bool = False) -> None:
+    def _persist(self, stopped: bool = False, **changes: Any) -> None:
+        """Write the control record with ``changes`` (coordinator attributes: ``swap``, ``model``,
+        ``generation``, ``resumes``) and only then set them: the status reads without the lock, so what it
+        shows is already in the record, and a kill at any moment loses nothing it showed."""
+        state = {name: getattr(self, name) for name in _RECORDED}
+        unknown = set(changes) - set(state)
+        if unknown:
+            raise AttributeError(f"not recorded in the control record: {sorted(unknown)}")
+        state.update(changes)
         self._record_file.write(
             ControlRecord(
                 pipeline=self.config.pipeline,
-                num_workers=self._target,
-                serving=self.model,
-                generation=self.generation,
-                shadow=self.shadow_handle,
-                swap=self.swap,
-                swaps=tuple(self.swaps),
+                num_workers=state["_target"],
+                serving=state["model"],
+                generation=state["generation"],
+                shadow=state["shadow_handle"],
+                swap=state["swap"],
+                swaps=tuple(state["swaps"]),
                 stopped=stopped,
-                resumes=self.resumes,
+                resumes=state["resumes"],
             )
         )
+        for name, value in changes.items():
+            setattr(self, name, value)
 
     # --------------------------------------------------------------------------------------------- scaling
 
@@ -183,8 +196,7 @@ class Coordinator:
             sorted(self.assignment.get(s, [])) != plan.target[s] for s in range(n)
         )
         if changing:
-            self.generation += 1
-            self._persist()
+            self._persist(generation=self.generation + 1)
         # 1. every current owner gives up what it loses (commit + final checkpoint) before anyone takes it
         refs = {s: self.workers[s].set_partitions.remote(k, self.model) for s, k in plan.releases.items()}
         refs.update({s: self.workers[s].stop.remote() for s in plan.retire})
@@ -281,8 +293,7 @@ class Coordinator:
         with self._lock:
             if self.swap is not None:
                 raise RuntimeError(f"a swap to {self.swap.to.version} is under way")
-            self.swap = SwapInProgress(handle, "warming", warm, shadow, time.time())
-            self._persist()
+            self._persist(swap=SwapInProgress(handle, "warming", warm, shadow, time.time()))
             old = self.model
         switching = False
         try:
@@ -299,10 +310,11 @@ class Coordinator:
                 time.sleep(0.05)
             with self._lock:  # from here the swap is committed: every worker switches, or restarts on it
                 switching = True
-                self.swap = SwapInProgress(handle, "switching", warm, shadow, self.swap.started_s)
-                self.model = handle
-                self.generation += 1
-                self._persist()
+                self._persist(
+                    swap=SwapInProgress(handle, "switching", warm, shadow, self.swap.started_s),
+                    model=handle,
+                    generation=self.generation + 1,
+                )
                 record = switch_all(self.workers, old, handle, self.generation)
                 record["warm_from_offsets"] = dict(self._warm_from)
                 record["warmup_events"] = {str(s): n for s, n in seen.items()}
@@ -332,13 +344,10 @@ class Coordinator:
             with self._lock:
                 self._armed = False
                 if self.swap is not None:
-                    self.swap = None
-                    self._persist()
+                    self._persist(swap=None)
 
     def _record_swap(self, record: dict[str, Any]) -> None:
-        self.swap = None
-        self.swaps = [*self.swaps, record][-KEEP_SWAPS:]
-        self._persist()
+        self._persist(swap=None, swaps=[*self.swaps, record][-KEEP_SWAPS:])
 
     # ---------------------------------------------------------------------------------------------- status
 

@@ -40,13 +40,13 @@ def resume_from_record(coord: Coordinator) -> None:
             return
         coord.model, coord._target, coord.generation = record.serving, record.num_workers, record.generation
         coord.shadow_handle, coord.swaps = record.shadow, list(record.swaps)
+        coord.swap = record.swap  # kept in the record until finished below (a second kill finds it again)
         for s in coord.workers.find_running():
             st = coord.workers.status(s, timeout=30.0)
             coord.assignment[s] = sorted(st["partitions"]) if st else []
             coord.incarnations[s] = st["incarnation"] if st else ""
             coord.restarts.setdefault(s, 0)
-        coord.resumes = record.resumes + 1
-        coord._persist()
+        coord._persist(resumes=record.resumes + 1)
         log.warning("coordinator resumed: model %s, workers %s", coord.model.version, sorted(coord.workers))
         if record.swap is not None:
             finish_interrupted_swap(coord, record.swap)
@@ -63,7 +63,7 @@ def finish_interrupted_swap(coord: Coordinator, swap: SwapInProgress) -> None:
     import ray
 
     if swap.phase == "switching":  # some workers may have switched: every one switches
-        coord.model = swap.to
+        coord._persist(model=swap.to)
         for s, w in coord.workers.items():
             st = coord.workers.status(s, timeout=30.0) or {}
             if st.get("challenger_version") == swap.to.version:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from rnnstream.workers.control_record import ControlRecordFile
 from rnnstream.workers.kafka_settings import KafkaSettings
 from rnnstream.workers.score_verifier import (
     checkpoint_states,
@@ -161,6 +162,8 @@ def run_chaos(
         # back (the resumed coordinator's probe warms the new version again on that traffic)
         pointer.write_text(str(workdir / "model-b"))
         wait_for(lambda: (_status(coord) or {}).get("swap_in_progress") == handle_b.version, 60, "the swap")
+        shown = ControlRecordFile(config).read()  # what the status showed must already be in the record
+        swap_recorded = bool(shown and shown.swap and shown.swap.to.version == handle_b.version)
         _kill(ray.get(coord.pid.remote(), timeout=30), signal.SIGKILL)
         t0 = time.monotonic()
         wait_for(lambda: (_status(coord) or {}).get("coordinator_resumes") == 2, 60, "the coordinator back")
@@ -176,7 +179,8 @@ def run_chaos(
             go.set()
         feeding.join()
         stop_coordinator(coord)
-    return _check(settings, config, model_a, handle_a, model_b, handle_b, final, zombie_parts, recovery)
+    result = _check(settings, config, model_a, handle_a, model_b, handle_b, final, zombie_parts, recovery)
+    return {**result, "swap_recorded_when_shown": swap_recorded}
 
 
 def _check(settings, config, model_a, handle_a, model_b, handle_b, final, zombie_parts, recovery) -> dict:

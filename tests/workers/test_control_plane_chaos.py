@@ -21,5 +21,6 @@ def test_control_plane_chaos_exactly_once(kafka_settings, ray_local, tmp_path):
     assert result["state_keys_checked"] > 0 and result["max_state_diff"] <= 1e-5
     assert len(result["versions"]) == 2  # the old model scored the start, the promoted one the end
     assert result["swap_keys_warmed"] > 0
+    assert result["swap_recorded_when_shown"]  # the status shows nothing a kill could lose
     # the swap interrupted by the coordinator's death was abandoned with a reason, then done again
     assert result["swaps_abandoned"] == ["coordinator restarted during the warm-up"]
