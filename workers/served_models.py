@@ -55,16 +55,18 @@ class ServedModels:
     def prepare(self, challenger: LoadedModel, shadow: bool, parts: OwnedPartitions) -> dict[int, int]:
         """Attach a loaded ``challenger`` to every partition; returns each one's warm-up start offset."""
         cfg = self.config
-        self.challenger = challenger
+        # the count is reset before the new challenger shows in the status (read from other threads without
+        # a lock): a status never pairs the new version with the events the previous challenger scored
+        self.challenger_events = 0
+        self.shadow_emit = shadow
         self.challenger_warmup = ArchiveWarmup()
+        self.challenger = challenger
         for part in parts.values():
             part.attach_challenger(challenger)
             if cfg.warmup_archive_uri:
                 self.challenger_warmup += part.warm_challenger_from_archive(
                     cfg.warmup_archive_uri, cfg.pipeline, cfg.warmup_archive_events
                 )
-        self.challenger_events = 0
-        self.shadow_emit = shadow
         return {p: part.offsets.next_offset for p, part in parts.items()}
 
     def switch(self, parts: OwnedPartitions) -> dict[str, Any]:
