@@ -3,6 +3,8 @@ the independent verifier finds every event scored exactly once and every key's f
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 
 import ray as _ray
@@ -72,38 +74,52 @@ def test_cli_serve_scale_status(kafka_bootstrap, ray_local, tmp_path, monkeypatc
     produce(settings, schema, sample_events(schema, 4000, 50), encoding="json")
     ckpt = tmp_path / "ckpt"
     args = ["--pipeline", pipeline, "--bootstrap-servers", kafka_bootstrap]
-    serve_rc: list[int] = []
-    serve = threading.Thread(
-        target=lambda: serve_rc.append(
-            main(
-                [
-                    "serve",
-                    *args,
-                    "--model",
-                    str(tmp_path / "m"),
-                    "--workers",
-                    "1",
-                    "--checkpoint-uri",
-                    str(ckpt),
-                    "--duration",
-                    "6",
-                    "--status-every",
-                    "0.5",
-                ]
-            )
-        )
-    )
-    serve.start()
+    # serve runs on this (the main) thread, where it stops cleanly on SIGTERM; `scale` and `status` run
+    # beside it once it serves (its SIGTERM handler is in place), then SIGTERM ends it. (A fixed --duration
+    # raced them: on a loaded machine starting the second worker outlasted it and `status` found no
+    # coordinator.) The --duration is only a cap should the calls beside it hang.
+    default_sigterm = signal.getsignal(signal.SIGTERM)
+    calls: dict[str, object] = {}
+
+    def serving() -> bool:
+        return signal.getsignal(signal.SIGTERM) is not default_sigterm
+
+    def beside_serve() -> None:
+        try:
+            wait_for(serving, 120, "serve to be serving")
+            calls["coordinator"] = _has_coordinator(pipeline)
+            calls["scale"] = main(["scale", "--pipeline", pipeline, "--workers", "2"])
+            calls["status"] = main(["status", "--pipeline", pipeline])
+        except BaseException as exc:  # reported by the asserts below
+            calls["error"] = exc
+        finally:
+            if serving():
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    beside = threading.Thread(target=beside_serve)
+    beside.start()
     try:
-        address = tmp_path / "home" / "serving" / f"{pipeline}.json"
-        wait_for(address.is_file, 60, "serve to start")
-        wait_for(lambda: _has_coordinator(pipeline), 60, "the coordinator")
-        assert main(["scale", "--pipeline", pipeline, "--workers", "2"]) == 0
-        assert main(["status", "--pipeline", pipeline]) == 0
+        serve_rc = main(
+            [
+                "serve",
+                *args,
+                "--model",
+                str(tmp_path / "m"),
+                "--workers",
+                "1",
+                "--checkpoint-uri",
+                str(ckpt),
+                "--duration",
+                "300",
+                "--status-every",
+                "0.5",
+            ]
+        )
     finally:
-        serve.join(timeout=120)
+        beside.join(timeout=600)
+    assert calls == {"coordinator": True, "scale": 0, "status": 0}, calls
     out = capsys.readouterr().out
-    assert serve_rc == [0]
+    assert serve_rc == 0
     assert "2 workers; partitions {0: [0, 2], 1: [1, 3]}" in out
     assert "scored=" in out and "restores" in out and "stopped; next offsets" in out
     ckpts = PartitionCheckpoints(str(ckpt), pipeline)
