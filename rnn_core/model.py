@@ -35,26 +35,17 @@ from torch import Tensor, nn
 
 from rnnstream.rnn_core import forecast_rollout, inference_step, model_heads
 from rnnstream.rnn_core.adaptive_state import KeyInputs, drift_slice, extra_row, key_inputs, with_extra_row
-from rnnstream.rnn_core.anomaly_likelihood import QUIET_FLOOR, LikelihoodWindows
-from rnnstream.rnn_core.config import ConfigError, ModelConfig
+from rnnstream.rnn_core.anomaly_likelihood import LikelihoodWindows
+from rnnstream.rnn_core.config import ModelConfig
 from rnnstream.rnn_core.features import feature_slices
 from rnnstream.rnn_core.folded_weights import CellWeights, inference_weights
 from rnnstream.rnn_core.input_drift import DriftWindow
 from rnnstream.rnn_core.numerics import exact_numerics, set_exact_numerics
-from rnnstream.rnn_core.score_calibration import (
-    DEFAULT_CALIBRATION_POINTS,
-    UNCALIBRATED_MAX_Z,
-    calibrated_score,
-    calibrated_score_with_tails,
-    calibration_tails,
-    error_z_of,
-    fit_error_calibration,
-    quiet_log_variance,
-    refresh_score_tails,
-)
+from rnnstream.rnn_core.score_buffers import fit_score_buffers, register_score_buffers
+from rnnstream.rnn_core.score_calibration import DEFAULT_CALIBRATION_POINTS, calibrated_score_with_tails
 from rnnstream.rnn_core.sequence_loss import sequence_loss
 
-__all__ = ["StreamingModel", "calibrated_score", "calibration_tails", "exact_numerics", "set_exact_numerics"]
+__all__ = ["StreamingModel", "exact_numerics", "set_exact_numerics"]
 
 _RNN_CLASSES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -104,18 +95,7 @@ class StreamingModel(nn.Module):
 
         self.head = nn.Linear(config.hidden_size, model_heads.head_width(config))
         if config.head == "forecast":
-            self.register_buffer("error_scale", torch.ones(self.num_continuous))
-            knots = torch.linspace(0.0, UNCALIBRATED_MAX_Z, DEFAULT_CALIBRATION_POINTS)
-            self.register_buffer("score_knots", knots)
-            # [mean, variance] of the training error_z the knots come from (the adaptive score's prior);
-            # NaN until fitted, and in models saved before it existed: then the knots' own moments are used.
-            self.register_buffer("error_z_moments", torch.full((2,), float("nan")))
-            # The mean square of log(short mean / mean) of the training error_z (the two-sided score's prior
-            # for a quiet stretch); NaN until fitted, and in models saved before it: they score one-sided.
-            self.register_buffer("error_z_quiet_var", torch.full((1,), float("nan")))
-            # Derived from score_knots (not saved): refreshed on fit_score_calibration and load_state_dict.
-            self.register_buffer("score_tails", calibration_tails(knots), persistent=False)
-            self.register_load_state_dict_post_hook(refresh_score_tails)
+            register_score_buffers(self)  # the fitted score statistics: see :mod:`.score_buffers`
 
     # ----------------------------------------------------------------------------------------------- shapes
     @property
@@ -365,46 +345,8 @@ class StreamingModel(nn.Module):
 
         ``x`` is ``[B, T, D]`` (with optional ``mask[B, T]`` and start ``state``) or a list of per-key arrays
         ``[T_i, D]`` each run from a zero state. Afterwards ``score`` is about the fraction of training events
-        whose ``error_z`` was lower (interpolated; see :func:`calibrated_score`), so it reads as a calibrated
-        anomaly probability, and above the largest training error it still rises with ``error_z``.
+        whose ``error_z`` was lower (interpolated; see :func:`.score_calibration.calibrated_score`), so it
+        reads as a calibrated anomaly probability, and above the largest training error it still rises with
+        ``error_z``. The buffers it fits: see :mod:`.score_buffers`.
         """
-        if self.head_kind != "forecast":
-            raise ConfigError(
-                f"score calibration is for forecast heads, this model has a {self.head_kind} head"
-            )
-        was_training = self.training
-        self.eval()
-        try:
-            errors = []
-            device = self.norm_mean.device
-            if isinstance(x, (list, tuple)):
-                for seq in x:
-                    xt = torch.as_tensor(np.asarray(seq, dtype=np.float32), device=device).unsqueeze(0)
-                    errors.append(self._raw_errors(xt, None, None))
-            else:
-                xt = torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
-                m = None if mask is None else torch.as_tensor(np.asarray(mask), device=device).bool()
-                errors.append(self._raw_errors(xt, m, state))
-            scale, knots, moments = fit_error_calibration(torch.cat(errors).double(), num_points)
-            self.error_scale.copy_(scale.to(self.error_scale))
-            self.score_knots = knots.to(device)
-            self.error_z_moments.copy_(moments.to(self.error_z_moments))
-            runs = [error_z_of(err, scale) for err in errors]  # each key's events in order
-            if not isinstance(x, (list, tuple)) and mask is None:  # a batch [B, T, D]: a run per row
-                runs = list(runs[0].reshape(xt.shape[0], -1))
-            w = self.windows
-            quiet = quiet_log_variance(runs, float(moments[0]), w.short_window, w.warmup_events, QUIET_FLOOR)
-            self.error_z_quiet_var.fill_(quiet)
-            refresh_score_tails(self)
-        finally:
-            self.train(was_training)
-
-    def _raw_errors(self, x: Tensor, mask: Tensor | None, state: Tensor | None) -> Tensor:
-        """Normalized forecast errors ``[N, n]`` of valid events: actual - forecast from the state before."""
-        with self._numerics(x):  # the errors that calibrate must be those that step will see
-            _, top_before, _, inputs = self._run(x, state)
-            actual = self._normalized(x) if inputs is None else inputs.normalized
-            err = actual - self.head(top_before)
-        if mask is not None:
-            return err[mask]
-        return err.reshape(-1, err.shape[-1])
+        fit_score_buffers(self, x, mask, state, num_points)

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save, save_file
 
 from rnnstream.rnn_core.config import ModelConfig
 from rnnstream.rnn_core.model import StreamingModel
+from rnnstream.rnn_core.score_buffers import saved_score_buffers
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -145,17 +146,7 @@ def _build(doc: dict[str, Any], tensors: dict[str, torch.Tensor]) -> StreamingMo
     model = StreamingModel(ModelConfig.from_dict(doc["config"]))
     device = next(iter(tensors.values())).device if tensors else torch.device("cpu")
     model.to(device)
-    # The calibration table's length is chosen at fit time: size the buffer to what was saved.
-    knots = tensors.get("score_knots")
-    if knots is not None and hasattr(model, "score_knots"):
-        model.score_knots = torch.empty_like(knots)
-    if hasattr(model, "error_z_moments") and "error_z_moments" not in tensors:
-        # Saved before the training error_z moments were stored: keep NaN, so the adaptive score's prior
-        # stays the knots' mean and variance (as it was when the model was saved).
-        tensors = {**tensors, "error_z_moments": model.error_z_moments.to(device)}
-    if hasattr(model, "error_z_quiet_var") and "error_z_quiet_var" not in tensors:
-        # Saved before the quiet side's training spread was stored: keep NaN, so it scores one-sided.
-        tensors = {**tensors, "error_z_quiet_var": model.error_z_quiet_var.to(device)}
+    tensors = saved_score_buffers(model, tensors, device)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

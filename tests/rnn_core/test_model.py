@@ -10,13 +10,8 @@ import pytest
 import torch
 
 from rnnstream.rnn_core.config import CELLS, HEADS, ConfigError, FeatureSpec, ModelConfig
-from rnnstream.rnn_core.model import (
-    StreamingModel,
-    calibrated_score,
-    calibration_tails,
-    exact_numerics,
-    set_exact_numerics,
-)
+from rnnstream.rnn_core.model import StreamingModel, exact_numerics, set_exact_numerics
+from rnnstream.rnn_core.score_calibration import calibrated_score, calibration_tails
 from rnnstream.rnn_core.serialization import load_model, save_model
 
 SPEC = FeatureSpec(
