@@ -6,25 +6,13 @@ One run, one broker, one GRU(32->64) model (31 float features + the time delta),
   one output message per input message (no decoding, no model, no state, no transactions);
 - ``json_eps`` / ``arrow_eps``: rnnstream end to end with 2 workers (consumed -> scored -> scores written in
   Kafka transactions with the offsets -> checkpointed) over the same events as JSON and as Arrow messages;
-- ``p50_ms`` / ``p99_ms``: an event's send -> its score fetched by a ``read_committed`` reader of the scores
-  topic in its own process (:mod:`score_latency`: two broker hops, the batch, scoring and the commit), with
-  Arrow events sent at half ``arrow_eps`` after a warm-up at the same rate (and ``p50_ms_at_10k_eps`` /
-  ``p99_ms_at_10k_eps`` at a fixed 10,000 events/s, for comparing machines);
-- ``broker_p50_ms`` / ``broker_p99_ms``: the bare broker's round trip in the same run: the same messages at
-  the same rate, sent -> fetched by a plain consumer in its own process with the workers' fetch wait (one
-  hop: no decoding, no model, no transactions): the floor the scored latency is measured against; the
-  consumer's settings are the score reader's and the workers' (fetch wait 2 ms, 8,192 records a poll, 50 ms
-  poll timeout), and every timing process freezes its imports' objects out of the garbage collector alike;
-- ``txn_floor_p50_ms`` / ``txn_floor_p99_ms``: the floor with exactly once, same messages and rate: a bare
-  kafka-python relay (consume -> transactional produce -> offsets in the transaction -> commit, one
-  transaction a poll, its own process) read by a ``read_committed`` reader, from the original send: what
-  the two hops and the commit cost on this broker without anything of rnnstream;
-- ``worker_fetch_p99_ms`` / ``worker_commit_p99_ms`` / ``worker_commit_wait_p99_ms`` /
-  ``worker_checkpoint_max_ms``: where the latency run's time went inside the workers (their own metrics, the
-  worst worker, warm-up included): a message's send -> the loop polled it (the broker hop plus the wait
-  behind the loop's cycle), a transaction commit (it runs in the background while the loop scores the next
-  batch), how long the loop then waited for it before sending that batch's scores, the longest checkpoint
-  (its copy on the loop and its write in the background);
+- the latency figures (:mod:`paced_latency`): ``p50_ms`` / ``p99_ms``, an event's send -> its score read by
+  a ``read_committed`` reader, beside the bare broker's round trip (``broker_p50_ms`` / ``broker_p99_ms``,
+  ``p99_over_broker_ms``) and the bare exactly-once relay (``txn_floor_p50_ms`` / ``txn_floor_p99_ms``) at the
+  same rate in the same run, and the workers' split (``worker_fetch_p99_ms``, ``worker_commit_p99_ms``,
+  ``worker_commit_wait_p99_ms``, ``worker_checkpoint_max_ms``); Arrow events sent at half ``arrow_eps``
+  (``--only latency``: at ``--rate``), and ``p50_ms_at_10k_eps`` / ``p99_ms_at_10k_eps`` at a fixed 10,000
+  events/s, for comparing machines;
 - ``recovery_s``: kill -9 of a worker holding 1,000,000 keys (100,000 with ``--quick``) -> scoring again
   with its restored state;
 - ``json_vs_raw``: json_eps / raw_eps measured side by side in rounds (the order alternating), the median
@@ -51,7 +39,8 @@ the Arrow CPU an event (2.4-5.4 us) was the CPU after the clock divided by all t
 The floors (raw pass-through, broker round trip, exactly-once relay) are measured by :mod:`io_floor`.
 Throughput runs commit every 250 ms; the latency runs as soon as a batch is scored while the workers keep
 up, at least every 50 ms when behind (a score is visible to ``read_committed`` readers only once its
-transaction commits).
+transaction commits). Ray runs without its dashboard (``include_dashboard=False``, through
+:func:`e2e_fixtures.broker_and_ray`): it would cost ~9% of a core on a 2-core machine in the latency runs.
 
 Targets (issue 15): json_vs_raw >= 0.8, arrow_eps >= 250000, p99_ms <= broker_p99_ms + 25, recovery_s < 10
 with 1M keys.
@@ -73,7 +62,6 @@ import numpy as np
 import pyarrow as pa
 from e2e_fixtures import (
     LOAD_SLICE_EVENTS,
-    PARTITIONS,
     WORKER_SETTINGS,
     broker_and_ray,
     create_topics,
@@ -85,9 +73,8 @@ from e2e_fixtures import (
     seeded_model,
     wait_committed,
 )
-from io_floor import broker_round_trip_ms, send_paced, txn_relay_round_trip_ms
+from paced_latency import latency_at_rate, latency_figures
 from release_window import raw_window, release_records, rnnstream_window
-from score_latency import scored_latency_ms
 
 
 def worker_fetch_settings() -> dict[str, Any]:
@@ -158,105 +145,6 @@ def describe(run) -> str:
     return (
         f"{run.eps:,.0f} ev/s ({1e6 / run.eps_per_cpu_s:.1f} CPU-us/ev; window {run.window_s:.3f} s, "
         f"warm-up {run.warm_s:.2f} s, release {run.release_s:.3f} s, notice {run.notice_s:.3f} s)"
-    )
-
-
-def latency_fields(
-    p50: float, p99: float, broker_p50: float, broker_p99: float, txn: tuple[float, float]
-) -> dict[str, float]:
-    """The scored latency beside the bare broker's and the bare exactly-once relay's, and the p99 gap the
-    target is about (ms)."""
-    return {
-        "p50_ms": round(p50, 1),
-        "p99_ms": round(p99, 1),
-        "broker_p50_ms": round(broker_p50, 1),
-        "broker_p99_ms": round(broker_p99, 1),
-        "p99_over_broker_ms": round(p99 - broker_p99, 1),
-        "txn_floor_p50_ms": round(txn[0], 1),
-        "txn_floor_p99_ms": round(txn[1], 1),
-    }
-
-
-def latency_at_rate(
-    settings, schema, handle, rate: float, seconds: float, tmp: Path, overlap_commits: bool = False
-) -> tuple[float, float, dict[str, float]]:
-    """(p50, p99) ms from an event's send to its score read by a read_committed reader (:mod:`score_latency`),
-    Arrow events sent at ``rate`` for ``seconds`` after a warm-up of a quarter of that at the same rate; and
-    the workers' own split (the worst worker's, warm-up included, :class:`WorkerMetrics`):
-    ``worker_fetch_p99_ms`` (a message's send -> the worker's loop polled it), ``worker_commit_p99_ms`` (a
-    transaction commit), ``worker_commit_wait_p99_ms`` (the loop waiting for one) and
-    ``worker_checkpoint_max_ms`` (the longest checkpoint)."""
-    import ray
-
-    from rnnstream.workers.serving import stop_coordinator
-
-    create_topics(settings, schema.pipeline)
-    # latency settings: commit as soon as a batch is scored while keeping up, at least every 50 ms behind
-    config, coord = run_workers(
-        settings,
-        schema,
-        handle,
-        tmp / "ckpt-lat",
-        max_batch_events=8192,
-        batch_linger_ms=2,
-        commit_interval_ms=50,
-        overlap_commits=overlap_commits,
-    )
-    now = int(time.time() * 1000)
-    warm = make_events(schema, int(rate * seconds / 4), 20_000, seed=7, start_ms=now)
-    table = make_events(schema, int(rate * seconds), 20_000, seed=3, start_ms=now + warm.num_rows)
-
-    def paced(t: pa.Table) -> int:
-        send_paced(settings, schema, t, rate)
-        return t.num_rows
-
-    try:
-        p50, p99 = scored_latency_ms(
-            settings,
-            config.scores_topic,
-            config.events_topic,
-            PARTITIONS,
-            warm=lambda: paced(warm),
-            send=lambda: paced(table),
-            wait_scored=lambda: wait_committed(settings, config.group_id, config.events_topic),
-        )
-        workers = ray.get(coord.status.remote())["workers"]
-        split = {
-            f"worker_{k}_ms": round(max(w.get(m) or 0.0 for w in workers), 1)
-            for k, m in (
-                ("fetch_p99", "latency_fetch_p99_ms"),
-                ("commit_p99", "commit_p99_ms"),
-                ("commit_wait_p99", "commit_wait_p99_ms"),
-                ("checkpoint_max", "checkpoint_max_ms"),
-            )
-        }
-        return p50, p99, split
-    finally:
-        stop_coordinator(coord)
-
-
-def broker_latency(settings, rate: float, seconds: float) -> tuple[float, float]:
-    """(p50, p99) ms of the bare broker round trip with the latency run's messages and pace."""
-    rtt = make_schema("bench-broker-rtt")
-    create_topics(settings, rtt.pipeline)
-    table = make_events(rtt, int(rate * seconds), 20_000, seed=3, start_ms=int(time.time() * 1000))
-    return broker_round_trip_ms(
-        settings, f"{rtt.pipeline}.events", PARTITIONS, lambda: send_paced(settings, rtt, table, rate)
-    )
-
-
-def txn_floor_latency(settings, rate: float, seconds: float) -> tuple[float, float]:
-    """(p50, p99) ms of the bare exactly-once relay (:func:`io_floor.txn_relay_round_trip_ms`) with the
-    latency run's messages and pace: two broker hops and a transaction commit, nothing of rnnstream."""
-    txn = make_schema("bench-txn-rtt")
-    create_topics(settings, txn.pipeline)
-    table = make_events(txn, int(rate * seconds), 20_000, seed=3, start_ms=int(time.time() * 1000))
-    return txn_relay_round_trip_ms(
-        settings,
-        f"{txn.pipeline}.events",
-        f"{txn.pipeline}.raw",
-        PARTITIONS,
-        lambda: send_paced(settings, txn, table, rate),
     )
 
 
@@ -341,20 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.only == "latency":
         with broker_and_ray("rnnstream-e2e-") as (tmp, settings):
             _, handle = seeded_model(tmp)
-            log(f"latency at {args.rate:.0f} events/s ...")
-            schema = make_schema("bench-lat")
-            p50, p99, split = latency_at_rate(
-                settings, schema, handle, args.rate, lat_seconds, tmp, args.overlap_commits
+            latency = latency_figures(
+                settings, handle, args.rate, lat_seconds, tmp, args.overlap_commits, log
             )
-            log(f"bare broker round trip at {args.rate:.0f} events/s ...")
-            broker_p50, broker_p99 = broker_latency(settings, args.rate, lat_seconds)
-            log(f"bare exactly-once relay at {args.rate:.0f} events/s ...")
-            txn = txn_floor_latency(settings, args.rate, lat_seconds)
-        result = {
-            **latency_fields(p50, p99, broker_p50, broker_p99, txn),
-            **split,
-            "latency_rate_eps": round(args.rate),
-        }
+        result = {**latency, "latency_rate_eps": round(args.rate)}
         print_result(result, args.json, width=18)
         return 0
     with broker_and_ray("rnnstream-e2e-") as (tmp, settings):
@@ -382,15 +260,9 @@ def main(argv: list[str] | None = None) -> int:
             print_result({**result, "targets": targets, "cpus": os.cpu_count()}, args.json, width=22)
             return 0
 
-        log(f"latency at {arrow_eps / 2:.0f} events/s ...")
-        p50, p99, split = latency_at_rate(
-            settings, make_schema("bench-lat"), handle, arrow_eps / 2, lat_seconds, tmp, args.overlap_commits
+        latency = latency_figures(
+            settings, handle, arrow_eps / 2, lat_seconds, tmp, args.overlap_commits, log
         )
-
-        log(f"bare broker round trip at {arrow_eps / 2:.0f} events/s ...")
-        broker_p50, broker_p99 = broker_latency(settings, arrow_eps / 2, lat_seconds)
-        log(f"bare exactly-once relay at {arrow_eps / 2:.0f} events/s ...")
-        txn = txn_floor_latency(settings, arrow_eps / 2, lat_seconds)
 
         log("latency at 10000 events/s ...")
         p50_low, p99_low, _ = latency_at_rate(
@@ -401,8 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         rec = recovery_seconds(settings, make_schema("bench-rec"), handle, rec_keys, tmp)
     result = {
         **throughput,
-        **latency_fields(p50, p99, broker_p50, broker_p99, txn),
-        **split,
+        **latency,
         "recovery_s": round(rec, 2),
         "latency_rate_eps": round(arrow_eps / 2),
         "p50_ms_at_10k_eps": round(p50_low, 1),

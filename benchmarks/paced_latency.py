@@ -1,0 +1,156 @@
+"""The end-to-end benchmark's latency part (:mod:`e2e_throughput` ``--only latency``, and after the
+throughput in a full run): Arrow events sent at a paced rate, the scored latency beside its two floors
+measured in the same run with the same messages and pace.
+
+- ``p50_ms`` / ``p99_ms``: an event's send -> its score fetched by a ``read_committed`` reader of the scores
+  topic in its own process (:mod:`score_latency`: two broker hops, the batch, scoring and the commit), after
+  a warm-up of a quarter of the run at the same rate;
+- ``broker_p50_ms`` / ``broker_p99_ms``: the bare broker's round trip: sent -> fetched by a plain consumer in
+  its own process with the workers' fetch wait (one hop: no decoding, no model, no transactions): the floor
+  the scored latency is measured against; the consumer's settings are the score reader's and the workers'
+  (fetch wait 2 ms, 8,192 records a poll, 50 ms poll timeout), and every timing process freezes its imports'
+  objects out of the garbage collector alike; ``p99_over_broker_ms``: the gap the target is about;
+- ``txn_floor_p50_ms`` / ``txn_floor_p99_ms``: the floor with exactly once: a bare kafka-python relay
+  (consume -> transactional produce -> offsets in the transaction -> commit, one transaction a poll, its own
+  process) read by a ``read_committed`` reader, from the original send: what the two hops and the commit
+  cost on this broker without anything of rnnstream;
+- ``worker_fetch_p99_ms`` / ``worker_commit_p99_ms`` / ``worker_commit_wait_p99_ms`` /
+  ``worker_checkpoint_max_ms``: where the scored run's time went inside the workers (their own metrics, the
+  worst worker, warm-up included): a message's send -> the loop polled it (the broker hop plus the wait
+  behind the loop's cycle), a transaction commit (it runs in the background while the loop scores the next
+  batch), how long the loop then waited for it before sending that batch's scores, the longest checkpoint
+  (its copy on the loop and its write in the background).
+
+The workers commit as soon as a batch is scored while they keep up, at least every 50 ms when behind (a score
+is visible to ``read_committed`` readers only once its transaction commits); ``overlap_commits`` runs a
+commit while the next batch is scored. The floors are measured by :mod:`io_floor`.
+
+Ray runs without its dashboard (:func:`e2e_fixtures.broker_and_ray` starts it through ``init_ray``, which
+passes ``include_dashboard=False``): on a 2-core machine the dashboard costs ~9% of a core during these runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+from e2e_fixtures import PARTITIONS, create_topics, make_events, make_schema, run_workers, wait_committed
+from io_floor import broker_round_trip_ms, send_paced, txn_relay_round_trip_ms
+from score_latency import scored_latency_ms
+
+
+def latency_figures(
+    settings, handle, rate: float, seconds: float, tmp: Path, overlap_commits: bool, log: Callable
+) -> dict[str, float]:
+    """The scored latency at ``rate`` events/s for ``seconds``, its floors at the same rate and the workers'
+    split of it: :func:`latency_fields` then the ``worker_*`` figures of :func:`latency_at_rate`."""
+    log(f"latency at {rate:.0f} events/s ...")
+    p50, p99, split = latency_at_rate(
+        settings, make_schema("bench-lat"), handle, rate, seconds, tmp, overlap_commits
+    )
+    log(f"bare broker round trip at {rate:.0f} events/s ...")
+    broker_p50, broker_p99 = broker_latency(settings, rate, seconds)
+    log(f"bare exactly-once relay at {rate:.0f} events/s ...")
+    txn = txn_floor_latency(settings, rate, seconds)
+    return {**latency_fields(p50, p99, broker_p50, broker_p99, txn), **split}
+
+
+def latency_fields(
+    p50: float, p99: float, broker_p50: float, broker_p99: float, txn: tuple[float, float]
+) -> dict[str, float]:
+    """The scored latency beside the bare broker's and the bare exactly-once relay's, and the p99 gap the
+    target is about (ms)."""
+    return {
+        "p50_ms": round(p50, 1),
+        "p99_ms": round(p99, 1),
+        "broker_p50_ms": round(broker_p50, 1),
+        "broker_p99_ms": round(broker_p99, 1),
+        "p99_over_broker_ms": round(p99 - broker_p99, 1),
+        "txn_floor_p50_ms": round(txn[0], 1),
+        "txn_floor_p99_ms": round(txn[1], 1),
+    }
+
+
+def latency_at_rate(
+    settings, schema, handle, rate: float, seconds: float, tmp: Path, overlap_commits: bool = False
+) -> tuple[float, float, dict[str, float]]:
+    """(p50, p99) ms from an event's send to its score read by a read_committed reader (:mod:`score_latency`),
+    Arrow events sent at ``rate`` for ``seconds`` after a warm-up of a quarter of that at the same rate; and
+    the workers' own split (the worst worker's, warm-up included, :class:`WorkerMetrics`):
+    ``worker_fetch_p99_ms`` (a message's send -> the worker's loop polled it), ``worker_commit_p99_ms`` (a
+    transaction commit), ``worker_commit_wait_p99_ms`` (the loop waiting for one) and
+    ``worker_checkpoint_max_ms`` (the longest checkpoint)."""
+    import ray
+
+    from rnnstream.workers.serving import stop_coordinator
+
+    create_topics(settings, schema.pipeline)
+    # latency settings: commit as soon as a batch is scored while keeping up, at least every 50 ms behind
+    config, coord = run_workers(
+        settings,
+        schema,
+        handle,
+        tmp / "ckpt-lat",
+        max_batch_events=8192,
+        batch_linger_ms=2,
+        commit_interval_ms=50,
+        overlap_commits=overlap_commits,
+    )
+    now = int(time.time() * 1000)
+    warm = make_events(schema, int(rate * seconds / 4), 20_000, seed=7, start_ms=now)
+    table = make_events(schema, int(rate * seconds), 20_000, seed=3, start_ms=now + warm.num_rows)
+
+    def paced(t: pa.Table) -> int:
+        send_paced(settings, schema, t, rate)
+        return t.num_rows
+
+    try:
+        p50, p99 = scored_latency_ms(
+            settings,
+            config.scores_topic,
+            config.events_topic,
+            PARTITIONS,
+            warm=lambda: paced(warm),
+            send=lambda: paced(table),
+            wait_scored=lambda: wait_committed(settings, config.group_id, config.events_topic),
+        )
+        workers = ray.get(coord.status.remote())["workers"]
+        split = {
+            f"worker_{k}_ms": round(max(w.get(m) or 0.0 for w in workers), 1)
+            for k, m in (
+                ("fetch_p99", "latency_fetch_p99_ms"),
+                ("commit_p99", "commit_p99_ms"),
+                ("commit_wait_p99", "commit_wait_p99_ms"),
+                ("checkpoint_max", "checkpoint_max_ms"),
+            )
+        }
+        return p50, p99, split
+    finally:
+        stop_coordinator(coord)
+
+
+def broker_latency(settings, rate: float, seconds: float) -> tuple[float, float]:
+    """(p50, p99) ms of the bare broker round trip with the latency run's messages and pace."""
+    rtt = make_schema("bench-broker-rtt")
+    create_topics(settings, rtt.pipeline)
+    table = make_events(rtt, int(rate * seconds), 20_000, seed=3, start_ms=int(time.time() * 1000))
+    return broker_round_trip_ms(
+        settings, f"{rtt.pipeline}.events", PARTITIONS, lambda: send_paced(settings, rtt, table, rate)
+    )
+
+
+def txn_floor_latency(settings, rate: float, seconds: float) -> tuple[float, float]:
+    """(p50, p99) ms of the bare exactly-once relay (:func:`io_floor.txn_relay_round_trip_ms`) with the
+    latency run's messages and pace: two broker hops and a transaction commit, nothing of rnnstream."""
+    txn = make_schema("bench-txn-rtt")
+    create_topics(settings, txn.pipeline)
+    table = make_events(txn, int(rate * seconds), 20_000, seed=3, start_ms=int(time.time() * 1000))
+    return txn_relay_round_trip_ms(
+        settings,
+        f"{txn.pipeline}.events",
+        f"{txn.pipeline}.raw",
+        PARTITIONS,
+        lambda: send_paced(settings, txn, table, rate),
+    )
