@@ -49,11 +49,14 @@ def release_backlog(
        ``group`` committed them: its consumers are assigned and have fetched, scored, produced and committed
        once (model loaded, first transaction, compiled/warmed step, state store open).
     2. ``records`` in one more open transaction, committed at once: the whole backlog visible together. The
-       window starts when that commit returns; the committer's own last commit moment ends it (the caller's).
-    Returns {"t0", "cpu0" (``cpu()`` just before the release), "warm_s", "release_s", "noticed" (when
-    wait_committed saw every offset committed), "cpu_noticed"}. A consumer that commits no offsets (the
-    bare pass-through) says itself when it is through: ``warmed(ends)`` waits for the warm-up's ``ends``
-    (next offset a partition), ``finished(ends)`` for the backlog's and returns when it saw that."""
+       window starts as that commit is sent (not when it returns: on a loaded machine the consumers can see
+       the released records, and be through a small backlog, before the response reaches this process); the
+       committer's own last commit moment ends it (the caller's).
+    Returns {"t0" (the commit sent), "cpu0" (``cpu()`` just before the release), "warm_s", "release_s",
+    "noticed" (when wait_committed saw every offset committed), "cpu_noticed"}. A consumer that commits no
+    offsets (the bare pass-through) says itself when it is through: ``warmed(ends)`` waits for the
+    warm-up's ``ends`` (next offset a partition), ``finished(ends)`` for the backlog's and returns when it
+    saw that."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(
@@ -79,7 +82,7 @@ def release_backlog(
             noticed = e2e.wait_committed(settings, group, topic, 600, ends, alive=alive)
         else:
             noticed = finished(ends)
-        return {"t0": t0, "cpu0": cpu0, "warm_s": warm_s, "release_s": t0 - tr, "noticed": noticed,
+        return {"t0": tr, "cpu0": cpu0, "warm_s": warm_s, "release_s": t0 - tr, "noticed": noticed,
                 "cpu_noticed": cpu()}  # fmt: skip
     finally:
         producer.close()
