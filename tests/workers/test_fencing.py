@@ -57,8 +57,10 @@ def test_a_woken_old_owner_cannot_commit_after_the_handover(new_stream, tmp_path
 
         gate.set()  # SIGCONT: the old owner polls, scores and sends what it missed, then tries to commit
         frozen.join(timeout=30)
-        wait_for(lambda: old.status()["fenced"], 60, "the old owner to find itself fenced")
-        assert not old.status()["alive"]
+        # `fenced` shows as soon as it finds out, before its loop closed its clients and ended: wait for the
+        # end, then check why it ended
+        wait_for(lambda: not old.status()["alive"], 60, "the old owner's loop to end")
+        assert old.status()["fenced"]
         assert _scored(old) >= 2000  # it scored the first events before it was frozen
         new.shutdown()
     finally:
