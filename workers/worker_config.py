@@ -116,7 +116,8 @@ def transactional_id(config: WorkerConfig, slot: int) -> str:
 
 
 def committed_all(kafka: KafkaSettings, config: WorkerConfig) -> bool:
-    """True when the scoring group's committed offsets reached the end of every events partition."""
+    """True when the scoring group's committed offsets reached the end of every events partition (False
+    while the broker names no partition of the topic: nothing known is not everything committed)."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(**kafka.client_kwargs(), group_id=config.group_id, enable_auto_commit=False)
@@ -124,6 +125,6 @@ def committed_all(kafka: KafkaSettings, config: WorkerConfig) -> bool:
         parts = consumer.partitions_for_topic(config.events_topic) or set()
         tps = [TopicPartition(config.events_topic, p) for p in parts]
         ends = consumer.end_offsets(tps)
-        return all((consumer.committed(tp) or 0) >= ends[tp] for tp in tps)
+        return bool(tps) and all((consumer.committed(tp) or 0) >= ends[tp] for tp in tps)
     finally:
         consumer.close()

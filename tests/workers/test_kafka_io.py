@@ -268,3 +268,21 @@ def test_poll_decoded_with_prefetch_matches_plain_decode(
         assert len(seen) == len(set(seen)) == 3000
         ends = c.end_offsets()
         assert sorted(seen) == [(p, o) for p in range(PARTITIONS) for o in range(ends[p])]
+
+
+def test_committed_all_is_false_for_a_topic_the_broker_does_not_name(
+    settings: KafkaSettings, pipeline: EventSchema, tmp_path
+) -> None:
+    """Everything committed needs the topic's partitions: a topic the broker does not (yet) name is not
+    a reached end (a wait on it would pass at once), an empty one is, one event more is not."""
+    from rnnstream.workers.worker_config import committed_all
+    from tests.workers.worker_harness import worker_config
+
+    unknown = worker_config(settings, sample_schema(unique("nosuch")), tmp_path / "a")
+    assert not committed_all(settings, unknown)
+    config = worker_config(settings, pipeline, tmp_path / "b")
+    assert committed_all(settings, config)
+    with EventProducer(settings, pipeline) as producer:
+        producer.send_json(sample_events(pipeline, 1, 1))
+        producer.flush()
+    assert not committed_all(settings, config)
