@@ -254,7 +254,11 @@ def _wait_recovered(
         restarted = w is not None and "error" not in w and int(w.get("restarts", 0)) > restarts_before
         if restarted and sorted(w.get("partitions", [])) == sorted(w.get("assigned", [])):
             back_at = back_at or time.monotonic()
-            if int(w.get("scored", 0)) > 0 or int(w.get("lag_total", 1)) == 0:
+            # caught up: lag read for every partition it owns, all 0 (a new process shows lag_total 0 before
+            # its first reading of them)
+            read_all = set(w.get("lag", {})) == set(w.get("partitions", []))
+            caught_up = read_all and int(w.get("lag_total", 1)) == 0
+            if int(w.get("scored", 0)) > 0 or caught_up:
                 return time.monotonic() - killed_at
         time.sleep(0.1)
     if back_at is not None:
