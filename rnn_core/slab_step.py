@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from rnnstream.rnn_core.gru_gates import gru_gates_scatter
 from rnnstream.rnn_core.inference_step import is_plain
 
 if TYPE_CHECKING:
     from rnnstream.rnn_core.model import StreamingModel
-    from rnnstream.rnn_core.state_store import KeyedStateStore
+
+_NO_HEAD = np.zeros(0, np.float32)
 
 
 class SlabGruStep:
@@ -41,23 +43,25 @@ class SlabGruStep:
             self._head_b = float(model.head.bias.detach()[0])
 
     def chunk(
-        self, xb: np.ndarray, h_prev: np.ndarray, store: KeyedStateStore, slots: np.ndarray,
+        self, xb: np.ndarray, h_prev: np.ndarray, rows: np.ndarray, slot_times: np.ndarray, slots: np.ndarray,
         times: np.ndarray, events: np.ndarray, out: np.ndarray,
     ) -> None:  # fmt: skip
         """Step the batch's events ``events`` (inputs ``xb`` [m, D], their distinct ``slots`` and states
         ``h_prev`` float32 [m, H] gathered from the store): their new states and times (``times`` of the
-        whole batch) go into the store, their outputs into rows ``events`` of the batch's ``out`` [N, K]."""
+        whole batch) go into the store's ``rows`` and ``slot_times`` (:meth:`.KeyedStateStore.slab`), their
+        outputs into rows ``events`` of the batch's ``out`` [N, K]."""
         gi, gh, h_new, gi_t, gh_t, h_new_t = self._buf.views(slots.size)
         x, h_prev_t = torch.from_numpy(xb), torch.from_numpy(h_prev)
         z = self._rnn_inputs(x, normalized=self._normalized)
         torch.addmm(self._b_ih, z, self._w_ih_t, out=gi_t)
         torch.addmm(self._b_hh, h_prev_t, self._w_hh_t, out=gh_t)
         if self._binary:
-            head = (self._head_w, self._head_b, out[:, 0])
-            store.step_gru_rows(slots, gi, gh, h_prev, h_new, times, events, head)
-            return
-        store.step_gru_rows(slots, gi, gh, h_prev, h_new, times, events)
-        out[events] = self._outputs(x, h_prev_t, h_new_t).numpy()
+            w, b, scores = self._head_w, self._head_b, out[:, 0]
+        else:
+            w, b, scores = _NO_HEAD, 0.0, _NO_HEAD
+        gru_gates_scatter(gi, gh, h_prev, h_new, rows, slots, slot_times, times, events, w, b, scores)
+        if not self._binary:
+            out[events] = self._outputs(x, h_prev_t, h_new_t).numpy()
 
 
 class GateBuffers:

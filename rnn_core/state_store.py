@@ -26,12 +26,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import torch
 
-from rnnstream.rnn_core.gru_gates import gru_gates_scatter
 from rnnstream.rnn_core.key_arena import KeyArena
 from rnnstream.rnn_core.key_hashing import KeyBatch, as_string_array, key_buffers
 from rnnstream.rnn_core.key_kernels import (
     FREE,
-    gather_chunk,
     gather_rows,
     gather_states,
     insert_keys,
@@ -51,7 +49,6 @@ from rnnstream.rnn_core.state_snapshot import (
 __all__ = ["KeyBatch", "KeyedStateStore", "as_string_array"]
 
 _NO_TIMES = np.zeros(0, np.int64)
-_NO_HEAD = np.zeros(0, np.float32)
 
 
 class KeyedStateStore:
@@ -249,15 +246,11 @@ class KeyedStateStore:
         ``B`` rows of ``S * L * H``) and ``out_times`` (int64 [B])."""
         gather_states(self._rows, self._times, slots, out.reshape(slots.size, -1), out_times)
 
-    def gather_chunk(
-        self, x: np.ndarray, idx: np.ndarray, slots: np.ndarray, times: np.ndarray, xb: np.ndarray,
-        h_prev: np.ndarray, prev_times: np.ndarray, chunk_slots: np.ndarray, dt_col: int,
-    ) -> None:  # fmt: skip
-        """A scorer chunk's inputs, slots, states and last event times in one pass (events ``idx`` of a
-        batch): see :func:`.key_kernels.gather_chunk`."""
-        gather_chunk(
-            x, idx, slots, times, self._rows, self._times, xb, h_prev, prev_times, chunk_slots, dt_col
-        )
+    def slab(self) -> tuple[np.ndarray, np.ndarray]:
+        """(state rows float32 ``[capacity, S*L*H]``, last event times int64 ``[capacity]``): the arrays
+        themselves, for a scorer's compiled chunk loops (:mod:`.slab_step`); valid until the next lookup,
+        which may grow them."""
+        return self._rows, self._times
 
     def scatter_slots(
         self, slots: np.ndarray, states: torch.Tensor, times_ms: np.ndarray | None = None
@@ -272,18 +265,6 @@ class KeyedStateStore:
         if times.size not in (0, slots.size):
             raise ValueError(f"{times.size} times for {slots.size} slots")
         scatter_rows(self._rows, slots, states.numpy().reshape(slots.size, -1), self._times, times)
-
-    def step_gru_rows(
-        self, slots: np.ndarray, gi: np.ndarray, gh: np.ndarray, h_prev: np.ndarray, h_new: np.ndarray,
-        times_ms: np.ndarray, events: np.ndarray, head: tuple[np.ndarray, float, np.ndarray] | None = None,
-    ) -> None:  # fmt: skip
-        """One GRU step of distinct ``slots`` (a one-layer GRU's store), a scorer's chunk of the batch's
-        events ``events``: the new states from the gate pre-activations ``gi``/``gh`` [B, 3H] and ``h_prev``
-        [B, H] into ``h_new`` [B, H] and the slots' rows, their last event times from the batch's
-        ``times_ms`` (:func:`.gru_gates.gru_gates_scatter`). ``head``: a binary head's (weight [H], bias, the
-        batch's scores [N]) to compute the scores in the same pass."""
-        w, b, out = (_NO_HEAD, 0.0, _NO_HEAD) if head is None else head
-        gru_gates_scatter(gi, gh, h_prev, h_new, self._rows, slots, self._times, times_ms, events, w, b, out)
 
     def slot_keys(self, slots: np.ndarray) -> np.ndarray:
         """The key (str) held by each slot, an object array."""

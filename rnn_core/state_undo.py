@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from rnnstream.rnn_core.key_kernels import gather_chunk
 from rnnstream.rnn_core.state_store import KeyedStateStore
 
 
@@ -49,21 +50,23 @@ class StateUndoLog:
 
     def take_chunk(
         self, store: KeyedStateStore, x: np.ndarray, idx: np.ndarray, slots: np.ndarray, times: np.ndarray,
-        xb: np.ndarray, dt_col: int,
-    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        xb: np.ndarray, dt_col: int, chunk_slots: np.ndarray, prev: np.ndarray,
+    ) -> np.ndarray:  # fmt: skip
         """:meth:`take` for the events ``idx`` of a batch (``slots``, ``times`` and float32 inputs ``x`` of
         the whole batch), their inputs gathered into ``xb`` (the time delta filled in at ``dt_col`` unless
-        it is -1) in the same pass: returns (states ``float32 [m, S*L*H]``, their slots)."""
+        it is -1) in the same pass, their slots into ``chunk_slots`` and last times into ``prev`` (int64
+        [m], kept by the log until the next :meth:`begin`: slices of one array a batch, not reused in a
+        call): returns the states ``float32 [m, S*L*H]``."""
         m = idx.size
         if self._entries is None:
             self._used = 0
         dest = self._reserve(m)
-        prev, chunk_slots = np.empty(m, np.int64), np.empty(m, np.int64)
-        store.gather_chunk(x, idx, slots, times, xb, dest, prev, chunk_slots, dt_col)
+        rows, slot_times = store.slab()
+        gather_chunk(x, idx, slots, times, rows, slot_times, xb, dest, prev, chunk_slots, dt_col)
         if self._entries is not None:
             ids = store.slot_keys(chunk_slots) if self.by_key else chunk_slots
             self._entries.append((ids, self._used - m, prev))
-        return dest, chunk_slots
+        return dest
 
     def _reserve(self, m: int) -> np.ndarray:
         """The next ``m`` rows of the buffer (grown when needed, logged rows kept), marked used."""

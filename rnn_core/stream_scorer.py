@@ -247,11 +247,15 @@ class StreamScorer:
             x = np.ascontiguousarray(x, np.float32)
         dt_col = -1 if self._dt_col is None else self._dt_col
         store, undo, xbuf = self.store, self._undo, self._xbuf
+        rows, slot_times = store.slab()  # no lookup until the batch is done: the arrays stay
+        # each chunk's slots and previous times: slices of one array a batch (the undo log keeps them)
+        chunk_slots, prev = np.empty(slots.size, np.int64), np.empty(slots.size, np.int64)
         for lo, hi in pairwise(bounds):
             idx = order[lo:hi]
             xb = xbuf[: hi - lo]
-            h_prev, chunk_slots = undo.take_chunk(store, x, idx, slots, times, xb, dt_col)
-            step.chunk(xb, h_prev, store, chunk_slots, times, idx, out)
+            c_slots = chunk_slots[lo:hi]
+            h_prev = undo.take_chunk(store, x, idx, slots, times, xb, dt_col, c_slots, prev[lo:hi])
+            step.chunk(xb, h_prev, rows, slot_times, c_slots, times, idx, out)
 
     def _score_runs(
         self, keys: pa.Array, slots: np.ndarray, runs: np.ndarray, times: np.ndarray, x: np.ndarray
