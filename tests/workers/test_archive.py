@@ -44,6 +44,21 @@ def _produce(settings: KafkaSettings, pipeline: str, n: int) -> pa.Table:
     return table
 
 
+def _interleave_more(settings: KafkaSettings, pipeline: str, table: pa.Table, n: int) -> pa.Table:
+    """Send ``n`` more events, 15 s after the first ``n`` of ``table`` (no two events share a time); returns
+    every event sent, in time order."""
+    schema = sample_schema(pipeline)
+    more = sample_events(schema, n, 30, seed=5, start_ms=START_MS)
+    more = more.set_column(
+        1, "time", pa.array([START_MS + 15_000 + 30_000 * i for i in range(n)], pa.timestamp("ms"))
+    )
+    with EventProducer(settings, schema) as prod:
+        prod.send_arrow(more, events_per_message=50)
+        prod.flush()
+    both = pa.concat_tables([table, more.cast(table.schema)])
+    return both.take(pc.sort_indices(both, [("time", "ascending")]))
+
+
 def _archive_cmd(settings: KafkaSettings, pipeline: str, root: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "rnnstream.cli.main", "archive", "--pipeline", pipeline,
             "--root", str(root), "--bootstrap-servers", settings.bootstrap_servers,
@@ -83,14 +98,17 @@ def test_archive_exact_after_kill9_and_crash_before_progress(kafka_bootstrap: st
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
 
-    # 2) a run that dies (SIGKILL) right after writing a flush's files, before recording progress
+    # 2) a run that dies (SIGKILL) right after writing a flush's files, before recording progress. It needs
+    # two flushes of events the killed run did not archive (on a loaded machine that one may have archived
+    # all before the kill, and this run would then wait forever): 400 more, between the first ones in time
+    table = _interleave_more(settings, pipeline, table, 400)
     crash = subprocess.run(_archive_cmd(settings, pipeline, root, "--crash-after-flushes", "2"),
-                           capture_output=True, text=True)  # fmt: skip
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert crash.returncode == -signal.SIGKILL, crash.stderr
 
     # 3) restart until caught up: the orphan files are removed and re-read, nothing lost, nothing twice
     done = subprocess.run(_archive_cmd(settings, pipeline, root, "--until-caught-up"), capture_output=True,
-                          text=True)  # fmt: skip
+                          text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "removed" in done.stdout  # the crashed flush's files were reconciled
     _assert_exact(root, pipeline, table)
