@@ -177,9 +177,6 @@ def run_serve(args: argparse.Namespace) -> int:
         init_ray,
         load_model,
         resolve_model,
-        start_coordinator,
-        status_line,
-        stop_coordinator,
     )
 
     schema = resolve_schema(args.pipeline)
@@ -192,7 +189,6 @@ def run_serve(args: argparse.Namespace) -> int:
     config = effective.worker
     settings = config.kafka
     check_reachable(settings)
-    checkpoint_uri = config.checkpoint_uri
     if effective.tracking_uri:  # models:/ URIs resolve there, here and in every worker Ray starts
         os.environ["MLFLOW_TRACKING_URI"] = effective.tracking_uri
     with TopicAdmin(settings, check=False) as admin:
@@ -219,6 +215,36 @@ def run_serve(args: argparse.Namespace) -> int:
     address_file.parent.mkdir(parents=True, exist_ok=True)
     address_file.write_text(json.dumps({"ray_address": ray.get_runtime_context().gcs_address}))
     probe = AliasProbe(args.model) if args.follow_alias else None
+    # a SIGTERM from here on stops cleanly, also one that comes while the workers start (a pod deleted then;
+    # a test that saw the first scores): the handler is in place before anything is scored
+    stop = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        _serve_until_stopped(args, config, handle, partitions, probe, address_file, stop)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def _serve_until_stopped(
+    args: argparse.Namespace,
+    config: Any,
+    handle: Any,
+    partitions: int,
+    probe: Any,
+    address_file: Path,
+    stop: threading.Event,
+) -> None:
+    """Start the coordinator, show its status line until ``stop`` (SIGTERM), Ctrl-C or ``--duration``,
+    then stop it cleanly (commits and final checkpoints)."""
+    import ray
+
+    from rnnstream.errors import UsageError
+    from rnnstream.workers.serving import resolve_model, start_coordinator, status_line, stop_coordinator
+
     coord = start_coordinator(
         config,
         handle,
@@ -240,13 +266,9 @@ def run_serve(args: argparse.Namespace) -> int:
     print(
         f"serving {args.pipeline} ({config.deployment}) with {args.workers} workers over {partitions} "
         f"partitions, model {handle.version}, scores into {config.scores_topic} (rejects into "
-        f"{config.dlq_topic}), checkpoints in {checkpoint_uri} (Ctrl-C stops cleanly)",
+        f"{config.dlq_topic}), checkpoints in {config.checkpoint_uri} (Ctrl-C stops cleanly)",
         flush=True,
     )
-    stop = threading.Event()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     started = time.monotonic()
     tty = sys.stdout.isatty()
     try:
@@ -262,13 +284,10 @@ def run_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         print("\nstopping: committing and writing final checkpoints ...", flush=True)
         offsets = stop_coordinator(coord)
         address_file.unlink(missing_ok=True)
         print(f"stopped; next offsets per partition: {dict(sorted(offsets.items()))}", flush=True)
-    return 0
 
 
 def run_scale(args: argparse.Namespace) -> int:

@@ -52,17 +52,15 @@ def test_rescale_1_2_1_exactly_once(new_stream, ray_local, tmp_path):
     assert verdict.ok, verdict.line
 
 
-def test_cli_serve_scale_status(kafka_bootstrap, ray_local, tmp_path, monkeypatch, capsys):
-    """`rnnstream serve` runs with a live status line, `rnnstream scale` changes N while it runs,
-    `rnnstream status` prints per-worker metrics, and the end of serve writes final checkpoints."""
+def _cli_pipeline(kafka_bootstrap: str, tmp_path, monkeypatch) -> str:
+    """A new pipeline with 4,000 events waiting and a model saved in ``tmp_path / "m"``; serve's address
+    file goes under ``tmp_path / "home"``."""
     import torch
 
-    from rnnstream.cli.main import main
     from rnnstream.pipelines.sample_stream import resolve_schema, sample_events
     from rnnstream.rnn_core.config import ModelConfig
     from rnnstream.rnn_core.model import StreamingModel
     from rnnstream.rnn_core.serialization import save_model
-    from rnnstream.workers.partition_checkpoint import PartitionCheckpoints
 
     monkeypatch.setenv("RNNSTREAM_HOME", str(tmp_path / "home"))
     settings = KafkaSettings(bootstrap_servers=kafka_bootstrap)
@@ -72,52 +70,80 @@ def test_cli_serve_scale_status(kafka_bootstrap, ray_local, tmp_path, monkeypatc
     save_model(StreamingModel(ModelConfig(features=schema.feature_spec(), hidden_size=8)), tmp_path / "m")
     create_topics(settings, pipeline, PARTITIONS)
     produce(settings, schema, sample_events(schema, 4000, 50), encoding="json")
+    return pipeline
+
+
+def _serve_argv(pipeline: str, kafka_bootstrap: str, tmp_path) -> list[str]:
+    return [
+        "serve", "--pipeline", pipeline, "--bootstrap-servers", kafka_bootstrap,
+        "--model", str(tmp_path / "m"), "--workers", "1", "--checkpoint-uri", str(tmp_path / "ckpt"),
+        "--duration", "300", "--status-every", "0.5",
+    ]  # fmt: skip
+
+
+def test_cli_serve_stops_cleanly_on_a_sigterm_while_it_starts(
+    kafka_bootstrap, ray_local, tmp_path, monkeypatch
+):
+    """A SIGTERM that comes while serve starts its workers (a pod deleted then) stops it cleanly: exit 0,
+    commits and final checkpoints, not the default SIGTERM death that leaves its workers running."""
+    from rnnstream.cli.main import main
+
+    pipeline = _cli_pipeline(kafka_bootstrap, tmp_path, monkeypatch)
+    default_sigterm = signal.getsignal(signal.SIGTERM)
+    sent: list[bool] = []
+
+    def sigterm_once_handled() -> None:
+        wait_for(lambda: signal.getsignal(signal.SIGTERM) is not default_sigterm, 120, "serve's handler")
+        sent.append(not _ready(pipeline))  # (it may be ready already on a quick machine)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    early = threading.Thread(target=sigterm_once_handled)
+    early.start()
+    try:
+        assert main(_serve_argv(pipeline, kafka_bootstrap, tmp_path)) == 0
+    finally:
+        early.join(timeout=600)
+    print("SIGTERM before the coordinator was ready:", sent)
+    assert sent and not _ready_or_gone(pipeline)
+    assert not (tmp_path / "home" / "serving" / f"{pipeline}.json").exists()  # serve cleaned up after itself
+
+
+def test_cli_serve_scale_status(kafka_bootstrap, ray_local, tmp_path, monkeypatch, capsys):
+    """`rnnstream serve` runs with a live status line, `rnnstream scale` changes N while it runs,
+    `rnnstream status` prints per-worker metrics, and the end of serve writes final checkpoints."""
+    from rnnstream.cli.main import main
+    from rnnstream.workers.partition_checkpoint import PartitionCheckpoints
+
+    pipeline = _cli_pipeline(kafka_bootstrap, tmp_path, monkeypatch)
     ckpt = tmp_path / "ckpt"
-    args = ["--pipeline", pipeline, "--bootstrap-servers", kafka_bootstrap]
     # serve runs on this (the main) thread, where it stops cleanly on SIGTERM; `scale` and `status` run
-    # beside it once it serves (its SIGTERM handler is in place), then SIGTERM ends it. (A fixed --duration
-    # raced them: on a loaded machine starting the second worker outlasted it and `status` found no
-    # coordinator.) The --duration is only a cap should the calls beside it hang.
+    # beside it once its coordinator is ready, then SIGTERM ends it. (A fixed --duration raced them: on a
+    # loaded machine starting the second worker outlasted it and `status` found no coordinator.) The
+    # --duration is only a cap should the calls beside it hang.
     default_sigterm = signal.getsignal(signal.SIGTERM)
     calls: dict[str, object] = {}
 
-    def serving() -> bool:
+    def stops_on_sigterm() -> bool:  # serve's handler is in place (from before its coordinator starts)
         return signal.getsignal(signal.SIGTERM) is not default_sigterm
 
     def beside_serve() -> None:
         try:
-            wait_for(serving, 120, "serve to be serving")
-            calls["coordinator"] = _has_coordinator(pipeline)
+            wait_for(lambda: stops_on_sigterm() and _ready(pipeline), 120, "serve's coordinator ready")
             calls["scale"] = main(["scale", "--pipeline", pipeline, "--workers", "2"])
             calls["status"] = main(["status", "--pipeline", pipeline])
         except BaseException as exc:  # reported by the asserts below
             calls["error"] = exc
         finally:
-            if serving():
+            if stops_on_sigterm():
                 os.kill(os.getpid(), signal.SIGTERM)
 
     beside = threading.Thread(target=beside_serve)
     beside.start()
     try:
-        serve_rc = main(
-            [
-                "serve",
-                *args,
-                "--model",
-                str(tmp_path / "m"),
-                "--workers",
-                "1",
-                "--checkpoint-uri",
-                str(ckpt),
-                "--duration",
-                "300",
-                "--status-every",
-                "0.5",
-            ]
-        )
+        serve_rc = main(_serve_argv(pipeline, kafka_bootstrap, tmp_path))
     finally:
         beside.join(timeout=600)
-    assert calls == {"coordinator": True, "scale": 0, "status": 0}, calls
+    assert calls == {"scale": 0, "status": 0}, calls
     out = capsys.readouterr().out
     assert serve_rc == 0
     assert "2 workers; partitions {0: [0, 2], 1: [1, 3]}" in out
@@ -126,11 +152,19 @@ def test_cli_serve_scale_status(kafka_bootstrap, ray_local, tmp_path, monkeypatc
     assert all(ckpts.latest(p) is not None for p in range(PARTITIONS))
 
 
-def _has_coordinator(pipeline: str) -> bool:
+def _ready(pipeline: str) -> bool:
+    """The pipeline's coordinator runs and has started its workers."""
     from rnnstream.workers.serving import find_coordinator
 
     try:
-        find_coordinator(pipeline)
-        return True
+        coord = find_coordinator(pipeline)
     except ValueError:
+        return False
+    return bool(_ray.get(coord.status.remote(), timeout=60)["ready"])
+
+
+def _ready_or_gone(pipeline: str) -> bool:
+    try:
+        return _ready(pipeline)
+    except _ray.exceptions.RayActorError:  # killed between the lookup and the call
         return False
