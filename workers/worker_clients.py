@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from rnnstream.workers.dead_letter import DeadLetterWriter
+from rnnstream.workers.kafka_client_lean import lean_client_kwargs
 from rnnstream.workers.kafka_io_fast_fetch import install_fast_fetch
 from rnnstream.workers.score_emitter import ScoreEmitter
 from rnnstream.workers.scores_transaction import ScoresTransaction
@@ -29,7 +30,7 @@ class WorkerClients:
         from kafka import KafkaConsumer, KafkaProducer
 
         self.config = config
-        kw = config.kafka.client_kwargs()
+        kw = {**lean_client_kwargs(), **config.kafka.client_kwargs()}  # the user's settings win
         self.consumer = KafkaConsumer(
             **kw,
             group_id=config.group_id,
