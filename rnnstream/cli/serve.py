@@ -272,15 +272,15 @@ def _serve_until_stopped(
     started = time.monotonic()
     tty = sys.stdout.isatty()
     try:
-        while not stop.is_set():
-            if args.duration is not None and time.monotonic() - started >= args.duration:
-                break
+        while True:  # at least one status line, also when a SIGTERM came while it started
             stop.wait(args.status_every)
             try:
                 line = status_line(ray.get(coord.status.remote(), timeout=30))
             except Exception as exc:  # a status that times out is shown, not fatal
                 line = f"status unavailable: {type(exc).__name__}"
             print(("\r" + line.ljust(120)) if tty else line, end="" if tty else "\n", flush=True)
+            if stop.is_set() or (args.duration is not None and time.monotonic() - started >= args.duration):
+                break
     except KeyboardInterrupt:
         pass
     finally:

@@ -82,10 +82,11 @@ def _serve_argv(pipeline: str, kafka_bootstrap: str, tmp_path) -> list[str]:
 
 
 def test_cli_serve_stops_cleanly_on_a_sigterm_while_it_starts(
-    kafka_bootstrap, ray_local, tmp_path, monkeypatch
+    kafka_bootstrap, ray_local, tmp_path, monkeypatch, capsys
 ):
     """A SIGTERM that comes while serve starts its workers (a pod deleted then) stops it cleanly: exit 0,
-    commits and final checkpoints, not the default SIGTERM death that leaves its workers running."""
+    one status line, commits and final checkpoints, not the default SIGTERM death that leaves its workers
+    running."""
     from rnnstream.cli.main import main
 
     pipeline = _cli_pipeline(kafka_bootstrap, tmp_path, monkeypatch)
@@ -103,8 +104,10 @@ def test_cli_serve_stops_cleanly_on_a_sigterm_while_it_starts(
         assert main(_serve_argv(pipeline, kafka_bootstrap, tmp_path)) == 0
     finally:
         early.join(timeout=600)
+    out = capsys.readouterr().out
     print("SIGTERM before the coordinator was ready:", sent)
     assert sent and not _ready_or_gone(pipeline)
+    assert "scored=" in out and "stopped; next offsets" in out, out
     assert not (tmp_path / "home" / "serving" / f"{pipeline}.json").exists()  # serve cleaned up after itself
 
 
