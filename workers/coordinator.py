@@ -183,6 +183,11 @@ class Coordinator:
         """Change the number of workers while running; partitions move with their final checkpoints."""
         if num_workers < 1:
             raise ValueError("num_workers must be >= 1")
+        if not self._started:  # start() would retire the workers this started, as leftovers
+            raise RuntimeError(
+                "the coordinator is not ready (starting, or resuming after a restart): "
+                "retry once its status shows ready"
+            )
         with self._lock:
             self._target = int(num_workers)
             self._scale_locked(self._target)  # records the new target before any partition moves
@@ -270,8 +275,7 @@ class Coordinator:
         (a challenger watched live, never serving); ``None`` stops it. Returns each partition's start."""
 
         with self._lock:
-            self.shadow_handle = handle
-            self._persist()
+            self._persist(shadow_handle=handle)
             if handle is None:
                 drop_all(self.workers)
                 return {}

@@ -298,7 +298,11 @@ def run_scale(args: argparse.Namespace) -> int:
     coord = _connect(args.pipeline, args.ray_address, _release(args))  # imports Ray (after its auth mode)
     import ray
 
-    assignment = ray.get(coord.scale.remote(args.workers), timeout=600)
+    try:
+        assignment = ray.get(coord.scale.remote(args.workers), timeout=600)
+    except ray.exceptions.RayTaskError as exc:  # the coordinator's refusal (e.g. not ready yet), one line
+        cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
+        raise UsageError(f"{args.pipeline}: scale refused: {cause}") from None
     print(f"{args.pipeline}: {len(assignment)} workers; partitions {dict(sorted(assignment.items()))}")
     return 0
 

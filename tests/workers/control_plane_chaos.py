@@ -170,7 +170,7 @@ def run_chaos(
         recovery.append(time.monotonic() - t0)
         released[4].set()
         released[5].set()
-        wait_for(lambda: (_status(coord) or {}).get("model_version") == handle_b.version, 120, "model B")
+        wait_for(lambda: _swapped_to(coord, handle_b.version), 120, "the swap to model B recorded")
         feeding.join()
         wait_for(lambda: committed_all(settings, config), 180, "all events committed")
         final = _status(coord, 30)
@@ -233,6 +233,12 @@ def _check(settings, config, model_a, handle_a, model_b, handle_b, final, zombie
         "recovery_s_max": round(max(recovery), 2),
         "recovery_s": [round(r, 2) for r in recovery],
     }
+
+
+def _swapped_to(coord: Any, version: str) -> bool:
+    """The swap to ``version`` is recorded as done (the status shows the new model before its record)."""
+    swaps = (_status(coord) or {}).get("swaps", [])
+    return any(s.get("to") == version and "error" not in s for s in swaps)
 
 
 def _scored(coord: Any) -> int:
