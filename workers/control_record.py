@@ -24,6 +24,8 @@ from rnnstream.workers.worker_config import ModelHandle, WorkerConfig
 RECORD_FILE = "control.json"
 RECORD_FORMAT = 1
 KEEP_SWAPS = 20  # the swap history a record (and the coordinator's status) keeps, newest last
+# the coordinator's attributes a record holds (ControlRecord.of_coordinator)
+RECORDED_ATTRIBUTES = ("_target", "model", "generation", "shadow_handle", "swap", "swaps", "resumes")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,21 @@ class ControlRecord:
     stopped: bool = False
     resumes: int = 0  # how often a restarted coordinator resumed from this record
     updated_s: float = field(default_factory=time.time)
+
+    @classmethod
+    def of_coordinator(cls, pipeline: str, state: dict[str, Any], stopped: bool) -> ControlRecord:
+        """The record of a coordinator's ``state`` (its :data:`RECORDED_ATTRIBUTES` by name)."""
+        return cls(
+            pipeline=pipeline,
+            num_workers=state["_target"],
+            serving=state["model"],
+            generation=state["generation"],
+            shadow=state["shadow_handle"],
+            swap=state["swap"],
+            swaps=tuple(state["swaps"]),
+            stopped=stopped,
+            resumes=state["resumes"],
+        )
 
     def to_json(self) -> bytes:
         doc = {"format": RECORD_FORMAT, **dataclasses.asdict(self)}

@@ -32,7 +32,13 @@ from collections.abc import Callable
 from typing import Any
 
 from rnnstream.workers.control_plan import SwapStep, decide_swap, must_fence_before_handover, plan_handover
-from rnnstream.workers.control_record import KEEP_SWAPS, ControlRecord, ControlRecordFile, SwapInProgress
+from rnnstream.workers.control_record import (
+    KEEP_SWAPS,
+    RECORDED_ATTRIBUTES,
+    ControlRecord,
+    ControlRecordFile,
+    SwapInProgress,
+)
 from rnnstream.workers.coordinator_resume import reconstructed, resume_from_record
 from rnnstream.workers.health_round import health_round
 from rnnstream.workers.model_swap import (
@@ -50,9 +56,6 @@ from rnnstream.workers.worker_config import DEFAULT_DEPLOYMENT, ModelHandle, Wor
 from rnnstream.workers.worker_slots import WorkerSlots
 
 log = logging.getLogger(__name__)
-
-# the coordinator attributes its ControlRecord holds (what a restarted coordinator resumes from)
-_RECORDED = ("_target", "model", "generation", "shadow_handle", "swap", "swaps", "resumes")
 
 
 def coordinator_name(pipeline: str, deployment: str = DEFAULT_DEPLOYMENT) -> str:
@@ -156,24 +159,11 @@ class Coordinator:
         """Write the control record with ``changes`` (coordinator attributes: ``swap``, ``model``,
         ``generation``, ``resumes``) and only then set them: the status reads without the lock, so what it
         shows is already in the record, and a kill at any moment loses nothing it showed."""
-        state = {name: getattr(self, name) for name in _RECORDED}
-        unknown = set(changes) - set(state)
+        unknown = set(changes) - set(RECORDED_ATTRIBUTES)
         if unknown:
             raise AttributeError(f"not recorded in the control record: {sorted(unknown)}")
-        state.update(changes)
-        self._record_file.write(
-            ControlRecord(
-                pipeline=self.config.pipeline,
-                num_workers=state["_target"],
-                serving=state["model"],
-                generation=state["generation"],
-                shadow=state["shadow_handle"],
-                swap=state["swap"],
-                swaps=tuple(state["swaps"]),
-                stopped=stopped,
-                resumes=state["resumes"],
-            )
-        )
+        state = {name: changes.get(name, getattr(self, name)) for name in RECORDED_ATTRIBUTES}
+        self._record_file.write(ControlRecord.of_coordinator(self.config.pipeline, state, stopped))
         for name, value in changes.items():
             setattr(self, name, value)
 
