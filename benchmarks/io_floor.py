@@ -63,15 +63,12 @@ def _raw_relay(
     more, and report when the last one was acknowledged (monotonic) and the process's CPU seconds then."""
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    from rnnstream.workers.kafka_io_fetch_pacing import install_fetch_pacing
-
     c = KafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         **{"isolation_level": "read_committed", **fetch},  # the backlog is released in one transaction
     )
-    install_fetch_pacing(c)  # as the workers' consumers: no spin on the embedded broker's empty fetches
     p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=256 * 1024)
     tps = [TopicPartition(topic, x) for x in parts]
     c.assign(tps)
@@ -170,14 +167,10 @@ def timing_consumer(
 ):
     """A consumer with the settings every latency measurement here shares (the floors' readers, the relay
     and the score reader alike, so their round trips compare like for like): no auto-commit, a short fetch
-    wait, 8,192 records a poll; empty fetches paced to the fetch wait as the workers' are
-    (:mod:`rnnstream.workers.kafka_io_fetch_pacing`: the embedded broker answers them at once, and a
-    consumer spinning on them would burn the CPU the measured path needs)."""
+    wait, 8,192 records a poll."""
     from kafka import KafkaConsumer
 
-    from rnnstream.workers.kafka_io_fetch_pacing import install_fetch_pacing
-
-    c = KafkaConsumer(
+    return KafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=group_id,
         enable_auto_commit=False,
@@ -186,8 +179,6 @@ def timing_consumer(
         fetch_max_wait_ms=fetch_wait_ms,
         max_poll_records=8192,
     )
-    install_fetch_pacing(c)
-    return c
 
 
 def _round_trip_consumer(
