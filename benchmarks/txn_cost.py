@@ -11,10 +11,7 @@ offsets of those partitions, one transaction after the other (a worker holds one
 - **bare**: a ``KafkaProducer(transactional_id=...)`` with kafka-python's defaults: ``begin_transaction``,
   one ``send`` a record, ``send_offsets_to_transaction``, ``commit_transaction``;
 - **ours_stock**: ours with kafka-python's own metric sensors and selector in place of
-  :func:`rnnstream.workers.kafka_client_lean.lean_client_kwargs` (the worker's clients before them);
-- **idle** / **idle_unpaced**: between bursts: the worker's consumer on the empty events partitions, polled
-  as its loop polls, with and without :mod:`rnnstream.workers.kafka_io_fetch_pacing` (this broker answers an
-  empty fetch at once): CPU-ms a second, fetches a second.
+  :func:`rnnstream.workers.kafka_client_lean.lean_client_kwargs` (the worker's clients before them).
 
 Each side runs in a process of its own (so ``time.process_time()`` counts every thread of its clients, and
 nothing else), each side going first in turn, ``--repeats`` times; medians are printed. The CPU is also split
@@ -44,8 +41,6 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 PIPELINE = "txncost"
 WARMUP_TXNS = 20
 SIDES = ("ours", "ours_stock", "bare")
-IDLE_SIDES = ("idle", "idle_unpaced")  # the worker's consumer between bursts: paced fetches or not
-IDLE_POLLS = 40  # idle cycles of the loop (50 ms each) a run
 
 
 def _score_arrays(n: int, partition: int):
@@ -146,45 +141,12 @@ class Bare:
         self.producer.close(timeout=5)
 
 
-class IdleConsumer:
-    """The worker's consumer on the empty events partitions, polled as the worker's loop polls between bursts
-    (``poll_batch``, 50 ms for a first event), with its fetch pacing (:mod:`kafka_io_fetch_pacing`) or
-    without it (``unpaced``); counts its FetchRequests."""
-
-    def __init__(self, bootstrap: str, partitions: int, unpaced: bool) -> None:
-        from kafka.protocol.consumer import FetchRequest
-
-        self.side = Ours(bootstrap, partitions, 1, 0)
-        self.clients = self.side.clients
-        fetcher = self.clients.consumer._fetcher
-        if unpaced:
-            fetcher._manager = fetcher._manager._paced_manager
-        manager = getattr(fetcher._manager, "_paced_manager", fetcher._manager)
-        self.fetches, real_send = 0, manager.send
-
-        def counting_send(request, *a, **kw):
-            self.fetches += isinstance(request, FetchRequest)
-            return real_send(request, *a, **kw)
-
-        manager.send = counting_send
-        self.clients.assign(dict.fromkeys(range(partitions), 0))
-
-    def transaction(self) -> None:  # one idle cycle of the loop (the name keeps child() alike for all sides)
-        self.clients.poll_batch(4096, 5, 50)
-
-    def close(self) -> None:
-        self.side.close()
-
-
 def child(args: argparse.Namespace) -> None:
     """One side in this process: connect, warm up, say ``warm``, wait for ``go``, time, print JSON."""
     import threading
 
     import psutil
 
-    if args.child in IDLE_SIDES:
-        idle_child(args)
-        return
     shape = (args.bootstrap, args.partitions, args.scores // args.partitions, args.slot)
     side = Bare(*shape) if args.child == "bare" else Ours(*shape, stock=args.child == "ours_stock")
     me, main_tid = psutil.Process(), threading.main_thread().native_id
@@ -211,27 +173,9 @@ def child(args: argparse.Namespace) -> None:
         side.close()
 
 
-def idle_child(args: argparse.Namespace) -> None:
-    side = IdleConsumer(args.bootstrap, args.partitions, unpaced=args.child == "idle_unpaced")
-    try:
-        for _ in range(10):
-            side.transaction()
-        print("warm", flush=True)
-        sys.stdin.readline()
-        f0, cpu0, t0 = side.fetches, time.process_time(), time.perf_counter()
-        for _ in range(args.txns):
-            side.transaction()
-        cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
-        out = {"cpu_ms_per_s": 1000 * cpu / wall, "fetches_per_s": (side.fetches - f0) / wall, "wall_s": wall}
-        print(json.dumps(out), flush=True)
-    finally:
-        side.close()
-
-
 def run_side(name: str, bootstrap: str, args: argparse.Namespace, slot: int, broker_proc) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--bootstrap", bootstrap, "--slot", str(slot)]
-    txns = IDLE_POLLS if name in IDLE_SIDES else args.txns
-    cmd += ["--txns", str(txns), "--scores", str(args.scores), "--partitions", str(args.partitions)]
+    cmd += ["--txns", str(args.txns), "--scores", str(args.scores), "--partitions", str(args.partitions)]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         line = proc.stdout.readline()
@@ -241,11 +185,7 @@ def run_side(name: str, bootstrap: str, args: argparse.Namespace, slot: int, bro
         proc.stdin.write("go\n")
         proc.stdin.flush()
         out = json.loads(proc.stdout.readline())
-        broker_ms = 1000 * (sum(broker_proc.cpu_times()[:2]) - b0)
-        if name in IDLE_SIDES:
-            out["broker_cpu_ms_per_s"] = broker_ms / out["wall_s"]
-        else:
-            out["broker_cpu_ms_per_txn"] = broker_ms / args.txns
+        out["broker_cpu_ms_per_txn"] = 1000 * (sum(broker_proc.cpu_times()[:2]) - b0) / args.txns
         return out
     finally:
         proc.stdin.close()
@@ -261,8 +201,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--scores", type=int, default=64, help="score records a transaction")
     ap.add_argument("--partitions", type=int, default=2)
-    ap.add_argument("--only", choices=SIDES + IDLE_SIDES, help="one side only (e.g. under a profiler)")
-    ap.add_argument("--child", choices=SIDES + IDLE_SIDES, help=argparse.SUPPRESS)
+    ap.add_argument("--only", choices=SIDES, help="one side only (e.g. under a profiler)")
+    ap.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
     ap.add_argument("--slot", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -279,7 +219,7 @@ def main() -> None:
     from rnnstream.workers.kafka_io import TopicAdmin
     from rnnstream.workers.kafka_settings import KafkaSettings
 
-    sides = [args.only] if args.only else list(SIDES + IDLE_SIDES)
+    sides = [args.only] if args.only else list(SIDES)
     runs: dict[str, list[dict]] = {s: [] for s in sides}
     with tempfile.TemporaryDirectory(prefix="txncost-") as tmp:
         broker = EmbeddedBroker(data_dir=Path(tmp) / "broker", port=free_port())
@@ -304,9 +244,7 @@ def main() -> None:
     for s in sides:
         for field in runs[s][0]:
             result[f"{s}_{field}"] = med(s, field)
-    if len(sides) > 1:
-        ratio = result["idle_cpu_ms_per_s"] / result["idle_unpaced_cpu_ms_per_s"]
-        result["idle_cpu_paced_vs_unpaced"] = round(ratio, 3)
+    if len(sides) == len(SIDES):
         for kind in ("cpu", "wall"):
             for other in ("bare", "ours_stock"):
                 ratio = result[f"ours_{kind}_ms_per_txn"] / result[f"{other}_{kind}_ms_per_txn"]

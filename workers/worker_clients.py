@@ -16,7 +16,6 @@ from typing import Any
 from rnnstream.workers.dead_letter import DeadLetterWriter
 from rnnstream.workers.kafka_client_lean import lean_client_kwargs
 from rnnstream.workers.kafka_io_fast_fetch import install_fast_fetch
-from rnnstream.workers.kafka_io_fetch_pacing import install_fetch_pacing
 from rnnstream.workers.score_emitter import ScoreEmitter
 from rnnstream.workers.scores_transaction import ScoresTransaction
 from rnnstream.workers.worker_config import WorkerConfig, transactional_id
@@ -44,7 +43,6 @@ class WorkerClients:
             fetch_max_wait_ms=max(1, config.batch_linger_ms),
         )
         install_fast_fetch(self.consumer)  # fetched batches read by a compiled loop (same records)
-        install_fetch_pacing(self.consumer)  # no fetch spin where the broker answers empty fetches at once
         pkw: dict[str, Any] = {
             "linger_ms": 2,
             "batch_size": 256 * 1024,
