@@ -156,8 +156,8 @@ class Coordinator:
         return out
 
     def _persist(self, stopped: bool = False, **changes: Any) -> None:
-        """Write the control record with ``changes`` (coordinator attributes: ``swap``, ``model``,
-        ``generation``, ``resumes``) and only then set them: the status reads without the lock, so what it
+        """Write the control record with ``changes`` (any of its ``RECORDED_ATTRIBUTES``: ``swap``,
+        ``model``, ``generation``, ...) and only then set them: the status reads without the lock, so what it
         shows is already in the record, and a kill at any moment loses nothing it showed."""
         unknown = set(changes) - set(RECORDED_ATTRIBUTES)
         if unknown:

@@ -301,8 +301,9 @@ def run_scale(args: argparse.Namespace) -> int:
     try:
         assignment = ray.get(coord.scale.remote(args.workers), timeout=600)
     except ray.exceptions.RayTaskError as exc:  # the coordinator's refusal (e.g. not ready yet), one line
-        cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
-        raise UsageError(f"{args.pipeline}: scale refused: {cause}") from None
+        from rnnstream.workers.model_swap import one_line
+
+        raise UsageError(f"{args.pipeline}: scale refused: {one_line(exc)}") from None
     print(f"{args.pipeline}: {len(assignment)} workers; partitions {dict(sorted(assignment.items()))}")
     return 0
 
