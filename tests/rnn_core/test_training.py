@@ -296,6 +296,10 @@ def _ddp_worker(rank: int, world_size: int, out_dir: str) -> None:
         np.save(
             os.path.join(out_dir, f"calls{rank}.npy"), np.array([len(recorder.calls), recorder.real_calls])
         )
+        # both ranks done before either tears gloo down: a rank destroying its pairs while the other still
+        # talks to them aborted it now and then on a loaded machine ("terminate called without an active
+        # exception", SIGABRT)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
