@@ -102,8 +102,10 @@ def plan_handover(
     transactional id was fenced (:func:`must_fence_before_handover`).
     """
     target = plan_assignment(num_partitions, num_workers)
+    # a slot that loses partitions is told to keep only what it owns *and* keeps: were it given its whole
+    # target here, it would take partitions their old owners still score and commit (scores twice)
     releases = {
-        s: target.get(s, [])
+        s: sorted(set(current.get(s, ())) & set(target.get(s, [])))
         for s in existing_slots
         if s < num_workers and set(current.get(s, ())) - set(target.get(s, []))
     }

@@ -211,6 +211,11 @@ def _check(settings, config, model_a, handle_a, model_b, handle_b, final, zombie
     for pos in scores.positions:
         counts[pos] = counts.get(pos, 0) + 1
     zombie_twice = sum(c - 1 for pos, c in counts.items() if c > 1 and pos[0] in zombie_parts)
+    twice = {pos for pos, c in counts.items() if c > 1}
+    copies: dict[tuple[int, int, int], list[str]] = {}
+    for pos, v in zip(scores.positions, scores.versions, strict=True):
+        if pos in twice:
+            copies.setdefault(pos, []).append(v[-4:])
     return {
         "events": verdict_a.expected,
         "lost": verdict_a.missing,
@@ -224,6 +229,7 @@ def _check(settings, config, model_a, handle_a, model_b, handle_b, final, zombie
         "worker_kills": 1,
         "workers_frozen": 1,
         "zombie_commits_visible": zombie_twice,
+        "duplicated_at": _ranges(copies),
         "swaps_abandoned": [s["error"] for s in abandoned],
         "swap_keys_warmed": swap["keys_warmed"],
         "swap_keys_cold": swap["keys_cold"],
@@ -233,6 +239,19 @@ def _check(settings, config, model_a, handle_a, model_b, handle_b, final, zombie
         "recovery_s_max": round(max(recovery), 2),
         "recovery_s": [round(r, 2) for r in recovery],
     }
+
+
+def _ranges(copies: dict[tuple[int, int, int], list[str]]) -> list[str]:
+    """Duplicated positions as 'partition:first-last (versions of the copies) xN' runs, for a failure's
+    message: which partition, which offsets, and whether one model or two wrote them."""
+    runs: list[list] = []
+    for (p, off, _), vs in sorted(copies.items()):
+        if runs and runs[-1][0] == p and off - runs[-1][2] <= 1 and runs[-1][3] == vs:
+            runs[-1][2] = off
+            runs[-1][4] += 1
+        else:
+            runs.append([p, off, off, vs, 1])
+    return [f"{p}:{a}-{b} ({'/'.join(vs)}) x{n}" for p, a, b, vs, n in runs]
 
 
 def _swapped_to(coord: Any, version: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 
@@ -63,7 +64,8 @@ def test_handover_plans():
     assert plan_assignment(5, 2) == {0: [0, 2, 4], 1: [1, 3]}
     up = plan_handover({0: [0, 2, 4], 1: [1, 3]}, [0, 1], 5, 3)
     assert up.target == {0: [0, 3], 1: [1, 4], 2: [2]}
-    assert up.releases == {0: [0, 3], 1: [1, 4]} and up.retire == [] and up.start == [2]
+    # the release step only shrinks: slot 0 keeps 0 (3 is still slot 1's), slot 1 keeps 1 (4 is slot 0's)
+    assert up.releases == {0: [0], 1: [1]} and up.retire == [] and up.start == [2]
     down = plan_handover(up.target, [0, 1, 2], 5, 2)
     assert down.retire == [2] and down.start == [] and set(down.releases) == {0, 1}
     # a slot that already lost its partitions (it restarted) has nothing to release
@@ -71,6 +73,23 @@ def test_handover_plans():
     assert after_crash.releases == {} and after_crash.target == {0: [0, 2, 4], 1: [1, 3]}
     assert must_fence_before_handover(released_cleanly=False)
     assert not must_fence_before_handover(released_cleanly=True)
+
+
+def test_release_step_never_hands_out_an_owned_partition():
+    """Between the release step and the take step two slots may never own one partition: each release
+    keeps a subset of what its slot owns (checked over seeded random assignments and sizes)."""
+    rng = random.Random(0)
+    for _ in range(500):
+        partitions, before, after = rng.randint(1, 12), rng.randint(1, 5), rng.randint(1, 5)
+        current = {s: sorted(ps) for s, ps in plan_assignment(partitions, before).items()}
+        for s in rng.sample(sorted(current), rng.randint(0, before)):  # some slots restarted owning nothing
+            current[s] = []
+        plan = plan_handover(current, sorted(current), partitions, after)
+        for s, kept in plan.releases.items():
+            assert set(kept) <= set(current[s]) and set(kept) <= set(plan.target[s])
+        owned_between = [p for s in current if s not in plan.retire for p in plan.releases.get(s, current[s])]
+        assert len(owned_between) == len(set(owned_between))
+        assert sorted(p for ps in plan.target.values() for p in ps) == list(range(partitions))
 
 
 def test_swap_rule():

@@ -14,7 +14,9 @@ def test_control_plane_chaos_exactly_once(kafka_settings, ray_local, tmp_path):
     result = run_chaos(kafka_settings, tmp_path, n_events=50_000, n_keys=1000, seed=0)
     print(result)
     assert result["events"] == 50_000
-    assert result["lost"] == 0 and result["duplicates"] == 0 and result["unexpected"] == 0
+    assert result["lost"] == 0 and result["duplicates"] == 0 and result["unexpected"] == 0, result[
+        "duplicated_at"
+    ]
     assert result["zombie_commits_visible"] == 0
     assert result["coordinator_resumes"] == 2
     assert result["max_score_diff"] <= 1e-5
