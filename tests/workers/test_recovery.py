@@ -152,11 +152,12 @@ def test_broker_restart_exactly_once(ray_local, tmp_path):
     to come) and started again on its data dir: workers reconnect and carry on, and the verifier finds every
     event scored exactly once.
 
-    The stream is quiet for 1.5 s before the SIGTERM: the embedded broker acknowledges writes before it saves
-    them (one JSON snapshot a second) and was measured losing up to ~1 s of acknowledged events, scores and
-    transaction markers on SIGTERM, which no client can make up for. The workers also guard against a broker
-    that restarts during a transaction (abort, reset to checkpoints, abort markers on their output
-    partitions); that path is exercised by the kill -9 test's fencing, not here.
+    The SIGTERM waits until the broker's saved data holds everything written so far: the embedded broker
+    acknowledges writes before it saves them (one JSON snapshot a second, ``kafka.json`` in its data dir) and
+    was measured losing up to ~1 s of acknowledged events, scores and transaction markers on SIGTERM, which no
+    client can make up for. The workers also guard against a broker that restarts during a transaction
+    (abort, reset to checkpoints, abort markers on their output partitions); that path is exercised by the
+    kill -9 test's fencing, not here.
     """
     broker = EmbeddedBroker(data_dir=tmp_path / "broker", port=free_port())
     broker.start()
@@ -170,9 +171,9 @@ def test_broker_restart_exactly_once(ray_local, tmp_path):
 
         produce_paced(settings, schema, events.slice(0, 8000), 1000)
         wait_for(lambda: committed_all(settings, config), 60, "the first half committed")
-        time.sleep(1.5)
-        broker.stop()  # SIGTERM: the broker saves its data
-        time.sleep(1.0)
+        written = _written_so_far(settings, config)
+        wait_for(lambda: _saved_covers(broker, written), 60, "the broker's saved data to hold the first half")
+        broker.stop()  # SIGTERM
         broker.start()
         produce_paced(settings, schema, events.slice(8000), 1000)
         wait_for(lambda: committed_all(settings, config), 120, "all events committed")
@@ -187,3 +188,38 @@ def test_broker_restart_exactly_once(ray_local, tmp_path):
         if coord is not None:
             stop_coordinator(coord)
         broker.stop()
+
+
+def _written_so_far(settings: KafkaSettings, config) -> dict[tuple, int]:
+    """The live end offset of every partition of the pipeline's topics, and the scoring group's committed
+    offsets: what the broker's saved data must hold before a SIGTERM loses nothing acknowledged."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(**settings.client_kwargs(), group_id=config.group_id, enable_auto_commit=False)
+    try:
+        topics = (config.events_topic, config.scores_topic, config.dlq_topic, config.shadow_topic)
+        tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+        ends = consumer.end_offsets(tps)
+        out: dict[tuple, int] = {("end", tp.topic, tp.partition): e for tp, e in ends.items()}
+        for tp in tps:
+            if tp.topic == config.events_topic:
+                out[("committed", config.group_id, tp.topic, tp.partition)] = consumer.committed(tp) or 0
+        return out
+    finally:
+        consumer.close()
+
+
+def _saved_covers(broker: EmbeddedBroker, written: dict[tuple, int]) -> bool:
+    """True when the broker's last save (``kafka.json``) holds at least ``written``'s offsets (False while the
+    file is missing or half-written)."""
+    try:
+        saved = json.loads((broker.data_dir / "kafka.json").read_text())
+    except (OSError, ValueError):
+        return False
+    have = {
+        ("end", name, pid): part["high_watermark"]
+        for name, topic in saved["topics"]
+        for pid, part in topic["partitions"]
+    }
+    have |= {("committed", *key): off for key, off in saved["committed_offsets"]}
+    return all(have.get(k, -1) >= v for k, v in written.items())
