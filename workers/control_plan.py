@@ -121,6 +121,30 @@ def must_fence_before_handover(released_cleanly: bool) -> bool:
     return not released_cleanly
 
 
+def owned_after_release(handover: Handover, slot: int, released_cleanly: bool) -> list[int]:
+    """What ``slot`` owns once its release step ended: what it keeps when it released cleanly (a retired
+    slot: nothing), nothing when it did not (it was fenced, then restarted or retired).
+
+    Never its target: what it is to take may still be owned by a slot whose release has not ended, and
+    when the release step stops half way (a slot that can be neither released nor fenced) the assignment
+    is left as this says, so the watch, which gives each slot what the assignment names, hands no
+    partition to a second owner.
+    """
+    return list(handover.releases.get(slot, [])) if released_cleanly else []
+
+
+def resumed_ownership(reports: Sequence[WorkerReport]) -> tuple[dict[int, list[int]], list[int]]:
+    """A restarted coordinator's view of who owns what, from the workers' own reports, and the slots to
+    fence (then restart) before any partition moves.
+
+    A slot that did not answer may own partitions and go on committing them: it is taken to own nothing
+    only once its transactional id is fenced; were it taken to own nothing as it is, a rescale the restart
+    interrupted would give its partitions to other slots while it still scores them.
+    """
+    owned = {r.slot: sorted(r.partitions) if r.reachable else [] for r in reports}
+    return owned, sorted(r.slot for r in reports if not r.reachable)
+
+
 class SwapStep(enum.Enum):
     WAIT = "wait"
     SWITCH = "switch"

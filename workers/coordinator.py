@@ -31,7 +31,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rnnstream.workers.control_plan import SwapStep, decide_swap, must_fence_before_handover, plan_handover
+from rnnstream.workers.control_plan import (
+    SwapStep,
+    decide_swap,
+    must_fence_before_handover,
+    owned_after_release,
+    plan_handover,
+)
 from rnnstream.workers.control_record import (
     KEEP_SWAPS,
     RECORDED_ATTRIBUTES,
@@ -207,9 +213,7 @@ class Coordinator:
                     raise RuntimeError(f"worker {s} could not be fenced; its partitions stay where they are")
                 if s < n:
                     self.workers.restart(s)  # it comes back owning nothing
-                self.assignment[s] = []
-            else:
-                self.assignment[s] = list(plan.target.get(s, []))
+            self.assignment[s] = owned_after_release(plan, s, clean)  # what it owns now, not its target
         # 2. retire removed slots
         for s in plan.retire:
             self.workers.remove(s)

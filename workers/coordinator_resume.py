@@ -12,8 +12,11 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from rnnstream.workers.control_plan import resumed_ownership
 from rnnstream.workers.control_record import SwapInProgress
 from rnnstream.workers.model_swap import drop_all
+from rnnstream.workers.scoring_worker_actor import fence_slot
+from rnnstream.workers.worker_slots import report_of
 
 if TYPE_CHECKING:
     from rnnstream.workers.coordinator import Coordinator
@@ -41,9 +44,12 @@ def resume_from_record(coord: Coordinator) -> None:
         coord.model, coord._target, coord.generation = record.serving, record.num_workers, record.generation
         coord.shadow_handle, coord.swaps = record.shadow, list(record.swaps)
         coord.swap = record.swap  # kept in the record until finished below (a second kill finds it again)
-        for s in coord.workers.find_running():
-            st = coord.workers.status(s, timeout=30.0)
-            coord.assignment[s] = sorted(st["partitions"]) if st else []
+        statuses = {s: coord.workers.status(s, timeout=30.0) for s in coord.workers.find_running()}
+        owned, silent = resumed_ownership(
+            [report_of(s, st, coord.stall_timeout_s) for s, st in statuses.items()]
+        )
+        for s, st in statuses.items():
+            coord.assignment[s] = owned[s]
             coord.incarnations[s] = st["incarnation"] if st else ""
             coord.restarts.setdefault(s, 0)
         coord._persist(resumes=record.resumes + 1)
@@ -51,11 +57,23 @@ def resume_from_record(coord: Coordinator) -> None:
         if record.swap is not None:
             finish_interrupted_swap(coord, record.swap)
         try:
+            fence_silent(coord, silent)  # before any of their partitions can move
             coord._scale_locked(coord._target)  # completes a rescale the restart interrupted
         except Exception as exc:
             log.warning("finishing the interrupted rescale failed (the watch retries): %s", exc)
         coord._started = True
     coord._start_threads()
+
+
+def fence_silent(coord: Coordinator, silent: list[int]) -> None:
+    """Fence and restart each worker that did not answer (it may still score and commit what it owns);
+    raises when one cannot be fenced: then no partition moves (the rescale is finished by a later one)."""
+    for s in silent:
+        if not fence_slot(coord.config, s):
+            raise RuntimeError(f"worker {s} did not answer and could not be fenced; no partition moves")
+        log.warning("worker %d did not answer; fenced, restarting it (it comes back owning nothing)", s)
+        coord.workers.restart(s)
+        coord.last_answer[s] = time.monotonic()
 
 
 def finish_interrupted_swap(coord: Coordinator, swap: SwapInProgress) -> None:
