@@ -114,11 +114,14 @@ def plan_handover(
     return Handover(releases=releases, retire=retire, start=start, target=target)
 
 
-def must_fence_before_handover(released_cleanly: bool) -> bool:
+def must_fence_before_handover(released_cleanly: bool, stopped: bool = False) -> bool:
     """A slot that did not release (dead, stuck, SIGSTOPped, cut off) may still hold an open transaction or
     wake up later: its transactional id is fenced before anyone else takes its partitions, so the broker
-    refuses any commit it attempts afterwards."""
-    return not released_cleanly
+    refuses any commit it attempts afterwards.
+
+    A slot that was ``stopped`` (retired) is fenced even when its stop answered: a worker that cannot reach
+    Kafka answers a stop at once, without a final commit, and its last transaction may still be settling."""
+    return stopped or not released_cleanly
 
 
 def owned_after_release(handover: Handover, slot: int, released_cleanly: bool) -> list[int]:

@@ -208,7 +208,7 @@ class Coordinator:
             except Exception as exc:
                 log.warning("worker %d did not release cleanly (%s); fencing and replacing it", s, exc)
                 clean = False
-            if must_fence_before_handover(clean):
+            if must_fence_before_handover(clean, stopped=s in plan.retire):
                 if not fence_slot(self.config, s):
                     raise RuntimeError(f"worker {s} could not be fenced; its partitions stay where they are")
                 if s < n:

@@ -100,8 +100,10 @@ class WorkerSlots:
                 self.stop(slot)
 
     def stop(self, slot: int) -> dict[int, int]:
-        """Stop a slot cleanly (release with final checkpoints; returns next offsets); when it does not
-        answer in time, fence its transactional id. Then remove it for good."""
+        """Stop a slot cleanly (release with final checkpoints; returns next offsets), then fence its
+        transactional id (a stop is no proof of release: a worker that cannot reach Kafka answers it at once,
+        see :func:`~rnnstream.workers.control_plan.must_fence_before_handover`). Then remove it for good;
+        when it cannot be fenced it is left in place (a later start stops it) and this raises."""
         import ray
 
         actor = self.actors[slot]
@@ -110,7 +112,10 @@ class WorkerSlots:
             out = ray.get(actor.stop.remote(), timeout=self.stop_timeout_s)
         except Exception as exc:
             log.warning("worker %d did not stop cleanly: %s", slot, exc)
-            fence_slot(self.config, slot)
+        if not fence_slot(self.config, slot):
+            raise RuntimeError(
+                f"worker {slot} could not be fenced; it is left running, its partitions with it"
+            )
         self.remove(slot)
         return out
 
