@@ -44,20 +44,13 @@ def resume_from_record(coord: Coordinator) -> None:
         coord.model, coord._target, coord.generation = record.serving, record.num_workers, record.generation
         coord.shadow_handle, coord.swaps = record.shadow, list(record.swaps)
         coord.swap = record.swap  # kept in the record until finished below (a second kill finds it again)
-        statuses = {s: coord.workers.status(s, timeout=30.0) for s in coord.workers.find_running()}
-        owned, silent = resumed_ownership(
-            [report_of(s, st, coord.stall_timeout_s) for s, st in statuses.items()]
-        )
-        for s, st in statuses.items():
-            coord.assignment[s] = owned[s]
-            coord.incarnations[s] = st["incarnation"] if st else ""
-            coord.restarts.setdefault(s, 0)
+        if not take_ownership(coord):
+            return  # stopped meanwhile
         coord._persist(resumes=record.resumes + 1)
         log.warning("coordinator resumed: model %s, workers %s", coord.model.version, sorted(coord.workers))
         if record.swap is not None:
             finish_interrupted_swap(coord, record.swap)
         try:
-            fence_silent(coord, silent)  # before any of their partitions can move
             coord._scale_locked(coord._target)  # completes a rescale the restart interrupted
         except Exception as exc:
             log.warning("finishing the interrupted rescale failed (the watch retries): %s", exc)
@@ -65,15 +58,31 @@ def resume_from_record(coord: Coordinator) -> None:
     coord._start_threads()
 
 
-def fence_silent(coord: Coordinator, silent: list[int]) -> None:
-    """Fence and restart each worker that did not answer (it may still score and commit what it owns);
-    raises when one cannot be fenced: then no partition moves (the rescale is finished by a later one)."""
-    for s in silent:
-        if not fence_slot(coord.config, s):
-            raise RuntimeError(f"worker {s} did not answer and could not be fenced; no partition moves")
-        log.warning("worker %d did not answer; fenced, restarting it (it comes back owning nothing)", s)
-        coord.workers.restart(s)
-        coord.last_answer[s] = time.monotonic()
+def take_ownership(coord: Coordinator, retry_s: float = 5.0) -> bool:
+    """Take each worker's partitions from its own report (:func:`resumed_ownership`); a worker that does not
+    answer may still score and commit what it owns, so it is fenced and restarted (it comes back owning
+    nothing) before anything moves. While one can be neither asked nor fenced (the broker unreachable), ask
+    again every ``retry_s``: nothing moves meanwhile. False when the coordinator was stopped meanwhile."""
+    while True:
+        statuses = {s: coord.workers.status(s, timeout=30.0) for s in coord.workers.find_running()}
+        owned, silent = resumed_ownership(
+            [report_of(s, st, coord.stall_timeout_s) for s, st in statuses.items()]
+        )
+        unfenced = [s for s in silent if not fence_slot(coord.config, s)]
+        if not unfenced:
+            break
+        log.warning("workers %s neither answer nor can be fenced; asking again in %.0f s", unfenced, retry_s)
+        if coord._stop.wait(retry_s):
+            return False
+    for s, st in statuses.items():
+        if s in silent:
+            log.warning("worker %d did not answer; fenced, restarting it (it comes back owning nothing)", s)
+            coord.workers.restart(s)
+            coord.last_answer[s] = time.monotonic()
+        coord.assignment[s] = owned[s]
+        coord.incarnations[s] = st["incarnation"] if st else ""
+        coord.restarts.setdefault(s, 0)
+    return True
 
 
 def finish_interrupted_swap(coord: Coordinator, swap: SwapInProgress) -> None:
