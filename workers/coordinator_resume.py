@@ -1,7 +1,8 @@
 """How a :class:`~rnnstream.workers.coordinator.Coordinator` that Ray restarted picks up where it was.
 
 It reads its :class:`~rnnstream.workers.control_record.ControlRecord`, finds the named workers, takes each
-one's partitions and incarnation from the worker's own report, then finishes what the restart interrupted:
+one's partitions and incarnation from the worker's own report (a worker that does not answer is fenced and
+restarted first: it may still own partitions and commit them), then finishes what the restart interrupted:
 a swap that was switching switches every worker that still has the challenger, a swap still warming is
 abandoned (every challenger dropped, the reason recorded), and an unfinished rescale is completed.
 """
