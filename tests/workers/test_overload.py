@@ -13,6 +13,7 @@ import ray as _ray
 from rnnstream.workers.serving import start_coordinator, stop_coordinator
 from rnnstream.workers.worker_config import committed_all
 from tests.workers.worker_harness import (
+    answered_status,
     make_events,
     produce,
     run_verifier,
@@ -71,7 +72,7 @@ def test_overload_memory_bounded_and_lag_drains(new_stream, ray_local, tmp_path)
             return _ray.get(coord.status.remote(), timeout=30)["workers"][0]
 
         wait_for(lambda: worker_status().get("lag_total") == 0, 60, "the reported lag to reach 0")
-        status = worker_status()
+        status = answered_status(coord)["workers"][0]
     finally:
         done.set()
         sampler.join()

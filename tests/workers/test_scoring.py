@@ -12,6 +12,7 @@ from rnnstream.workers.score_verifier import read_topic
 from rnnstream.workers.serving import start_coordinator, stop_coordinator
 from rnnstream.workers.worker_config import committed_all
 from tests.workers.worker_harness import (
+    answered_status,
     make_events,
     produce,
     run_verifier,
@@ -64,9 +65,7 @@ def test_bad_input_is_dead_lettered_exactly(new_stream, ray_local, tmp_path):
     coord = start_coordinator(config, handle, 2, PARTITIONS)
     try:
         wait_for(lambda: committed_all(settings, config), 120, "all events committed")
-        import ray
-
-        status = ray.get(coord.status.remote())
+        status = answered_status(coord)
     finally:
         stop_coordinator(coord)
     assert sum(w["restarts"] for w in status["workers"]) == 0

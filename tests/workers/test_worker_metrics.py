@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rnnstream.workers.event_producer import EventProducer
 from rnnstream.workers.serving import start_coordinator, stop_coordinator
 from rnnstream.workers.worker_config import committed_all
-from tests.workers.worker_harness import make_events, produce, wait_for, worker_config
+from tests.workers.worker_harness import answered_status, make_events, produce, wait_for, worker_config
 
 
 def scrape(pipeline: str) -> dict[str, dict[tuple, float]]:
@@ -43,7 +43,7 @@ def scrape_worker(port: int) -> dict[str, dict[str, float]]:
 
 
 def workers_by_slot(coord: Any) -> dict[int, dict]:
-    return {w["slot"]: w for w in _ray.get(coord.status.remote(), timeout=30)["workers"]}
+    return {w["slot"]: w for w in answered_status(coord)["workers"]}
 
 
 def test_prometheus_series_carry_the_worker_counts(new_stream, ray_local, tmp_path):

@@ -7,6 +7,7 @@ these (``ray_local``, ``new_stream``) are in ``tests/workers/conftest.py``.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -128,6 +129,28 @@ def produce_paced(
         time.sleep(pause_s)
 
 
+def produce_until(
+    settings: KafkaSettings,
+    schema: EventSchema,
+    table: pa.Table,
+    per_slice: int,
+    done: threading.Event,
+    after: int,
+    pause_s: float = 0.1,
+) -> None:
+    """:func:`produce_paced` until ``done`` is set, then ``after`` events more (or until ``table`` ends): a
+    stream that keeps coming for as long as the test needs it, e.g. while a challenger warms up on live
+    traffic (a fixed-length stream may end first on a loaded machine, and the warm-up then waits forever)."""
+    since_done = 0
+    for i in range(0, table.num_rows, per_slice):
+        if done.is_set():
+            if since_done >= after:
+                return
+            since_done += min(per_slice, table.num_rows - i)
+        produce(settings, schema, table.slice(i, per_slice), encoding="json")
+        time.sleep(pause_s)
+
+
 def worker_config(
     settings: KafkaSettings, schema: EventSchema, checkpoint_dir: Path, **kw: Any
 ) -> WorkerConfig:
@@ -161,12 +184,59 @@ def start_following_pointer(
     )
 
 
-def wait_for(cond: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.2) -> None:
+def wait_for(
+    cond: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    every_s: float = 0.2,
+    explain: Callable[[], object] | None = None,
+) -> None:
+    """Poll ``cond`` until it holds; past ``timeout_s`` fail naming ``what`` and, with ``explain``, what it
+    returns then (e.g. :func:`coordinator_state`: why it did not happen, for a failure CI saw once)."""
     deadline = time.monotonic() + timeout_s
     while not cond():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            why = ""
+            if explain is not None:
+                try:
+                    why = f"; {explain()}"
+                except Exception as exc:  # the explanation must not hide the timeout
+                    why = f"; (no explanation: {type(exc).__name__}: {exc})"
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{why}")
         time.sleep(every_s)
+
+
+WORKER_STATE = (
+    "slot", "assigned", "partitions", "alive", "scored", "lag_total", "challenger_version",
+    "challenger_events", "resets", "kafka_errors", "fenced", "last_error", "error",
+)  # fmt: skip
+
+
+def coordinator_state(coordinator: Any) -> str:
+    """The coordinator's status line, its last swap and what each worker says (for ``wait_for``'s
+    ``explain``)."""
+    import ray
+
+    from rnnstream.workers.serving import status_line
+
+    st = ray.get(coordinator.status.remote(), timeout=30)
+    workers = [{k: w.get(k) for k in WORKER_STATE if k in w} for w in st["workers"]]
+    return f"{status_line(st)}; last swap {(st['swaps'] or [None])[-1]}; workers {workers}"
+
+
+def answered_status(coordinator: Any, timeout_s: float = 60.0) -> dict[str, Any]:
+    """The coordinator's status once every worker answered in it: a worker that takes over 5 s to answer
+    (a loaded machine) shows there only as ``{"slot", "error", ...}``, without its numbers, so ask again."""
+    import ray
+
+    seen: dict[str, Any] = {}
+
+    def answered() -> bool:
+        seen["status"] = ray.get(coordinator.status.remote(), timeout=30)
+        return not any("error" in w for w in seen["status"]["workers"])
+
+    wait_for(answered, timeout_s, "every worker to answer the status call")
+    return seen["status"]
 
 
 def scored_total(coordinator: Any) -> int:
