@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from functools import partial
 
 import ray as _ray
 
@@ -26,9 +27,12 @@ from rnnstream.workers.score_verifier import (
 from rnnstream.workers.serving import start_coordinator, stop_coordinator
 from rnnstream.workers.worker_config import committed_all
 from tests.workers.worker_harness import (
+    answered_status,
+    coordinator_state,
     make_events,
     make_model,
     produce_paced,
+    produce_until,
     scored_total,
     scoring_stream,
     start_following_pointer,
@@ -46,24 +50,31 @@ def test_hot_swap_exactly_once_with_warm_states(kafka_settings, ray_local, tmp_p
     model_b, handle_b = make_model(schema, tmp_path / "model-b", seed=1)
     pointer = tmp_path / "champion.txt"
     pointer.write_text(str(tmp_path / "model-a"))
-    events = make_events(schema, 12_000, 300, seed=7)
+    events = make_events(schema, 40_000, 300, seed=7)
     config = worker_config(settings, schema, tmp_path / "ckpt")
     coord = start_following_pointer(config, handle_a, pointer, PARTITIONS, warmup_events=1000, shadow=True)
+    why = partial(coordinator_state, coord)  # what the coordinator says, on a timeout
 
-    t = threading.Thread(target=produce_paced, args=(settings, schema, events, 400))
+    # the stream keeps coming until the swap is recorded, then 2000 events more: B warms up on live traffic
+    # (a fixed 12,000 could all be scored before B had its 1000 events a worker on a loaded machine, and the
+    # swap then waited for traffic that never came)
+    swapped = threading.Event()
+    t = threading.Thread(target=produce_until, args=(settings, schema, events, 400, swapped, 2000))
     t.start()
     try:
-        wait_for(lambda: scored_total(coord) >= 1500, 60, "scoring under way")
+        wait_for(lambda: scored_total(coord) >= 1500, 60, "scoring under way", explain=why)
         _ray.get(coord.shadow_model.remote(handle_b))  # watch B live first (shadow only)
-        wait_for(lambda: scored_total(coord) >= 3000, 60, "shadow scoring")
+        wait_for(lambda: scored_total(coord) >= 3000, 60, "shadow scoring", explain=why)
         pointer.write_text(str(tmp_path / "model-b"))  # promote B
         # the swap's record, not the model version: the coordinator serves B (status) before every worker
         # switched and the record is written
-        wait_for(lambda: _swaps_to(coord, handle_b.version), 60, "the swap to B recorded")
+        wait_for(lambda: _swaps_to(coord, handle_b.version), 60, "the swap to B recorded", explain=why)
+        swapped.set()
         t.join()
-        wait_for(lambda: committed_all(settings, config), 120, "all events committed")
+        wait_for(lambda: committed_all(settings, config), 120, "all events committed", explain=why)
         swap = _swaps_to(coord, handle_b.version)[0]
     finally:
+        swapped.set()
         t.join()
         stop_coordinator(coord)
     print("swap:", swap)
@@ -121,23 +132,30 @@ def test_failed_swaps_drop_every_challenger_and_say_why(kafka_settings, ray_loca
     events = make_events(schema, 6000, 200, seed=2)
     config = worker_config(settings, schema, tmp_path / "ckpt")
     coord = start_coordinator(config, handle_a, 2, 2)
+    why = partial(coordinator_state, coord)  # what the coordinator says, on a timeout
     try:
         produce_paced(settings, schema, events.slice(0, 2000), 500, 0.05)
-        wait_for(lambda: scored_total(coord) >= 2000, 60, "the champion scoring")
+        wait_for(lambda: scored_total(coord) >= 2000, 60, "the champion scoring", explain=why)
         try:
             _ray.get(coord.swap_model.remote(resolve_model(tmp_path / "video-like")), timeout=120)
             raise AssertionError("an incompatible challenger was accepted")
         except _ray.exceptions.RayTaskError as exc:
             assert "cannot serve" in str(exc) and "'frame'" in str(exc)
-        refused = _ray.get(coord.status.remote())
+        refused = answered_status(coord)
         assert "'frame'" in refused["swaps"][-1]["error"] and "\n" not in refused["swaps"][-1]["error"]
         assert refused["swaps"][-1]["refused"] is True  # the probe does not try this version again
         assert {w["challenger_version"] for w in refused["workers"]} == {None}
 
         never_warm = coord.swap_model.remote(handle_b, warmup_events=10**9, timeout_s=5.0)
-        wait_for(
-            lambda: _ray.get(coord.status.remote())["swap_in_progress"] == handle_b.version, 30, "the warm-up"
-        )
+
+        def warming_or_given_up() -> bool:
+            # the warm-up lasts the 5 s timeout; one status call on a loaded machine can take as long (up to
+            # 5 s a worker), so a poll may miss it and see the swap already given up instead
+            st = _ray.get(coord.status.remote(), timeout=30)
+            given_up = any(s["to"] == handle_b.version and "error" in s for s in st["swaps"])
+            return st["swap_in_progress"] == handle_b.version or given_up
+
+        wait_for(warming_or_given_up, 30, "the warm-up")
         assert set(_ray.get(coord.final_checkpoint.remote(), timeout=30)) == {0, 1}  # not locked out
         produce_paced(settings, schema, events.slice(2000, 2000), 500, 0.05)
         try:
@@ -145,12 +163,12 @@ def test_failed_swaps_drop_every_challenger_and_say_why(kafka_settings, ray_loca
             raise AssertionError("a swap that never warmed up switched")
         except _ray.exceptions.RayTaskError as exc:
             assert "not warm after 5 s" in str(exc) and f"{handle_a.version} serves on" in str(exc)
-        gave_up = _ray.get(coord.status.remote())
+        gave_up = answered_status(coord)
         assert gave_up["model_version"] == handle_a.version and gave_up["swap_in_progress"] is None
         assert "not warm" in gave_up["swaps"][-1]["error"] and gave_up["swaps"][-1]["refused"] is False
         assert {w["challenger_version"] for w in gave_up["workers"]} == {None}
         produce_paced(settings, schema, events.slice(4000, 2000), 500, 0.05)
-        wait_for(lambda: committed_all(settings, config), 60, "all events committed")
+        wait_for(lambda: committed_all(settings, config), 60, "all events committed", explain=why)
     finally:
         stop_coordinator(coord)
     scores = read_scores(settings, config.scores_topic)
@@ -177,14 +195,15 @@ def test_swap_warms_every_key_from_the_archive(kafka_settings, ray_local, tmp_pa
         warmup_archive_events=10**6,
     )
     coord = start_coordinator(config, handle_a, 2, 2)
+    why = partial(coordinator_state, coord)  # what the coordinator says, on a timeout
     try:
         produce_paced(settings, schema, events.slice(0, 4000), 1000, 0.05)
-        wait_for(lambda: committed_all(settings, config), 60, "the first events committed")
+        wait_for(lambda: committed_all(settings, config), 60, "the first events committed", explain=why)
         with ArchiveSink(settings, schema, str(tmp_path / "archive"), flush_events=500) as sink:
             sink.run(until_caught_up=True)
         swap = _ray.get(coord.swap_model.remote(handle_b, warmup_events=0), timeout=120)
         produce_paced(settings, schema, events.slice(4000, 2000), 500, 0.05)
-        wait_for(lambda: committed_all(settings, config), 60, "all events committed")
+        wait_for(lambda: committed_all(settings, config), 60, "all events committed", explain=why)
     finally:
         stop_coordinator(coord)
     print("swap:", swap)
