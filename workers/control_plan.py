@@ -82,6 +82,16 @@ def ownership_conflicts(reports: Sequence[WorkerReport]) -> dict[int, list[int]]
     return {p: slots for p, slots in owners.items() if len(slots) > 1}
 
 
+def held_elsewhere(slot: int, wanted: Sequence[int], reports: Sequence[WorkerReport]) -> dict[int, int]:
+    """Of the partitions ``slot`` is to take (``wanted`` less what its own report shows), those another
+    worker reports owning (its loop alive or not: one that ended without Kafka may not have settled its last
+    transaction): partition -> that slot. The watch gives ``slot`` nothing while this is non-empty (the
+    other owner is told to drop them, or restarted, first), whatever the assignment says."""
+    own = next((set(r.partitions) for r in reports if r.slot == slot), set())
+    held = {p: r.slot for r in reports if r.slot != slot and r.reachable for p in r.partitions}
+    return {p: held[p] for p in sorted(set(wanted) - own) if p in held}
+
+
 @dataclass(frozen=True)
 class Handover:
     """How to go from one assignment to another (see :func:`plan_handover`)."""

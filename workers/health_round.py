@@ -3,8 +3,9 @@ act on :func:`~rnnstream.workers.control_plan.decide_worker`'s answer.
 
 A worker silent for longer than the stall timeout is fenced and restarted; a dead or stalled one is
 restarted; a restarted one (or one owning other partitions than assigned) gets its partitions again, and,
-while a swap or a shadow is under way, its challenger. Partitions reported by more than one owner are
-counted and logged. Runs under the coordinator's lock.
+while a swap or a shadow is under way, its challenger; never one that another worker still reports owning
+(:func:`~rnnstream.workers.control_plan.held_elsewhere`: that one drops it first, or is restarted).
+Partitions reported by more than one owner are counted and logged. Runs under the coordinator's lock.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from rnnstream.workers.control_plan import WorkerAction, decide_worker, ownership_conflicts
+from rnnstream.workers.control_plan import WorkerAction, decide_worker, held_elsewhere, ownership_conflicts
 from rnnstream.workers.scoring_worker_actor import fence_slot
 from rnnstream.workers.worker_config import ModelHandle
 from rnnstream.workers.worker_slots import report_of
@@ -33,12 +34,13 @@ def health_round(coord: Coordinator) -> None:
     wanted = wanted_challenger(coord)
     challenger = wanted[0].version if wanted is not None else None
     workers = coord.workers
-    for s, w in workers.items():
+    slots = workers.items()
+    for s, _ in slots:
         st = workers.status(s, timeout=2.0)
         if st is not None:
             coord.last_answer[s] = now
-        report = report_of(s, st, coord.stall_timeout_s)
-        reports.append(report)
+        reports.append(report_of(s, st, coord.stall_timeout_s))
+    for (s, w), report in zip(slots, reports, strict=True):
         decision = decide_worker(report, coord.assignment.get(s, []), coord.incarnations.get(s), challenger)
         silent_for = now - coord.last_answer.setdefault(s, now)
         if decision.action is WorkerAction.WAIT and silent_for > coord.stall_timeout_s:
@@ -52,6 +54,10 @@ def health_round(coord: Coordinator) -> None:
             workers.restart(s)
         elif decision.action is WorkerAction.REASSIGN:
             want = coord.assignment.get(s, [])
+            held = held_elsewhere(s, want, reports)
+            if held:  # never a second owner: the other one is told to drop them first
+                log.warning("worker %d is to take partitions still owned elsewhere (%s); next round", s, held)
+                continue
             if decision.reason == "restarted":
                 coord.restarts[s] = coord.restarts.get(s, 0) + 1
                 log.warning("worker %d restarted; re-assigning %s", s, want)

@@ -11,6 +11,7 @@ import random
 
 from rnnstream.workers.control_plan import (
     WorkerReport,
+    held_elsewhere,
     owned_after_release,
     plan_assignment,
     plan_handover,
@@ -101,3 +102,17 @@ def test_resumed_rescales_hand_out_no_partition_a_silent_worker_owns():
         assert not _second_owners(plan.target, may_own), (truth, quiet, plan)  # step 3: every slot its target
         checked += bool(quiet)
     assert checked > 1000
+
+
+def test_the_watch_gives_no_slot_a_partition_another_worker_reports():
+    """Whatever the assignment says (here the old release step's: slot 0 recorded with its whole target
+    [0, 3] while slot 1 still owns 3), the watch holds back what another worker reports owning."""
+    reports = [WorkerReport(0, True, partitions=(0,)), WorkerReport(1, True, partitions=(1, 3))]
+    assert held_elsewhere(0, [0, 3], reports) == {3: 1}
+    assert held_elsewhere(1, [1], reports) == {}  # dropping is never held back
+    assert held_elsewhere(0, [0], reports) == {}
+    # a worker whose loop ended holds its partitions until it is restarted (its last transaction may be open)
+    ended = [WorkerReport(0, True), WorkerReport(1, True, alive=False, partitions=(2,))]
+    assert held_elsewhere(0, [2], ended) == {2: 1}
+    # a restarted worker (it owns nothing) takes its partitions back once nobody else reports them
+    assert held_elsewhere(0, [0, 2], [WorkerReport(0, True, incarnation="new"), WorkerReport(1, True)]) == {}
