@@ -46,7 +46,7 @@ from rnnstream.workers.control_record import (
     SwapInProgress,
 )
 from rnnstream.workers.coordinator_resume import reconstructed, resume_from_record
-from rnnstream.workers.health_round import health_round
+from rnnstream.workers.health_round import guarded_health_round
 from rnnstream.workers.model_swap import (
     SwapFailed,
     challenger_progress,
@@ -113,7 +113,7 @@ class Coordinator:
         self.shadow_handle: ModelHandle | None = None
         self.generation = 0
         self.resumes = 0
-        self.ownership_conflicts = 0
+        self.ownership_conflicts = self.health_errors = 0
         self._refused_version: str | None = None
         self._armed = False  # every worker got the swap's challenger once (then the watch re-arms restarts)
         self._warm_from: dict[int, int] = {}  # the swap's challenger start offset per partition
@@ -243,7 +243,7 @@ class Coordinator:
             with self._lock:
                 if self._stop.is_set():
                     return
-                health_round(self)
+                guarded_health_round(self)
 
     # ---------------------------------------------------------------------------------------- model swap
 
@@ -373,6 +373,7 @@ class Coordinator:
             "coordinator_resumes": self.resumes,
             "ready": self._started,
             "ownership_conflicts": self.ownership_conflicts,
+            "health_errors": self.health_errors,
             "swap_in_progress": None if self.swap is None else self.swap.to.version,
             "swaps": list(self.swaps),
             "workers": workers,

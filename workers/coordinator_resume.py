@@ -50,7 +50,10 @@ def resume_from_record(coord: Coordinator) -> None:
         coord._persist(resumes=record.resumes + 1)
         log.warning("coordinator resumed: model %s, workers %s", coord.model.version, sorted(coord.workers))
         if record.swap is not None:
-            finish_interrupted_swap(coord, record.swap)
+            try:
+                finish_interrupted_swap(coord, record.swap)
+            except Exception:  # the watch must still start: it restarts and re-arms the workers
+                log.exception("finishing the interrupted swap to %s failed", record.swap.to.version)
         try:
             coord._scale_locked(coord._target)  # completes a rescale the restart interrupted
         except Exception as exc:

@@ -25,6 +25,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("rnnstream.workers.coordinator")
 
 
+def guarded_health_round(coord: Coordinator) -> None:
+    """One :func:`health_round` that never ends the watch: an error (e.g. Ray refusing a restart) is logged
+    with its traceback and counted in ``coord.health_errors``, and the next round tries again."""
+    try:
+        health_round(coord)
+    except Exception:
+        coord.health_errors += 1
+        log.exception("health round failed (the next one retries)")
+
+
 def health_round(coord: Coordinator) -> None:
     """Check every worker once and restart, fence or re-assign those that need it (see the module doc)."""
     import ray
