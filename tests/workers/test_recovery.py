@@ -21,6 +21,7 @@ from rnnstream.workers.serving import start_coordinator, stop_coordinator
 from rnnstream.workers.worker_config import committed_all
 from tests.rnn_core.failing_model import POISON
 from tests.workers.worker_harness import (
+    answered_status,
     make_events,
     produce,
     produce_paced,
@@ -102,7 +103,7 @@ def test_kill_9_with_ttl_and_bad_input_exactly_once(new_stream, ray_local, tmp_p
             wait_for(lambda: _all_assigned(coord), 60, "the killed worker to be back with its partitions")
         t.join()
         wait_for(lambda: committed_all(settings, config), 120, "all events committed")
-        status = _ray.get(coord.status.remote())
+        status = answered_status(coord)
     finally:
         t.join()
         stop_coordinator(coord)

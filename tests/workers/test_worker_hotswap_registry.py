@@ -15,6 +15,7 @@ import json
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -25,9 +26,10 @@ from rnnstream.workers.score_verifier import offline_reference, read_events, rea
 from rnnstream.workers.serving import AliasProbe, start_coordinator, stop_coordinator
 from rnnstream.workers.worker_config import committed_all
 from tests.workers.worker_harness import (
+    coordinator_state,
     make_events,
     make_model,
-    produce_paced,
+    produce_until,
     scored_total,
     scoring_stream,
     wait_for,
@@ -56,17 +58,6 @@ def registry_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[tra
             yield store, ray
         finally:
             ray.shutdown()
-
-
-def _produce_until(settings: Any, schema: Any, events: Any, swapped: threading.Event) -> None:
-    """Keep the stream coming (slices of 200 events, 0.1 s apart) until the swap is done, then 2000 more:
-    loading v2 from the registry takes a while, and the challenger warms up on live traffic."""
-    after = 0
-    for i in range(0, events.num_rows, 200):
-        produce_paced(settings, schema, events.slice(i, 200), 200)
-        after += 200 if swapped.is_set() else 0
-        if after >= 2000:
-            return
 
 
 def _swaps_to(ray: Any, coord: Any, version: str) -> list[dict]:
@@ -99,19 +90,22 @@ def test_promote_hot_swaps_through_the_registry_alias(kafka_settings, registry_r
     coord = start_coordinator(
         config, handle_1, 2, PARTITIONS, model_probe=probe, probe_every_s=0.3, warmup_events=500
     )
+    why = partial(coordinator_state, coord)  # what the coordinator says, on a timeout
     swapped = threading.Event()
-    t = threading.Thread(target=_produce_until, args=(settings, schema, events, swapped))
+    # the stream keeps coming (slices of 200 events, 0.1 s apart) until the swap is done, then 2000 more:
+    # loading v2 from the registry takes a while, and the challenger warms up on live traffic
+    t = threading.Thread(target=produce_until, args=(settings, schema, events, 200, swapped, 2000))
     t.start()
     try:
-        wait_for(lambda: scored_total(coord) >= 1500, 60, "scoring under way")
+        wait_for(lambda: scored_total(coord) >= 1500, 60, "scoring under way", explain=why)
         assert model_registry.promote(store, pipeline, v2) == v1  # `rnnstream models promote P 2`
         # the swap's record, not the model version: the coordinator serves v2 (status) before every worker
         # switched and the record is written
         # (loading v2 from the registry in every worker process is slow on a loaded machine: 120 s)
-        wait_for(lambda: _swaps_to(ray, coord, version_2), 120, "the swap to v2 recorded")
+        wait_for(lambda: _swaps_to(ray, coord, version_2), 120, "the swap to v2 recorded", explain=why)
         swapped.set()
         t.join()
-        wait_for(lambda: committed_all(settings, config), 120, "all events committed")
+        wait_for(lambda: committed_all(settings, config), 120, "all events committed", explain=why)
         swap = _swaps_to(ray, coord, version_2)[0]
     finally:
         swapped.set()
