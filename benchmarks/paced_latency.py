@@ -19,7 +19,12 @@ measured in the same run with the same messages and pace.
   worst worker, warm-up included): a message's send -> the loop polled it (the broker hop plus the wait
   behind the loop's cycle), a transaction commit (it runs in the background while the loop scores the next
   batch), how long the loop then waited for it before sending that batch's scores, the longest checkpoint
-  (its copy on the loop and its write in the background).
+  (its copy on the loop and its write in the background);
+- ``cpu_busy`` / ``broker_cpu_busy`` / ``txn_floor_cpu_busy``: the share of the machine's cores busy while
+  each run's measured events were sent (:mod:`cpu_window`), and ``workers_cpu_cores``: the scored run's
+  workers' CPU seconds a second then. The floors run on their own, without the workers: on a 2-core
+  machine the scored run's tail is CPU queueing of a machine its own processes keep nearly saturated
+  (README).
 
 The workers commit as soon as a batch is scored while they keep up, at least every 50 ms when behind (a score
 is visible to ``read_committed`` readers only once its transaction commits); ``overlap_commits`` runs a
@@ -36,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
+from cpu_window import CpuWindow
 from e2e_fixtures import PARTITIONS, create_topics, make_events, make_schema, run_workers, wait_committed
 from io_floor import broker_round_trip_ms, send_paced, txn_relay_round_trip_ms
 from score_latency import scored_latency_ms
@@ -51,10 +57,11 @@ def latency_figures(
         settings, make_schema("bench-lat"), handle, rate, seconds, tmp, overlap_commits
     )
     log(f"bare broker round trip at {rate:.0f} events/s ...")
-    broker_p50, broker_p99 = broker_latency(settings, rate, seconds)
+    broker_p50, broker_p99, broker_busy = broker_latency(settings, rate, seconds)
     log(f"bare exactly-once relay at {rate:.0f} events/s ...")
-    txn = txn_floor_latency(settings, rate, seconds)
-    return {**latency_fields(p50, p99, broker_p50, broker_p99, txn), **split}
+    *txn, txn_busy = txn_floor_latency(settings, rate, seconds)
+    busy = {"broker_cpu_busy": round(broker_busy, 3), "txn_floor_cpu_busy": round(txn_busy, 3)}
+    return {**latency_fields(p50, p99, broker_p50, broker_p99, tuple(txn)), **split, **busy}
 
 
 def latency_fields(
@@ -81,7 +88,8 @@ def latency_at_rate(
     the workers' own split (the worst worker's, warm-up included, :class:`WorkerMetrics`):
     ``worker_fetch_p99_ms`` (a message's send -> the worker's loop polled it), ``worker_commit_p99_ms`` (a
     transaction commit), ``worker_commit_wait_p99_ms`` (the loop waiting for one) and
-    ``worker_checkpoint_max_ms`` (the longest checkpoint)."""
+    ``worker_checkpoint_max_ms`` (the longest checkpoint); ``cpu_busy`` (the machine's share of cores busy
+    while the measured events were sent) and ``workers_cpu_cores`` (the workers' CPU then)."""
     import ray
 
     from rnnstream.workers.serving import stop_coordinator
@@ -107,13 +115,19 @@ def latency_at_rate(
         return t.num_rows
 
     try:
+        window = CpuWindow(ray.get(coord.worker_pids.remote()).values())
+
+        def measured() -> int:
+            with window:
+                return paced(table)
+
         p50, p99 = scored_latency_ms(
             settings,
             config.scores_topic,
             config.events_topic,
             PARTITIONS,
             warm=lambda: paced(warm),
-            send=lambda: paced(table),
+            send=measured,
             wait_scored=lambda: wait_committed(settings, config.group_id, config.events_topic),
         )
         workers = ray.get(coord.status.remote())["workers"]
@@ -126,31 +140,42 @@ def latency_at_rate(
                 ("checkpoint_max", "checkpoint_max_ms"),
             )
         }
+        split["cpu_busy"] = round(window.busy(), 3)
+        split["workers_cpu_cores"] = round(window.cores(), 2)
         return p50, p99, split
     finally:
         stop_coordinator(coord)
 
 
-def broker_latency(settings, rate: float, seconds: float) -> tuple[float, float]:
-    """(p50, p99) ms of the bare broker round trip with the latency run's messages and pace."""
+def broker_latency(settings, rate: float, seconds: float) -> tuple[float, float, float]:
+    """(p50, p99) ms of the bare broker round trip with the latency run's messages and pace, and the
+    machine's share of cores busy while they were sent (:class:`CpuWindow`)."""
     rtt = make_schema("bench-broker-rtt")
     create_topics(settings, rtt.pipeline)
     table = make_events(rtt, int(rate * seconds), 20_000, seed=3, start_ms=int(time.time() * 1000))
-    return broker_round_trip_ms(
-        settings, f"{rtt.pipeline}.events", PARTITIONS, lambda: send_paced(settings, rtt, table, rate)
-    )
+    window = CpuWindow()
+
+    def send() -> None:
+        with window:
+            send_paced(settings, rtt, table, rate)
+
+    p50, p99 = broker_round_trip_ms(settings, f"{rtt.pipeline}.events", PARTITIONS, send)
+    return p50, p99, window.busy()
 
 
-def txn_floor_latency(settings, rate: float, seconds: float) -> tuple[float, float]:
+def txn_floor_latency(settings, rate: float, seconds: float) -> tuple[float, float, float]:
     """(p50, p99) ms of the bare exactly-once relay (:func:`io_floor.txn_relay_round_trip_ms`) with the
-    latency run's messages and pace: two broker hops and a transaction commit, nothing of rnnstream."""
+    latency run's messages and pace: two broker hops and a transaction commit, nothing of rnnstream; and the
+    machine's share of cores busy while they were sent."""
     txn = make_schema("bench-txn-rtt")
     create_topics(settings, txn.pipeline)
     table = make_events(txn, int(rate * seconds), 20_000, seed=3, start_ms=int(time.time() * 1000))
-    return txn_relay_round_trip_ms(
-        settings,
-        f"{txn.pipeline}.events",
-        f"{txn.pipeline}.raw",
-        PARTITIONS,
-        lambda: send_paced(settings, txn, table, rate),
-    )
+    window = CpuWindow()
+
+    def send() -> None:
+        with window:
+            send_paced(settings, txn, table, rate)
+
+    events, raw = f"{txn.pipeline}.events", f"{txn.pipeline}.raw"
+    p50, p99 = txn_relay_round_trip_ms(settings, events, raw, PARTITIONS, send)
+    return p50, p99, window.busy()
