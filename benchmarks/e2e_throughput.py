@@ -10,7 +10,9 @@ One run, one broker, one GRU(32->64) model (31 float features + the time delta),
   a ``read_committed`` reader, beside the bare broker's round trip (``broker_p50_ms`` / ``broker_p99_ms``,
   ``p99_over_broker_ms``) and the bare exactly-once relay (``txn_floor_p50_ms`` / ``txn_floor_p99_ms``) at the
   same rate in the same run, and the workers' split (``worker_fetch_p99_ms``, ``worker_commit_p99_ms``,
-  ``worker_commit_wait_p99_ms``, ``worker_checkpoint_max_ms``); Arrow events sent at half ``arrow_eps``
+  ``worker_commit_wait_p99_ms``, ``worker_checkpoint_max_ms``) and how busy the machine was while each run's
+  events were sent (``cpu_busy``, ``broker_cpu_busy``, ``txn_floor_cpu_busy``, ``workers_cpu_cores``: the
+  tail at these rates is CPU queueing, see :mod:`cpu_window`); Arrow events sent at half ``arrow_eps``
   (``--only latency``: at ``--rate``), and ``p50_ms_at_10k_eps`` / ``p99_ms_at_10k_eps`` at a fixed 10,000
   events/s, for comparing machines;
 - ``recovery_s``: kill -9 of a worker holding 1,000,000 keys (100,000 with ``--quick``) -> scoring again
