@@ -81,3 +81,63 @@ def test_lean_clients_commit_a_transaction_read_back_committed(kafka_settings):
         assert got == [b"v%d" % i for i in range(20)]
     finally:
         consumer.close()
+
+
+def test_manual_assignment_polls_without_the_coordinator_round_trip_and_still_commits(kafka_settings):
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    from rnnstream.workers.kafka_client_lean import skip_idle_coordinator_poll
+    from rnnstream.workers.kafka_io import TopicAdmin
+
+    topic = f"lean-poll-{uuid.uuid4().hex[:8]}"
+    with TopicAdmin(kafka_settings) as admin:
+        admin.create_topics([topic], 1)
+    producer = KafkaProducer(**kafka_settings.client_kwargs())
+    try:
+        for i in range(50):
+            producer.send(topic, value=b"v%d" % i, partition=0)
+        producer.flush()
+    finally:
+        producer.close(timeout=5)
+    kw = {**lean_client_kwargs(), **kafka_settings.client_kwargs()}
+    tp = TopicPartition(topic, 0)
+
+    def consumer() -> KafkaConsumer:
+        group = f"{topic}-g"
+        return KafkaConsumer(**kw, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest")
+
+    c = consumer()
+    try:
+        assert skip_idle_coordinator_poll(c)
+        asked = [0]
+        stock = c._coordinator.ensure_coordinator_ready
+
+        def counted(*a, **k):
+            asked[0] += 1
+            return stock(*a, **k)
+
+        c._coordinator.ensure_coordinator_ready = counted
+        c.assign([tp])
+        c.seek(tp, 0)
+        got: list[bytes] = []
+        for _ in range(100):
+            for msgs in c.poll(timeout_ms=200, max_records=7).values():
+                got += [m.value for m in msgs]
+            if len(got) >= 50:
+                break
+        assert got == [b"v%d" % i for i in range(50)]
+        assert asked[0] == 0  # no poll asked the coordinator
+        c.commit({tp: OffsetAndMetadata(50, "", -1)})
+    finally:
+        c.close()
+    again = consumer()
+    try:
+        assert again.committed(tp) == 50
+    finally:
+        again.close()
+    auto = KafkaConsumer(**kw, group_id=f"{topic}-a", enable_auto_commit=True)
+    try:
+        assert not skip_idle_coordinator_poll(auto)  # auto commit needs the stock poll
+    finally:
+        auto.close()
