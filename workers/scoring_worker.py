@@ -68,6 +68,18 @@ __all__ = ["ModelIncompatible", "ScoringWorker"]
 log = logging.getLogger(__name__)
 
 
+def limit_torch_threads(n: int) -> None:
+    """Cap torch's intra-op threads at ``n`` on the calling thread. It must run on the thread that scores:
+    OpenMP keeps the thread count per thread, so a cap set by the thread that built the worker leaves the
+    loop's team at one thread a core, and then every tiny op of a small batch wakes a second OpenMP thread
+    that spins at its barrier (an ``addmm`` of 25 rows: ~400 CPU-us over both threads instead of ~9 us;
+    ``benchmarks/cycle_cost.py``)."""
+    with contextlib.suppress(Exception):
+        import torch
+
+        torch.set_num_threads(max(1, int(n)))
+
+
 class ScoringWorker(WorkerCommands):
     """The loop and its state (the control calls are :class:`WorkerCommands`'s); wrapped by the Ray actor
     :class:`ScoringWorkerActor` (usable without Ray)."""
@@ -97,10 +109,6 @@ class ScoringWorker(WorkerCommands):
         self._clients: WorkerClients | None = None
         self._in_flight = 0
         self._committing = CommitInFlight(f"rnnstream-{self.name}")
-        with contextlib.suppress(Exception):
-            import torch
-
-            torch.set_num_threads(max(1, config.torch_threads))
         self._thread = threading.Thread(target=self._run, name=f"rnnstream-{self.name}", daemon=True)
         alive = self._thread.is_alive
         self.report = WorkerReport(self.slot, config, self.models, self.health, self.metrics, alive)
@@ -120,6 +128,7 @@ class ScoringWorker(WorkerCommands):
     # --------------------------------------------------------------------------------------------- the loop
 
     def _run(self) -> None:
+        limit_torch_threads(self.config.torch_threads)
         try:
             self._connect()
         except ProducerFenced as exc:
