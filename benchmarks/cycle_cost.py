@@ -135,12 +135,13 @@ def child(args: argparse.Namespace) -> None:
         kafka=KafkaSettings(bootstrap_servers=args.bootstrap),
         checkpoint_uri=args.ckpt,
         overlap_commits=True,
+        **({"max_batch_events": args.backlog, "commit_interval_ms": 0} if args.backlog else {}),
     )
     worker = ScoringWorker(0, config, export_metrics=False)
     try:
         worker.assign(list(range(PARTITIONS)), ModelHandle(version="bench:gru", locator=args.model))
         loop_clock = time.pthread_getcpuclockid(worker._thread.ident)
-        print(json.dumps({"ready": str(Path(rnnstream.__file__).resolve().parent)}), flush=True)
+        print(json.dumps({"ready": str(Path(next(iter(rnnstream.__path__))).resolve())}), flush=True)
         counts = worker.metrics.counts
 
         def wait_scored(n: int) -> None:
@@ -186,13 +187,35 @@ def child(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- the parent
+def send_paced(settings, schema, table, encoding: str, rate: float) -> None:
+    """``table`` at ``rate`` events/s, a send every 20 ms (one Arrow message, or a JSON message an event)."""
+    from rnnstream.workers.event_producer import EventProducer
+
+    chunk = max(1, int(rate * SEND_EVERY_S))
+    with EventProducer(settings, schema, events_per_message=chunk) as producer:
+        t0 = time.monotonic()
+        for i in range(0, table.num_rows, chunk):
+            part = table.slice(i, chunk)
+            producer.send_json(part) if encoding == "json" else producer.send_arrow(part)
+            producer.flush()
+            ahead = (i + chunk) / rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+def send_all(settings, schema, table, encoding: str, per_msg: int) -> None:
+    from rnnstream.workers.event_producer import EventProducer
+
+    with EventProducer(settings, schema, events_per_message=per_msg) as producer:
+        producer.send_json(table) if encoding == "json" else producer.send_arrow(table)
+        producer.flush()
+
+
 def one_run(
     args, settings, handle, tmp: Path, encoding: str, rate: float, tree: str | None, run: int
 ) -> dict:
     """Fresh topics, a child worker, ``rate`` events/s sent as ``encoding``; the child's figures."""
     from e2e_fixtures import FEATURES, create_topics, make_events, make_schema
-
-    from rnnstream.workers.event_producer import EventProducer
 
     name = f"cyc-{encoding}-{int(rate)}-{run}-{'old' if tree else 'new'}"
     schema = make_schema(name)
@@ -203,21 +226,17 @@ def one_run(
     cmd += ["--model", handle.locator, "--ckpt", str(tmp / f"ckpt-{name}"), "--features", str(FEATURES)]
     cmd += ["--events", str(n), "--warm", str(n // 4)] + (["--tree", tree] if tree else [])
     cmd += ["--stages"] if args.stages else []
+    per_msg = max(1, int(rate * SEND_EVERY_S))  # events an Arrow message
+    if args.backlog:  # every event waits on the broker before the worker starts: cycles of --backlog events
+        send_all(settings, schema, table, encoding, per_msg)
+        cmd += ["--backlog", str(args.backlog if encoding == "json" else max(1, args.backlog // per_msg))]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=HERE)
     try:
         ready = json.loads(proc.stdout.readline() or "{}")
         if "ready" not in ready:
             raise RuntimeError(f"{name}: the child did not start (exit {proc.wait(60)})")
-        chunk = max(1, int(rate * SEND_EVERY_S))
-        with EventProducer(settings, schema, events_per_message=chunk) as producer:
-            t0 = time.monotonic()
-            for i in range(0, n, chunk):
-                part = table.slice(i, chunk)
-                producer.send_json(part) if encoding == "json" else producer.send_arrow(part)
-                producer.flush()
-                ahead = (i + chunk) / rate - (time.monotonic() - t0)
-                if ahead > 0:
-                    time.sleep(ahead)
+        if not args.backlog:
+            send_paced(settings, schema, table, encoding, rate)
         out = json.loads(proc.stdout.readline() or "{}")
         if "events" not in out:
             raise RuntimeError(f"{name}: no figures (exit {proc.wait(60)})")
@@ -235,6 +254,14 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=31, help=argparse.SUPPRESS)
     ap.add_argument("--events", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--warm", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--backlog",
+        type=int,
+        default=0,
+        metavar="B",
+        help="instead of pacing: every event sent first, then cycles of B events, each committed "
+        "(commit_interval_ms 0): the same fixed cost, without the shared machine's pace in it",
+    )
     ap.add_argument("--quick", action="store_true", help="3 s a run")
     ap.add_argument("--json", action="store_true", help="one JSON object")
     ap.add_argument("--seconds", type=float, default=8.0, help="events sent a run = rate x seconds")
