@@ -18,6 +18,12 @@ whatever thread runs it) the stages of a cycle: ``poll`` (WorkerClients.poll_bat
 loop or in the background); ``loop_other`` is the loop's remainder, ``outside_loop`` the other threads less
 the commit. The wrappers cost ~1 us a call: compare variants without ``--stages``.
 
+``--backlog B``: every event is sent before the worker starts, then it runs cycles of ``B`` events, each
+committed (``commit_interval_ms`` 0): the same per-cycle work without the pace. On a shared machine the
+paced figures move with the load (a loop that wakes cold between sends costs ~3x the CPU for the same
+calls); compare code with ``--backlog 100``. Ray actors run with ``OMP_NUM_THREADS=1``: set it to measure
+what they see.
+
 ``--compare DIR``: each run also with the package found in ``DIR`` (a folder holding ``rnnstream``, e.g. a
 symlink to a ``git worktree`` of an older revision), alternating old and new, ``--repeats`` times each; the
 figures are medians and ``new_over_old`` their ratios (the machine is shared and noisy: only ratios measured
@@ -26,6 +32,7 @@ side by side in one run mean anything).
     python benchmarks/cycle_cost.py --quick
     git worktree add /tmp/oldtree <rev> && mkdir -p /tmp/oldpkg && ln -s /tmp/oldtree /tmp/oldpkg/rnnstream
     python benchmarks/cycle_cost.py --compare /tmp/oldpkg --repeats 3
+    OMP_NUM_THREADS=1 python benchmarks/cycle_cost.py --backlog 100 --stages --quick
 """
 
 from __future__ import annotations
