@@ -16,15 +16,6 @@ them than the worker's own loop does (``benchmarks/txn_cost.py``). Two of its co
   message; kafka-python takes it through its own ``selector`` option.
 
 :func:`lean_client_kwargs` gives both; settings the user passed (``KafkaSettings.extra``) win over them.
-
-A third cost is per poll: kafka-python 3's ``KafkaConsumer.poll`` first asks its group coordinator to
-``poll``, which for a consumer with manually assigned partitions and no auto commit only makes sure the group
-coordinator is known, by running a coroutine on the client's I/O thread and waiting for it: a socket wake-up
-and two thread switches a poll (``benchmarks/cycle_cost.py`` measures what that costs a cycle).
-The worker never needs that there: its offset commits and ``committed()`` find the coordinator themselves
-(``commit_offsets_sync`` / ``fetch_committed_offsets`` await it). :func:`skip_idle_coordinator_poll` makes
-that poll answer at once while the partitions are manually assigned and auto commit is off (completed commit
-callbacks still run); otherwise the stock poll runs.
 """
 
 from __future__ import annotations
@@ -49,25 +40,3 @@ class QuietKeySelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
 def lean_client_kwargs() -> dict[str, Any]:
     """Options for a worker's KafkaConsumer / KafkaProducer (merge the user's settings over them)."""
     return {"metrics_enabled": False, "selector": QuietKeySelector}
-
-
-def skip_idle_coordinator_poll(consumer: Any) -> bool:
-    """Let ``consumer.poll`` skip its group coordinator's I/O-thread round trip while its partitions are
-    manually assigned and auto commit is off (see the module doc). Returns whether it was installed (False
-    for a kafka-python without these internals, or with auto commit on: the stock poll then runs)."""
-    coordinator = getattr(consumer, "_coordinator", None)
-    subscription = getattr(consumer, "_subscription", None)
-    callbacks = getattr(coordinator, "_invoke_completed_offset_commit_callbacks", None)
-    auto = getattr(subscription, "partitions_auto_assigned", None)
-    if callbacks is None or auto is None or consumer.config.get("enable_auto_commit", True):
-        return False
-    stock = coordinator.poll
-
-    def poll(timeout_ms: Any = None) -> bool:
-        if auto():  # a subscription: joining the group and heart-beating are needed
-            return stock(timeout_ms=timeout_ms)
-        callbacks()
-        return True
-
-    coordinator.poll = poll
-    return True

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from rnnstream.workers.dead_letter import DeadLetterWriter
-from rnnstream.workers.kafka_client_lean import lean_client_kwargs, skip_idle_coordinator_poll
+from rnnstream.workers.kafka_client_lean import lean_client_kwargs
 from rnnstream.workers.kafka_io_fast_fetch import install_fast_fetch
 from rnnstream.workers.score_emitter import ScoreEmitter
 from rnnstream.workers.scores_transaction import ScoresTransaction
@@ -43,7 +43,6 @@ class WorkerClients:
             fetch_max_wait_ms=max(1, config.batch_linger_ms),
         )
         install_fast_fetch(self.consumer)  # fetched batches read by a compiled loop (same records)
-        skip_idle_coordinator_poll(self.consumer)  # manual assignment: no I/O-thread hop a poll for it
         pkw: dict[str, Any] = {
             "linger_ms": 2,
             "batch_size": 256 * 1024,
