@@ -55,11 +55,14 @@ def test_hot_swap_exactly_once_with_warm_states(kafka_settings, ray_local, tmp_p
     coord = start_following_pointer(config, handle_a, pointer, PARTITIONS, warmup_events=1000, shadow=True)
     why = partial(coordinator_state, coord)  # what the coordinator says, on a timeout
 
-    # the stream keeps coming until the swap is recorded, then 2000 events more: B warms up on live traffic
-    # (a fixed 12,000 could all be scored before B had its 1000 events a worker on a loaded machine, and the
-    # swap then waited for traffic that never came)
+    # a live stream (at most 2000 events ahead of the scoring) until the swap is recorded, then 2000 events
+    # more: B warms up on live traffic. (A fixed 12,000 paced by the clock became a backlog while the workers
+    # were slow to start, drained in a burst before B was prepared: one worker's challenger then saw no event
+    # and the swap waited for traffic that never came, or switched partitions it never saw.)
     swapped = threading.Event()
-    t = threading.Thread(target=produce_until, args=(settings, schema, events, 400, swapped, 2000))
+    t = threading.Thread(
+        target=produce_until, args=(settings, schema, events, 400, swapped, 2000, lambda: scored_total(coord))
+    )
     t.start()
     try:
         wait_for(lambda: scored_total(coord) >= 1500, 60, "scoring under way", explain=why)

@@ -92,9 +92,12 @@ def test_promote_hot_swaps_through_the_registry_alias(kafka_settings, registry_r
     )
     why = partial(coordinator_state, coord)  # what the coordinator says, on a timeout
     swapped = threading.Event()
-    # the stream keeps coming (slices of 200 events, 0.1 s apart) until the swap is done, then 2000 more:
-    # loading v2 from the registry takes a while, and the challenger warms up on live traffic
-    t = threading.Thread(target=produce_until, args=(settings, schema, events, 200, swapped, 2000))
+    # a live stream (slices of 200 events, 0.1 s apart, at most 2000 ahead of the scoring) until the swap is
+    # done, then 2000 more: loading v2 from the registry takes a while, and the challenger warms up on live
+    # traffic
+    t = threading.Thread(
+        target=produce_until, args=(settings, schema, events, 200, swapped, 2000, lambda: scored_total(coord))
+    )
     t.start()
     try:
         wait_for(lambda: scored_total(coord) >= 1500, 60, "scoring under way", explain=why)

@@ -136,18 +136,31 @@ def produce_until(
     per_slice: int,
     done: threading.Event,
     after: int,
+    scored: Callable[[], int],
+    ahead: int = 2000,
     pause_s: float = 0.1,
+    stuck_s: float = 120.0,
 ) -> None:
-    """:func:`produce_paced` until ``done`` is set, then ``after`` events more (or until ``table`` ends): a
-    stream that keeps coming for as long as the test needs it, e.g. while a challenger warms up on live
-    traffic (a fixed-length stream may end first on a loaded machine, and the warm-up then waits forever)."""
-    since_done = 0
+    """Slices of ``per_slice`` events, ``pause_s`` apart and never more than ``ahead`` events ahead of
+    ``scored()``, until ``done`` is set, then ``after`` events more (or until ``table`` ends; or when scoring
+    makes no progress for ``stuck_s``): a live stream for as long as the test needs it, e.g. while a
+    challenger warms up on it. Not a fixed-length stream, nor one paced by the clock alone: a worker slowed
+    down (a loaded machine, kernels compiled on first use) would turn that into a backlog drained in a burst
+    before the challenger is even prepared, leaving a warm-up with no traffic (it then waits forever) or with
+    partitions it never saw."""
+    sent = since_done = 0
     for i in range(0, table.num_rows, per_slice):
         if done.is_set():
             if since_done >= after:
                 return
             since_done += min(per_slice, table.num_rows - i)
+        deadline = time.monotonic() + stuck_s
+        while sent - scored() > ahead:
+            if time.monotonic() > deadline:
+                return  # the test's own wait fails and says why
+            time.sleep(0.1)
         produce(settings, schema, table.slice(i, per_slice), encoding="json")
+        sent += min(per_slice, table.num_rows - i)
         time.sleep(pause_s)
 
 
