@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,12 +17,18 @@ from tests.workers.worker_harness import make_schema, new_pipeline, worker_confi
 
 
 def _omp_max_threads() -> int:
-    """``omp_get_max_threads()`` of the calling thread, from the OpenMP runtime torch loaded."""
+    """``omp_get_max_threads()`` of the calling thread, from torch's own OpenMP runtime: other packages load
+    theirs too (scikit-learn ships its own libgomp, whose thread counts are not torch's), so the one under
+    torch's folder is asked, never the first one mapped."""
+    torch_dir = str(Path(torch.__file__).resolve().parent)
     with open("/proc/self/maps") as maps:
-        paths = {line.split()[-1] for line in maps if "gomp" in line or "libomp" in line or "iomp" in line}
-    if not paths:
-        pytest.skip("torch runs without a loaded OpenMP runtime here")
-    return int(ctypes.CDLL(sorted(paths)[0]).omp_get_max_threads())
+        paths = {
+            line.split()[-1]
+            for line in maps
+            if line.split()[-1].startswith(torch_dir) and any(n in line for n in ("gomp", "libomp", "iomp"))
+        }
+    assert len(paths) == 1, f"expected torch's one OpenMP runtime under {torch_dir}, found {paths}"
+    return int(ctypes.CDLL(paths.pop()).omp_get_max_threads())
 
 
 def _on_new_thread(fn) -> int:
