@@ -2,18 +2,20 @@
 
 1. naive: a dict of per-key hidden tensors and one ``GRUCell`` call per event;
 2. rnnstream: ``StreamScorer.score`` = ``KeyedStateStore`` lookup + gather + step + scatter (for this
-   one-layer GRU the step is ``rnn_core/slab_step.py``: two ``addmm`` and one compiled pass for the gates, the
-   new state written into the slab and the binary head's score; other models run ``StreamingModel.step``; a
+   one-layer GRU the step is ``rnn_core/slab_step.py``: two matrix products and one compiled pass for the
+   gates, the new state written into the slab and the binary head's score; where torch carries MKL, the whole
+   batch is one compiled call with MKL's products inside; other models run ``StreamingModel.step``; a
    batch's repeated keys planned into chunks of distinct keys, last event times kept, every change logged so a
    failed call rolls back) - the path the workers run, head output included (the kernel rows compute no
    output). Keys arrive as an Arrow string array, as decoded event batches hold them (also timed: a Python
    list of str);
-3. bare kernel: the same batched GRU step on preallocated states, with no key lookup and no store, in two
-   forms: ``torch.gru_cell`` on the model's weights, and the scorer's own step without the store (two
-   ``addmm`` into reused buffers and the compiled gate pass of ``rnn_core/gru_gates.py``, new states
-   written in place); each as one call per batch and as calls of the scorer's ``step_rows`` rows (256 on
-   the CPU: faster, the step's working set stays in cache). The kernel is credited with the fastest of the
-   four, so store / kernel measures what the store costs, not which step is faster.
+3. bare kernel: the same batched GRU step on preallocated states, with no key lookup and no store, in up to
+   three forms: ``torch.gru_cell`` on the model's weights; the scorer's own step without the store with
+   torch's products (two ``addmm`` into reused buffers and the compiled gate pass of
+   ``rnn_core/gru_kernels.py``); and, where torch carries MKL, with MKL's products inside the compiled pass
+   (``gru_rows`` of ``rnn_core/gru_kernels.py``); new states written in place; each as one call per
+   batch and as calls of the scorer's ``step_rows`` rows (256 on the CPU). The kernel is credited with the
+   fastest of these, so store / kernel measures what the store costs, not which step is faster.
 
 GRU(input 32, hidden 64, 1 layer), binary head, input normalization fitted; 1,000,000 keys (100,000 with
 ``--quick``, any number with ``--keys``), batches of 4,096 events with uniformly random keys. One torch
@@ -46,8 +48,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from rnnstream.rnn_core import mkl_gemm
 from rnnstream.rnn_core.config import FeatureSpec, ModelConfig
-from rnnstream.rnn_core.gru_gates import gru_gates
+from rnnstream.rnn_core.gru_kernels import gru_gates, gru_rows
 from rnnstream.rnn_core.model import StreamingModel
 from rnnstream.rnn_core.state_store import KeyedStateStore
 from rnnstream.rnn_core.stream_scorer import StreamScorer
@@ -65,7 +68,10 @@ METHODS = (
     "fused_chunked",
     "model_step",
 )
-KERNELS = ("kernel_whole", "kernel_chunked", "fused_whole", "fused_chunked")
+MKL_KERNELS = ("mkl_whole", "mkl_chunked") if mkl_gemm.AVAILABLE else ()  # the scorer's MKL step, bare
+METHODS += MKL_KERNELS
+MKL_FIELDS = (("whole_batch", "whole"), ("chunked", "chunked")) if MKL_KERNELS else ()
+KERNELS = ("kernel_whole", "kernel_chunked", "fused_whole", "fused_chunked", *MKL_KERNELS)
 
 
 def make_model(seed: int = 0) -> StreamingModel:
@@ -150,6 +156,25 @@ def bench_fused_kernel(model: StreamingModel, xs: list[torch.Tensor], rows: int 
     return len(xs) * BATCH / elapsed
 
 
+def bench_mkl_kernel(model: StreamingModel, xs: list[np.ndarray], rows: int = BATCH) -> float:
+    """The scorer's step where torch carries MKL, without the store (``rnn_core/gru_kernels.py``): the
+    two products and the gate pass in one compiled call a chunk, on two preallocated state buffers a chunk
+    (each call reads one and writes the other), ``rows`` events a call."""
+    rnn = model.rnn
+    w_ih, w_hh = (np.ascontiguousarray(w.detach().numpy().T) for w in (rnn.weight_ih_l0, rnn.weight_hh_l0))
+    b_ih, b_hh = rnn.bias_ih_l0.detach().numpy(), rnn.bias_hh_l0.detach().numpy()
+    bounds = [(lo, min(BATCH, lo + rows)) for lo in range(0, BATCH, rows)]
+    hs = [[np.zeros((hi - lo, HIDDEN_SIZE), np.float32) for _ in range(2)] for lo, hi in bounds]
+    gi, gh = (np.empty((min(rows, BATCH), 3 * HIDDEN_SIZE), np.float32) for _ in range(2))
+    start = time.perf_counter()
+    for t, x in enumerate(xs):
+        for j, (lo, hi) in enumerate(bounds):
+            now = t % 2
+            gru_rows(x[lo:hi], hs[j][now], w_ih, w_hh, b_ih, b_hh, gi, gh, hs[j][1 - now])
+    elapsed = time.perf_counter() - start
+    return len(xs) * BATCH / elapsed
+
+
 def bench_model_step(model: StreamingModel, xs: list[torch.Tensor], rows: int = BATCH) -> float:
     """``StreamingModel.step`` on preallocated states (no key lookup), ``rows`` events a call."""
     bounds = [(lo, min(BATCH, lo + rows)) for lo in range(0, BATCH, rows)]
@@ -214,6 +239,8 @@ def run(quick: bool, rounds: int | None = None, keys: int | None = None) -> dict
     bench_kernel(model, xs[:2])  # warm up
     bench_fused_kernel(model, xs[:2], scorer.step_rows)
     bench_model_step(model, xs[:2], scorer.step_rows)
+    if MKL_KERNELS:
+        bench_mkl_kernel(model, xs_np[:2], scorer.step_rows)
     for r in range(rounds):
         # Batch by batch the methods alternate, so a busy neighbour slows all of them alike.
         keys = key_batches(rng, num_keys, per_round)
@@ -227,6 +254,9 @@ def run(quick: bool, rounds: int | None = None, keys: int | None = None) -> dict
             timed("fused_whole", bench_fused_kernel, model, xs[i : i + 1])
             timed("fused_chunked", bench_fused_kernel, model, xs[i : i + 1], scorer.step_rows)
             timed("model_step", bench_model_step, model, xs[i : i + 1], scorer.step_rows)
+            if MKL_KERNELS:
+                timed("mkl_whole", bench_mkl_kernel, model, xs_np[i : i + 1])
+                timed("mkl_chunked", bench_mkl_kernel, model, xs_np[i : i + 1], scorer.step_rows)
             if i < naive_batches:
                 timed("naive", bench_naive, model, keys[i : i + 1], xs[i : i + 1])
     median = {name: BATCH / float(np.median(times)) for name, times in spent.items()}
@@ -263,6 +293,7 @@ def run(quick: bool, rounds: int | None = None, keys: int | None = None) -> dict
         "kernel_chunked_eps": round(median["kernel_chunked"]),
         "kernel_fused_whole_batch_eps": round(median["fused_whole"]),
         "kernel_fused_chunked_eps": round(median["fused_chunked"]),
+        **{f"kernel_mkl_{k}_eps": round(median[f"mkl_{m}"]) for k, m in MKL_FIELDS},
         "kernel_best_of": max(KERNELS, key=lambda k: median[k]),
         "store_vs_gru_cell_kernel": round(median["store"] / median["gru_cell"], 3),
         "cpu_store_vs_gru_cell_kernel": round(per_cpu["store"] / per_cpu["gru_cell"], 3),
@@ -309,8 +340,11 @@ def main(argv: list[str] | None = None) -> int:
         (f"gru_cell, calls of {rows} rows", "kernel_chunked_eps"),
         ("addmm + compiled gates, whole batch", "kernel_fused_whole_batch_eps"),
         (f"addmm + compiled gates, {rows} rows", "kernel_fused_chunked_eps"),
+        ("MKL products in the compiled pass, whole batch", "kernel_mkl_whole_batch_eps"),
+        (f"MKL products in the compiled pass, {rows} rows", "kernel_mkl_chunked_eps"),
     ):
-        print(f"    {label:<35}: {r[field]:>12,} events/s")
+        if field in r:
+            print(f"    {label:<47}: {r[field]:>12,} events/s")
     print(f"  StreamingModel.step alone (no store) : {r['model_step_eps']:>12,} events/s")
     print(
         f"  store / naive  = {r['store_vs_naive']:.1f}x   "

@@ -297,28 +297,3 @@ def copy_keys(slots, key_start, key_len, arena, offsets, out):
             out[at + k] = arena[lo + k]
         at += m
         offsets[i + 1] = at
-
-
-@compiled()
-def gather_chunk(x, idx, slots, times, rows, slot_times, xb, h_prev, prev_times, chunk_slots, dt_col):
-    """One scorer chunk, events ``idx`` of a batch, in one pass: their input rows ``x[idx]`` into ``xb``,
-    their slots ``slots[idx]`` into ``chunk_slots``, the slots' states and last event times into ``h_prev``
-    and ``prev_times``; with ``dt_col >= 0``, ``xb[:, dt_col]`` = float32 seconds since the key's previous
-    event (0 for none, never negative; the scorer's time-delta input). An IndexError for a slot outside
-    the slab."""
-    n, w = rows.shape
-    for i in range(idx.size):
-        e = idx[i]
-        s = slots[e]
-        if s < 0 or s >= n:
-            raise IndexError("slot outside the state slab")
-        chunk_slots[i] = s
-        for k in range(x.shape[1]):
-            xb[i, k] = x[e, k]
-        for k in range(w):
-            h_prev[i, k] = rows[s, k]
-        prev = slot_times[s]
-        prev_times[i] = prev
-        if dt_col >= 0:
-            dt = np.float32(times[e] - prev) * np.float32(1e-3)
-            xb[i, dt_col] = 0.0 if prev < 0 or dt < 0 else dt

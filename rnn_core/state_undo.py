@@ -8,11 +8,13 @@ key in its slot): such a key, if forgotten meanwhile, is created again to take i
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pyarrow as pa
 import torch
 
-from rnnstream.rnn_core.key_kernels import gather_chunk
+from rnnstream.rnn_core.gru_kernels import gather_chunk
 from rnnstream.rnn_core.state_store import KeyedStateStore
 
 
@@ -67,6 +69,31 @@ class StateUndoLog:
             ids = store.slot_keys(chunk_slots) if self.by_key else chunk_slots
             self._entries.append((ids, self._used - m, prev))
         return dest
+
+    def reserve(self, m: int) -> tuple[int, np.ndarray]:
+        """The next ``m`` rows of the log's buffer (float32 [m, S*L*H]) and where they start, for a caller
+        that gathers a whole batch's states into them and then logs them with :meth:`log_chunks`."""
+        if self._entries is None:
+            self._used = 0
+        start = self._used
+        return start, self._reserve(m)
+
+    def log_chunks(
+        self, store: KeyedStateStore, start: int, slots: np.ndarray, times: np.ndarray, bounds: list[int],
+        done: int,
+    ) -> None:  # fmt: skip
+        """Log the chunks ``[bounds[c], bounds[c + 1])`` below ``done`` of a batch gathered into the rows
+        from ``start`` (:meth:`reserve`): each chunk's distinct ``slots`` and their last ``times`` (kept,
+        not copied, until the next :meth:`begin`). One entry a chunk, so that rolling back newest first
+        puts back each key's state from before its first event even when it has several in the batch."""
+        if self._entries is None:
+            return
+        for lo, hi in pairwise(bounds):
+            if lo >= done:
+                break
+            c_slots = slots[lo:hi]
+            ids = store.slot_keys(c_slots) if self.by_key else c_slots
+            self._entries.append((ids, start + lo, times[lo:hi]))
 
     def _reserve(self, m: int) -> np.ndarray:
         """The next ``m`` rows of the buffer (grown when needed, logged rows kept), marked used."""

@@ -250,6 +250,17 @@ class StreamScorer:
         rows, slot_times = store.slab()  # no lookup until the batch is done: the arrays stay
         # each chunk's slots and previous times: slices of one array a batch (the undo log keeps them)
         chunk_slots, prev = np.empty(slots.size, np.int64), np.empty(slots.size, np.int64)
+        if step.whole_batch and dt_col < 0:
+            start, h_prev = undo.reserve(slots.size)
+            done = np.zeros(1, np.int64)
+            try:
+                cuts = np.asarray(bounds, np.int64)
+                step.batch(
+                    x, order, cuts, slots, times, rows, slot_times, xbuf, h_prev, prev, chunk_slots, out, done
+                )
+            finally:  # log the chunks now in the slab, also when the call raised part way
+                undo.log_chunks(store, start, chunk_slots, prev, bounds, int(done[0]))
+            return
         for lo, hi in pairwise(bounds):
             idx = order[lo:hi]
             xb = xbuf[: hi - lo]

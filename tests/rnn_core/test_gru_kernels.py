@@ -1,17 +1,22 @@
-"""The compiled GRU gates (:mod:`rnnstream.rnn_core.gru_gates`) and the scorer's step into the slab
+"""The compiled GRU gates (:mod:`rnnstream.rnn_core.gru_kernels`) and the scorer's step into the slab
 (:mod:`rnnstream.rnn_core.slab_step`): equal to torch's ``gru_cell`` and to ``StreamingModel.step`` within a
-few float32 ulps, and used only where the model is a plain one-layer GRU."""
+few float32 ulps, and used only where the model is a plain one-layer GRU; with MKL's products inside the
+compiled pass (:mod:`rnnstream.rnn_core.mkl_gemm`) as with torch's."""
 
 from __future__ import annotations
+
+import platform
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+from rnnstream.rnn_core import mkl_gemm
 from rnnstream.rnn_core.config import CELLS, FeatureSpec, ModelConfig
-from rnnstream.rnn_core.gru_gates import gru_gates, gru_gates_scatter, tanh_sigmoid
+from rnnstream.rnn_core.gru_kernels import gru_gates, gru_gates_scatter, gru_rows, tanh_sigmoid
 from rnnstream.rnn_core.model import StreamingModel
-from rnnstream.rnn_core.slab_step import GateBuffers, slab_stepper
+from rnnstream.rnn_core.slab_step import GateBuffers, SlabGruStep, slab_stepper
 from rnnstream.rnn_core.stream_scorer import StreamScorer
 from tests.rnn_core.test_contract import SPEC
 
@@ -180,3 +185,144 @@ def test_a_failing_call_through_the_slab_step_changes_no_state() -> None:
     assert scorer._gates is not None and scorer._gates.step is not None  # the slab step ran
     assert torch.equal(scorer.store.gather(names), before)
     np.testing.assert_array_equal(scorer.store.last_times(names), before_times)
+
+
+def test_mkl_products_found_where_torch_carries_mkl() -> None:
+    """On x86-64 Linux torch's wheels link MKL: the compiled step must find it there (else every test
+    below that needs it would be skipped without anyone noticing)."""
+    if sys.platform == "linux" and platform.machine() == "x86_64" and torch.backends.mkl.is_available():
+        assert mkl_gemm.AVAILABLE
+
+
+needs_mkl = pytest.mark.skipif(not mkl_gemm.AVAILABLE, reason="torch here carries no MKL sgemm")
+
+
+@needs_mkl
+def test_step_with_mkl_products_equals_gru_cell() -> None:
+    rng = np.random.default_rng(8)
+    n_in, hidden = 7, 24
+    w_ih, w_hh = (rng.normal(0, 0.6, (3 * hidden, k)).astype(np.float32) for k in (n_in, hidden))
+    b_ih, b_hh = (rng.normal(0, 0.5, 3 * hidden).astype(np.float32) for _ in range(2))
+    gi, gh = (np.full((300, 3 * hidden), np.nan, np.float32) for _ in range(2))  # reused, larger than m
+    for m in (0, 1, 37, 300):
+        x = rng.normal(0, 2, (m, n_in)).astype(np.float32)
+        h = np.tanh(rng.normal(0, 1, (m, hidden))).astype(np.float32)
+        out = np.full((m, hidden), np.nan, np.float32)
+        gru_rows(x, h, np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T), b_ih, b_hh, gi, gh, out)
+        t = torch.from_numpy
+        ref = torch.gru_cell(t(x), t(h), t(w_ih), t(w_hh), t(b_ih), t(b_hh)).numpy()
+        np.testing.assert_allclose(out, ref, atol=2e-6, rtol=0)
+
+
+def continuous_model(seed: int, head: str = "binary") -> StreamingModel:
+    """A one-layer GRU on continuous features only, no time delta, its normalization folded into the
+    weights: the cell inputs are the event rows themselves (the scorer's whole-batch step)."""
+    torch.manual_seed(seed)
+    spec = FeatureSpec(numeric=tuple("abcde"))
+    config = ModelConfig(features=spec, cell="gru", head=head, hidden_size=16, adaptive_score=False)
+    model = StreamingModel(config)
+    model.fit_normalization(np.random.default_rng(seed).normal(1.0, 2.0, (64, 5)))
+    return model.eval()
+
+
+@needs_mkl
+@pytest.mark.parametrize("head", ["binary", "forecast"])
+def test_whole_batch_step_equals_model_step(head: str) -> None:
+    """Batches with many repeated keys (several waves of chunks): outputs and stored states as ``step`` one
+    event at a time gives them; the binary head takes the whole-batch call, the others chunk by chunk."""
+    model = continuous_model(11, head)
+    scorer = StreamScorer(model, step_rows=8)
+    rng = np.random.default_rng(12)
+    names = [f"k{i}" for i in range(30)]
+    states = {k: model.init_state(1) for k in names}
+    for batch in range(3):
+        keys = [names[i] for i in rng.integers(0, 30, 90)]
+        x = rng.normal(1, 2, (90, 5)).astype(np.float32)
+        out = scorer.score(keys, np.arange(90) + 100 * batch, x)
+        with torch.inference_mode():
+            for i, key in enumerate(keys):
+                ref, states[key] = model.step(torch.from_numpy(x[i : i + 1]), states[key])
+                np.testing.assert_allclose(out[i], ref[0].numpy(), atol=2e-6, rtol=0)
+    assert scorer._gates is not None and scorer._gates.step is not None
+    assert scorer._gates.step.whole_batch == (head == "binary")
+    stored = scorer.store.gather(names).numpy()
+    np.testing.assert_allclose(stored, torch.cat([states[k] for k in names]).numpy(), atol=2e-6, rtol=0)
+
+
+@needs_mkl
+def test_mkl_and_addmm_products_step_a_chunk_alike() -> None:
+    """The chunk step with MKL's products in the compiled pass and with torch's ``addmm`` (the path where
+    torch has no MKL) write the same states, times and scores."""
+    model = model_of("gru", 1)  # numeric features and the time delta: the cell inputs are made in torch
+    rng = np.random.default_rng(13)
+    m, width = 20, model.config.features.input_size
+    xb = rng.normal(0, 1, (m, width)).astype(np.float32)
+    h_prev = np.tanh(rng.normal(0, 1, (m, model.hidden_size))).astype(np.float32)
+    slots = rng.permutation(50)[:m].astype(np.int64)
+    events = rng.permutation(m)
+    times = np.arange(m, dtype=np.int64) + 5
+    results = []
+    with torch.inference_mode():
+        folded, weights = model._inference_weights()
+        for use_mkl in (True, False):
+            step = SlabGruStep(model, GateBuffers(model.hidden_size), folded, weights, use_mkl=use_mkl)
+            rows, slot_times = np.zeros((50, model.hidden_size), np.float32), np.full(50, -1, np.int64)
+            out = np.full((m, 1), np.nan, np.float32)
+            step.chunk(xb, h_prev, rows, slot_times, slots, times, events, out)
+            results.append((rows, slot_times, out))
+    (rows_a, times_a, out_a), (rows_b, times_b, out_b) = results
+    np.testing.assert_allclose(rows_a, rows_b, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(times_a, times_b)
+    np.testing.assert_allclose(out_a, out_b, atol=1e-6, rtol=0)
+    assert np.abs(rows_a[slots]).sum() > 0 and not np.isnan(out_a).any()
+
+
+@needs_mkl
+def test_whole_batch_step_failing_part_way_is_undone() -> None:
+    """A slot outside the slab in the third chunk: the call raises having stepped exactly the first two
+    chunks (``done``), and rolling back what the undo log then holds puts every state and time back."""
+    model = continuous_model(14)
+    scorer = StreamScorer(model, step_rows=4)
+    keys = [f"k{i}" for i in range(12)]
+    rng = np.random.default_rng(15)
+    scorer.score(keys, np.zeros(12, np.int64), rng.normal(0, 1, (12, 5)).astype(np.float32))
+    store, undo = scorer.store, scorer._undo
+    before, before_times = store.gather(keys).clone(), store.last_times(keys)
+    slots = store.lookup(keys, create=False)
+    slots[9] = store.capacity + 3  # the third chunk
+    with torch.inference_mode():
+        step = slab_stepper(model, scorer._gates)
+    assert step is not None and step.whole_batch
+    rows, slot_times = store.slab()
+    x, times = rng.normal(0, 1, (12, 5)).astype(np.float32), np.full(12, 50, np.int64)
+    bounds = np.array([0, 4, 8, 12])
+    h_prev, prev, chunk_slots = np.empty((12, 16), np.float32), np.empty(12, np.int64), np.empty(12, np.int64)
+    undo.begin()
+    start, h_prev = undo.reserve(12)
+    done = np.zeros(1, np.int64)
+    out = np.zeros((12, 1), np.float32)
+    xbuf = np.empty((4, 5), np.float32)
+    with pytest.raises(IndexError):
+        step.batch(
+            x,
+            np.arange(12),
+            bounds,
+            slots,
+            times,
+            rows,
+            slot_times,
+            xbuf,
+            h_prev,
+            prev,
+            chunk_slots,
+            out,
+            done,
+        )
+    assert done[0] == 8
+    assert not torch.equal(store.gather(keys[:8]), before[:8])  # the first two chunks were stepped
+    assert (store.last_times(keys[:8]) == 50).all() and (store.last_times(keys[8:]) == 0).all()
+    undo.log_chunks(store, start, chunk_slots, prev, bounds.tolist(), int(done[0]))
+    undo.roll_back(store)
+    undo.end()
+    assert torch.equal(store.gather(keys), before)
+    np.testing.assert_array_equal(store.last_times(keys), before_times)
