@@ -32,13 +32,16 @@ def warm_kernels() -> None:
     from rnnstream.rnn_core.state_store import KeyedStateStore
     from rnnstream.rnn_core.stream_scorer import StreamScorer
 
+    # without a time delta the scorer steps a whole batch in one call, with one chunk by chunk: load both
     with torch.random.fork_rng(devices=[]):  # the process's random state is left as it was
         torch.manual_seed(0)
-        model = StreamingModel(ModelConfig(features=FeatureSpec(numeric=("x",)), hidden_size=4)).eval()
-    store = KeyedStateStore(tuple(model.state_shape), capacity=4, hash_seed=0)
-    scorer = StreamScorer(model, store)
+        specs = [FeatureSpec(numeric=("x",), use_time_delta=dt) for dt in (False, True)]
+        models = [StreamingModel(ModelConfig(features=spec, hidden_size=4)).eval() for spec in specs]
     keys = pa.array(["a", "b", "a"])
-    scorer.score(keys, np.array([0, 1, 2], np.int64), np.zeros((3, scorer.input_size), np.float32))
+    for model in models:
+        scorer = StreamScorer(model, KeyedStateStore(tuple(model.state_shape), capacity=4, hash_seed=0))
+        scorer.score(keys, np.array([0, 1, 2], np.int64), np.zeros((3, scorer.input_size), np.float32))
+    store = scorer.store
     restored = KeyedStateStore(tuple(model.state_shape), capacity=4, hash_seed=1)
     restored.restore_table(store.snapshot_table(None))
     store.clear()

@@ -1,6 +1,6 @@
 """The background kernel warm-up of a starting worker loads every compiled loop that restoring a partition's
-checkpoint and scoring with a GRU model then call: afterwards no compiled function gains a signature (none
-is loaded or compiled on the restart path any more)."""
+checkpoint and scoring with a GRU model (with and without the time delta) then call: afterwards no compiled
+function gains a signature (none is loaded or compiled on the restart path any more)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,10 @@ store.restore(sys.argv[1])
 scorer = StreamScorer(model, store)
 keys = pa.array(["k1", "new", "k1", "k2"])
 scorer.score(keys, np.array([5, 6, 7, 8], np.int64), np.ones((4, scorer.input_size), np.float32))
+# a model with the time delta is stepped chunk by chunk (the one above: a whole batch in one call)
+spec = FeatureSpec(numeric=("a", "b"), use_time_delta=True)
+timed = StreamScorer(StreamingModel(ModelConfig(features=spec, hidden_size=16)).eval())
+timed.score(keys, np.array([5, 6, 7, 8], np.int64), np.ones((4, timed.input_size), np.float32))
 after = loaded()
 gained = {k: sorted(set(v) - set(before.get(k, []))) for k, v in after.items()}
 report = {"gained": {k: v for k, v in gained.items() if v}, "warmed": sum(map(len, before.values()))}
