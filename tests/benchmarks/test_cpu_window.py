@@ -23,7 +23,9 @@ def test_counts_the_cpu_of_the_processes_it_watches() -> None:
     with CpuWindow([os.getpid()]) as mine:
         _burn()
     assert mine.cores() > 0.0
-    assert 0.0 < mine.busy() <= 1.0
+    assert 0.0 <= mine.busy() <= 1.0
+    if os.nice(0) <= 0:  # busy() leaves niced CPU out (by design): the burn shows only where it is not niced
+        assert mine.busy() > 0.0  # (the suite run as `nice -n 10 pytest` found 0.0 here on a quiet machine)
 
 
 def test_a_process_gone_before_the_block_is_left_out() -> None:
