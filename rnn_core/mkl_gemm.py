@@ -11,11 +11,14 @@ The symbol is looked up in torch's library (``libtorch_cpu``, where the x86-64 L
 MKL statically and export its Fortran ``sgemm_``) and registered with LLVM under its own name, so compiled
 loops that call it stay cacheable on disk. Builds without it (macOS, aarch64, a torch built on another BLAS)
 leave :data:`AVAILABLE` False, and callers keep their ``torch.addmm`` path: nothing depends on MKL.
+``RNNSTREAM_MKL=0`` in the environment does the same where it is found (to compare the two paths, or to
+step around a broken MKL); Ray workers inherit it from the process that starts them.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 from pathlib import Path
 
@@ -41,6 +44,8 @@ def _find_sgemm() -> int | None:
 
 
 def _register() -> bool:
+    if os.environ.get("RNNSTREAM_MKL", "1").strip() == "0":
+        return False
     address = _find_sgemm()
     if address is None:
         return False

@@ -5,7 +5,10 @@ compiled pass (:mod:`rnnstream.rnn_core.mkl_gemm`) as with torch's."""
 
 from __future__ import annotations
 
+import json
+import os
 import platform
+import subprocess
 import sys
 
 import numpy as np
@@ -326,3 +329,29 @@ def test_whole_batch_step_failing_part_way_is_undone() -> None:
     undo.end()
     assert torch.equal(store.gather(keys), before)
     np.testing.assert_array_equal(store.last_times(keys), before_times)
+
+
+def test_mkl_can_be_turned_off_and_the_scorer_still_steps_alike() -> None:
+    """``RNNSTREAM_MKL=0`` (read once, as the package is imported) leaves MKL out, and the scorer's step
+    falls back to torch's products with the same scores."""
+    code = """
+import json, sys
+import numpy as np
+from rnnstream.rnn_core import mkl_gemm
+from tests.rnn_core.test_gru_kernels import continuous_model
+from rnnstream.rnn_core.stream_scorer import StreamScorer
+scorer = StreamScorer(continuous_model(16), step_rows=8)
+x = np.random.default_rng(17).normal(0, 1, (40, 5)).astype(np.float32)
+out = scorer.score([f"k{i % 13}" for i in range(40)], np.arange(40), x)
+print(json.dumps({"mkl": mkl_gemm.AVAILABLE, "out": out[:, 0].tolist()}))
+"""
+    runs = {}
+    for flag in ("0", "1"):
+        env = {**os.environ, "RNNSTREAM_MKL": flag}
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        runs[flag] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert runs["0"]["mkl"] is False
+    assert runs["1"]["mkl"] is mkl_gemm.AVAILABLE
+    np.testing.assert_allclose(runs["0"]["out"], runs["1"]["out"], atol=1e-6, rtol=0)
