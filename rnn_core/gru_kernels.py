@@ -243,11 +243,10 @@ def gru_batch_into_slab(
         h = h_prev[lo:hi]
         c_slots = chunk_slots[lo:hi]
         gather_chunk(x, idx, slots, times, rows, slot_times, xb[:m], h, prev[lo:hi], c_slots, -1)
-        matmul_into(xb[:m], w_ih_t, gi[:m])
-        matmul_into(h, w_hh_t, gh[:m])
-        gates_into_slab(
-            gi, gh, b_ih, b_hh, h, h_out, rows, c_slots, slot_times, times, idx, head_w, head_b, out
-        )
+        gru_chunk_into_slab(
+            xb[:m], h, w_ih_t, w_hh_t, b_ih, b_hh, gi, gh, h_out, rows, c_slots, slot_times, times, idx,
+            head_w, head_b, out,
+        )  # fmt: skip
         done[0] = hi
 
 
