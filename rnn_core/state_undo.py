@@ -40,14 +40,13 @@ class StateUndoLog:
         (states ``float32 [m, S, L, H]``, a view of the log's buffer that stays valid until the next
         :meth:`begin`; times int64 [m]). The scorer steps from these states, so logging costs no copy."""
         m = slots.size
-        if self._entries is None:  # not in a call: nothing to log, the buffer is scratch
-            self._used = 0
-        dest = self._reserve(m).reshape(m, *store.state_shape)
+        start, rows = self.reserve(m)
+        dest = rows.reshape(m, *store.state_shape)
         times = np.empty(m, np.int64)
         store.gather_states(slots, dest, times)
         if self._entries is not None:
             ids = store.slot_keys(slots) if self.by_key else slots.copy()
-            self._entries.append((ids, self._used - m, times))
+            self._entries.append((ids, start, times))
         return dest, times
 
     def take_chunk(
@@ -60,19 +59,16 @@ class StateUndoLog:
         [m], kept by the log until the next :meth:`begin`: slices of one array a batch, not reused in a
         call): returns the states ``float32 [m, S*L*H]``."""
         m = idx.size
-        if self._entries is None:
-            self._used = 0
-        dest = self._reserve(m)
+        start, dest = self.reserve(m)
         rows, slot_times = store.slab()
         gather_chunk(x, idx, slots, times, rows, slot_times, xb, dest, prev, chunk_slots, dt_col)
-        if self._entries is not None:
-            ids = store.slot_keys(chunk_slots) if self.by_key else chunk_slots
-            self._entries.append((ids, self._used - m, prev))
+        self.log_chunks(store, start, chunk_slots, prev, [0, m], m)
         return dest
 
     def reserve(self, m: int) -> tuple[int, np.ndarray]:
         """The next ``m`` rows of the log's buffer (float32 [m, S*L*H]) and where they start, for a caller
-        that gathers a whole batch's states into them and then logs them with :meth:`log_chunks`."""
+        that gathers a whole batch's states into them and then logs them with :meth:`log_chunks`. Outside a
+        call nothing is logged and the buffer is scratch."""
         if self._entries is None:
             self._used = 0
         start = self._used
