@@ -127,20 +127,24 @@ def one_per_partition(records) -> list:
 def release_records(settings, schema, warm_table, table, encoding: str) -> tuple[list, list]:
     """``warm_table`` then ``table`` produced (``encoding``) into ``schema``'s events topic and read back:
     (the warm-up: one message a partition, the backlog: the messages of ``table``), to send as they are to
-    every run's own topic."""
+    every run's own topic. The source topics are dropped once read."""
     e2e.create_topics(settings, schema.pipeline)
     topic = f"{schema.pipeline}.events"
     e2e.produce(settings, schema, warm_table, encoding)
     warm_all = source_records(settings, topic)
     e2e.produce(settings, schema, table, encoding)
-    return one_per_partition(warm_all), after(warm_all, source_records(settings, topic))
+    backlog = after(warm_all, source_records(settings, topic))
+    e2e.drop_topics(settings, f"{schema.pipeline}.")  # read back: every run sends its own copy
+    return one_per_partition(warm_all), backlog
 
 
 def rnnstream_window(
     settings, schema, handle, warm, records, n: int, release: str, tmp, cpu: Callable[[], float] | None = None
 ) -> Run:
-    """:func:`rnnstream_release`'s run alone."""
-    return rnnstream_release(settings, schema, handle, warm, records, n, release, tmp, cpu)[0]
+    """:func:`rnnstream_release`'s run alone; its topics are dropped after it (:func:`e2e.drop_topics`)."""
+    run = rnnstream_release(settings, schema, handle, warm, records, n, release, tmp, cpu)[0]
+    e2e.drop_topics(settings, f"{schema.pipeline}.{release}.")
+    return run
 
 
 def rnnstream_release(
@@ -202,6 +206,7 @@ def raw_window(settings, pipeline: str, warm, records, release: str, fetch: dict
         )  # fmt: skip
     finally:
         relays.close()
+    e2e.drop_topics(settings, f"{pipeline}.{release}.")
     return timed_run(len(records), w, relays.end, relays.cpu_end)
 
 

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from e2e_fixtures import (  # the benchmark set-up beside this file
     broker_and_ray,
     create_topics,
+    drop_topics,
     make_events,
     make_schema,
     print_result,
@@ -67,6 +68,7 @@ def scaling_run(settings, handle, workers: int, n: int, n_keys: int, encoding: s
     t1 = wait_committed(settings, config.group_id, config.events_topic)
     cpu = cpu_seconds(pids) - cpu0
     stop_coordinator(coord)
+    drop_topics(settings, f"{schema.pipeline}.")  # the next count meets a broker of the same size
     return {
         "workers": workers,
         "eps": round(n / (t1 - t0)),
