@@ -10,6 +10,10 @@ measured in the same run with the same messages and pace.
   the scored latency is measured against; the consumer's settings are the score reader's and the workers'
   (fetch wait 2 ms, 8,192 records a poll, 50 ms poll timeout), and every timing process freezes its imports'
   objects out of the garbage collector alike; ``p99_over_broker_ms``: the gap the target is about;
+- ``alo_p50_ms`` / ``alo_p99_ms`` / ``alo_p99_over_broker_ms``: the same scored latency with the workers'
+  transactions off (``rnnstream serve --no-transactions``: scores at least once, visible as soon as the
+  broker appends them, the offsets committed after every send of the batch was acknowledged): what a
+  deployment that favours latency over exactly-once scores gets, against the same broker round trip;
 - ``txn_floor_p50_ms`` / ``txn_floor_p99_ms``: the floor with exactly once: a bare kafka-python relay
   (consume -> transactional produce -> offsets in the transaction -> commit, one transaction a poll, its own
   process) read by a ``read_committed`` reader, from the original send: what the two hops and the commit
@@ -42,7 +46,15 @@ from pathlib import Path
 
 import pyarrow as pa
 from cpu_window import CpuWindow
-from e2e_fixtures import PARTITIONS, create_topics, make_events, make_schema, run_workers, wait_committed
+from e2e_fixtures import (
+    PARTITIONS,
+    create_topics,
+    drop_topics,
+    make_events,
+    make_schema,
+    run_workers,
+    wait_committed,
+)
 from io_floor import broker_round_trip_ms, send_paced, txn_relay_round_trip_ms
 from score_latency import scored_latency_ms
 
@@ -56,12 +68,21 @@ def latency_figures(
     p50, p99, split = latency_at_rate(
         settings, make_schema("bench-lat"), handle, rate, seconds, tmp, overlap_commits
     )
+    log(f"latency at {rate:.0f} events/s, transactions off (at least once) ...")
+    alo_p50, alo_p99, _ = latency_at_rate(
+        settings, make_schema("bench-lat-alo"), handle, rate, seconds, tmp, transactions=False
+    )
     log(f"bare broker round trip at {rate:.0f} events/s ...")
     broker_p50, broker_p99, broker_busy = broker_latency(settings, rate, seconds)
     log(f"bare exactly-once relay at {rate:.0f} events/s ...")
     *txn, txn_busy = txn_floor_latency(settings, rate, seconds)
     busy = {"broker_cpu_busy": round(broker_busy, 3), "txn_floor_cpu_busy": round(txn_busy, 3)}
-    return {**latency_fields(p50, p99, broker_p50, broker_p99, tuple(txn)), **split, **busy}
+    alo = {
+        "alo_p50_ms": round(alo_p50, 1),
+        "alo_p99_ms": round(alo_p99, 1),
+        "alo_p99_over_broker_ms": round(alo_p99 - broker_p99, 1),
+    }
+    return {**latency_fields(p50, p99, broker_p50, broker_p99, tuple(txn)), **alo, **split, **busy}
 
 
 def latency_fields(
@@ -81,7 +102,14 @@ def latency_fields(
 
 
 def latency_at_rate(
-    settings, schema, handle, rate: float, seconds: float, tmp: Path, overlap_commits: bool = False
+    settings,
+    schema,
+    handle,
+    rate: float,
+    seconds: float,
+    tmp: Path,
+    overlap_commits: bool = False,
+    transactions: bool = True,
 ) -> tuple[float, float, dict[str, float]]:
     """(p50, p99) ms from an event's send to its score read by a read_committed reader (:mod:`score_latency`),
     Arrow events sent at ``rate`` for ``seconds`` after a warm-up of a quarter of that at the same rate; and
@@ -89,7 +117,8 @@ def latency_at_rate(
     ``worker_fetch_p99_ms`` (a message's send -> the worker's loop polled it), ``worker_commit_p99_ms`` (a
     transaction commit), ``worker_commit_wait_p99_ms`` (the loop waiting for one) and
     ``worker_checkpoint_max_ms`` (the longest checkpoint); ``cpu_busy`` (the machine's share of cores busy
-    while the measured events were sent) and ``workers_cpu_cores`` (the workers' CPU then)."""
+    while the measured events were sent) and ``workers_cpu_cores`` (the workers' CPU then). ``transactions``
+    False runs the workers at least once (``--no-transactions``)."""
     import ray
 
     from rnnstream.workers.serving import stop_coordinator
@@ -100,7 +129,8 @@ def latency_at_rate(
         settings,
         schema,
         handle,
-        tmp / "ckpt-lat",
+        tmp / f"ckpt-{schema.pipeline}",
+        transactions=transactions,
         max_batch_events=8192,
         batch_linger_ms=2,
         commit_interval_ms=50,
@@ -145,6 +175,7 @@ def latency_at_rate(
         return p50, p99, split
     finally:
         stop_coordinator(coord)
+        drop_topics(settings, f"{schema.pipeline}.")
 
 
 def broker_latency(settings, rate: float, seconds: float) -> tuple[float, float, float]:
@@ -160,6 +191,7 @@ def broker_latency(settings, rate: float, seconds: float) -> tuple[float, float,
             send_paced(settings, rtt, table, rate)
 
     p50, p99 = broker_round_trip_ms(settings, f"{rtt.pipeline}.events", PARTITIONS, send)
+    drop_topics(settings, f"{rtt.pipeline}.")
     return p50, p99, window.busy()
 
 
@@ -178,4 +210,5 @@ def txn_floor_latency(settings, rate: float, seconds: float) -> tuple[float, flo
 
     events, raw = f"{txn.pipeline}.events", f"{txn.pipeline}.raw"
     p50, p99 = txn_relay_round_trip_ms(settings, events, raw, PARTITIONS, send)
+    drop_topics(settings, f"{txn.pipeline}.")
     return p50, p99, window.busy()
