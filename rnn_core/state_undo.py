@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from rnnstream.rnn_core.gru_kernels import gather_chunk
 from rnnstream.rnn_core.state_store import KeyedStateStore
 
 
@@ -48,22 +47,6 @@ class StateUndoLog:
             ids = store.slot_keys(slots) if self.by_key else slots.copy()
             self._entries.append((ids, start, times))
         return dest, times
-
-    def take_chunk(
-        self, store: KeyedStateStore, x: np.ndarray, idx: np.ndarray, slots: np.ndarray, times: np.ndarray,
-        xb: np.ndarray, dt_col: int, chunk_slots: np.ndarray, prev: np.ndarray,
-    ) -> np.ndarray:  # fmt: skip
-        """:meth:`take` for the events ``idx`` of a batch (``slots``, ``times`` and float32 inputs ``x`` of
-        the whole batch), their inputs gathered into ``xb`` (the time delta filled in at ``dt_col`` unless
-        it is -1) in the same pass, their slots into ``chunk_slots`` and last times into ``prev`` (int64
-        [m], kept by the log until the next :meth:`begin`: slices of one array a batch, not reused in a
-        call): returns the states ``float32 [m, S*L*H]``."""
-        m = idx.size
-        start, dest = self.reserve(m)
-        rows, slot_times = store.slab()
-        gather_chunk(x, idx, slots, times, rows, slot_times, xb, dest, prev, chunk_slots, dt_col)
-        self.log_chunks(store, start, chunk_slots, prev, [0, m], m)
-        return dest
 
     def reserve(self, m: int) -> tuple[int, np.ndarray]:
         """The next ``m`` rows of the log's buffer (float32 [m, S*L*H]) and where they start, for a caller

@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import torch
 
 from rnnstream.rnn_core.chunk_plan import ChunkPlanner
+from rnnstream.rnn_core.gru_kernels import gather_chunk
 from rnnstream.rnn_core.inference_step import StepFn
 from rnnstream.rnn_core.key_kernels import gather_rows
 from rnnstream.rnn_core.slab_step import GateBuffers, SlabGruStep, slab_stepper
@@ -261,11 +262,13 @@ class StreamScorer:
             finally:  # log the chunks now in the slab, also when the call raised part way
                 undo.log_chunks(store, start, chunk_slots, prev, bounds, int(done[0]))
             return
+        # the log's rows for the whole batch at once: reserved chunk by chunk, a batch of many chunks grew
+        # the buffer (and copied what it held) at every doubling, fresh memory each time (stop 30)
+        start, h_all = undo.reserve(slots.size)
         for lo, hi in pairwise(bounds):
-            idx = order[lo:hi]
-            xb = xbuf[: hi - lo]
-            c_slots = chunk_slots[lo:hi]
-            h_prev = undo.take_chunk(store, x, idx, slots, times, xb, dt_col, c_slots, prev[lo:hi])
+            idx, xb, c_slots, h_prev = order[lo:hi], xbuf[: hi - lo], chunk_slots[lo:hi], h_all[lo:hi]
+            gather_chunk(x, idx, slots, times, rows, slot_times, xb, h_prev, prev[lo:hi], c_slots, dt_col)
+            undo.log_chunks(store, start, chunk_slots, prev, [lo, hi], hi)
             step.chunk(xb, h_prev, rows, slot_times, c_slots, times, idx, out)
 
     def _score_runs(
