@@ -170,10 +170,19 @@ def _check_text(name: str, v: str) -> None:
         raise Problem(INVALID_TEXT, f"field {name!r} is not valid Unicode text") from None
 
 
+def _model_ready_vector(typ: pa.DataType, size: int) -> bool:
+    """A vector column already as the model reads it: ``fixed_size_list<float32>`` of the schema's size
+    (what :class:`EventProducer` sends)."""
+    return pa.types.is_fixed_size_list(typ) and typ.list_size == size and pa.types.is_float32(typ.value_type)
+
+
 def conform_arrow(table: pa.Table, parse_schema: pa.Schema, schema: EventSchema) -> dict[str, pa.Array]:
-    """Arrow columns cast to the parse schema's types (vectors as list<float64>), or :class:`Problem`."""
+    """Arrow columns cast to the parse schema's types (vectors as list<float64>, except those already
+    ``fixed_size_list<float32>`` of their size, kept as they are: no float64 copy of every value to check
+    and cast back), or :class:`Problem`."""
     cols: dict[str, pa.Array] = {}
     names = set(table.schema.names)
+    sizes = dict(schema.vectors)
     for f in parse_schema:
         if f.name not in names:
             if f.name == LABEL_COLUMN:
@@ -185,6 +194,8 @@ def conform_arrow(table: pa.Table, parse_schema: pa.Schema, schema: EventSchema)
         try:
             if f.name == TIME_COLUMN and pa.types.is_timestamp(col.type):
                 col = pc.cast(col, pa.timestamp("ms"), safe=False).cast(pa.int64())
+            elif f.name in sizes and _model_ready_vector(col.type, sizes[f.name]):
+                pass
             elif pa.types.is_fixed_size_list(col.type) or pa.types.is_large_list(col.type):
                 col = pc.cast(col, pa.list_(pa.float64()))
             else:
@@ -224,6 +235,12 @@ def bad_rows(
         mark(pc.fill_null(pc.invert(pc.less_equal(pc.abs(cols[name]), F32_MAX)), False))
     for name, size in schema.vectors:
         col = cols[name]
+        if _model_ready_vector(col.type, size):  # every row holds ``size`` values: check them in place
+            values = col.values.slice(col.offset * size, len(col) * size)
+            v = values.to_numpy(zero_copy_only=False)
+            with np.errstate(invalid="ignore"):
+                mark(~(np.abs(v) <= F32_MAX).reshape(len(col), size).all(axis=1))
+            continue
         lengths = pc.fill_null(pc.list_value_length(col), size)
         wrong_len = pc.not_equal(lengths, size).to_numpy(zero_copy_only=False)
         mark(wrong_len)

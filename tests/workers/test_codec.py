@@ -199,3 +199,27 @@ def test_future_check_follows_the_message_timestamp_not_the_clock(encoding: str)
     for clock in (NOW_MS, NOW_MS + 10 * 86_400_000):
         assert [r.reason for r in decoder.decode([early], now_ms=clock).rejects] == ["time_out_of_range"]
         assert decoder.decode([late], now_ms=clock).num_valid == 1
+
+
+@pytest.mark.parametrize("emb_type", [None, pa.list_(pa.float64())], ids=["fixed_float32", "list_float64"])
+def test_arrow_vector_values_checked_in_either_layout(emb_type: pa.DataType | None) -> None:
+    """Vectors that arrive as the model reads them (``fixed_size_list<float32>`` of the schema's size, what
+    EventProducer sends) are checked in place, without a float64 copy; a row with a NaN, an infinity, a
+    float32 overflow or a null value in its vector is rejected exactly as in the list<float64> layout, and
+    the valid rows keep their values."""
+    table = sample_events(SCHEMA, 7, 3, seed=6, start_ms=NOW_MS - 10_000)
+    i = table.schema.get_field_index("emb")
+    emb_type = emb_type or table.schema.field("emb").type
+    rows = table.column("emb").to_pylist()
+    rows[1][2] = math.nan
+    rows[3][0] = -math.inf
+    rows[4][3] = None
+    rows[6][1] = 1e39
+    table = table.set_column(i, pa.field("emb", emb_type), pa.array(rows, emb_type))
+    d = decode([msg(encode_arrow(table), message_headers(SCHEMA, ARROW), 3)], SCHEMA, now_ms=NOW_MS)
+    d.check_invariant()
+    assert d.event_index.tolist() == [0, 2, 5]
+    reasons = {r.event_index: r.reason for r in d.rejects}
+    assert reasons == {1: "not_finite", 3: "not_finite", 4: "null_value", 6: "not_finite"}
+    want = np.array([rows[j] for j in (0, 2, 5)], np.float32)
+    np.testing.assert_array_equal(np.stack(d.batch.column("emb").to_numpy(zero_copy_only=False)), want)
