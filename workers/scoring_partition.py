@@ -193,8 +193,15 @@ class ScoringPartition:
 
     # ------------------------------------------------------------------------------------------ process
 
-    def process(self, messages: list[Any], decoder: EventDecoder) -> ScoredBatch | None:
-        """Decode, validate and score the messages not applied yet; None when every one was applied."""
+    def process(self, messages: list[Any], decoder: EventDecoder, max_call_events: int) -> ScoredBatch | None:
+        """Decode, validate and score the messages not applied yet; None when every one was applied.
+
+        The scorer steps at most ``max_call_events`` events a call (the worker passes its
+        ``max_batch_events``): a poll counts messages, and a backlog of Arrow messages (thousands of events
+        each) can hand one call a few hundred thousand events, whose temporaries (inputs, the undo log's
+        copy of each state, outputs) then span hundreds of MB of memory touched once; in calls of a few
+        thousand events they stay the same few MB, reused and in cache. A call is all or nothing (a failed
+        one is split further, see :meth:`_score_rows`), so slicing changes no result."""
         messages = self.offsets.unseen(messages)
         if not messages:
             return None
@@ -206,7 +213,10 @@ class ScoringPartition:
         if decoded.num_valid:
             x = self._features(decoded, poison)
             if x is not None:
-                self._score_rows(decoded, x, 0, decoded.num_valid, ok, poison, expired)
+                step = max(1, int(max_call_events))
+                for lo in range(0, decoded.num_valid, step):
+                    hi = min(decoded.num_valid, lo + step)
+                    self._score_rows(decoded, x, lo, hi, ok, poison, expired)
         rows = np.concatenate([np.arange(lo, hi) for lo, hi, _ in ok]) if ok else np.zeros(0, np.int64)
         k = len(self.champion.output_names)
         outputs = np.concatenate([o for _, _, o in ok]) if ok else np.zeros((0, k), np.float32)

@@ -184,7 +184,8 @@ class ScoringWorker(WorkerCommands):
             if not committing and self.policy.due(polled, lambda: clients.caught_up(after), age_ms):
                 self._offer(after)
         owned = [(part, msgs) for p, msgs in by_partition.items() if (part := self.parts.get(p)) is not None]
-        batches = [(part, msgs, part.process(msgs, self.decoder)) for part, msgs in owned]  # no Kafka
+        per_call = cfg.max_batch_events  # a poll counts messages; the scorer's calls count events
+        batches = [(part, msgs, part.process(msgs, self.decoder, per_call)) for part, msgs in owned]
         if self._committing.pending:  # batch N+1 is scored: its scores go out once N is committed
             self._settle_commit()
             if polled and self.policy.due(polled, lambda: clients.caught_up(self.parts.next_offsets()), 0.0):

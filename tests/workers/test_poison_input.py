@@ -27,9 +27,17 @@ def _with_poison(table: pa.Table, rows: list[int]) -> pa.Table:
     return table.set_column(table.schema.get_field_index("amount"), "amount", pa.array(amount))
 
 
-@pytest.mark.parametrize("encoding", ["json", "arrow"])
-def test_events_that_break_the_model_are_dead_lettered_and_the_rest_scored(new_stream, tmp_path, encoding):
-    settings, _, schema, model, handle = new_stream(f"poison-{encoding}", 2)
+@pytest.mark.parametrize(
+    ("encoding", "max_batch_events"),
+    [("json", 1024), ("arrow", 1024), ("arrow", 64)],
+    ids=["json", "arrow", "arrow-sliced"],
+)
+def test_events_that_break_the_model_are_dead_lettered_and_the_rest_scored(
+    new_stream, tmp_path, encoding, max_batch_events
+):
+    """``arrow-sliced``: a poll of up to 64 messages of 100 events is scored in calls of 64 events each (the
+    scorer's calls count events, polls count messages); the poison rows fall in different calls."""
+    settings, _, schema, model, handle = new_stream(f"poison-{encoding}-{max_batch_events}", 2)
     events = _with_poison(make_events(schema, 3000, 50, seed=11), [7, 1500, 2999])
     with EventProducer(settings, schema) as producer:
         if encoding == "json":
@@ -37,7 +45,7 @@ def test_events_that_break_the_model_are_dead_lettered_and_the_rest_scored(new_s
         else:
             producer.send_arrow(events, events_per_message=100)
         producer.flush()
-    config = worker_config(settings, schema, tmp_path / "ckpt")
+    config = worker_config(settings, schema, tmp_path / "ckpt", max_batch_events=max_batch_events)
     worker = ScoringWorker(0, config, model_loader=load_failing, export_metrics=False)
     try:
         worker.assign([0, 1], handle)
