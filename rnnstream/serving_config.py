@@ -39,7 +39,7 @@ SERVING_SETTINGS = (
 )
 # The flag of each serving setting: its type and what it does (the file key is the setting's name).
 _SERVING_FLAG_HELP: dict[str, tuple[type, str]] = {
-    "max_batch_events": (int, "largest micro-batch a worker scores at once"),
+    "max_batch_events": (int, "messages a worker polls into one micro-batch; events it scores in one call"),
     "batch_linger_ms": (int, "how long a worker waits to fill a micro-batch"),
     "commit_interval_ms": (int, "longest a score waits for its commit when behind (at once when keeping up)"),
     "key_ttl_seconds": (float, "event time a key may be idle before its state is dropped"),

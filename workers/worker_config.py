@@ -54,7 +54,7 @@ class WorkerConfig:
     shadow_topic: str = ""
     group_id: str = ""
     transactions: bool = True
-    max_batch_events: int = 4096
+    max_batch_events: int = 4096  # messages polled into one micro-batch; events a scorer call steps
     batch_linger_ms: int = 5
     # commit timing (see commit_policy): as soon as a batch is scored when keeping up (after at least
     # min_commit_interval_ms), at least every commit_interval_ms when behind
