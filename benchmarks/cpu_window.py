@@ -70,7 +70,9 @@ class CpuWindow:
     def busy(self) -> float:
         """The share of all cores busy at normal priority over the block (0..1)."""
         (b0, t0), (b1, t1) = self._machine
-        return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+        # the two differences are sums of the same float counters: with no idle tick between them their
+        # ratio can land a rounding step above 1 (1.0000000001 on a machine kept busy by other processes)
+        return min(1.0, (b1 - b0) / (t1 - t0)) if t1 > t0 else 0.0
 
     def cores(self) -> float:
         """The processes' CPU seconds a wall second over the block."""

@@ -69,6 +69,7 @@ from e2e_fixtures import (
     WORKER_SETTINGS,
     broker_and_ray,
     create_topics,
+    drop_topics,
     make_events,
     make_schema,
     print_result,
@@ -104,11 +105,13 @@ def json_vs_raw(settings, schema, handle, warm, records, rounds: int, tmp: Path,
         runs = {}
         for which in ("raw", "rnnstream") if r % 2 == 0 else ("rnnstream", "raw"):
             log(f"round {r + 1}/{rounds}: {which} over {n} JSON events ...")
+            release = f"raw{r}" if which == "raw" else f"r{r}"
             if which == "raw":
                 fetch = worker_fetch_settings()
-                runs[which] = raw_window(settings, schema.pipeline, warm, records, f"raw{r}", fetch)
+                runs[which] = raw_window(settings, schema.pipeline, warm, records, release, fetch)
             else:
-                runs[which] = rnnstream_window(settings, schema, handle, warm, records, n, f"r{r}", tmp)
+                runs[which] = rnnstream_window(settings, schema, handle, warm, records, n, release, tmp)
+            drop_topics(settings, f"{schema.pipeline}.{release}.")  # measured: keep the broker small
         raw.append(runs["raw"])
         ours.append(runs["rnnstream"])
         log(f"  raw {describe(runs['raw'])}\n  rnnstream {describe(runs['rnnstream'])}")
@@ -136,6 +139,7 @@ def arrow_rounds(settings, schema, handle, warm, records, n: int, rounds: int, t
     for r in range(rounds):
         log(f"arrow round {r + 1}/{rounds}: {n} events ...")
         runs.append(rnnstream_window(settings, schema, handle, warm, records, n, f"r{r}", tmp))
+        drop_topics(settings, f"{schema.pipeline}.r{r}.")
         log(f"  rnnstream {describe(runs[-1])}")
     return {
         "arrow_eps": round(float(np.median([x.eps for x in runs]))),

@@ -141,10 +141,8 @@ def release_records(settings, schema, warm_table, table, encoding: str) -> tuple
 def rnnstream_window(
     settings, schema, handle, warm, records, n: int, release: str, tmp, cpu: Callable[[], float] | None = None
 ) -> Run:
-    """:func:`rnnstream_release`'s run alone; its topics are dropped after it (:func:`e2e.drop_topics`)."""
-    run = rnnstream_release(settings, schema, handle, warm, records, n, release, tmp, cpu)[0]
-    e2e.drop_topics(settings, f"{schema.pipeline}.{release}.")
-    return run
+    """:func:`rnnstream_release`'s run alone."""
+    return rnnstream_release(settings, schema, handle, warm, records, n, release, tmp, cpu)[0]
 
 
 def rnnstream_release(
@@ -190,7 +188,8 @@ def rnnstream_release(
 def raw_window(settings, pipeline: str, warm, records, release: str, fetch: dict) -> Run:
     """The bare kafka-python pass-through (:class:`io_floor.RawRelays`) over the same released backlog: the
     window ends when the later of its two processes had its last relayed message acknowledged. CPU: the two
-    processes', from just before the release (as the workers') to their end."""
+    processes', from just before the release (as the workers') to their end. Its topics
+    (``<pipeline>.<release>.*``) are left for the caller to check and drop."""
     from io_floor import RawRelays
 
     from rnnstream.workers.kafka_io import TopicAdmin
@@ -206,7 +205,6 @@ def raw_window(settings, pipeline: str, warm, records, release: str, fetch: dict
         )  # fmt: skip
     finally:
         relays.close()
-    e2e.drop_topics(settings, f"{pipeline}.{release}.")
     return timed_run(len(records), w, relays.end, relays.cpu_end)
 
 
