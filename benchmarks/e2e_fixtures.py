@@ -111,8 +111,8 @@ def create_topics(settings, pipeline: str) -> None:
         )
 
 
-def drop_topics(settings, prefix: str) -> int:
-    """Delete every topic whose name starts with ``prefix`` (a finished run's); returns how many.
+def drop_topics(settings, *prefixes: str) -> int:
+    """Delete every topic whose name starts with one of ``prefixes`` (a finished run's); returns how many.
 
     The embedded broker keeps every topic's messages in memory and rewrites its whole state to disk (one
     JSON file) after each change, while it keeps serving: a state of a few hundred MB stretches its round
@@ -122,7 +122,7 @@ def drop_topics(settings, prefix: str) -> int:
     from rnnstream.workers.kafka_io import TopicAdmin
 
     with TopicAdmin(settings) as admin:
-        names = [t for t in admin.list_topics() if t.startswith(prefix)]
+        names = [t for t in admin.list_topics() if t.startswith(prefixes)]
         admin.delete_topics(names)
     return len(names)
 

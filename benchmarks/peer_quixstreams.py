@@ -284,8 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             name = f"peer_{guarantee}"
             errors[name] = max(max(abs(got[k] - v) for k, v in want.items()), errors.get(name, 0.0))
             # its topics: events, scores, and Quix's changelog topics (named after its group, peer-<tag>)
-            e2e.drop_topics(settings, f"peer-{tag}.")
-            e2e.drop_topics(settings, f"changelog__peer-{tag}--")
+            e2e.drop_topics(settings, f"peer-{tag}.", f"changelog__peer-{tag}--")
 
         for r in range(args.rounds):
             pairs = (

@@ -251,20 +251,19 @@ class StreamScorer:
         rows, slot_times = store.slab()  # no lookup until the batch is done: the arrays stay
         # each chunk's slots and previous times: slices of one array a batch (the undo log keeps them)
         chunk_slots, prev = np.empty(slots.size, np.int64), np.empty(slots.size, np.int64)
+        # the undo log's rows for the whole batch at once: reserved chunk by chunk, a batch of many chunks
+        # grew the buffer (and copied what it held) at every doubling, fresh memory each time (stop 30)
+        start, h_all = undo.reserve(slots.size)
         if step.whole_batch and dt_col < 0:
-            start, h_prev = undo.reserve(slots.size)
             done = np.zeros(1, np.int64)
             try:
                 cuts = np.asarray(bounds, np.int64)
                 step.batch(
-                    x, order, cuts, slots, times, rows, slot_times, xbuf, h_prev, prev, chunk_slots, out, done
+                    x, order, cuts, slots, times, rows, slot_times, xbuf, h_all, prev, chunk_slots, out, done
                 )
             finally:  # log the chunks now in the slab, also when the call raised part way
                 undo.log_chunks(store, start, chunk_slots, prev, bounds, int(done[0]))
             return
-        # the log's rows for the whole batch at once: reserved chunk by chunk, a batch of many chunks grew
-        # the buffer (and copied what it held) at every doubling, fresh memory each time (stop 30)
-        start, h_all = undo.reserve(slots.size)
         for lo, hi in pairwise(bounds):
             idx, xb, c_slots, h_prev = order[lo:hi], xbuf[: hi - lo], chunk_slots[lo:hi], h_all[lo:hi]
             gather_chunk(x, idx, slots, times, rows, slot_times, xb, h_prev, prev[lo:hi], c_slots, dt_col)
